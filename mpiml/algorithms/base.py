@@ -1,0 +1,97 @@
+"""An algorithm is a composition: optimizer (Delta) + protocol (M_t) + schedule.
+
+Subclasses implement ``step``; the trainer owns the loop, evaluation, traces and
+checkpoints. Algorithms register under their paper's name in ``REGISTRY``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from ..backend import Array, to_host
+from ..data import RankData
+from ..io.trace import Trace
+from ..models import Model
+from ..optim import Optimizer
+
+__all__ = ["REGISTRY", "Algorithm", "Context", "register"]
+
+
+@dataclass
+class Context:
+    """What every algorithm is built from."""
+
+    comm: MPI.Comm
+    cfg: Any
+    model: Model
+    data: RankData
+    optimizer: Optimizer
+    trace: Trace
+    xp: Any
+    params: Array  # this rank's flat parameters x_i
+    cuda_aware: bool = False
+
+
+class Algorithm(ABC):
+    """One rank's share of a training algorithm."""
+
+    name = "algorithm"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.comm = ctx.comm
+        self.model = ctx.model
+        self.trace = ctx.trace
+        self.x = ctx.params
+        self.grad = ctx.xp.empty_like(self.x)
+        self.opt_state = ctx.optimizer.init(self.x)
+
+    @abstractmethod
+    def step(self, t: int) -> float:
+        """Run training step ``t`` (0-based); return this rank's minibatch loss."""
+
+    def local_gradient(self, t: int) -> float:
+        """Sample a minibatch and write its gradient at ``self.x`` into ``self.grad``."""
+        tr = self.trace
+        t0 = tr.now()
+        xb, yb = self.ctx.data.sampler.next()
+        loss = self.model.loss_and_grad(self.x, xb, yb, self.grad)
+        tr.record(t, "compute", t0, tr.now())
+        return loss
+
+    def apply(self, t: int, g: Array) -> None:
+        """The optimizer's sequential update of ``self.x`` with gradient ``g``."""
+        t0 = self.trace.now()
+        self.ctx.optimizer.step(self.x, g, self.opt_state)
+        self.trace.record(t, "update", t0, self.trace.now())
+
+    def finalize(self) -> None:
+        """Complete any communication still in flight (end of run, before a checkpoint)."""
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Everything a checkpoint needs to resume bit for bit (host copies)."""
+        out = {"params": to_host(self.x).copy()}
+        for k, v in self.opt_state.items():
+            if not k.startswith("_"):
+                out[f"opt/{k}"] = to_host(v).copy()
+        return out
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        xp = self.ctx.xp
+        self.x[...] = xp.asarray(arrays["params"])
+        for k in self.opt_state:
+            if not k.startswith("_"):
+                self.opt_state[k][...] = xp.asarray(arrays[f"opt/{k}"])
+
+
+REGISTRY: dict[str, type[Algorithm]] = {}
+
+
+def register(cls: type[Algorithm]) -> type[Algorithm]:
+    REGISTRY[cls.name] = cls
+    return cls

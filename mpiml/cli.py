@@ -1,0 +1,92 @@
+"""The ``mpiml`` command: ``train`` and ``info``.
+
+    mpiexec -n 4 mpiml train [JOB.toml] [--set section.key=value]... [--out DIR] [--resume]
+    mpiml info
+
+A job or argument error is one line on stderr (from rank 0), exit status 2, on
+every rank, before any collective. An unhandled exception on any rank prints that
+rank's traceback once and aborts the whole job (MPI_Abort), exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mpiml", description="MPI toolkit for weakly consistent parallel learning")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    t = sub.add_parser("train", help="train a job (run under mpiexec/srun)")
+    t.add_argument("job", nargs="?", help="job file (TOML); the embedded default job when omitted")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one job key (repeatable); VALUE is a TOML value or a bare word")
+    t.add_argument("--out", default="results", help="output folder (default: results)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    t.add_argument("--print-job", action="store_true", help="print the validated job as TOML-like text and exit")
+    sub.add_parser("info", help="MPI library, ranks, thread level, CUDA-aware, parallel HDF5, cupy")
+    return p
+
+
+def _rank() -> int:
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.Get_rank()
+
+
+def _fail(message: str) -> int:
+    if _rank() == 0:
+        print(f"mpiml: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .comm import agree, default_comm, install_abort_handler
+    from .config import load_config
+    from .errors import ConfigError
+
+    install_abort_handler()
+    comm = default_comm()
+    try:
+        cfg = agree(comm, lambda: load_config(args.job, args.overrides))
+        if args.print_job:
+            if comm.Get_rank() == 0:
+                for sec, body in cfg.items():
+                    print(f"[{sec}]")
+                    for k, v in body.items():
+                        print(f"{k} = {v!r}")
+            return 0
+        from .trainer import train
+
+        train(cfg, comm, out=args.out, resume=args.resume, overwrite=args.overwrite)
+    except ConfigError as exc:
+        if not getattr(exc, "agreed", False):
+            raise  # seen on this rank only: abort the job rather than leave others waiting
+        return _fail(str(exc))  # raised on every rank by agree(): a clean exit everywhere
+    return 0
+
+
+def _info() -> int:
+    from .info import collect, format_info
+
+    report = collect()
+    if report["rank"] == 0:
+        print(format_info(report))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "train":
+        return _train(args)
+    if args.command == "info":
+        return _info()
+    return 2  # pragma: no cover - argparse requires a command
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Communicator helpers: mpiml's own communicator, agreement on errors, abort on failure.
+
+mpiml never talks on the user's communicator: the default is a duplicate of
+COMM_WORLD made once, lazily, on first use (as mpi4jax does), so tags and
+collectives cannot collide with the user's own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import TypeVar
+
+from mpi4py import MPI
+
+from .errors import ConfigError
+
+__all__ = ["ConfigError", "agree", "default_comm", "install_abort_handler", "local_size"]
+
+T = TypeVar("T")
+
+_default: MPI.Comm | None = None
+
+
+def default_comm() -> MPI.Comm:
+    """A duplicate of COMM_WORLD, created on first use and reused afterwards."""
+    global _default
+    if _default is None:
+        _default = MPI.COMM_WORLD.Dup()
+        _default.Set_name("mpiml")
+    return _default
+
+
+def agree(comm: MPI.Comm, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on every rank; if it raised :class:`ConfigError` on any rank, raise on all.
+
+    Collective over ``comm`` (one small allgather of the error texts; pickle is fine
+    for this start-up control message). Every rank raises the lowest rank's error,
+    so the same one-line message is seen whatever rank prints it.
+    """
+    result: T | None = None
+    message = ""
+    try:
+        result = fn()
+    except ConfigError as exc:
+        message = str(exc) or type(exc).__name__
+    messages = comm.allgather(message)
+    for text in messages:
+        if text:
+            err = ConfigError(text)
+            err.agreed = True  # type: ignore[attr-defined]  # every rank raises this same error
+            raise err
+    return result  # type: ignore[return-value]
+
+
+def local_size(comm: MPI.Comm) -> int:
+    """Number of ranks of ``comm`` on this node (collective over comm)."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return int(node.Get_size())
+    finally:
+        node.Free()
+
+
+_cleanups: list[Callable[[], None]] = []
+
+
+def on_abort(fn: Callable[[], None]) -> None:
+    """Register ``fn`` to run (best effort) before this rank aborts the job."""
+    _cleanups.append(fn)
+
+
+def install_abort_handler() -> None:
+    """Make an unhandled exception on any rank abort the whole job.
+
+    Prints that rank's traceback once (prefixed with the rank), runs the
+    registered cleanups (flushing trace files), then calls MPI_Abort, so the
+    other ranks never hang in a collective or in finalize.
+    """
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
+        rank = MPI.COMM_WORLD.Get_rank()
+        text = "".join(traceback.format_exception(exc_type, exc, tb))  # type: ignore[arg-type]
+        sys.stderr.write(f"[mpiml rank {rank}] unhandled exception, aborting the job:\n{text}")
+        sys.stderr.flush()
+        for fn in reversed(_cleanups):
+            try:
+                fn()
+            except Exception:
+                pass
+        MPI.COMM_WORLD.Abort(1)
+        os._exit(1)  # not reached with a conforming MPI
+
+    sys.excepthook = hook

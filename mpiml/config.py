@@ -1,0 +1,260 @@
+"""Job files: TOML, validated against one schema, with ``--set section.key=value`` overrides.
+
+Every field has a type, a default and a rule; an error names the field and what is
+allowed (``ConfigError``). Validation is pure (no MPI), so every rank reaches the
+same verdict on the same inputs before anyone enters a collective.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .optim import OPTIMIZERS
+
+__all__ = ["Config", "Field", "SCHEMA", "default_job_text", "load_config", "parse_set"]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One job-file key: its type, default, and an optional rule on the value."""
+
+    type: str  # "int", "float", "str", "bool", "int_list"
+    default: Any
+    rule: Callable[[Any], bool] | None = None
+    allowed: str = ""  # how the rule reads in an error message
+    doc: str = ""
+
+
+def _choice(*names: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in names), "one of " + ", ".join(repr(n) for n in names)
+
+
+def _min(lo: float, strict: bool = False) -> tuple[Callable[[Any], bool], str]:
+    if strict:
+        return (lambda v: v > lo), f"> {lo}"
+    return (lambda v: v >= lo), f">= {lo}"
+
+
+def _range(lo: float, hi: float, hi_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+    if hi_open:
+        return (lambda v: lo <= v < hi), f"in [{lo}, {hi})"
+    return (lambda v: lo <= v <= hi), f"in [{lo}, {hi}]"
+
+
+def _f(type_: str, default: Any, rule: tuple[Callable[[Any], bool], str] | None = None, doc: str = "") -> Field:
+    if rule is None:
+        return Field(type_, default, None, "", doc)
+    return Field(type_, default, rule[0], rule[1], doc)
+
+
+ALGORITHMS = ("sgd",)
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "run": {
+        "name": _f("str", "default", (lambda v: v != "" and "/" not in v and v not in (".", ".."), "a non-empty folder name without '/'"), "run folder under --out"),
+        "seed": _f("int", 0, _min(0), "run seed; rank r uses (seed, r)"),
+        "steps": _f("int", 600, _min(1), "training steps per rank"),
+        "eval_every": _f("int", 50, _min(1), "steps between evaluations and progress lines"),
+        "world_size": _f("int", 0, _min(0), "required number of ranks (0: any)"),
+        "threads": _f("int", 0, _min(0), "BLAS threads per rank (0: cores on the node / ranks on the node)"),
+    },
+    "algorithm": {
+        "name": _f("str", "sgd", _choice(*ALGORITHMS), "the training algorithm"),
+    },
+    "model": {
+        "name": _f("str", "mlp", _choice("softmax", "mlp", "linear"), "model (linear: least squares, for regression data)"),
+        "hidden": _f("int_list", [64], (lambda v: all(h >= 1 for h in v), "a list of widths >= 1"), "MLP hidden widths"),
+        "activation": _f("str", "relu", _choice("relu", "tanh"), "MLP activation"),
+        "dtype": _f("str", "float32", _choice("float32", "float64"), "parameter and compute dtype"),
+        "init_scale": _f("float", 1.0, _min(0.0, strict=True), "multiplier on He/Glorot init"),
+    },
+    "data": {
+        "name": _f("str", "digits", _choice("digits", "synthetic", "hdf5"), "data set"),
+        "batch_size": _f("int", 32, _min(1), "per-rank minibatch size"),
+        "partition": _f("str", "iid", _choice("iid", "dirichlet"), "how training samples are sharded over ranks"),
+        "alpha": _f("float", 0.5, _min(0.0, strict=True), "Dirichlet concentration for partition = 'dirichlet'"),
+        "test_fraction": _f("float", 0.2, _range(0.05, 0.95), "held-out share of the samples"),
+        "standardize": _f("bool", True, None, "scale features to zero mean, unit variance (train statistics)"),
+        "path": _f("str", "", None, "HDF5 file with /x and /y for name = 'hdf5'"),
+        "samples": _f("int", 4096, _min(2), "synthetic: number of samples"),
+        "features": _f("int", 32, _min(1), "synthetic: input size d"),
+        "noise": _f("float", 0.1, _min(0.0), "synthetic: label noise std"),
+    },
+    "optimizer": {
+        "name": _f("str", "sgd", _choice(*OPTIMIZERS), "sequential update"),
+        "lr": _f("float", 0.1, _min(0.0, strict=True), "learning rate alpha"),
+        "momentum": _f("float", 0.9, _range(0.0, 1.0, hi_open=True), "beta in SUM (DSP eq. 3)"),
+        "s": _f("float", 1.0, _min(0.0), "interpolation s of SUM (0: heavy ball, 1: Nesterov)"),
+        "beta1": _f("float", 0.9, _range(0.0, 1.0, hi_open=True), "beta_1 of MixML eq. 11"),
+        "beta2": _f("float", 0.999, _range(0.0, 1.0, hi_open=True), "beta_2 of MixML eq. 11"),
+        "p": _f("float", 0.25, (lambda v: 0.0 < v <= 0.5, "in (0, 0.5]"), "exponent p of MixML eq. 11 for 'padam'"),
+        "eps": _f("float", 1e-8, _min(0.0), "added to v_t before the power in eq. 11"),
+        "weight_decay": _f("float", 0.0, _min(0.0), "L2 penalty folded into the gradient"),
+    },
+    "checkpoint": {
+        "every": _f("int", 0, _min(0), "steps between checkpoints (0: none)"),
+        "keep": _f("int", 3, _min(1), "newest checkpoints kept"),
+    },
+    "trace": {
+        "flush_every": _f("int", 100, _min(1), "steps between flushes of the run file"),
+        "events": _f("bool", True, None, "record per-rank events"),
+    },
+    "backend": {
+        "device": _f("str", "cpu", _choice("cpu", "gpu"), "where arrays live"),
+        "cuda_aware": _f("str", "auto", _choice("auto", "yes", "no"), "hand device buffers to MPI directly"),
+    },
+}
+
+# Keys that may differ between a checkpoint's job and the resuming job.
+RESUMABLE_CHANGES = {("run", "steps"), ("run", "eval_every"), ("checkpoint", "every"), ("checkpoint", "keep"), ("trace", "flush_every"), ("trace", "events")}
+
+
+class Section(dict):  # type: ignore[type-arg]
+    """A section of a config; keys are also attributes (``cfg.run.steps``)."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+class Config(dict):  # type: ignore[type-arg]
+    """A validated job: ``{section: {key: value}}`` with every key present."""
+
+    def __getattr__(self, key: str) -> Section:
+        try:
+            return self[key]  # type: ignore[no-any-return]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def to_json(self) -> str:
+        return json.dumps(self, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return validate(json.loads(text))
+
+    def differences(self, other: Config) -> list[str]:
+        """``section.key`` names whose values differ, except those a resume may change."""
+        out = []
+        for sec, fields in SCHEMA.items():
+            for key in fields:
+                if (sec, key) in RESUMABLE_CHANGES:
+                    continue
+                if self[sec][key] != other[sec][key]:
+                    out.append(f"{sec}.{key} ({other[sec][key]!r} in the checkpoint, {self[sec][key]!r} now)")
+        return out
+
+
+def _typed(name: str, field: Field, value: Any) -> Any:
+    t = field.type
+    if t == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "an integer"
+    elif t == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        want = "a number"
+        if ok:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number (got {value})")
+    elif t == "str":
+        ok, want = isinstance(value, str), "a string"
+    elif t == "bool":
+        ok, want = isinstance(value, bool), "true or false"
+    elif t == "int_list":
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        want = "a list of integers"
+    else:  # pragma: no cover - schema bug
+        raise AssertionError(t)
+    if not ok:
+        raise ConfigError(f"{name} must be {want} (got {value!r}, a {type(value).__name__})")
+    if field.rule is not None and not field.rule(value):
+        raise ConfigError(f"{name} must be {field.allowed} (got {value!r})")
+    return value
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    """Fill defaults and check every field; raise ConfigError naming the first bad one."""
+    if not isinstance(raw, dict):
+        raise ConfigError("a job must be a TOML table of sections")
+    for sec, body in raw.items():
+        if sec not in SCHEMA:
+            raise ConfigError(f"unknown section [{sec}]; allowed sections: {', '.join(SCHEMA)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"[{sec}] must be a table of keys (got {body!r})")
+        for key in body:
+            if key not in SCHEMA[sec]:
+                raise ConfigError(f"unknown key {sec}.{key}; allowed keys in [{sec}]: {', '.join(SCHEMA[sec])}")
+    cfg = Config()
+    for sec, fields in SCHEMA.items():
+        body = raw.get(sec, {})
+        cfg[sec] = Section({key: _typed(f"{sec}.{key}", f, body[key]) if key in body else _copy(f.default) for key, f in fields.items()})
+    _cross_checks(cfg)
+    return cfg
+
+
+def _copy(v: Any) -> Any:
+    return list(v) if isinstance(v, list) else v
+
+
+def _cross_checks(cfg: Config) -> None:
+    if cfg.data.name == "hdf5" and not cfg.data.path:
+        raise ConfigError("data.path must name an HDF5 file with /x and /y when data.name = 'hdf5'")
+    if cfg.data.name == "synthetic" and cfg.model.name != "linear":
+        raise ConfigError(f"model.name must be 'linear' for data.name = 'synthetic' (regression data; got {cfg.model.name!r})")
+    if cfg.data.name == "synthetic" and cfg.data.partition != "iid":
+        raise ConfigError("data.partition must be 'iid' for data.name = 'synthetic' (a Dirichlet split needs class labels)")
+
+
+def parse_set(items: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``["run.steps=10", "model.hidden=[32, 32]"]`` -> nested dict; values are TOML values,
+    and a bare word that is not one is taken as a string (``run.name=foo``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value (got {item!r})")
+        path, text = item.split("=", 1)
+        parts = path.strip().split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"--set expects section.key=value with one dot (got {path!r})")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        out.setdefault(parts[0], {})[parts[1]] = value
+    return out
+
+
+def default_job_text() -> str:
+    return resources.files("mpiml").joinpath("jobs/default.toml").read_text()
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
+    """Read a job file (or the embedded default job), apply ``--set`` overrides, validate."""
+    if path is None:
+        text, where = default_job_text(), "the default job"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"job file {str(p)!r} does not exist")
+        text, where = p.read_text(), str(p)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    for sec, body in parse_set(overrides).items():
+        target = raw.setdefault(sec, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"[{sec}] must be a table of keys")
+        target.update(body)
+    return validate(raw)

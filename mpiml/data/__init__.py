@@ -1,0 +1,102 @@
+"""Data sets, per-rank sharding and minibatch sampling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .sampler import ShardSampler
+from .sharding import dirichlet_shards, iid_shards
+from .sources import Dataset, load_digits, load_hdf5, make_synthetic, seed_rng, standardize
+
+__all__ = [
+    "Dataset",
+    "RankData",
+    "ShardSampler",
+    "build_data",
+    "dirichlet_shards",
+    "iid_shards",
+    "load_digits",
+    "load_hdf5",
+    "make_synthetic",
+    "seed_rng",
+]
+
+
+class RankData:
+    """What one rank trains and evaluates on: its shard, its sampler, its test slice."""
+
+    def __init__(self, ds: Dataset, shard: np.ndarray | None, rank: int, size: int, batch_size: int, seed: int, dtype: str, xp: Any) -> None:
+        self.n_classes = ds.n_classes
+        self.n_features = ds.n_features
+        self.name = ds.name
+        x = ds.x_train if shard is None else ds.x_train[shard]
+        y = ds.y_train if shard is None else ds.y_train[shard]
+        ydt = np.int64 if ds.n_classes else np.dtype(dtype)
+        self.x_train = xp.asarray(x.astype(dtype))
+        self.y_train = xp.asarray(y.astype(ydt))
+        if ds.presharded:
+            xte, yte = ds.x_test, ds.y_test
+        else:  # contiguous slice of the shared test set
+            lo, hi = _slice(len(ds.x_test), rank, size)
+            xte, yte = ds.x_test[lo:hi], ds.y_test[lo:hi]
+        self.x_test = xp.asarray(xte.astype(dtype))
+        self.y_test = xp.asarray(yte.astype(ydt))
+        self.n_test_local = int(len(xte))
+        self.sampler = ShardSampler(self.x_train, self.y_train, batch_size, seed_rng(seed, 1, rank))
+
+
+def _slice(n: int, rank: int, size: int) -> tuple[int, int]:
+    base, extra = divmod(n, size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+def build_data(cfg: Any, rank: int, size: int, xp: Any = np) -> RankData:
+    """Load, split, standardize, shard and wrap the job's data for this rank.
+
+    Pure per rank (no MPI); every rank computes the same split. Raises ConfigError
+    naming the field when the data cannot serve this job (missing file, a shard
+    smaller than one batch, ...).
+    """
+    d = cfg.data
+    seed = cfg.run.seed
+    if d.name == "digits":
+        ds = load_digits(d.test_fraction, seed)
+    elif d.name == "hdf5":
+        ds = load_hdf5(d.path, d.test_fraction, seed)
+    elif d.name == "synthetic":
+        ds = make_synthetic(d.samples, d.features, d.noise, d.test_fraction, seed, rank, size)
+    else:  # pragma: no cover - schema forbids it
+        raise ConfigError(f"data.name {d.name!r} is unknown")
+    if ds.n_classes == 0 and cfg.model.name != "linear":
+        raise ConfigError(f"model.name must be 'linear' for regression targets in {ds.name!r} (got {cfg.model.name!r})")
+    if ds.n_classes and cfg.model.name == "linear":
+        raise ConfigError(f"model.name = 'linear' needs real-valued targets; {ds.name!r} has class labels (use 'softmax' or 'mlp')")
+    if d.standardize and not ds.presharded:
+        standardize(ds)
+    shard = None
+    if not ds.presharded:
+        n = len(ds.x_train)
+        if n < size:
+            raise ConfigError(f"run.world_size: {size} ranks but only {n} training rows in {ds.name!r}")
+        if d.partition == "dirichlet":
+            if not ds.n_classes:
+                raise ConfigError("data.partition = 'dirichlet' needs class labels")
+            shards = dirichlet_shards(ds.y_train, size, d.alpha, seed)
+        else:
+            shards = iid_shards(n, size, seed)
+        shard = shards[rank]
+        smallest = min(len(s) for s in shards)
+        if d.batch_size > smallest:
+            raise ConfigError(
+                f"data.batch_size = {d.batch_size} is larger than the smallest shard ({smallest} rows of "
+                f"{n} over {size} ranks, partition {d.partition!r}); allowed: 1..{smallest}"
+            )
+    else:
+        rows = len(ds.x_train)
+        if d.batch_size > rows:
+            raise ConfigError(f"data.batch_size = {d.batch_size} is larger than this rank's shard ({rows} rows); allowed: 1..{rows}")
+    return RankData(ds, shard, rank, size, d.batch_size, seed, cfg.model.dtype, xp)

@@ -1,0 +1,70 @@
+"""``mpiml info``: what this MPI set-up can do, as mpiml sees it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["collect", "format_info"]
+
+_THREAD_LEVELS = {0: "MPI_THREAD_SINGLE", 1: "MPI_THREAD_FUNNELED", 2: "MPI_THREAD_SERIALIZED", 3: "MPI_THREAD_MULTIPLE"}
+
+
+def _cuda_aware_mpi() -> str:
+    """mpiml's setting: CUDA-awareness cannot be detected reliably, so it is opt-in."""
+    flag = os.environ.get("MPIML_CUDA_AWARE", "")
+    setting = "on (MPIML_CUDA_AWARE)" if flag.lower() in ("1", "true", "yes") else "off (set MPIML_CUDA_AWARE=1 to enable)"
+    return setting
+
+
+def collect() -> dict[str, Any]:
+    """Facts about MPI, h5py and cupy on this rank. Collective over COMM_WORLD."""
+    import h5py
+    import mpi4py
+    import numpy as np
+    from mpi4py import MPI
+
+    from . import __version__
+    from .backend import cupy_available
+
+    comm = MPI.COMM_WORLD
+    level = MPI.Query_thread()
+    try:
+        import cupy
+
+        cupy_text = f"cupy {cupy.__version__}, GPU {'visible' if cupy_available() else 'not visible'}"
+    except Exception:
+        cupy_text = "not installed (pip install 'mpiml[gpu]')"
+    return {
+        "rank": comm.Get_rank(),
+        "mpiml": __version__,
+        "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+        "mpi_standard": "%d.%d" % MPI.Get_version(),
+        "mpi4py": mpi4py.__version__,
+        "ranks": comm.Get_size(),
+        "hosts": len(set(comm.allgather(MPI.Get_processor_name()))),
+        "thread_level": _THREAD_LEVELS.get(level, str(level)),
+        "cuda_aware": _cuda_aware_mpi(),
+        "parallel_hdf5": "yes (h5py built with MPI)" if h5py.get_config().mpi else "no (per-rank files are used)",
+        "h5py": f"{h5py.__version__} (HDF5 {h5py.version.hdf5_version})",
+        "numpy": np.__version__,
+        "cupy": cupy_text,
+    }
+
+
+def format_info(r: dict[str, Any]) -> str:
+    rows = [
+        ("mpiml", r["mpiml"]),
+        ("MPI library", r["mpi_library"]),
+        ("MPI standard", r["mpi_standard"]),
+        ("mpi4py", r["mpi4py"]),
+        ("ranks", f"{r['ranks']} on {r['hosts']} host(s)"),
+        ("thread level", r["thread_level"]),
+        ("CUDA-aware MPI", r["cuda_aware"]),
+        ("parallel HDF5", r["parallel_hdf5"]),
+        ("h5py", r["h5py"]),
+        ("numpy", r["numpy"]),
+        ("cupy", r["cupy"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

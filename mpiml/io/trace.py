@@ -1,0 +1,70 @@
+"""Per-rank event recording: cheap appends in the hot path, numpy tables at flush time."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+
+__all__ = ["EVENT_DTYPE", "Trace"]
+
+EVENT_DTYPE = np.dtype(
+    [
+        ("step", "<i8"),
+        ("kind", "S16"),
+        ("t_start", "<f8"),
+        ("t_end", "<f8"),
+        ("nbytes", "<i8"),
+        ("peer", "<i4"),
+    ]
+)
+
+
+class Trace:
+    """Events of one rank: (step, kind, t_start, t_end, nbytes, peer).
+
+    Times are seconds on the run's common clock: ``perf_counter() + offset - t0``
+    where ``offset`` comes from :func:`mpiml.clock.sync_clock` and ``t0`` is the
+    run's start on rank 0's clock. ``record`` appends a tuple (no numpy work in the
+    hot path); ``take`` turns the pending rows into an ``EVENT_DTYPE`` table.
+    Per-kind totals are kept for the progress line whether or not events are stored.
+    """
+
+    def __init__(self, offset: float = 0.0, t0: float = 0.0, enabled: bool = True) -> None:
+        self.offset = offset
+        self.t0 = t0
+        self.enabled = enabled
+        self._rows: list[tuple[int, bytes, float, float, int, int]] = []
+        self.totals: dict[str, float] = defaultdict(float)
+        self.bytes_sent = 0
+
+    def now(self) -> float:
+        return time.perf_counter() + self.offset - self.t0
+
+    def record(self, step: int, kind: str, t_start: float, t_end: float, nbytes: int = 0, peer: int = -1) -> None:
+        self.totals[kind] += t_end - t_start
+        if self.enabled:
+            self._rows.append((step, kind.encode(), t_start, t_end, nbytes, peer))
+
+    def sent(self, nbytes: int) -> None:
+        """Count bytes this rank handed to MPI to send."""
+        self.bytes_sent += nbytes
+
+    def take(self) -> np.ndarray:
+        rows, self._rows = self._rows, []
+        return np.array(rows, dtype=EVENT_DTYPE)
+
+    def split_totals(self) -> dict[str, float]:
+        """Totals grouped for the progress line: compute, comm, wait (seconds)."""
+        out = {"compute": 0.0, "comm": 0.0, "wait": 0.0}
+        for kind, secs in self.totals.items():
+            if kind in ("eval", "checkpoint", "flush"):
+                continue  # bookkeeping, reported apart
+            if kind in ("compute", "update"):
+                out["compute"] += secs
+            elif kind == "wait":
+                out["wait"] += secs
+            else:
+                out["comm"] += secs
+        return out

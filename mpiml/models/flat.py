@@ -1,0 +1,43 @@
+"""Flat parameter state: one contiguous array per model, with per-layer views.
+
+Protocols move the flat array with MPI buffer calls; models read and write it
+through views that share its memory (no copies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+from ..backend import Array
+
+__all__ = ["ParamLayout"]
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """Names, shapes and offsets of the tensors packed into one flat vector."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        out, at = [], 0
+        for s in self.shapes:
+            out.append(at)
+            at += prod(s)
+        return tuple(out)
+
+    @property
+    def size(self) -> int:
+        return sum(prod(s) for s in self.shapes)
+
+    def views(self, flat: Array) -> dict[str, Array]:
+        """Views of ``flat`` (no copies) named as the layout names them."""
+        if flat.ndim != 1 or flat.size != self.size:
+            raise ValueError(f"flat state must be a 1-D array of {self.size} values (got shape {flat.shape})")
+        return {
+            n: flat[o : o + prod(s)].reshape(s)
+            for n, s, o in zip(self.names, self.shapes, self.offsets, strict=True)
+        }

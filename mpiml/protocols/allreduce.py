@@ -1,0 +1,113 @@
+"""AllReduce: every rank ends with the sum (or mean) of all ranks' buffers.
+
+Blocking (``run``: one MPI_Allreduce, no extra copy) and split-phase (``start``:
+MPI_Iallreduce; ``test``: MPI_Test, which progresses it; ``finish``: MPI_Wait).
+Receive (and, for snapshots, send) buffers are allocated once, at construction,
+for one size and dtype. Device arrays are handed to a CUDA-aware MPI directly or
+staged through reused host buffers (``backend.Staging``).
+
+Events: ``allreduce`` spans start to observed completion (nbytes = payload size);
+``wait`` spans the time ``finish`` blocked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from ..backend import Array, Staging
+from ..io.trace import Trace
+from .base import Protocol
+
+__all__ = ["AllReduce"]
+
+
+class AllReduce(Protocol):
+    """AllReduce of a flat buffer of ``size`` elements of ``dtype``; collective over ``comm``.
+
+    ``op`` is "sum" or "mean" (sum, then multiplied by 1/n in place).
+    """
+
+    name = "allreduce"
+
+    def __init__(self, comm: MPI.Comm, size: int, dtype: Any, xp: Any = np, op: str = "mean",
+                 trace: Trace | None = None, cuda_aware: bool | None = None) -> None:
+        super().__init__(trace)
+        if op not in ("sum", "mean"):
+            raise ValueError(f"op must be 'sum' or 'mean' (got {op!r})")
+        self.comm = comm
+        self.n = comm.Get_size()
+        self.op = op
+        self.size = size
+        self.dtype = np.dtype(dtype)
+        self.recvbuf = xp.empty(size, dtype=self.dtype)
+        self.sendbuf = xp.empty(size, dtype=self.dtype)
+        self.staging = Staging(cuda_aware)
+        self._req: MPI.Request | None = None
+        self._t_start = 0.0
+        self._t_done: float | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        return self._req is not None
+
+    def _check(self, x: Array) -> None:
+        if x.shape != (self.size,) or x.dtype != self.dtype:
+            raise ValueError(f"{self.name} expects a flat array of {self.size} {self.dtype} values (got {x.shape} {x.dtype})")
+        if self._req is not None:
+            raise RuntimeError(f"{self.name}: start() called while the previous operation is still in flight")
+
+    def _scale(self) -> None:
+        if self.op == "mean" and self.n > 1:
+            self.recvbuf *= 1.0 / self.n
+
+    def run(self, x: Array, step: int = 0) -> Array:
+        self._check(x)
+        t0 = self.trace.now()
+        send = self.staging.send_view(x, "send")
+        recv = self.staging.recv_view(self.recvbuf, "recv")
+        self.comm.Allreduce(send, recv, op=MPI.SUM)
+        self.staging.finish_recv(self.recvbuf, "recv")
+        self._scale()
+        t1 = self.trace.now()
+        self.trace.record(step, "allreduce", t0, t1, x.nbytes)
+        self.trace.sent(x.nbytes)
+        return self.recvbuf
+
+    def start(self, x: Array, step: int = 0, *, snapshot: bool = False) -> None:
+        self._check(x)
+        self.step = step
+        self._t_start = self.trace.now()
+        self._t_done = None
+        src = x
+        if snapshot:
+            self.sendbuf[...] = x
+            src = self.sendbuf
+        send = self.staging.send_view(src, "send")
+        recv = self.staging.recv_view(self.recvbuf, "recv")
+        self._req = self.comm.Iallreduce(send, recv, op=MPI.SUM)
+        self.trace.sent(x.nbytes)
+
+    def test(self) -> bool:
+        if self._req is None:
+            return True
+        if self._t_done is None and self._req.Test():
+            self._t_done = self.trace.now()
+        return self._t_done is not None
+
+    def finish(self) -> Array:
+        if self._req is None:
+            raise RuntimeError(f"{self.name}: finish() without start()")
+        t0 = self.trace.now()
+        if self._t_done is None:
+            self._req.Wait()
+            self._t_done = self.trace.now()
+        t1 = self.trace.now()
+        self._req = None
+        self.staging.finish_recv(self.recvbuf, "recv")
+        self._scale()
+        self.trace.record(self.step, "allreduce", self._t_start, self._t_done, self.recvbuf.nbytes)
+        self.trace.record(self.step, "wait", t0, t1)
+        return self.recvbuf

@@ -1,0 +1,302 @@
+"""The SPMD training loop: set up (errors agreed before any collective), train,
+evaluate, trace, checkpoint, resume.
+
+Every rank runs :func:`train` with the same config. Set-up problems raise
+:class:`ConfigError` on every rank (through :func:`mpiml.comm.agree`) before the
+first collective of training.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from mpi4py import MPI
+
+from . import comm as _comm
+from .algorithms import REGISTRY, Algorithm, Context
+from .backend import cuda_aware_from_env, get_xp
+from .clock import sync_clock
+from .config import Config
+from .data import RankData, build_data
+from .errors import ConfigError
+from .io import checkpoint as ckpt
+from .io.runfile import RankFile, RunFile
+from .io.trace import Trace
+from .models import Model, build_model
+from .optim import build_optimizer
+
+__all__ = ["Result", "train"]
+
+
+@dataclass
+class Result:
+    """What :func:`train` returns on every rank."""
+
+    run_dir: Path
+    steps: int
+    accuracy: float
+    test_loss: float
+    params: np.ndarray  # this rank's final parameters (host copy)
+    wall: float
+
+
+def _set_threads(comm: MPI.Comm, threads: int) -> int:
+    """Limit BLAS threads per rank: oversubscribed ranks must not each spawn a pool."""
+    if threads == 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // _comm.local_size(comm))
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
+    return threads
+
+
+class _Setup:
+    """Everything built before training; built under ``agree`` so errors are collective."""
+
+    def __init__(self, cfg: Config, comm: MPI.Comm, out: Path, resume: bool, overwrite: bool) -> None:
+        rank, size = comm.Get_rank(), comm.Get_size()
+        self.run_dir = out / cfg.run.name
+        if cfg.run.world_size and cfg.run.world_size != size:
+            raise ConfigError(f"run.world_size = {cfg.run.world_size} but the job runs on {size} ranks")
+        if cfg.algorithm.name not in REGISTRY:
+            raise ConfigError(f"algorithm.name must be one of {', '.join(REGISTRY)} (got {cfg.algorithm.name!r})")
+        try:
+            self.xp = get_xp(cfg.backend.device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.data: RankData = build_data(cfg, rank, size, self.xp)
+        try:
+            self.model: Model = build_model(cfg.model.name, self.data.n_features, self.data.n_classes,
+                                            cfg.model.hidden, cfg.model.activation, cfg.model.dtype)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        exists = (self.run_dir / "run.h5").exists()
+        if exists and not resume and not overwrite:
+            raise ConfigError(f"{self.run_dir} already holds a run; use --resume to continue it, --overwrite to "
+                              "replace it, or another run.name")
+        self.resume_from: tuple[int, Path] | None = None
+        if resume:
+            self.resume_from = _pick_checkpoint(cfg, comm, self.run_dir)
+
+
+def _pick_checkpoint(cfg: Config, comm: MPI.Comm, run_dir: Path) -> tuple[int, Path]:
+    """Newest checkpoint that every rank can read; reports and skips damaged ones.
+
+    Collective over comm (one allgather per candidate, newest first).
+    """
+    rank, size = comm.Get_rank(), comm.Get_size()
+    root = run_dir / "checkpoints"
+    candidates = ckpt.checkpoint_dirs(root)
+    if not candidates:
+        raise ConfigError(f"--resume: no checkpoint in {root} (set checkpoint.every to write them)")
+    for step, d, problem in candidates:
+        if not problem:
+            marker = _read_marker(d)
+            if marker is not None and marker.get("world_size") != size:
+                raise ConfigError(f"--resume: checkpoint {d} was written by {marker.get('world_size')} ranks, "
+                                  f"this job has {size}; resume with mpiexec -n {marker.get('world_size')}")
+            problem = ckpt.verify_rank(ckpt.rank_path(root, step, rank))
+        problems = [p for p in comm.allgather(problem) if p]
+        if not problems:
+            _, meta = ckpt.read_rank(ckpt.rank_path(root, step, rank))
+            old = Config.from_json(meta["config"])
+            diff = cfg.differences(old)
+            if diff:
+                raise ConfigError(f"--resume: the job differs from checkpoint {d} in " + "; ".join(diff))
+            return step, d
+        if rank == 0:
+            for p in problems:
+                print(f"mpiml: skipping checkpoint: {p}", file=sys.stderr, flush=True)
+    raise ConfigError(f"--resume: no valid checkpoint in {root} (all {len(candidates)} damaged or partial)")
+
+
+def _read_marker(d: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads((d / "COMPLETE").read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
+
+
+class _Evaluator:
+    """Test loss and accuracy of the average model x_bar, and consensus distance
+    (1/n) sum_i ||x_i - x_bar||^2 (MixML §6); float64 sums, buffers kept."""
+
+    def __init__(self, comm: MPI.Comm, model: Model, data: RankData, x: Any, xp: Any, trace: Trace) -> None:
+        self.comm, self.model, self.data, self.x, self.xp, self.trace = comm, model, data, x, xp, trace
+        self.x64 = xp.empty(x.size, dtype=np.float64)
+        self.avg64 = xp.empty(x.size, dtype=np.float64)
+        self.xbar = xp.empty_like(x)
+        self.sums = np.zeros(6, dtype=np.float64)
+        self.out = np.zeros(6, dtype=np.float64)
+
+    def __call__(self, step: int, loss_sum: float, loss_count: int, bytes_sent: int) -> dict[str, float]:
+        t0 = self.trace.now()
+        n = self.comm.Get_size()
+        self.x64[...] = self.x
+        self.comm.Allreduce(self.x64, self.avg64, op=MPI.SUM)
+        self.avg64 /= n
+        self.x64 -= self.avg64
+        dist = float(self.x64 @ self.x64)
+        self.xbar[...] = self.avg64
+        tl, correct = self.model.eval_sums(self.xbar, self.data.x_test, self.data.y_test)
+        self.sums[:] = (tl, 0.0 if np.isnan(correct) else correct, self.data.n_test_local, loss_sum, loss_count, dist)
+        self.comm.Allreduce(self.sums, self.out, op=MPI.SUM)
+        tl, correct, count, ls, lc, dist = self.out
+        total_bytes = self.comm.allreduce(bytes_sent)
+        self.trace.record(step, "eval", t0, self.trace.now())
+        res = {"test_loss": tl / count, "loss": ls / max(lc, 1), "consensus_distance": dist / n, "bytes_sent": float(total_bytes)}
+        if self.model.task == "classification":
+            res["accuracy"] = correct / count
+        return res
+
+
+def train(cfg: Config, comm: MPI.Comm | None = None, out: str | Path = "results", resume: bool = False,
+          overwrite: bool = False, stream: TextIO | None = None) -> Result:
+    """Train ``cfg`` on ``comm`` (default: mpiml's duplicate of COMM_WORLD).
+
+    Collective over comm. Writes ``<out>/<run.name>/run.h5``, per-rank event files
+    and checkpoints; rank 0 prints progress to ``stream`` (stdout by default).
+    """
+    comm = comm if comm is not None else _comm.default_comm()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    stream = stream if stream is not None else sys.stdout
+    out = Path(out)
+    wall0 = time.perf_counter()
+    setup = _comm.agree(comm, lambda: _Setup(cfg, comm, out, resume, overwrite))
+    threads = _set_threads(comm, cfg.run.threads)
+    run_dir = setup.run_dir
+    if overwrite and not resume and rank == 0 and run_dir.exists():
+        for name in ("run.h5", "ranks", "checkpoints"):
+            p = run_dir / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    if rank == 0:
+        (run_dir / "ranks").mkdir(parents=True, exist_ok=True)
+    comm.Barrier()
+
+    offset = sync_clock(comm)
+    t0 = comm.bcast(time.perf_counter() + offset if rank == 0 else None, root=0)
+    trace = Trace(offset, t0, enabled=cfg.trace.events)
+    xp, model, data = setup.xp, setup.model, setup.data
+    params = model.init(np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 0])), xp, cfg.model.init_scale)
+    cuda_aware = cuda_aware_from_env() if cfg.backend.cuda_aware == "auto" else cfg.backend.cuda_aware == "yes"
+    ctx = Context(comm, cfg, model, data, build_optimizer(cfg.optimizer), trace, xp, params, cuda_aware)
+    alg: Algorithm = REGISTRY[cfg.algorithm.name](ctx)
+
+    start, loss_sum, loss_count = 0, 0.0, 0
+    if setup.resume_from is not None:
+        start, _ = setup.resume_from
+        arrays, meta = ckpt.read_rank(ckpt.rank_path(run_dir / "checkpoints", start, rank))
+        alg.load_state(arrays)
+        data.sampler.restore({**meta["sampler"], "perm": arrays["sampler/perm"]})
+        loss_sum, loss_count = meta["loss_sum"], meta["loss_count"]
+        trace.bytes_sent = meta["bytes_sent"]
+
+    resume_step = start if setup.resume_from is not None else None
+    rank_file = RankFile(run_dir, rank, offset, resume_step)
+    run_file = None
+    if rank == 0:
+        run_file = RunFile(run_dir, size, {
+            "config": cfg.to_json(),
+            "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+            "algorithm": cfg.algorithm.name,
+            "clock": "perf_counter + per-rank offset to rank 0 (Cristian), seconds since run start",
+            "threads_per_rank": threads,
+        }, resume_step)
+
+    def flush() -> None:
+        rank_file.append_events(trace.take())
+        rank_file.flush()
+        if run_file is not None:
+            run_file.flush()
+
+    def close_files() -> None:
+        flush()
+        rank_file.close()
+        if run_file is not None:
+            run_file.close()
+
+    _comm.on_abort(close_files)
+    evaluate = _Evaluator(comm, model, data, alg.x, xp, trace)
+    if rank == 0 and start:
+        print(f"mpiml: resuming {run_dir} at step {start}", file=stream, flush=True)
+    if rank == 0:
+        _print_header(cfg, size, threads, run_dir, stream)
+
+    last: dict[str, float] = {}
+    t_loop = time.perf_counter()
+    for t in range(start, cfg.run.steps):
+        loss_sum += alg.step(t)
+        loss_count += 1
+        done = t + 1
+        if done % cfg.run.eval_every == 0 or done == cfg.run.steps:
+            last = evaluate(t, loss_sum, loss_count, trace.bytes_sent)
+            loss_sum, loss_count = 0.0, 0
+            if run_file is not None:
+                now = trace.now()
+                for k, v in last.items():
+                    run_file.metric(k, done, now, v)
+                _print_progress(done, cfg.run.steps, last, trace, time.perf_counter() - t_loop, stream)
+        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < cfg.run.steps:
+            _checkpoint(alg, data, cfg, comm, run_dir, done, loss_sum, loss_count, trace)
+        if done % cfg.trace.flush_every == 0:
+            flush()
+    alg.finalize()
+    close_files()
+    comm.Barrier()
+    wall = time.perf_counter() - wall0
+    if rank == 0:
+        _print_summary(cfg, last, run_dir, wall, stream)
+    from .backend import to_host
+
+    return Result(run_dir, cfg.run.steps, last.get("accuracy", float("nan")), last.get("test_loss", float("nan")),
+                  to_host(alg.x).copy(), wall)
+
+
+def _checkpoint(alg: Algorithm, data: RankData, cfg: Config, comm: MPI.Comm, run_dir: Path, step: int,
+                loss_sum: float, loss_count: int, trace: Trace) -> None:
+    """Collective: every rank writes its file, then rank 0 marks the step complete."""
+    t0 = trace.now()
+    alg.finalize()
+    root = run_dir / "checkpoints"
+    arrays = alg.state_arrays()
+    s = data.sampler.state()
+    arrays["sampler/perm"] = s.pop("perm")
+    meta = {"step": step, "config": cfg.to_json(), "sampler": s, "loss_sum": loss_sum, "loss_count": loss_count,
+            "bytes_sent": trace.bytes_sent, "world_size": comm.Get_size(), "rank": comm.Get_rank()}
+    ckpt.write_rank(root, step, comm.Get_rank(), arrays, meta)
+    comm.Barrier()
+    if comm.Get_rank() == 0:
+        ckpt.write_complete(root, step, comm.Get_size())
+        ckpt.prune(root, cfg.checkpoint.keep)
+    trace.record(step - 1, "checkpoint", t0, trace.now())
+
+
+def _print_header(cfg: Config, size: int, threads: int, run_dir: Path, stream: TextIO) -> None:
+    print(f"mpiml: {cfg.algorithm.name} on {size} ranks ({threads} BLAS thread(s) each), "
+          f"model {cfg.model.name}, data {cfg.data.name}, optimizer {cfg.optimizer.name} lr={cfg.optimizer.lr}, "
+          f"{cfg.run.steps} steps -> {run_dir}", file=stream, flush=True)
+
+
+def _print_progress(done: int, steps: int, m: dict[str, float], trace: Trace, elapsed: float, stream: TextIO) -> None:
+    split = trace.split_totals()
+    acc = f" acc {m['accuracy']:.4f}" if "accuracy" in m else ""
+    print(f"step {done:>6}/{steps} loss {m['loss']:.4f} test_loss {m['test_loss']:.4f}{acc} | "
+          f"compute {split['compute']:.2f}s comm {split['comm']:.2f}s wait {split['wait']:.2f}s | {elapsed:.1f}s",
+          file=stream, flush=True)
+
+
+def _print_summary(cfg: Config, m: dict[str, float], run_dir: Path, wall: float, stream: TextIO) -> None:
+    acc = f", test accuracy {m['accuracy']:.4f}" if "accuracy" in m else ""
+    print(f"mpiml: done in {wall:.1f}s: {cfg.run.steps} steps, test loss {m.get('test_loss', float('nan')):.4f}{acc}, "
+          f"{m.get('bytes_sent', 0) / 1e6:.1f} MB sent\nrun file: {run_dir / 'run.h5'}", file=stream, flush=True)
+

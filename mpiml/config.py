@@ -114,7 +114,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
 }
 
 # Keys that may differ between a checkpoint's job and the resuming job.
-RESUMABLE_CHANGES = {("run", "steps"), ("run", "eval_every"), ("checkpoint", "every"), ("checkpoint", "keep"), ("trace", "flush_every"), ("trace", "events")}
+RESUMABLE_CHANGES = {("run", "name"), ("run", "steps"), ("run", "eval_every"), ("checkpoint", "every"), ("checkpoint", "keep"), ("trace", "flush_every"), ("trace", "events")}
 
 
 class Section(dict):  # type: ignore[type-arg]

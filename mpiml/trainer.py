@@ -246,10 +246,12 @@ def train(cfg: Config, comm: MPI.Comm | None = None, out: str | Path = "results"
                 for k, v in last.items():
                     run_file.metric(k, done, now, v)
                 _print_progress(done, cfg.run.steps, last, trace, time.perf_counter() - t_loop, stream)
-        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < cfg.run.steps:
+        if cfg.checkpoint.every and (done % cfg.checkpoint.every == 0 or done == cfg.run.steps):
             _checkpoint(alg, data, cfg, comm, run_dir, done, loss_sum, loss_count, trace)
         if done % cfg.trace.flush_every == 0:
             flush()
+    if not last:  # resumed at the last step: nothing trained, still report the model
+        last = evaluate(cfg.run.steps - 1, loss_sum, loss_count, trace.bytes_sent)
     alg.finalize()
     close_files()
     comm.Barrier()

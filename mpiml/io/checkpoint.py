@@ -88,10 +88,11 @@ def read_rank(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays and metadata of one rank file; CheckpointError if it is damaged."""
     try:
         with h5py.File(path, "r") as f:
-            arrays = {name: f[name][()] for name in f}
+            arrays: dict[str, np.ndarray] = {}
+            f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
             meta_text = str(f.attrs["meta"])
             digest = str(f.attrs["sha256"])
-    except (OSError, KeyError, ValueError) as exc:
+    except Exception as exc:  # any failure to read is a damaged checkpoint, reported, never a crash
         raise CheckpointError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from None
     if _digest(arrays, meta_text) != digest:
         raise CheckpointError(f"{path} fails its SHA-256 check (corrupted)")

@@ -1,0 +1,157 @@
+"""The ``mpiml`` command under mpiexec: bad jobs fail cleanly on every rank, an
+exception on one rank aborts the job, the default job trains, resume works from the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mpiml.testing import run_ranks
+
+TIMEOUT = 120
+MPIML = [sys.executable, "-m", "mpiml.cli"]
+
+
+def _tree_digest(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _train(tmp: Path, *args: str, n: int = 2) -> tuple[int, str, str]:
+    res = run_ranks(n, [*MPIML, "train", *args, "--out", str(tmp / "results")], TIMEOUT, cwd=str(tmp))
+    assert not res.timed_out, f"hung: {res.stdout[-2000:]} {res.stderr[-2000:]}"
+    return res.returncode, res.stdout, res.stderr
+
+
+BAD_JOBS = [
+    ("malformed.toml", "[run\nsteps = 1\n", "is not valid TOML"),
+    ("unknown_section.toml", "[runn]\nsteps = 1\n", "unknown section [runn]"),
+    ("unknown_key.toml", "[run]\nstepz = 1\n", "unknown key run.stepz"),
+    ("zero_steps.toml", "[run]\nsteps = 0\n", "run.steps must be >= 1 (got 0)"),
+    ("negative_lr.toml", "[optimizer]\nlr = -1.0\n", "optimizer.lr must be > 0.0 (got -1.0)"),
+    ("wrong_type.toml", "[data]\nbatch_size = \"big\"\n", "data.batch_size must be an integer"),
+    ("batch_too_large.toml", "[data]\nbatch_size = 5000\n", "data.batch_size = 5000 is larger than the smallest shard"),
+    ("missing_data_file.toml", "[data]\nname = \"hdf5\"\npath = \"nowhere.h5\"\n", "data.path 'nowhere.h5' does not exist"),
+    ("no_x.toml", "[data]\nname = \"hdf5\"\npath = \"nox.h5\"\n", "has no dataset /x"),
+    ("world_size.toml", "[run]\nworld_size = 3\n", "run.world_size = 3 but the job runs on 2 ranks"),
+    ("bad_optimizer.toml", "[optimizer]\nname = \"lbfgs\"\n", "optimizer.name must be one of"),
+    ("bad_dtype.toml", "[model]\ndtype = \"float16\"\n", "model.dtype must be one of 'float32', 'float64'"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), BAD_JOBS, ids=[b[0] for b in BAD_JOBS])
+def test_bad_job_fails_cleanly_on_every_rank(tmp_path: Path, name: str, text: str, message: str) -> None:
+    with h5py.File(tmp_path / "nox.h5", "w") as f:
+        f["y"] = np.zeros(10, np.int64)
+    # an earlier run of the same name must survive untouched
+    old = tmp_path / "results" / "default"
+    old.mkdir(parents=True)
+    (old / "run.h5").write_bytes(b"earlier run")
+    before = _tree_digest(tmp_path / "results")
+    job = tmp_path / name
+    job.write_text(text + ("\n[run]\nname = \"default\"\n" if "[run]" not in text else ""))
+    code, out, err = _train(tmp_path, str(job))
+    assert code == 2, (code, out, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("mpiml: error: ") and message in lines[0], err
+    assert "Traceback" not in err + out
+    assert _tree_digest(tmp_path / "results") == before
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path: Path) -> None:
+    args = ["--set", "run.steps=20", "--set", "run.eval_every=10", "--set", "checkpoint.every=0"]
+    assert _train(tmp_path, *args)[0] == 0
+    code, _, err = _train(tmp_path, *args)
+    assert code == 2 and "already holds a run; use --resume" in err
+    assert _train(tmp_path, *args, "--overwrite")[0] == 0
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
+    code, _, err = _train(tmp_path, "--resume", "--set", "run.steps=5")
+    assert code == 2 and "--resume: no checkpoint in" in err and "Traceback" not in err
+
+
+def test_resume_skips_a_truncated_checkpoint_and_rejects_another_world_size(tmp_path: Path) -> None:
+    args = ["--set", "run.steps=30", "--set", "run.eval_every=10", "--set", "checkpoint.every=10"]
+    assert _train(tmp_path, *args)[0] == 0
+    ckdir = tmp_path / "results" / "default" / "checkpoints"
+    newest = ckdir / "step-000000030" / "rank-00001.h5"
+    newest.write_bytes(newest.read_bytes()[:100])
+    code, out, err = _train(tmp_path, *args, "--resume")
+    assert code == 0, err
+    assert "skipping checkpoint" in err and "rank-00001.h5 cannot be read" in err
+    assert "resuming" in out and "at step 20" in out
+    code, _, err = _train(tmp_path, *args, "--resume", n=4)
+    assert code == 2 and "written by 2 ranks, this job has 4" in err
+
+
+def test_resume_with_an_incompatible_job_names_the_fields(tmp_path: Path) -> None:
+    args = ["--set", "run.steps=10", "--set", "checkpoint.every=10"]
+    assert _train(tmp_path, *args)[0] == 0
+    code, _, err = _train(tmp_path, *args, "--set", "optimizer.lr=0.5", "--resume")
+    assert code == 2 and "optimizer.lr (0.05 in the checkpoint, 0.5 now)" in err
+
+
+ABORT_SCRIPT = """
+import sys, time
+from mpi4py import MPI
+from mpiml.comm import install_abort_handler
+install_abort_handler()
+comm = MPI.COMM_WORLD
+if comm.Get_rank() == 1:
+    raise RuntimeError("injected failure on rank 1")
+comm.Barrier()   # the others would wait here forever
+"""
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_exception_on_one_rank_aborts_the_job(tmp_path: Path, n: int) -> None:
+    script = tmp_path / "fail.py"
+    script.write_text(ABORT_SCRIPT)
+    res = run_ranks(n, [sys.executable, str(script)], 60, cwd=str(tmp_path))
+    assert not res.timed_out, "the job hung instead of aborting"
+    assert res.returncode != 0
+    assert res.stderr.count("RuntimeError: injected failure on rank 1") == 1 and "[mpiml rank 1]" in res.stderr
+
+
+def test_default_job_reaches_095_and_writes_the_run_file(tmp_path: Path) -> None:
+    res = run_ranks(4, [*MPIML, "train", "--out", str(tmp_path / "results")], 300, cwd=str(tmp_path))
+    assert res.returncode == 0 and not res.timed_out, res.stderr
+    assert "run file:" in res.stdout and "compute" in res.stdout and "wait" in res.stdout
+    from mpiml.io import load_run
+
+    run = load_run(tmp_path / "results" / "default" / "run.h5")
+    steps, acc = run.metric("accuracy")
+    assert acc[-1] >= 0.95 and steps[-1] == run.config["run"]["steps"]
+    assert sorted(run.events) == [0, 1, 2, 3] and not run.missing_ranks
+    for ev in run.events.values():
+        kinds = set(ev["kind"])
+        assert {"compute", "allreduce", "update"} <= kinds
+        assert np.all(ev["t_end"] >= ev["t_start"]) and np.all(np.diff(ev["step"]) >= 0)
+    _, bytes_sent = run.metric("bytes_sent")
+    assert np.all(np.diff(bytes_sent) > 0)
+    _, dist = run.metric("consensus_distance")
+    assert np.all(dist == 0.0)  # synchronous SGD: every rank holds the same model
+
+
+def test_info_reports_the_setup(tmp_path: Path) -> None:
+    res = run_ranks(2, [*MPIML, "info"], 60, cwd=str(tmp_path))
+    assert res.returncode == 0
+    for field in ("MPI library", "ranks           2 on 1 host(s)", "thread level", "CUDA-aware MPI", "parallel HDF5", "cupy"):
+        assert field in res.stdout, res.stdout
+
+
+def test_pandas_and_h5py_read_the_run_file_as_it_is(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas", reason="pandas is in the test extra; install mpiml[test]")
+    assert _train(tmp_path, "--set", "run.steps=10", "--set", "run.eval_every=5")[0] == 0
+    with h5py.File(tmp_path / "results" / "default" / "run.h5", "r") as f:
+        events = pd.DataFrame(f["ranks/1/events"][()])
+        loss = pd.DataFrame(f["metrics/loss"][()])
+    assert list(events.columns) == ["step", "kind", "t_start", "t_end", "nbytes", "peer"] and len(events) > 10
+    assert list(loss["step"]) == [5, 10]
+    shutil.rmtree(tmp_path / "results")

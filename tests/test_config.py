@@ -1,0 +1,71 @@
+"""Job validation: every bad field is named with what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mpiml.config import SCHEMA, load_config, parse_set
+from mpiml.errors import ConfigError
+
+
+def test_default_job_is_valid_and_complete() -> None:
+    cfg = load_config(None)
+    for sec, fields in SCHEMA.items():
+        assert set(cfg[sec]) == set(fields)
+    assert cfg.run.steps > 0 and cfg.algorithm.name == "sgd"
+
+
+def test_set_overrides_parse_toml_values_and_bare_words() -> None:
+    cfg = load_config(None, ["run.steps=7", "model.hidden=[8, 4]", "run.name=my-run", "optimizer.lr=0.5"])
+    assert cfg.run.steps == 7 and cfg.model.hidden == [8, 4] and cfg.run.name == "my-run" and cfg.optimizer.lr == 0.5
+    assert parse_set(["data.standardize=false"]) == {"data": {"standardize": False}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["run.steps=0"], r"run.steps must be >= 1 \(got 0\)"),
+        (["optimizer.lr=-0.1"], r"optimizer.lr must be > 0.0 \(got -0.1\)"),
+        (["run.steps=1.5"], r"run.steps must be an integer"),
+        (["run.steps=true"], r"run.steps must be an integer"),
+        (["model.hidden=[8, 'a']"], r"model.hidden must be a list of integers"),
+        (["model.hidden=[0]"], r"model.hidden must be a list of widths >= 1"),
+        (["optimizer.name=lion"], r"optimizer.name must be one of 'sgd', .*'padam' \(got 'lion'\)"),
+        (["algorithm.name=nope"], r"algorithm.name must be one of 'sgd'"),
+        (["optimizer.momentum=1.0"], r"optimizer.momentum must be in \[0.0, 1.0\)"),
+        (["run.bogus=1"], r"unknown key run.bogus; allowed keys in \[run\]: name, seed, steps"),
+        (["nosuch.key=1"], r"unknown section \[nosuch\]"),
+        (["run.name=a/b"], r"run.name must be a non-empty folder name"),
+        (["optimizer.lr=nan"], r"optimizer.lr must be a finite number"),
+        (["data.name=hdf5"], r"data.path must name an HDF5 file"),
+        (["data.name=synthetic"], r"model.name must be 'linear' for data.name = 'synthetic'"),
+        (["run.steps"], r"--set expects section.key=value"),
+        (["steps=3"], r"--set expects section.key=value with one dot"),
+    ],
+)
+def test_bad_values_name_the_field(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_malformed_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run\nsteps = 3\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_section_must_be_a_table(tmp_path: Path) -> None:
+    p = tmp_path / "j.toml"
+    p.write_text("run = 3\n")
+    with pytest.raises(ConfigError, match=r"\[run\] must be a table"):
+        load_config(p)
+
+
+def test_examples_are_valid() -> None:
+    for job in sorted(Path(__file__).parents[1].joinpath("examples").glob("*.toml")):
+        load_config(job)

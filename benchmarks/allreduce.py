@@ -8,8 +8,9 @@ What is measured: MPI_SUM allreduce of a float32 buffer, for message sizes 4 KiB
 * ``mpiml``      -- blocking ``mpiml.protocols.AllReduce(comm, n, np.float32, op="sum").run(x)``;
 * ``mpiml_split``-- split-phase ``ar.start(x); ar.finish()`` (MPI_Iallreduce + MPI_Wait).
 
-Timing policy (identical in C and Python): 3 warm-up calls; 3 timed calls estimate the per-call
-time t; iters = target / repeats / t, clamped to [1, 100000]; then ``repeats`` times: barrier,
+Timing policy (identical in C and Python): 3 warm-up calls; the per-call time t is estimated from
+k = 1, 2, 4, ... timed calls, doubling k until they take a quarter of one repeat; iters = target /
+repeats / t, clamped to [1, 100000]; then ``repeats`` times: barrier,
 time iters back-to-back calls, per-call time = elapsed / iters, max over ranks. The reported
 time is the median of the repeats (the minimum is kept too). Bandwidth is algorithm bandwidth:
 message bytes / per-call seconds (GB/s = 1e9 B/s). Python variants are interleaved repeat by
@@ -65,7 +66,11 @@ def _measure(comm: Any, calls: dict[str, Callable[[], Any]], target: float, repe
     for name, fn in calls.items():
         for _ in range(3):
             fn()
-        iters[name] = min(max(round(target / repeats / per_call(fn, 3)), 1), 100_000)
+        k, est = 1, per_call(fn, 1)
+        while k * est < target / repeats / 4 and k < 100_000:  # same calibration as the C program
+            k *= 2
+            est = per_call(fn, k)
+        iters[name] = min(max(round(target / repeats / est), 1), 100_000)
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, fn in calls.items():

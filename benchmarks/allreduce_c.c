@@ -2,9 +2,9 @@
  *
  * Usage: mpiexec -n N allreduce_c [TARGET_SECONDS [REPEATS [MAX_BYTES]]]   (defaults 0.35 7 67108864)
  *
- * For each message size 4 KiB, 16 KiB, ..., MAX_BYTES (powers of 4): 3 warm-up calls, then 3 timed
- * calls to estimate the per-call time t (max over ranks); iters = TARGET_SECONDS / REPEATS / t
- * (clamped to [1, 100000]). Then REPEATS times: barrier, time iters calls, per-call time = elapsed /
+ * For each message size 4 KiB, 16 KiB, ..., MAX_BYTES (powers of 4): 3 warm-up calls; then the
+ * per-call time t (max over ranks) is estimated from k = 1, 2, 4, ... timed calls, doubling k until
+ * they take a quarter of one repeat; iters = TARGET_SECONDS / REPEATS / t (clamped to [1, 100000]). Then REPEATS times: barrier, time iters calls, per-call time = elapsed /
  * iters, max over ranks. Rank 0 prints one JSON line per size with the median (and min) of those.
  * The timing policy must stay identical to _measure() in benchmarks/allreduce.py.
  */
@@ -48,7 +48,12 @@ int main(int argc, char **argv) {
 
         for (int i = 0; i < WARMUP; i++)
             MPI_Allreduce(send, recv, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-        double est = time_calls(send, recv, n, WARMUP);
+        int k = 1;  /* calibrate: double k until k calls take >= a quarter of one repeat */
+        double est = time_calls(send, recv, n, k);
+        while (k * est < target / repeats / 4 && k < MAX_ITERS) {
+            k *= 2;
+            est = time_calls(send, recv, n, k);
+        }
         long it = (long)(target / repeats / est + 0.5);
         int iters = (int)(it < 1 ? 1 : it > MAX_ITERS ? MAX_ITERS : it);
         for (int r = 0; r < repeats; r++)

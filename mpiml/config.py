@@ -235,6 +235,20 @@ def parse_set(items: Iterable[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def schema_markdown() -> str:
+    """The job-file reference (docs/jobs.md is this text; a test keeps them equal)."""
+    lines = ["# Job file reference", "",
+             "Generated from `mpiml.config.SCHEMA` (`python -m mpiml.config > docs/jobs.md`).",
+             "Every key is optional; `--set section.key=value` overrides any of them.", ""]
+    for sec, fields in SCHEMA.items():
+        lines += [f"## [{sec}]", "", "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+        for key, f in fields.items():
+            default = json.dumps(f.default)
+            lines.append(f"| `{key}` | {f.type} | `{default}` | {f.allowed or 'any'} | {f.doc} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def default_job_text() -> str:
     return resources.files("mpiml").joinpath("jobs/default.toml").read_text()
 
@@ -258,3 +272,7 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
             raise ConfigError(f"[{sec}] must be a table of keys")
         target.update(body)
     return validate(raw)
+
+
+if __name__ == "__main__":
+    print(schema_markdown(), end="")

@@ -155,3 +155,13 @@ def test_pandas_and_h5py_read_the_run_file_as_it_is(tmp_path: Path) -> None:
     assert list(events.columns) == ["step", "kind", "t_start", "t_end", "nbytes", "peer"] and len(events) > 10
     assert list(loss["step"]) == [5, 10]
     shutil.rmtree(tmp_path / "results")
+
+
+EXAMPLES = sorted(Path(__file__).parents[1].joinpath("examples").glob("*.toml"))
+
+
+@pytest.mark.parametrize("job", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_runs_as_written(tmp_path: Path, job: Path) -> None:
+    res = run_ranks(4, [*MPIML, "train", str(job), "--out", str(tmp_path)], 300, cwd=str(tmp_path))
+    assert res.returncode == 0 and not res.timed_out, res.stderr[-3000:]
+    assert "run file:" in res.stdout

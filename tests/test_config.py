@@ -67,5 +67,14 @@ def test_section_must_be_a_table(tmp_path: Path) -> None:
 
 
 def test_examples_are_valid() -> None:
-    for job in sorted(Path(__file__).parents[1].joinpath("examples").glob("*.toml")):
+    jobs = sorted(Path(__file__).parents[1].joinpath("examples").glob("*.toml"))
+    assert jobs, "examples/ holds no job"
+    for job in jobs:
         load_config(job)
+
+
+def test_docs_jobs_md_matches_the_schema() -> None:
+    from mpiml.config import schema_markdown
+
+    doc = Path(__file__).parents[1] / "docs" / "jobs.md"
+    assert doc.read_text() == schema_markdown(), "docs/jobs.md is stale: python -m mpiml.config > docs/jobs.md"

@@ -106,11 +106,12 @@ def load_hdf5(path: str, test_fraction: float, seed: int) -> Dataset:
 def make_synthetic(samples: int, d: int, noise: float, test_fraction: float, seed: int, rank: int, size: int) -> Dataset:
     """Least-squares data y = x @ w_star + noise, generated shard by shard.
 
-    w_star ~ N(0, 1/d) comes from the run seed (the same on every rank); rank r
+    Rows x ~ N(0, I/d) (so ||x|| is about 1 whatever d is, and one learning rate
+    suits every size) and w_star ~ N(0, I) from the run seed (the same on every rank); rank r
     generates only its own share of the samples and of the test rows, so d can be
     as large as memory allows without any rank holding the whole set.
     """
-    w_star = seed_rng(seed, 20).standard_normal(d) / np.sqrt(d)
+    w_star = seed_rng(seed, 20).standard_normal(d)
     n_test = max(size, int(round(test_fraction * samples)))
     n_train = samples - n_test
     if n_train < size:
@@ -119,7 +120,7 @@ def make_synthetic(samples: int, d: int, noise: float, test_fraction: float, see
     def rows(total: int, purpose: int) -> tuple[np.ndarray, np.ndarray]:
         count = total // size + (1 if rank < total % size else 0)
         rng = seed_rng(seed, purpose, rank)
-        x = rng.standard_normal((count, d))
+        x = rng.standard_normal((count, d)) / np.sqrt(d)
         y = x @ w_star + noise * rng.standard_normal(count)
         return x, y
 

@@ -18,16 +18,26 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mpiml", description="MPI toolkit for weakly consistent parallel learning")
+    p = argparse.ArgumentParser(
+        prog="mpiml", description="MPI toolkit for weakly consistent parallel learning"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     t = sub.add_parser("train", help="train a job (run under mpiexec/srun)")
     t.add_argument("job", nargs="?", help="job file (TOML); the embedded default job when omitted")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one job key (repeatable); VALUE is a TOML value or a bare word")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one job key (repeatable); VALUE is a TOML value or a bare word",
+    )
     t.add_argument("--out", default="results", help="output folder (default: results)")
     t.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
-    t.add_argument("--print-job", action="store_true", help="print the validated job as TOML-like text and exit")
+    t.add_argument(
+        "--print-job", action="store_true", help="print the validated job as TOML-like text and exit"
+    )
     sub.add_parser("info", help="MPI library, ranks, thread level, CUDA-aware, parallel HDF5, cupy")
     return p
 

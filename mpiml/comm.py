@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
+from types import TracebackType
 from typing import TypeVar
 
 from mpi4py import MPI
@@ -80,9 +82,9 @@ def install_abort_handler() -> None:
     other ranks never hang in a collective or in finalize.
     """
 
-    def hook(exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         rank = MPI.COMM_WORLD.Get_rank()
-        text = "".join(traceback.format_exception(exc_type, exc, tb))  # type: ignore[arg-type]
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
         sys.stderr.write(f"[mpiml rank {rank}] unhandled exception, aborting the job:\n{text}")
         sys.stderr.flush()
         for fn in reversed(_cleanups):
@@ -90,6 +92,9 @@ def install_abort_handler() -> None:
                 fn()
             except Exception:
                 pass
+        # MPI_Abort kills every process at once; give mpiexec's I/O forwarding a moment
+        # to pass the traceback on first (Hydra dropped it now and then without this).
+        time.sleep(0.5)
         MPI.COMM_WORLD.Abort(1)
         os._exit(1)  # not reached with a conforming MPI
 

@@ -49,7 +49,9 @@ def _range(lo: float, hi: float, hi_open: bool = False) -> tuple[Callable[[Any],
     return (lambda v: lo <= v <= hi), f"in [{lo}, {hi}]"
 
 
-def _f(type_: str, default: Any, rule: tuple[Callable[[Any], bool], str] | None = None, doc: str = "") -> Field:
+def _f(
+    type_: str, default: Any, rule: tuple[Callable[[Any], bool], str] | None = None, doc: str = ""
+) -> Field:
     if rule is None:
         return Field(type_, default, None, "", doc)
     return Field(type_, default, rule[0], rule[1], doc)
@@ -59,7 +61,15 @@ ALGORITHMS = ("sgd",)
 
 SCHEMA: dict[str, dict[str, Field]] = {
     "run": {
-        "name": _f("str", "default", (lambda v: v != "" and "/" not in v and v not in (".", ".."), "a non-empty folder name without '/'"), "run folder under --out"),
+        "name": _f(
+            "str",
+            "default",
+            (
+                lambda v: v != "" and "/" not in v and v not in (".", ".."),
+                "a non-empty folder name without '/'",
+            ),
+            "run folder under --out",
+        ),
         "seed": _f("int", 0, _min(0), "run seed; rank r uses (seed, r)"),
         "steps": _f("int", 600, _min(1), "training steps per rank"),
         "eval_every": _f("int", 50, _min(1), "steps between evaluations and progress lines"),
@@ -70,8 +80,15 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "name": _f("str", "sgd", _choice(*ALGORITHMS), "the training algorithm"),
     },
     "model": {
-        "name": _f("str", "mlp", _choice("softmax", "mlp", "linear"), "model (linear: least squares, for regression data)"),
-        "hidden": _f("int_list", [64], (lambda v: all(h >= 1 for h in v), "a list of widths >= 1"), "MLP hidden widths"),
+        "name": _f(
+            "str",
+            "mlp",
+            _choice("softmax", "mlp", "linear"),
+            "model (linear: least squares, for regression data)",
+        ),
+        "hidden": _f(
+            "int_list", [64], (lambda v: all(h >= 1 for h in v), "a list of widths >= 1"), "MLP hidden widths"
+        ),
         "activation": _f("str", "relu", _choice("relu", "tanh"), "MLP activation"),
         "dtype": _f("str", "float32", _choice("float32", "float64"), "parameter and compute dtype"),
         "init_scale": _f("float", 1.0, _min(0.0, strict=True), "multiplier on He/Glorot init"),
@@ -79,10 +96,16 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "data": {
         "name": _f("str", "digits", _choice("digits", "synthetic", "hdf5"), "data set"),
         "batch_size": _f("int", 32, _min(1), "per-rank minibatch size"),
-        "partition": _f("str", "iid", _choice("iid", "dirichlet"), "how training samples are sharded over ranks"),
-        "alpha": _f("float", 0.5, _min(0.0, strict=True), "Dirichlet concentration for partition = 'dirichlet'"),
+        "partition": _f(
+            "str", "iid", _choice("iid", "dirichlet"), "how training samples are sharded over ranks"
+        ),
+        "alpha": _f(
+            "float", 0.5, _min(0.0, strict=True), "Dirichlet concentration for partition = 'dirichlet'"
+        ),
         "test_fraction": _f("float", 0.2, _range(0.05, 0.95), "held-out share of the samples"),
-        "standardize": _f("bool", True, None, "scale features to zero mean, unit variance (train statistics)"),
+        "standardize": _f(
+            "bool", True, None, "scale features to zero mean, unit variance (train statistics)"
+        ),
         "path": _f("str", "", None, "HDF5 file with /x and /y for name = 'hdf5'"),
         "samples": _f("int", 4096, _min(2), "synthetic: number of samples"),
         "features": _f("int", 32, _min(1), "synthetic: input size d"),
@@ -95,7 +118,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "s": _f("float", 1.0, _min(0.0), "interpolation s of SUM (0: heavy ball, 1: Nesterov)"),
         "beta1": _f("float", 0.9, _range(0.0, 1.0, hi_open=True), "beta_1 of MixML eq. 11"),
         "beta2": _f("float", 0.999, _range(0.0, 1.0, hi_open=True), "beta_2 of MixML eq. 11"),
-        "p": _f("float", 0.25, (lambda v: 0.0 < v <= 0.5, "in (0, 0.5]"), "exponent p of MixML eq. 11 for 'padam'"),
+        "p": _f(
+            "float", 0.25, (lambda v: 0.0 < v <= 0.5, "in (0, 0.5]"), "exponent p of MixML eq. 11 for 'padam'"
+        ),
         "eps": _f("float", 1e-8, _min(0.0), "added to v_t before the power in eq. 11"),
         "weight_decay": _f("float", 0.0, _min(0.0), "L2 penalty folded into the gradient"),
     },
@@ -114,10 +139,18 @@ SCHEMA: dict[str, dict[str, Field]] = {
 }
 
 # Keys that may differ between a checkpoint's job and the resuming job.
-RESUMABLE_CHANGES = {("run", "name"), ("run", "steps"), ("run", "eval_every"), ("checkpoint", "every"), ("checkpoint", "keep"), ("trace", "flush_every"), ("trace", "events")}
+RESUMABLE_CHANGES = {
+    ("run", "name"),
+    ("run", "steps"),
+    ("run", "eval_every"),
+    ("checkpoint", "every"),
+    ("checkpoint", "keep"),
+    ("trace", "flush_every"),
+    ("trace", "events"),
+}
 
 
-class Section(dict):  # type: ignore[type-arg]
+class Section(dict[str, Any]):
     """A section of a config; keys are also attributes (``cfg.run.steps``)."""
 
     def __getattr__(self, key: str) -> Any:
@@ -127,12 +160,12 @@ class Section(dict):  # type: ignore[type-arg]
             raise AttributeError(key) from None
 
 
-class Config(dict):  # type: ignore[type-arg]
+class Config(dict[str, Any]):
     """A validated job: ``{section: {key: value}}`` with every key present."""
 
     def __getattr__(self, key: str) -> Section:
         try:
-            return self[key]  # type: ignore[no-any-return]
+            return self[key]
         except KeyError:
             raise AttributeError(key) from None
 
@@ -194,11 +227,18 @@ def validate(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"[{sec}] must be a table of keys (got {body!r})")
         for key in body:
             if key not in SCHEMA[sec]:
-                raise ConfigError(f"unknown key {sec}.{key}; allowed keys in [{sec}]: {', '.join(SCHEMA[sec])}")
+                raise ConfigError(
+                    f"unknown key {sec}.{key}; allowed keys in [{sec}]: {', '.join(SCHEMA[sec])}"
+                )
     cfg = Config()
     for sec, fields in SCHEMA.items():
         body = raw.get(sec, {})
-        cfg[sec] = Section({key: _typed(f"{sec}.{key}", f, body[key]) if key in body else _copy(f.default) for key, f in fields.items()})
+        cfg[sec] = Section(
+            {
+                key: _typed(f"{sec}.{key}", f, body[key]) if key in body else _copy(f.default)
+                for key, f in fields.items()
+            }
+        )
     _cross_checks(cfg)
     return cfg
 
@@ -211,9 +251,13 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.data.name == "hdf5" and not cfg.data.path:
         raise ConfigError("data.path must name an HDF5 file with /x and /y when data.name = 'hdf5'")
     if cfg.data.name == "synthetic" and cfg.model.name != "linear":
-        raise ConfigError(f"model.name must be 'linear' for data.name = 'synthetic' (regression data; got {cfg.model.name!r})")
+        raise ConfigError(
+            f"model.name must be 'linear' for data.name = 'synthetic' (regression data; got {cfg.model.name!r})"
+        )
     if cfg.data.name == "synthetic" and cfg.data.partition != "iid":
-        raise ConfigError("data.partition must be 'iid' for data.name = 'synthetic' (a Dirichlet split needs class labels)")
+        raise ConfigError(
+            "data.partition must be 'iid' for data.name = 'synthetic' (a Dirichlet split needs class labels)"
+        )
 
 
 def parse_set(items: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -237,9 +281,13 @@ def parse_set(items: Iterable[str]) -> dict[str, dict[str, Any]]:
 
 def schema_markdown() -> str:
     """The job-file reference (docs/jobs.md is this text; a test keeps them equal)."""
-    lines = ["# Job file reference", "",
-             "Generated from `mpiml.config.SCHEMA` (`python -m mpiml.config > docs/jobs.md`).",
-             "Every key is optional; `--set section.key=value` overrides any of them.", ""]
+    lines = [
+        "# Job file reference",
+        "",
+        "Generated from `mpiml.config.SCHEMA` (`python -m mpiml.config > docs/jobs.md`).",
+        "Every key is optional; `--set section.key=value` overrides any of them.",
+        "",
+    ]
     for sec, fields in SCHEMA.items():
         lines += [f"## [{sec}]", "", "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
         for key, f in fields.items():

@@ -7,13 +7,22 @@ from typing import Any
 
 __all__ = ["collect", "format_info"]
 
-_THREAD_LEVELS = {0: "MPI_THREAD_SINGLE", 1: "MPI_THREAD_FUNNELED", 2: "MPI_THREAD_SERIALIZED", 3: "MPI_THREAD_MULTIPLE"}
+_THREAD_LEVELS = {
+    0: "MPI_THREAD_SINGLE",
+    1: "MPI_THREAD_FUNNELED",
+    2: "MPI_THREAD_SERIALIZED",
+    3: "MPI_THREAD_MULTIPLE",
+}
 
 
 def _cuda_aware_mpi() -> str:
     """mpiml's setting: CUDA-awareness cannot be detected reliably, so it is opt-in."""
     flag = os.environ.get("MPIML_CUDA_AWARE", "")
-    setting = "on (MPIML_CUDA_AWARE)" if flag.lower() in ("1", "true", "yes") else "off (set MPIML_CUDA_AWARE=1 to enable)"
+    setting = (
+        "on (MPIML_CUDA_AWARE)"
+        if flag.lower() in ("1", "true", "yes")
+        else "off (set MPIML_CUDA_AWARE=1 to enable)"
+    )
     return setting
 
 
@@ -39,13 +48,15 @@ def collect() -> dict[str, Any]:
         "rank": comm.Get_rank(),
         "mpiml": __version__,
         "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
-        "mpi_standard": "%d.%d" % MPI.Get_version(),
+        "mpi_standard": "{}.{}".format(*MPI.Get_version()),
         "mpi4py": mpi4py.__version__,
         "ranks": comm.Get_size(),
         "hosts": len(set(comm.allgather(MPI.Get_processor_name()))),
         "thread_level": _THREAD_LEVELS.get(level, str(level)),
         "cuda_aware": _cuda_aware_mpi(),
-        "parallel_hdf5": "yes (h5py built with MPI)" if h5py.get_config().mpi else "no (per-rank files are used)",
+        "parallel_hdf5": "yes (h5py built with MPI)"
+        if h5py.get_config().mpi
+        else "no (per-rank files are used)",
         "h5py": f"{h5py.__version__} (HDF5 {h5py.version.hdf5_version})",
         "numpy": np.__version__,
         "cupy": cupy_text,

@@ -130,7 +130,7 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "sum", "adam", "amsgrad", "rmsprop"
 def build_optimizer(o: Any) -> Optimizer:
     """The optimizer named by a config section ``o`` (``optimizer.name`` and its keys)."""
     wd = o.weight_decay
-    table = {
+    table: dict[str, Any] = {
         "sgd": lambda: SGD(o.lr, wd),
         "momentum": lambda: SUM(o.lr, o.momentum, 0.0, wd),
         "nesterov": lambda: SUM(o.lr, o.momentum, 1.0, wd),
@@ -142,4 +142,5 @@ def build_optimizer(o: Any) -> Optimizer:
     }
     if o.name not in table:
         raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)} (got {o.name!r})")
-    return table[o.name]()
+    opt: Optimizer = table[o.name]()
+    return opt

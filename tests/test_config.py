@@ -19,7 +19,12 @@ def test_default_job_is_valid_and_complete() -> None:
 
 def test_set_overrides_parse_toml_values_and_bare_words() -> None:
     cfg = load_config(None, ["run.steps=7", "model.hidden=[8, 4]", "run.name=my-run", "optimizer.lr=0.5"])
-    assert cfg.run.steps == 7 and cfg.model.hidden == [8, 4] and cfg.run.name == "my-run" and cfg.optimizer.lr == 0.5
+    assert (
+        cfg.run.steps == 7
+        and cfg.model.hidden == [8, 4]
+        and cfg.run.name == "my-run"
+        and cfg.optimizer.lr == 0.5
+    )
     assert parse_set(["data.standardize=false"]) == {"data": {"standardize": False}}
 
 
@@ -77,4 +82,6 @@ def test_docs_jobs_md_matches_the_schema() -> None:
     from mpiml.config import schema_markdown
 
     doc = Path(__file__).parents[1] / "docs" / "jobs.md"
-    assert doc.read_text() == schema_markdown(), "docs/jobs.md is stale: python -m mpiml.config > docs/jobs.md"
+    assert doc.read_text() == schema_markdown(), (
+        "docs/jobs.md is stale: python -m mpiml.config > docs/jobs.md"
+    )

@@ -61,12 +61,16 @@ def test_sampler_rejects_a_batch_larger_than_the_shard() -> None:
 
 def test_build_data_names_batch_size_when_shards_are_too_small() -> None:
     cfg = load_config(None, ["data.batch_size=400"])
-    with pytest.raises(ConfigError, match=r"data.batch_size = 400 is larger than the smallest shard \(359 rows"):
+    with pytest.raises(
+        ConfigError, match=r"data.batch_size = 400 is larger than the smallest shard \(359 rows"
+    ):
         build_data(cfg, 0, 4)
 
 
 def test_synthetic_regression_of_any_size_is_sharded_by_generation() -> None:
-    cfg = load_config(None, ["data.name=synthetic", "model.name=linear", "data.features=1000", "data.samples=100"])
+    cfg = load_config(
+        None, ["data.name=synthetic", "model.name=linear", "data.features=1000", "data.samples=100"]
+    )
     d0, d1 = build_data(cfg, 0, 2), build_data(cfg, 1, 2)
     assert d0.n_features == 1000 and d0.n_classes == 0
     assert d0.x_train.shape[0] + d1.x_train.shape[0] == 80

@@ -23,7 +23,9 @@ def _inputs(comm: MPI.Comm, size: int, dtype: str) -> list[np.ndarray]:
 @pytest.mark.parametrize("size", [0, 1, 7, 1001, 16 * 2**20])
 def test_allreduce_equals_numpy_sum(comm: MPI.Comm, size: int, dtype: str) -> None:
     if size > 2**20:
-        xs = [np.full(size, r + 1, dtype=dtype) for r in range(comm.Get_size())]  # 16M: exact sums, no RNG cost
+        xs = [
+            np.full(size, r + 1, dtype=dtype) for r in range(comm.Get_size())
+        ]  # 16M: exact sums, no RNG cost
     else:
         xs = _inputs(comm, size, dtype)
     ar = AllReduce(comm, size, dtype, op="sum")
@@ -100,5 +102,9 @@ def test_traces_allreduce_and_wait(comm: MPI.Comm) -> None:
     ar.finish()
     rows = tr.take()
     kinds = [k.decode() for k in rows["kind"]]
-    ok = kinds == ["allreduce", "allreduce", "wait"] and list(rows["nbytes"][:2]) == [400, 400] and tr.bytes_sent == 800
+    ok = (
+        kinds == ["allreduce", "allreduce", "wait"]
+        and list(rows["nbytes"][:2]) == [400, 400]
+        and tr.bytes_sent == 800
+    )
     assert_all(comm, ok and bool(np.all(rows["t_end"] >= rows["t_start"])), f"{rows}")

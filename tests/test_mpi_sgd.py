@@ -19,15 +19,31 @@ pytestmark = pytest.mark.mpi(min_size=2)
 
 
 def _cfg(name: str, *extra: str):  # type: ignore[no-untyped-def]
-    return load_config(None, [f"run.name={name}", "run.steps=30", "run.eval_every=10", "model.dtype=float64",
-                              "data.batch_size=8", "checkpoint.every=0", *extra])
+    return load_config(
+        None,
+        [
+            f"run.name={name}",
+            "run.steps=30",
+            "run.eval_every=10",
+            "model.dtype=float64",
+            "data.batch_size=8",
+            "checkpoint.every=0",
+            *extra,
+        ],
+    )
 
 
 def _serial_reference(cfg, n: int) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Serial SGD on the global batch: the union of the n ranks' minibatches, in float64."""
     datas = [build_data(cfg, r, n) for r in range(n)]
-    model = build_model(cfg.model.name, datas[0].n_features, datas[0].n_classes, cfg.model.hidden,
-                        cfg.model.activation, "float64")
+    model = build_model(
+        cfg.model.name,
+        datas[0].n_features,
+        datas[0].n_classes,
+        cfg.model.hidden,
+        cfg.model.activation,
+        "float64",
+    )
     x = model.init(np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 0])))
     opt = build_optimizer(cfg.optimizer)
     state = opt.init(x)
@@ -43,7 +59,11 @@ def _serial_reference(cfg, n: int) -> np.ndarray:  # type: ignore[no-untyped-def
 
 @pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam"])
 def test_sgd_equals_serial_large_batch(comm: MPI.Comm, shared_tmp, optimizer: str) -> None:  # type: ignore[no-untyped-def]
-    cfg = _cfg(f"eq-{optimizer}", f"optimizer.name={optimizer}", "optimizer.lr=0.01" if optimizer == "adam" else "optimizer.lr=0.1")
+    cfg = _cfg(
+        f"eq-{optimizer}",
+        f"optimizer.name={optimizer}",
+        "optimizer.lr=0.01" if optimizer == "adam" else "optimizer.lr=0.1",
+    )
     res = train(cfg, comm, out=shared_tmp, stream=open("/dev/null", "w"))
     ref = _serial_reference(cfg, comm.Get_size())
     # Tolerance: the two differ only in summation order (the mean of n per-rank mean
@@ -66,9 +86,17 @@ def test_sgd_repeats_bit_for_bit(comm: MPI.Comm, shared_tmp) -> None:  # type: i
 
 @pytest.mark.parametrize("optimizer", ["nesterov", "amsgrad"])
 def test_resume_at_every_checkpoint_ends_bit_for_bit(comm: MPI.Comm, shared_tmp, optimizer: str) -> None:  # type: ignore[no-untyped-def]
-    extra = ["run.steps=40", "run.eval_every=15", "checkpoint.every=10", "checkpoint.keep=10",
-             "model.dtype=float32", "data.partition=dirichlet", "data.alpha=1.0", f"optimizer.name={optimizer}",
-             "optimizer.lr=0.01"]
+    extra = [
+        "run.steps=40",
+        "run.eval_every=15",
+        "checkpoint.every=10",
+        "checkpoint.keep=10",
+        "model.dtype=float32",
+        "data.partition=dirichlet",
+        "data.alpha=1.0",
+        f"optimizer.name={optimizer}",
+        "optimizer.lr=0.01",
+    ]
     full = train(_cfg("full", *extra), comm, out=shared_tmp, stream=open("/dev/null", "w"))
     for s in (10, 20, 30):
         name = f"resume-{s}"

@@ -59,8 +59,9 @@ def test_heavy_ball_and_nesterov_special_cases() -> None:
     assert isinstance(opt, SUM) and opt.s == 1.0 and opt.beta == 0.8 and opt.lr == 0.01
 
 
-def _sam_reference(x0: np.ndarray, gs: list[np.ndarray], a: float, b1: float, b2: float, p: float,
-                   use_max: bool, eps: float) -> np.ndarray:
+def _sam_reference(
+    x0: np.ndarray, gs: list[np.ndarray], a: float, b1: float, b2: float, p: float, use_max: bool, eps: float
+) -> np.ndarray:
     """MixML eq. (11): m_t = b1 m + (1-b1) g; v_t = max(b2 v + (1-b2) g^2, v_{t-1});
     x_{t+1} = x_t - a (v_t + eps)^{-p} m_t."""
     x, m, v = x0.copy(), np.zeros_like(x0), np.zeros_like(x0)
@@ -74,10 +75,17 @@ def _sam_reference(x0: np.ndarray, gs: list[np.ndarray], a: float, b1: float, b2
 
 @pytest.mark.parametrize(
     ("name", "p", "use_max", "b1"),
-    [("adam", 0.5, False, 0.9), ("amsgrad", 0.5, True, 0.9), ("rmsprop", 0.5, True, 0.0), ("padam", 0.25, True, 0.9)],
+    [
+        ("adam", 0.5, False, 0.9),
+        ("amsgrad", 0.5, True, 0.9),
+        ("rmsprop", 0.5, True, 0.0),
+        ("padam", 0.25, True, 0.9),
+    ],
 )
 def test_adaptive_methods_are_mixml_eq11(name: str, p: float, use_max: bool, b1: float) -> None:
-    cfg = load_config(None, [f"optimizer.name={name}", "optimizer.lr=0.01", "optimizer.beta2=0.99", "optimizer.p=0.25"])
+    cfg = load_config(
+        None, [f"optimizer.name={name}", "optimizer.lr=0.01", "optimizer.beta2=0.99", "optimizer.p=0.25"]
+    )
     opt = build_optimizer(cfg.optimizer)
     assert isinstance(opt, SAM)
     x0, gs = np.linspace(-1, 1, 13), _grads()

@@ -70,7 +70,7 @@ class Algorithm(ABC):
         self.ctx.optimizer.step(self.x, g, self.opt_state)
         self.trace.record(t, "update", t0, self.trace.now())
 
-    def finalize(self) -> None:
+    def finalize(self) -> None:  # noqa: B027 - a hook: synchronous algorithms have nothing in flight
         """Complete any communication still in flight (end of run, before a checkpoint)."""
 
     def state_arrays(self) -> dict[str, np.ndarray]:

@@ -20,8 +20,9 @@ class AllReduceSGD(Algorithm):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.allreduce = AllReduce(ctx.comm, self.x.size, self.x.dtype, ctx.xp, op="mean",
-                                   trace=ctx.trace, cuda_aware=ctx.cuda_aware)
+        self.allreduce = AllReduce(
+            ctx.comm, self.x.size, self.x.dtype, ctx.xp, op="mean", trace=ctx.trace, cuda_aware=ctx.cuda_aware
+        )
 
     def step(self, t: int) -> float:
         loss = self.local_gradient(t)

@@ -28,7 +28,17 @@ __all__ = [
 class RankData:
     """What one rank trains and evaluates on: its shard, its sampler, its test slice."""
 
-    def __init__(self, ds: Dataset, shard: np.ndarray | None, rank: int, size: int, batch_size: int, seed: int, dtype: str, xp: Any) -> None:
+    def __init__(
+        self,
+        ds: Dataset,
+        shard: np.ndarray | None,
+        rank: int,
+        size: int,
+        batch_size: int,
+        seed: int,
+        dtype: str,
+        xp: Any,
+    ) -> None:
         self.n_classes = ds.n_classes
         self.n_features = ds.n_features
         self.name = ds.name
@@ -72,9 +82,13 @@ def build_data(cfg: Any, rank: int, size: int, xp: Any = np) -> RankData:
     else:  # pragma: no cover - schema forbids it
         raise ConfigError(f"data.name {d.name!r} is unknown")
     if ds.n_classes == 0 and cfg.model.name != "linear":
-        raise ConfigError(f"model.name must be 'linear' for regression targets in {ds.name!r} (got {cfg.model.name!r})")
+        raise ConfigError(
+            f"model.name must be 'linear' for regression targets in {ds.name!r} (got {cfg.model.name!r})"
+        )
     if ds.n_classes and cfg.model.name == "linear":
-        raise ConfigError(f"model.name = 'linear' needs real-valued targets; {ds.name!r} has class labels (use 'softmax' or 'mlp')")
+        raise ConfigError(
+            f"model.name = 'linear' needs real-valued targets; {ds.name!r} has class labels (use 'softmax' or 'mlp')"
+        )
     if d.standardize and not ds.presharded:
         standardize(ds)
     shard = None
@@ -98,5 +112,7 @@ def build_data(cfg: Any, rank: int, size: int, xp: Any = np) -> RankData:
     else:
         rows = len(ds.x_train)
         if d.batch_size > rows:
-            raise ConfigError(f"data.batch_size = {d.batch_size} is larger than this rank's shard ({rows} rows); allowed: 1..{rows}")
+            raise ConfigError(
+                f"data.batch_size = {d.batch_size} is larger than this rank's shard ({rows} rows); allowed: 1..{rows}"
+            )
     return RankData(ds, shard, rank, size, d.batch_size, seed, cfg.model.dtype, xp)

@@ -52,12 +52,19 @@ class ShardSampler:
         return self._xb, self._yb
 
     def state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "cursor": self.cursor, "perm": self.perm.copy(), "rng": self.rng.bit_generator.state}
+        return {
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+            "perm": self.perm.copy(),
+            "rng": self.rng.bit_generator.state,
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         perm = np.asarray(state["perm"], dtype=np.int64)
         if perm.shape != (self.n,):
-            raise ValueError(f"sampler state holds a permutation of {perm.shape[0]} rows, the shard has {self.n}")
+            raise ValueError(
+                f"sampler state holds a permutation of {perm.shape[0]} rows, the shard has {self.n}"
+            )
         self.epoch, self.cursor, self.perm = int(state["epoch"]), int(state["cursor"]), perm
         self.rng.bit_generator.state = state["rng"]
 

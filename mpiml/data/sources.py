@@ -103,7 +103,9 @@ def load_hdf5(path: str, test_fraction: float, seed: int) -> Dataset:
     return Dataset(xtr, ytr, xte, yte, max(n_classes, 2) if n_classes else 0, p.name)
 
 
-def make_synthetic(samples: int, d: int, noise: float, test_fraction: float, seed: int, rank: int, size: int) -> Dataset:
+def make_synthetic(
+    samples: int, d: int, noise: float, test_fraction: float, seed: int, rank: int, size: int
+) -> Dataset:
     """Least-squares data y = x @ w_star + noise, generated shard by shard.
 
     Rows x ~ N(0, I/d) (so ||x|| is about 1 whatever d is, and one learning rate

@@ -66,7 +66,9 @@ def load_run(path: str | Path) -> Run:
     with h5py.File(p, "r") as f:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         if attrs.get("schema") != SCHEMA:
-            raise ValueError(f"{p} is not an mpiml run file (schema {attrs.get('schema')!r}, expected {SCHEMA!r})")
+            raise ValueError(
+                f"{p} is not an mpiml run file (schema {attrs.get('schema')!r}, expected {SCHEMA!r})"
+            )
         config = json.loads(attrs.get("config", "{}"))
         metrics = {name: ds[()] for name, ds in f["metrics"].items()}
         events: dict[int, np.ndarray] = {}
@@ -78,7 +80,9 @@ def load_run(path: str | Path) -> Run:
             except (KeyError, OSError):
                 missing.append(r)
                 continue
-            out = np.empty(ev.shape, dtype=[(n, "U16" if n == "kind" else ev.dtype[n]) for n in ev.dtype.names])
+            out = np.empty(
+                ev.shape, dtype=[(n, "U16" if n == "kind" else ev.dtype[n]) for n in ev.dtype.names]
+            )
             for n in ev.dtype.names:
                 out[n] = np.char.decode(ev[n]) if n == "kind" else ev[n]
             events[r] = out

@@ -89,7 +89,9 @@ def read_rank(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         with h5py.File(path, "r") as f:
             arrays: dict[str, np.ndarray] = {}
-            f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+            f.visititems(
+                lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+            )
             meta_text = str(f.attrs["meta"])
             digest = str(f.attrs["sha256"])
     except Exception as exc:  # any failure to read is a damaged checkpoint, reported, never a crash
@@ -113,7 +115,7 @@ def verify_rank(path: Path) -> str:
 def checkpoint_dirs(root: Path) -> list[tuple[int, Path, str]]:
     """(step, folder, problem) for every step folder, newest first; problem is ''
     for a folder marked complete."""
-    out = []
+    out: list[tuple[int, Path, str]] = []
     if not root.is_dir():
         return out
     for d in root.iterdir():

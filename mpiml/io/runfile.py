@@ -43,7 +43,7 @@ def rank_file_name(rank: int) -> str:
 
 def _table(group: h5py.Group, name: str, dtype: np.dtype) -> h5py.Dataset:
     if name in group:
-        return group[name]  # type: ignore[return-value]
+        return group[name]
     return group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
 
 
@@ -93,7 +93,9 @@ class RankFile:
 class RunFile:
     """Rank 0's ``run.h5``: run attributes, metrics, and links to every rank's file."""
 
-    def __init__(self, run_dir: Path, world_size: int, attrs: dict[str, Any], resume_step: int | None) -> None:
+    def __init__(
+        self, run_dir: Path, world_size: int, attrs: dict[str, Any], resume_step: int | None
+    ) -> None:
         self.path = run_dir / "run.h5"
         self.f = h5py.File(self.path, "a" if resume_step is not None else "w")
         if resume_step is None:
@@ -109,7 +111,9 @@ class RunFile:
             if str(r) not in ranks:
                 ranks[str(r)] = h5py.ExternalLink(rank_file_name(r), "/")
         if resume_step is not None:
-            self.f.attrs["resumed_at_steps"] = np.append(self.f.attrs.get("resumed_at_steps", np.zeros(0, np.int64)), resume_step)
+            self.f.attrs["resumed_at_steps"] = np.append(
+                self.f.attrs.get("resumed_at_steps", np.zeros(0, np.int64)), resume_step
+            )
             for ds in self.metrics.values():
                 _truncate_after(ds, resume_step)
         self._pending: dict[str, list[tuple[int, float, float]]] = {}

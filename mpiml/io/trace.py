@@ -42,7 +42,9 @@ class Trace:
     def now(self) -> float:
         return time.perf_counter() + self.offset - self.t0
 
-    def record(self, step: int, kind: str, t_start: float, t_end: float, nbytes: int = 0, peer: int = -1) -> None:
+    def record(
+        self, step: int, kind: str, t_start: float, t_end: float, nbytes: int = 0, peer: int = -1
+    ) -> None:
         self.totals[kind] += t_end - t_start
         if self.enabled:
             self._rows.append((step, kind.encode(), t_start, t_end, nbytes, peer))

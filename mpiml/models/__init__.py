@@ -11,13 +11,17 @@ __all__ = ["LinearRegression", "MLP", "ParamLayout", "build_model"]
 Model = MLP | LinearRegression
 
 
-def build_model(name: str, n_features: int, n_classes: int, hidden: list[int], activation: str, dtype: str) -> Model:
+def build_model(
+    name: str, n_features: int, n_classes: int, hidden: list[int], activation: str, dtype: str
+) -> Model:
     """``softmax`` (softmax regression), ``mlp`` with the given hidden widths, or
     ``linear`` (least squares; ``n_classes`` is 0 for regression data)."""
     if name == "linear":
         return LinearRegression(n_features, dtype)
     if n_classes < 2:
-        raise ValueError(f"model.name = {name!r} needs class labels; regression data needs model.name = 'linear'")
+        raise ValueError(
+            f"model.name = {name!r} needs class labels; regression data needs model.name = 'linear'"
+        )
     if name == "softmax":
         return MLP([n_features, n_classes], activation, dtype)
     if name == "mlp":

@@ -32,8 +32,16 @@ class AllReduce(Protocol):
 
     name = "allreduce"
 
-    def __init__(self, comm: MPI.Comm, size: int, dtype: Any, xp: Any = np, op: str = "mean",
-                 trace: Trace | None = None, cuda_aware: bool | None = None) -> None:
+    def __init__(
+        self,
+        comm: MPI.Comm,
+        size: int,
+        dtype: Any,
+        xp: Any = np,
+        op: str = "mean",
+        trace: Trace | None = None,
+        cuda_aware: bool | None = None,
+    ) -> None:
         super().__init__(trace)
         if op not in ("sum", "mean"):
             raise ValueError(f"op must be 'sum' or 'mean' (got {op!r})")
@@ -55,7 +63,9 @@ class AllReduce(Protocol):
 
     def _check(self, x: Array) -> None:
         if x.shape != (self.size,) or x.dtype != self.dtype:
-            raise ValueError(f"{self.name} expects a flat array of {self.size} {self.dtype} values (got {x.shape} {x.dtype})")
+            raise ValueError(
+                f"{self.name} expects a flat array of {self.size} {self.dtype} values (got {x.shape} {x.dtype})"
+            )
         if self._req is not None:
             raise RuntimeError(f"{self.name}: start() called while the previous operation is still in flight")
 

@@ -272,8 +272,11 @@ def train(
         _print_header(cfg, size, threads, run_dir, stream)
 
     last: dict[str, float] = {}
+    fail_at = _fault_injection(rank)
     t_loop = time.perf_counter()
     for t in range(start, cfg.run.steps):
+        if t == fail_at:
+            raise RuntimeError(f"MPIML_FAIL_AT: injected failure on rank {rank} at step {t}")
         loss_sum += alg.step(t)
         loss_count += 1
         done = t + 1
@@ -307,6 +310,19 @@ def train(
         to_host(alg.x).copy(),
         wall,
     )
+
+
+def _fault_injection(rank: int) -> int:
+    """Step at which this rank raises, from ``MPIML_FAIL_AT=RANK:STEP`` (for testing
+    crash handling, aborts and resume); -1 when unset or for another rank."""
+    spec = os.environ.get("MPIML_FAIL_AT", "")
+    if not spec:
+        return -1
+    try:
+        r, s = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise ConfigError(f"MPIML_FAIL_AT must be RANK:STEP (got {spec!r})") from None
+    return s if r == rank else -1
 
 
 def _checkpoint(

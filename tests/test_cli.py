@@ -203,3 +203,22 @@ def test_h5dump_reads_the_run_file_through_its_links(tmp_path: Path) -> None:
         cwd="/",
     )
     assert out.returncode == 0 and '"allreduce' in out.stdout and 'H5T_STD_I64LE "step"' in out.stdout
+
+
+def test_a_crash_loses_at_most_one_flush_interval(tmp_path: Path) -> None:
+    """Rank 2 fails at step 35 (MPIML_FAIL_AT); files are flushed every 10 steps."""
+    import os
+
+    from mpiml.io import load_run
+
+    env = dict(os.environ, MPIML_FAIL_AT="2:35")
+    args = ["train", "--set", "run.steps=100", "--set", "run.eval_every=5", "--set", "trace.flush_every=10"]
+    res = run_ranks(4, [*MPIML, *args, "--out", str(tmp_path)], TIMEOUT, cwd=str(tmp_path), env=env)
+    assert not res.timed_out and res.returncode != 0
+    assert "injected failure on rank 2 at step 35" in res.stderr and "[mpiml rank 2]" in res.stderr
+    run = load_run(tmp_path / "default")
+    assert run.events[2]["step"].max() == 34  # the failing rank flushed everything on its way out
+    for r in (0, 1, 3):  # the others were killed: they lose at most the steps since their last flush
+        assert run.events[r]["step"].max() >= 29
+    steps, _ = run.metric("loss")
+    assert steps.max() >= 30

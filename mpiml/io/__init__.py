@@ -57,13 +57,16 @@ class Run:
 def load_run(path: str | Path) -> Run:
     """Read ``run.h5`` (or the run folder holding it), following links to rank files.
 
+    Safe to call while the run is going: it reads what has been flushed so far.
     A rank file that is missing (a run that crashed before that rank wrote one) is
     listed in ``missing_ranks`` with a warning rather than failing the read.
     """
     p = Path(path)
     if p.is_dir():
         p = p / "run.h5"
-    with h5py.File(p, "r") as f:
+    # locking=False: a run file may be read while its run is still writing it (or while
+    # the processes of a run that was just killed are still being torn down)
+    with h5py.File(p, "r", locking=False) as f:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         if attrs.get("schema") != SCHEMA:
             raise ValueError(

@@ -31,6 +31,7 @@ from .io.runfile import RankFile, RunFile
 from .io.trace import Trace
 from .models import Model, build_model
 from .optim import build_optimizer
+from .protocols import AllReduce
 
 __all__ = ["Result", "train"]
 
@@ -143,10 +144,12 @@ class _Evaluator:
     """Test loss and accuracy of the average model x_bar, and consensus distance
     (1/n) sum_i ||x_i - x_bar||^2 (MixML §6); float64 sums, buffers kept."""
 
-    def __init__(self, comm: MPI.Comm, model: Model, data: RankData, x: Any, xp: Any, trace: Trace) -> None:
+    def __init__(self, comm: MPI.Comm, model: Model, data: RankData, x: Any, xp: Any, trace: Trace,
+                 cuda_aware: bool) -> None:
         self.comm, self.model, self.data, self.x, self.xp, self.trace = comm, model, data, x, xp, trace
         self.x64 = xp.empty(x.size, dtype=np.float64)
-        self.avg64 = xp.empty(x.size, dtype=np.float64)
+        # its own AllReduce (untraced: evaluation is not the algorithm's communication)
+        self.average = AllReduce(comm, x.size, np.float64, xp, op="mean", cuda_aware=cuda_aware)
         self.xbar = xp.empty_like(x)
         self.sums = np.zeros(6, dtype=np.float64)
         self.out = np.zeros(6, dtype=np.float64)
@@ -155,11 +158,10 @@ class _Evaluator:
         t0 = self.trace.now()
         n = self.comm.Get_size()
         self.x64[...] = self.x
-        self.comm.Allreduce(self.x64, self.avg64, op=MPI.SUM)
-        self.avg64 /= n
-        self.x64 -= self.avg64
+        avg64 = self.average.run(self.x64)
+        self.x64 -= avg64
         dist = float(self.x64 @ self.x64)
-        self.xbar[...] = self.avg64
+        self.xbar[...] = avg64
         tl, correct = self.model.eval_sums(self.xbar, self.data.x_test, self.data.y_test)
         self.sums[:] = (
             tl,
@@ -265,7 +267,7 @@ def train(
             run_file.close()
 
     _comm.on_abort(close_files)
-    evaluate = _Evaluator(comm, model, data, alg.x, xp, trace)
+    evaluate = _Evaluator(comm, model, data, alg.x, xp, trace, cuda_aware)
     if rank == 0 and start:
         print(f"mpiml: resuming {run_dir} at step {start}", file=stream, flush=True)
     if rank == 0:

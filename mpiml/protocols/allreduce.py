@@ -71,7 +71,8 @@ class AllReduce(Protocol):
 
     def _scale(self) -> None:
         if self.op == "mean" and self.n > 1:
-            self.recvbuf *= 1.0 / self.n
+            # divide, not multiply by 1/n: n equal inputs then average to exactly themselves
+            self.recvbuf /= self.n
 
     def run(self, x: Array, step: int = 0) -> Array:
         self._check(x)

@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
     t.add_argument(
-        "--print-job", action="store_true", help="print the validated job as TOML-like text and exit"
+        "--print-job", action="store_true", help="print the validated job (every key) as TOML and exit"
     )
     sub.add_parser("info", help="MPI library, ranks, thread level, CUDA-aware, parallel HDF5, cupy")
     return p
@@ -65,10 +65,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = agree(comm, lambda: load_config(args.job, args.overrides))
         if args.print_job:
             if comm.Get_rank() == 0:
-                for sec, body in cfg.items():
-                    print(f"[{sec}]")
-                    for k, v in body.items():
-                        print(f"{k} = {v!r}")
+                print(cfg.to_toml(), end="")
             return 0
         from .trainer import train
 

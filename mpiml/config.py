@@ -169,6 +169,15 @@ class Config(dict[str, Any]):
         except KeyError:
             raise AttributeError(key) from None
 
+    def to_toml(self) -> str:
+        """The job as a TOML file (every key), which ``load_config`` reads back equal."""
+        lines = []
+        for sec, body in self.items():
+            lines.append(f"[{sec}]")
+            lines += [f"{key} = {json.dumps(value)}" for key, value in body.items()]
+            lines.append("")
+        return "\n".join(lines)
+
     def to_json(self) -> str:
         return json.dumps(self, sort_keys=True)
 

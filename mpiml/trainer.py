@@ -144,8 +144,9 @@ class _Evaluator:
     """Test loss and accuracy of the average model x_bar, and consensus distance
     (1/n) sum_i ||x_i - x_bar||^2 (MixML §6); float64 sums, buffers kept."""
 
-    def __init__(self, comm: MPI.Comm, model: Model, data: RankData, x: Any, xp: Any, trace: Trace,
-                 cuda_aware: bool) -> None:
+    def __init__(
+        self, comm: MPI.Comm, model: Model, data: RankData, x: Any, xp: Any, trace: Trace, cuda_aware: bool
+    ) -> None:
         self.comm, self.model, self.data, self.x, self.xp, self.trace = comm, model, data, x, xp, trace
         self.x64 = xp.empty(x.size, dtype=np.float64)
         # its own AllReduce (untraced: evaluation is not the algorithm's communication)

@@ -85,3 +85,10 @@ def test_docs_jobs_md_matches_the_schema() -> None:
     assert doc.read_text() == schema_markdown(), (
         "docs/jobs.md is stale: python -m mpiml.config > docs/jobs.md"
     )
+
+
+def test_to_toml_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(None, ["model.hidden=[3, 2]", "data.standardize=false", "run.name=x y"])
+    p = tmp_path / "j.toml"
+    p.write_text(cfg.to_toml())
+    assert load_config(p) == cfg

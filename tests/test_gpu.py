@@ -10,7 +10,9 @@ import pytest
 
 from mpiml.backend import cupy_available
 
-pytestmark = pytest.mark.skipif(not cupy_available(), reason="no GPU: cupy is not installed or sees no device")
+pytestmark = pytest.mark.skipif(
+    not cupy_available(), reason="no GPU: cupy is not installed or sees no device"
+)
 
 
 def test_mlp_gradient_on_gpu_equals_cpu() -> None:

@@ -40,7 +40,15 @@ def test_sgd_on_gpu_matches_cpu(comm: MPI.Comm, shared_tmp) -> None:  # type: ig
     from mpiml.trainer import train
 
     base = ["run.steps=20", "run.eval_every=10", "model.dtype=float64"]
-    cpu = train(load_config(None, [*base, "run.name=cpu"]), comm, out=shared_tmp, stream=open("/dev/null", "w"))
-    gpu = train(load_config(None, [*base, "run.name=gpu", "backend.device=gpu"]), comm, out=shared_tmp,
-                stream=open("/dev/null", "w"))
-    assert_all(comm, np.allclose(gpu.params, cpu.params, rtol=1e-9, atol=1e-11), "GPU run differs from CPU run")
+    cpu = train(
+        load_config(None, [*base, "run.name=cpu"]), comm, out=shared_tmp, stream=open("/dev/null", "w")
+    )
+    gpu = train(
+        load_config(None, [*base, "run.name=gpu", "backend.device=gpu"]),
+        comm,
+        out=shared_tmp,
+        stream=open("/dev/null", "w"),
+    )
+    assert_all(
+        comm, np.allclose(gpu.params, cpu.params, rtol=1e-9, atol=1e-11), "GPU run differs from CPU run"
+    )

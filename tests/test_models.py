@@ -21,13 +21,7 @@ def _finite_difference(f, w: np.ndarray, h: float = 1e-6) -> np.ndarray:  # type
     return g
 
 
-@pytest.mark.parametrize(("sizes", "act"), [([5, 3], "relu"), ([5, 7, 3], "relu"), ([4, 6, 5, 3], "tanh")])
-def test_mlp_gradient_matches_finite_differences(sizes: list[int], act: str) -> None:
-    rng = np.random.default_rng(1)
-    m = MLP(sizes, act, "float64")
-    w = m.init(rng) + 0.01 * rng.standard_normal(m.size)  # nonzero biases
-    x = rng.standard_normal((9, sizes[0]))
-    y = rng.integers(0, sizes[-1], 9)
+def _check_gradient(m, w: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:  # type: ignore[no-untyped-def]
     g = np.empty_like(w)
     m.loss_and_grad(w, x, y, g)
     fd = _finite_difference(lambda v: m.loss_and_grad(v, x, y, np.empty_like(v)), w.copy())
@@ -35,15 +29,20 @@ def test_mlp_gradient_matches_finite_differences(sizes: list[int], act: str) -> 
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize(("sizes", "act"), [([5, 3], "relu"), ([5, 7, 3], "relu"), ([4, 6, 5, 3], "tanh")])
+def test_mlp_gradient_matches_finite_differences(sizes: list[int], act: str) -> None:
+    rng = np.random.default_rng(1)
+    m = MLP(sizes, act, "float64")
+    w = m.init(rng) + 0.01 * rng.standard_normal(m.size)  # nonzero biases
+    x = rng.standard_normal((9, sizes[0]))
+    _check_gradient(m, w, x, rng.integers(0, sizes[-1], 9))
+
+
 def test_linear_regression_gradient_matches_finite_differences() -> None:
     rng = np.random.default_rng(2)
     m = LinearRegression(6, "float64")
     w = rng.standard_normal(m.size)
-    x, y = rng.standard_normal((11, 6)), rng.standard_normal(11)
-    g = np.empty_like(w)
-    m.loss_and_grad(w, x, y, g)
-    fd = _finite_difference(lambda v: m.loss_and_grad(v, x, y, np.empty_like(v)), w.copy())
-    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+    _check_gradient(m, w, rng.standard_normal((11, 6)), rng.standard_normal(11))
 
 
 def test_float32_model_keeps_float32_and_eval_sums() -> None:

@@ -25,7 +25,7 @@ from .backend import cuda_aware_from_env, get_xp
 from .clock import sync_clock
 from .config import Config
 from .data import RankData, build_data
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .io import checkpoint as ckpt
 from .io.runfile import RankFile, RunFile
 from .io.trace import Trace
@@ -93,42 +93,60 @@ class _Setup:
                 f"{self.run_dir} already holds a run; use --resume to continue it, --overwrite to "
                 "replace it, or another run.name"
             )
-        self.resume_from: tuple[int, Path] | None = None
-        if resume:
-            self.resume_from = _pick_checkpoint(cfg, comm, self.run_dir)
 
 
 def _pick_checkpoint(cfg: Config, comm: MPI.Comm, run_dir: Path) -> tuple[int, Path]:
     """Newest checkpoint that every rank can read; reports and skips damaged ones.
 
-    Collective over comm (one allgather per candidate, newest first).
+    Collective over comm: one allgather per candidate, newest first. Each rank checks
+    its own file, and every decision is taken from the gathered verdicts, so all ranks
+    return the same step or raise the same error.
     """
     rank, size = comm.Get_rank(), comm.Get_size()
     root = run_dir / "checkpoints"
     candidates = ckpt.checkpoint_dirs(root)
     if not candidates:
         raise ConfigError(f"--resume: no checkpoint in {root} (set checkpoint.every to write them)")
-    for step, d, problem in candidates:
-        if not problem:
-            marker = _read_marker(d)
-            if marker is not None and marker.get("world_size") != size:
-                raise ConfigError(
-                    f"--resume: checkpoint {d} was written by {marker.get('world_size')} ranks, "
-                    f"this job has {size}; resume with mpiexec -n {marker.get('world_size')}"
-                )
-            problem = ckpt.verify_rank(ckpt.rank_path(root, step, rank))
-        problems = [p for p in comm.allgather(problem) if p]
+    for step, d, partial in candidates:
+        verdict = _check_candidate(cfg, root, step, d, rank, size) if not partial else (partial, None, [])
+        verdicts = comm.allgather(verdict)
+        sizes = {v[1] for v in verdicts if v[1] is not None and v[1] != size}
+        if sizes:
+            n = sizes.pop()
+            raise ConfigError(
+                f"--resume: checkpoint {d} was written by {n} ranks, this job has {size}; resume with mpiexec -n {n}"
+            )
+        problems = [v[0] for v in verdicts if v[0]]
         if not problems:
-            _, meta = ckpt.read_rank(ckpt.rank_path(root, step, rank))
-            old = Config.from_json(meta["config"])
-            diff = cfg.differences(old)
+            diff: list[str] = next((v[2] for v in verdicts if v[2]), [])
             if diff:
                 raise ConfigError(f"--resume: the job differs from checkpoint {d} in " + "; ".join(diff))
             return step, d
         if rank == 0:
-            for p in problems:
+            for p in dict.fromkeys(problems):
                 print(f"mpiml: skipping checkpoint: {p}", file=sys.stderr, flush=True)
     raise ConfigError(f"--resume: no valid checkpoint in {root} (all {len(candidates)} damaged or partial)")
+
+
+def _check_candidate(
+    cfg: Config, root: Path, step: int, d: Path, rank: int, size: int
+) -> tuple[str, int | None, list[str]]:
+    """(problem or '', world size in the COMPLETE marker, config differences) for this rank."""
+    marker = _read_marker(d)
+    if marker is None:
+        return f"{d}/COMPLETE cannot be read", None, []
+    path = ckpt.rank_path(root, step, rank)
+    if marker.get("world_size") != size:
+        return "", int(marker.get("world_size", -1)), []
+    try:
+        _, meta = ckpt.read_rank(path)
+    except CheckpointError as exc:
+        return str(exc), size, []
+    try:
+        old = Config.from_json(meta["config"])
+    except (KeyError, ValueError) as exc:
+        return f"{path} holds no usable job ({exc})", size, []
+    return "", size, cfg.differences(old)
 
 
 def _read_marker(d: Path) -> dict[str, Any] | None:
@@ -205,7 +223,8 @@ def train(
     stream = stream if stream is not None else sys.stdout
     out = Path(out)
     wall0 = time.perf_counter()
-    setup = _comm.agree(comm, lambda: _Setup(cfg, comm, out, resume, overwrite))
+    setup = _comm.agree(comm, lambda: _Setup(cfg, comm, out, resume, overwrite))  # no collective inside
+    resume_from = _comm.agree(comm, lambda: _pick_checkpoint(cfg, comm, setup.run_dir)) if resume else None
     threads = _set_threads(comm, cfg.run.threads)
     run_dir = setup.run_dir
     if overwrite and not resume and rank == 0 and run_dir.exists():
@@ -230,15 +249,15 @@ def train(
     alg: Algorithm = REGISTRY[cfg.algorithm.name](ctx)
 
     start, loss_sum, loss_count = 0, 0.0, 0
-    if setup.resume_from is not None:
-        start, _ = setup.resume_from
+    if resume_from is not None:
+        start, _ = resume_from
         arrays, meta = ckpt.read_rank(ckpt.rank_path(run_dir / "checkpoints", start, rank))
         alg.load_state(arrays)
         data.sampler.restore({**meta["sampler"], "perm": arrays["sampler/perm"]})
         loss_sum, loss_count = meta["loss_sum"], meta["loss_count"]
         trace.bytes_sent = meta["bytes_sent"]
 
-    resume_step = start if setup.resume_from is not None else None
+    resume_step = start if resume_from is not None else None
     rank_file = RankFile(run_dir, rank, offset, resume_step)
     run_file = None
     if rank == 0:

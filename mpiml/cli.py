@@ -33,8 +33,9 @@ def _parser() -> argparse.ArgumentParser:
         help="override one job key (repeatable); VALUE is a TOML value or a bare word",
     )
     t.add_argument("--out", default="results", help="output folder (default: results)")
-    t.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    mode = t.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
     t.add_argument(
         "--print-job", action="store_true", help="print the validated job (every key) as TOML and exit"
     )

@@ -74,6 +74,12 @@ def on_abort(fn: Callable[[], None]) -> None:
     _cleanups.append(fn)
 
 
+def off_abort(fn: Callable[[], None]) -> None:
+    """Forget a cleanup registered with :func:`on_abort` (its resources are closed)."""
+    if fn in _cleanups:
+        _cleanups.remove(fn)
+
+
 def install_abort_handler() -> None:
     """Make an unhandled exception on any rank abort the whole job.
 

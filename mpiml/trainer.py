@@ -318,6 +318,7 @@ def train(
         last = evaluate(cfg.run.steps - 1, loss_sum, loss_count, trace.bytes_sent)
     alg.finalize()
     close_files()
+    _comm.off_abort(close_files)
     comm.Barrier()
     wall = time.perf_counter() - wall0
     if rank == 0:

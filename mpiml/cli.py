@@ -11,14 +11,34 @@ rank's traceback once and aborts the whole job (MPI_Abort), exit status 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors are printed by rank 0 only (every rank exits with status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        if _launcher_rank() == 0:
+            self.print_usage(sys.stderr)
+            sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def _launcher_rank() -> int:
+    """This process's rank as the launcher tells it, without initialising MPI."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="mpiml", description="MPI toolkit for weakly consistent parallel learning"
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

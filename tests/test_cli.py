@@ -222,3 +222,8 @@ def test_a_crash_loses_at_most_one_flush_interval(tmp_path: Path) -> None:
         assert run.events[r]["step"].max() >= 29
     steps, _ = run.metric("loss")
     assert steps.max() >= 30
+
+
+def test_argument_errors_are_printed_once(tmp_path: Path) -> None:
+    res = run_ranks(3, [*MPIML, "train", "--resume", "--overwrite"], 60, cwd=str(tmp_path))
+    assert res.returncode == 2 and res.stderr.count("not allowed with argument --resume") == 1

@@ -4,7 +4,7 @@ What is measured: MPI_SUM allreduce of a float32 buffer, message sizes 4 KiB to 
 4), by five implementations, all over the MPI that ``mpiexec`` on PATH belongs to:
 
 * ``c``           -- ``benchmarks/allreduce_c.c``: plain ``MPI_Allreduce`` in a launch of its own,
-  on buffers aligned and huge-page hinted the way numpy's are (see that file);
+  on buffers placed roughly as numpy places its arrays (see that file);
 * ``c_inproc``    -- the same C loop (``allreduce_loop``, that file built as a shared library)
   called through ctypes inside the Python launch on numpy buffers: the baseline of the ratios;
 * ``mpi4py``      -- ``comm.Allreduce(send, recv, op=MPI.SUM)``;
@@ -150,7 +150,7 @@ def worker(target: float, repeats: int, max_bytes: int, lib_path: str) -> None:
     lib.allreduce_loop.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
     if comm.rank == 0:
         level = {MPI.THREAD_SINGLE: "single", MPI.THREAD_MULTIPLE: "multiple"}.get(MPI.Query_thread())
-        version = MPI.Get_library_version().strip().splitlines()[0]
+        version = " ".join(MPI.Get_library_version().strip().splitlines()[0].split())
         info = {"thread_level": level, "mpi_library": version, "mpi4py": mpi4py.__version__}
         print(json.dumps({"info": {**info, "numpy": np.__version__, "mpiml": mpiml.__version__}}), flush=True)
     nbytes = 4096
@@ -226,7 +226,7 @@ def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", "--ranks", type=int, default=2, help="MPI ranks (default 2: one per core here)")
     ap.add_argument("--quick", action="store_true", help="sizes up to 4 MiB, 1 round, short timing, no files")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating C and Python launches (fastest kept)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating C and Python launches (fastest kept)")
     ap.add_argument("--thread-level", choices=("single", "multiple"), default="multiple", help="of all ranks")
     ap.add_argument("--bind-to", default="core", help="mpiexec -bind-to value (default core; none: unbound)")
     ap.add_argument("--out", type=Path, help="result folder (default results/benchmarks; none with --quick)")
@@ -283,6 +283,8 @@ def _rows(samples: dict[tuple[str, int], list[dict]]) -> list[dict]:
             best = min(r["seconds"] for r in runs)
             row[impl] = {"seconds": best, "gbps": nbytes / best / 1e9, "iters": [r["iters"] for r in runs]}
             row[impl]["seconds_per_round"] = [r["seconds"] for r in runs]
+            if impl != "c":
+                row[impl]["times_per_round"] = [r["times"] for r in runs]  # per repeat, in order
             if impl != "c":  # paired with c_inproc, timed in the same repeat of the same launch
                 rounds = zip(samples[(BASE, nbytes)], runs, strict=True)
                 ratios = [b / t for rb, ri in rounds for b, t in zip(rb["times"], ri["times"], strict=True)]

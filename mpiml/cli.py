@@ -38,9 +38,7 @@ def _launcher_rank() -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="mpiml", description="MPI toolkit for weakly consistent parallel learning"
-    )
+    p = _Parser(prog="mpiml", description="MPI toolkit for weakly consistent parallel learning")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     t = sub.add_parser("train", help="train a job (run under mpiexec/srun)")
     t.add_argument("job", nargs="?", help="job file (TOML); the embedded default job when omitted")

@@ -77,3 +77,16 @@ def test_views_share_memory_with_the_flat_state() -> None:
 def test_regression_data_needs_the_linear_model() -> None:
     with pytest.raises(ValueError, match="regression data needs model.name = 'linear'"):
         build_model("mlp", 4, 0, [3], "relu", "float32")
+
+
+@pytest.mark.parametrize("model", [MLP([5, 4, 3], "tanh", "float64"), LinearRegression(5, "float64")])
+def test_gradient_scale_replaces_the_mean(model) -> None:  # type: ignore[no-untyped-def]
+    """scale = 1/(rows * ranks) gives the mean gradient over ranks once summed across them."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal(model.size)
+    x = rng.standard_normal((8, 5))
+    y = rng.integers(0, 3, 8) if isinstance(model, MLP) else rng.standard_normal(8)
+    mean, scaled = np.empty_like(w), np.empty_like(w)
+    model.loss_and_grad(w, x, y, mean)
+    model.loss_and_grad(w, x, y, scaled, scale=1.0 / (8 * 4))
+    np.testing.assert_allclose(scaled * 4, mean, rtol=1e-14, atol=1e-15)

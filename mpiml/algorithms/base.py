@@ -55,12 +55,13 @@ class Algorithm(ABC):
     def step(self, t: int) -> float:
         """Run training step ``t`` (0-based); return this rank's minibatch loss."""
 
-    def local_gradient(self, t: int) -> float:
-        """Sample a minibatch and write its gradient at ``self.x`` into ``self.grad``."""
+    def local_gradient(self, t: int, scale: float | None = None) -> float:
+        """Sample a minibatch and write its gradient at ``self.x`` into ``self.grad``
+        (times ``scale`` per row; the batch mean's gradient by default)."""
         tr = self.trace
         t0 = tr.now()
         xb, yb = self.ctx.data.sampler.next()
-        loss = self.model.loss_and_grad(self.x, xb, yb, self.grad)
+        loss = self.model.loss_and_grad(self.x, xb, yb, self.grad, scale)
         tr.record(t, "compute", t0, tr.now())
         return loss
 

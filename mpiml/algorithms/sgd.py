@@ -20,12 +20,15 @@ class AllReduceSGD(Algorithm):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
+        # op="sum" on gradients already scaled by 1/(batch * n): the sum is the global
+        # batch's mean gradient, with no extra pass over the parameters to divide by n
+        self.scale = 1.0 / (ctx.cfg.data.batch_size * ctx.comm.Get_size())
         self.allreduce = AllReduce(
-            ctx.comm, self.x.size, self.x.dtype, ctx.xp, op="mean", trace=ctx.trace, cuda_aware=ctx.cuda_aware
+            ctx.comm, self.x.size, self.x.dtype, ctx.xp, op="sum", trace=ctx.trace, cuda_aware=ctx.cuda_aware
         )
 
     def step(self, t: int) -> float:
-        loss = self.local_gradient(t)
+        loss = self.local_gradient(t, self.scale)
         g = self.allreduce.run(self.grad, t)
         self.apply(t, g)
         return loss

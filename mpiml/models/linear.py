@@ -49,15 +49,17 @@ class LinearRegression:
         r -= y
         return r
 
-    def loss_and_grad(self, w: Array, x: Array, y: Array, grad: Array) -> float:
+    def loss_and_grad(self, w: Array, x: Array, y: Array, grad: Array, scale: float | None = None) -> float:
+        """Mean loss of the batch; ``grad`` <- scale * sum of per-row gradients
+        (``scale`` = 1/rows by default: the mean's gradient)."""
         xp = array_module(w)
         n = x.shape[0]
         r = self._residual(w, x, y)
         loss = 0.5 * float(r @ r) / n
+        r *= 1.0 / n if scale is None else scale  # scale the n residuals, not the d gradients
         g = self.layout.views(grad)
         xp.matmul(x.T, r, out=g["w"])
-        g["w"] /= n
-        g["b"][0] = r.sum() / n
+        g["b"][0] = r.sum()
         return loss
 
     def eval_sums(self, w: Array, x: Array, y: Array) -> tuple[float, float]:

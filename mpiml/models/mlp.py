@@ -100,7 +100,13 @@ class MLP:
         """Predicted class per row of ``x``."""
         return self.forward(w, x)[-1].argmax(axis=1)
 
-    def loss_and_grad(self, w: Array, x: Array, y: Array, grad: Array) -> float:
+    def loss_and_grad(self, w: Array, x: Array, y: Array, grad: Array, scale: float | None = None) -> float:
+        """Mean cross-entropy of the batch; ``grad`` <- scale * sum of per-row gradients.
+
+        ``scale`` defaults to 1/rows (the mean's gradient). Data-parallel callers pass
+        1/(rows * ranks), so that a plain sum across ranks is the global batch's mean
+        gradient and no extra pass over the parameters is needed to divide by n.
+        """
         xp = array_module(w)
         n = x.shape[0]
         acts = self.forward(w, x)
@@ -112,9 +118,12 @@ class MLP:
         p = logits
         rows = xp.arange(n)
         loss = -float(xp.log(xp.maximum(p[rows, y], np.finfo(self.dtype).tiny)).mean())
-        # dL/dlogits = (p - onehot(y)) / n
+        # dL/dlogits = scale * (p - onehot(y)), scale = 1/n for the mean loss
         p[rows, y] -= 1
-        p /= n
+        if scale is None:
+            p /= n
+        else:
+            p *= scale
         g = self.layout.views(grad)
         v = self.layout.views(w)
         delta = p

@@ -50,8 +50,9 @@ class AllReduce(Protocol):
         self.op = op
         self.size = size
         self.dtype = np.dtype(dtype)
+        self.xp = xp
         self.recvbuf = xp.empty(size, dtype=self.dtype)
-        self.sendbuf = xp.empty(size, dtype=self.dtype)
+        self.sendbuf: Array | None = None  # allocated on the first snapshot, then kept
         self.staging = Staging(cuda_aware)
         self._req: MPI.Request | None = None
         self._t_start = 0.0
@@ -94,6 +95,8 @@ class AllReduce(Protocol):
         self._t_done = None
         src = x
         if snapshot:
+            if self.sendbuf is None:
+                self.sendbuf = self.xp.empty(self.size, dtype=self.dtype)
             self.sendbuf[...] = x
             src = self.sendbuf
         send = self.staging.send_view(src, "send")

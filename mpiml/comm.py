@@ -35,25 +35,41 @@ def default_comm() -> MPI.Comm:
     return _default
 
 
+def agreed_error(text: str) -> ConfigError:
+    """A ConfigError that every rank raises identically (the CLI exits cleanly on it)."""
+    err = ConfigError(text)
+    err.agreed = True  # type: ignore[attr-defined]
+    return err
+
+
 def agree(comm: MPI.Comm, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on every rank; if it raised :class:`ConfigError` on any rank, raise on all.
+    """Run ``fn`` on every rank; if it raised on any rank, raise on all.
 
     Collective over ``comm`` (one small allgather of the error texts; pickle is fine
-    for this start-up control message). Every rank raises the lowest rank's error,
-    so the same one-line message is seen whatever rank prints it.
+    for this start-up control message); ``fn`` itself must make no collective call.
+    A :class:`ConfigError` anywhere makes every rank raise the lowest rank's error (so
+    the same one-line message is seen whatever rank prints it). Any other exception is
+    re-raised with its traceback on the rank where it happened, and the others raise a
+    RuntimeError naming that rank: no rank is left waiting in a collective.
     """
     result: T | None = None
-    message = ""
+    verdict: tuple[str, str] = ("", "")
+    failure: BaseException | None = None
     try:
         result = fn()
     except ConfigError as exc:
-        message = str(exc) or type(exc).__name__
-    messages = comm.allgather(message)
-    for text in messages:
-        if text:
-            err = ConfigError(text)
-            err.agreed = True  # type: ignore[attr-defined]  # every rank raises this same error
-            raise err
+        verdict = ("config", str(exc) or type(exc).__name__)
+    except Exception as exc:
+        verdict, failure = ("error", f"{type(exc).__name__}: {exc}"), exc
+    verdicts = comm.allgather(verdict)
+    for kind, text in verdicts:
+        if kind == "config":
+            raise agreed_error(text)
+    for rank, (kind, text) in enumerate(verdicts):
+        if kind == "error":
+            if failure is not None:
+                raise failure
+            raise RuntimeError(f"rank {rank} failed while every rank was checking the job: {text}")
     return result  # type: ignore[return-value]
 
 

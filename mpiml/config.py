@@ -316,9 +316,16 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
         text, where = default_job_text(), "the default job"
     else:
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise ConfigError(f"job file {str(p)!r} does not exist")
-        text, where = p.read_text(), str(p)
+        if not p.is_file():
+            raise ConfigError(f"job file {str(p)!r} is not a file")
+        try:
+            text, where = p.read_text(encoding="utf-8"), str(p)
+        except UnicodeDecodeError:
+            raise ConfigError(f"job file {str(p)!r} is not UTF-8 text (a TOML file is)") from None
+        except OSError as exc:
+            raise ConfigError(f"job file {str(p)!r} cannot be read ({exc.strerror})") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

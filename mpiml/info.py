@@ -15,15 +15,28 @@ _THREAD_LEVELS = {
 }
 
 
+def library_cuda_support() -> str:
+    """What the MPI library says: MPIX_Query_cuda_support() (MPICH, Open MPI), looked up
+    through the library mpi4py loaded; 'unknown' where the library has no such call."""
+    import ctypes
+
+    from mpi4py import MPI
+
+    try:
+        query = ctypes.CDLL(MPI.__file__).MPIX_Query_cuda_support
+    except (OSError, AttributeError):
+        return "unknown (no MPIX_Query_cuda_support)"
+    query.restype = ctypes.c_int
+    return "yes" if query() == 1 else "no"
+
+
 def _cuda_aware_mpi() -> str:
-    """mpiml's setting: CUDA-awareness cannot be detected reliably, so it is opt-in."""
+    """The library's answer and mpiml's setting: mpiml hands device buffers to MPI only
+    when told to, since the query is not reliable everywhere (it is opt-in)."""
     flag = os.environ.get("MPIML_CUDA_AWARE", "")
-    setting = (
-        "on (MPIML_CUDA_AWARE)"
-        if flag.lower() in ("1", "true", "yes")
-        else "off (set MPIML_CUDA_AWARE=1 to enable)"
-    )
-    return setting
+    on = flag.lower() in ("1", "true", "yes")
+    setting = "on (MPIML_CUDA_AWARE=1)" if on else "off (MPIML_CUDA_AWARE=1 turns it on)"
+    return f"library says {library_cuda_support()}; mpiml: {setting}"
 
 
 def collect() -> dict[str, Any]:

@@ -23,6 +23,7 @@ from . import comm as _comm
 from .algorithms import REGISTRY, Algorithm, Context
 from .backend import cuda_aware_from_env, get_xp
 from .clock import sync_clock
+from .comm import agreed_error
 from .config import Config
 from .data import RankData, build_data
 from .errors import CheckpointError, ConfigError
@@ -87,6 +88,7 @@ class _Setup:
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        _check_writable(out)
         exists = (self.run_dir / "run.h5").exists()
         if exists and not resume and not overwrite:
             raise ConfigError(
@@ -95,37 +97,67 @@ class _Setup:
             )
 
 
+def _elapsed_since_start(path: Path) -> float:
+    """Seconds since the run in ``path`` started (0 when unknown)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            started = float(f.attrs.get("started_unix", 0.0))
+    except Exception:
+        return 0.0
+    return max(0.0, time.time() - started) if started else 0.0
+
+
+def _check_writable(out: Path) -> None:
+    """--out must be a folder this rank can create and write in."""
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"--out {str(out)!r}: {str(probe)!r} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {str(out)!r}: no permission to write in {str(probe)!r}")
+
+
 def _pick_checkpoint(cfg: Config, comm: MPI.Comm, run_dir: Path) -> tuple[int, Path]:
     """Newest checkpoint that every rank can read; reports and skips damaged ones.
 
-    Collective over comm: one allgather per candidate, newest first. Each rank checks
-    its own file, and every decision is taken from the gathered verdicts, so all ranks
-    return the same step or raise the same error.
+    Collective over comm: rank 0 lists the candidates and broadcasts the list (ranks
+    may see a folder differently); then one allgather per candidate, newest first.
+    Each rank checks its own file, and every decision is taken from the broadcast list
+    and the gathered verdicts, so all ranks return the same step or raise the same error.
     """
     rank, size = comm.Get_rank(), comm.Get_size()
     root = run_dir / "checkpoints"
-    candidates = ckpt.checkpoint_dirs(root)
+    candidates = comm.bcast(ckpt.checkpoint_dirs(root) if rank == 0 else None, root=0)
     if not candidates:
-        raise ConfigError(f"--resume: no checkpoint in {root} (set checkpoint.every to write them)")
+        raise agreed_error(f"--resume: no checkpoint in {root} (set checkpoint.every to write them)")
+    if candidates[-1][0] > cfg.run.steps:
+        raise agreed_error(
+            f"--resume: the oldest checkpoint ({root}, step {candidates[-1][0]}) is past "
+            f"run.steps = {cfg.run.steps}; raise run.steps to continue the run"
+        )
+    candidates = [c for c in candidates if c[0] <= cfg.run.steps]
     for step, d, partial in candidates:
         verdict = _check_candidate(cfg, root, step, d, rank, size) if not partial else (partial, None, [])
         verdicts = comm.allgather(verdict)
         sizes = {v[1] for v in verdicts if v[1] is not None and v[1] != size}
         if sizes:
             n = sizes.pop()
-            raise ConfigError(
+            raise agreed_error(
                 f"--resume: checkpoint {d} was written by {n} ranks, this job has {size}; resume with mpiexec -n {n}"
             )
         problems = [v[0] for v in verdicts if v[0]]
         if not problems:
             diff: list[str] = next((v[2] for v in verdicts if v[2]), [])
             if diff:
-                raise ConfigError(f"--resume: the job differs from checkpoint {d} in " + "; ".join(diff))
+                raise agreed_error(f"--resume: the job differs from checkpoint {d} in " + "; ".join(diff))
             return step, d
         if rank == 0:
             for p in dict.fromkeys(problems):
                 print(f"mpiml: skipping checkpoint: {p}", file=sys.stderr, flush=True)
-    raise ConfigError(f"--resume: no valid checkpoint in {root} (all {len(candidates)} damaged or partial)")
+    raise agreed_error(f"--resume: no valid checkpoint in {root} (all {len(candidates)} damaged or partial)")
 
 
 def _check_candidate(
@@ -224,7 +256,7 @@ def train(
     out = Path(out)
     wall0 = time.perf_counter()
     setup = _comm.agree(comm, lambda: _Setup(cfg, comm, out, resume, overwrite))  # no collective inside
-    resume_from = _comm.agree(comm, lambda: _pick_checkpoint(cfg, comm, setup.run_dir)) if resume else None
+    resume_from = _pick_checkpoint(cfg, comm, setup.run_dir) if resume else None  # collective, errors agreed
     threads = _set_threads(comm, cfg.run.threads)
     run_dir = setup.run_dir
     if overwrite and not resume and rank == 0 and run_dir.exists():
@@ -236,7 +268,9 @@ def train(
     comm.Barrier()
 
     offset = sync_clock(comm)
-    t0 = comm.bcast(time.perf_counter() + offset if rank == 0 else None, root=0)
+    # a resumed run continues the run clock: time since the first segment's start
+    elapsed = _elapsed_since_start(run_dir / "run.h5") if rank == 0 and resume_from is not None else 0.0
+    t0 = comm.bcast(time.perf_counter() + offset - elapsed if rank == 0 else None, root=0)
     trace = Trace(offset, t0, enabled=cfg.trace.events)
     xp, model, data = setup.xp, setup.model, setup.data
     params = model.init(
@@ -270,6 +304,7 @@ def train(
                 "algorithm": cfg.algorithm.name,
                 "clock": "perf_counter + per-rank offset to rank 0 (Cristian), seconds since run start",
                 "threads_per_rank": threads,
+                "started_unix": time.time() - elapsed,
             },
             resume_step,
         )
@@ -312,7 +347,8 @@ def train(
                 _print_progress(done, cfg.run.steps, last, trace, time.perf_counter() - t_loop, stream)
         if cfg.checkpoint.every and (done % cfg.checkpoint.every == 0 or done == cfg.run.steps):
             _checkpoint(alg, data, cfg, comm, run_dir, done, loss_sum, loss_count, trace)
-        if done % cfg.trace.flush_every == 0:
+            flush()  # a checkpoint is a durable point: the tables up to it are on disk too
+        elif done % cfg.trace.flush_every == 0:
             flush()
     if not last:  # resumed at the last step: nothing trained, still report the model
         last = evaluate(cfg.run.steps - 1, loss_sum, loss_count, trace.bytes_sent)
@@ -363,6 +399,9 @@ def _checkpoint(
     t0 = trace.now()
     alg.finalize()
     root = run_dir / "checkpoints"
+    if comm.Get_rank() == 0 and ckpt.step_dir(root, step).exists():
+        ckpt.clear_complete(root, step)  # rewriting a step: no rank file may sit under an old marker
+    comm.Barrier()
     arrays = alg.state_arrays()
     s = data.sampler.state()
     arrays["sampler/perm"] = s.pop("perm")

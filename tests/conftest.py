@@ -54,6 +54,7 @@ class MPIFile(pytest.Item):
             "pytest",
             "--with-mpi",
             "-q",
+            "-rs",
             "-p",
             "no:cacheprovider",
             f"--timeout={TEST_TIMEOUT}",
@@ -72,7 +73,13 @@ class MPIFile(pytest.Item):
             tail = (res.stdout[-12000:] + "\n--- stderr ---\n" + res.stderr[-6000:]).strip()
             raise MPIFailure(f"{self.n} ranks: {why}\n{tail}")
         summary = [ln for ln in res.stdout.splitlines() if " passed" in ln or " skipped" in ln]
-        self.user_properties.append(("summary", summary[-1] if summary else ""))
+        last = summary[-1] if summary else ""
+        self.user_properties.append(("summary", last))
+        if " passed" not in last:  # every test inside was skipped: say so, do not report a pass
+            reasons = sorted(
+                {ln.split("] ", 1)[-1] for ln in res.stdout.splitlines() if ln.startswith("SKIPPED")}
+            )
+            pytest.skip(f"{self.n} ranks: {last.strip(' =')}: {'; '.join(reasons)}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: object = None) -> str:
         if isinstance(excinfo.value, MPIFailure):

@@ -50,15 +50,26 @@ BAD_JOBS = [
         "data.path 'nowhere.h5' does not exist",
     ),
     ("no_x.toml", '[data]\nname = "hdf5"\npath = "nox.h5"\n', "has no dataset /x"),
-    ("world_size.toml", "[run]\nworld_size = 3\n", "run.world_size = 3 but the job runs on 2 ranks"),
+    ("world_size.toml", "[run]\nworld_size = 3\n", "run.world_size = 3 but the job runs on"),
     ("bad_optimizer.toml", '[optimizer]\nname = "lbfgs"\n', "optimizer.name must be one of"),
     ("bad_dtype.toml", '[model]\ndtype = "float16"\n', "model.dtype must be one of 'float32', 'float64'"),
+    ("strings_x.toml", '[data]\nname = "hdf5"\npath = "strx.h5"\n', "/x in 'strx.h5' must hold numbers"),
+    ("binary.toml", "\udcff\udcfe binary", "is not UTF-8 text"),
 ]
 
 
-@pytest.mark.parametrize(("name", "text", "message"), BAD_JOBS, ids=[b[0] for b in BAD_JOBS])
-def test_bad_job_fails_cleanly_on_every_rank(tmp_path: Path, name: str, text: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "text", "message", "n"),
+    [(*b, 2 + 2 * (i % 2)) for i, b in enumerate(BAD_JOBS)],  # half on 2 ranks, half on 4
+    ids=[b[0] for b in BAD_JOBS],
+)
+def test_bad_job_fails_cleanly_on_every_rank(
+    tmp_path: Path, name: str, text: str, message: str, n: int
+) -> None:
     with h5py.File(tmp_path / "nox.h5", "w") as f:
+        f["y"] = np.zeros(10, np.int64)
+    with h5py.File(tmp_path / "strx.h5", "w") as f:
+        f["x"] = np.array([b"a", b"b"] * 5)
         f["y"] = np.zeros(10, np.int64)
     # an earlier run of the same name must survive untouched
     old = tmp_path / "results" / "default"
@@ -66,10 +77,12 @@ def test_bad_job_fails_cleanly_on_every_rank(tmp_path: Path, name: str, text: st
     (old / "run.h5").write_bytes(b"earlier run")
     before = _tree_digest(tmp_path / "results")
     job = tmp_path / name
-    job.write_text(text + ('\n[run]\nname = "default"\n' if "[run]" not in text else ""))
-    code, out, err = _train(tmp_path, str(job))
+    body = text + ('\n[run]\nname = "default"\n' if "[run]" not in text else "")
+    job.write_bytes(body.encode("utf-8", "surrogateescape"))
+    code, out, err = _train(tmp_path, str(job), n=n)
     assert code == 2, (code, out, err)
     lines = [ln for ln in err.splitlines() if ln.strip()]
+    # rank 0 prints the one line; every rank exits 2 (mpiexec returns the worst exit status)
     assert lines == [lines[0]] and lines[0].startswith("mpiml: error: ") and message in lines[0], err
     assert "Traceback" not in err + out
     assert _tree_digest(tmp_path / "results") == before
@@ -227,3 +240,76 @@ def test_a_crash_loses_at_most_one_flush_interval(tmp_path: Path) -> None:
 def test_argument_errors_are_printed_once(tmp_path: Path) -> None:
     res = run_ranks(3, [*MPIML, "train", "--resume", "--overwrite"], 60, cwd=str(tmp_path))
     assert res.returncode == 2 and res.stderr.count("not allowed with argument --resume") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "/etc/hostname/results"], "'/etc/hostname' is not a folder"),
+        (["examples"], "job file 'examples' is not a file"),
+    ],
+)
+def test_bad_arguments_fail_cleanly(tmp_path: Path, args: list[str], message: str) -> None:
+    res = run_ranks(2, [*MPIML, "train", *args], 60, cwd=str(Path(__file__).parents[1]))
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def _final_params(run_dir: Path, step: int, ranks: int) -> list[np.ndarray]:
+    from mpiml.io import checkpoint as ckpt
+
+    return [
+        ckpt.read_rank(ckpt.rank_path(run_dir / "checkpoints", step, r))[0]["params"] for r in range(ranks)
+    ]
+
+
+def test_crash_then_resume_ends_where_the_uninterrupted_run_ends(tmp_path: Path) -> None:
+    """A run killed by a failure at step 45 and resumed from its step-40 checkpoint ends
+    with the same parameters, bit for bit, and the same metric tables as a run never stopped."""
+    import os
+
+    from mpiml.io import load_run
+
+    job = [
+        "--set",
+        "run.steps=60",
+        "--set",
+        "run.eval_every=7",
+        "--set",
+        "checkpoint.every=20",
+        "--set",
+        "data.partition=dirichlet",
+        "--set",
+        "optimizer.name=adam",
+        "--set",
+        "optimizer.lr=0.003",
+    ]
+    out = str(tmp_path)
+    full = run_ranks(4, [*MPIML, "train", *job, "--set", "run.name=full", "--out", out], TIMEOUT, cwd=out)
+    assert full.returncode == 0, full.stderr
+    env = dict(os.environ, MPIML_FAIL_AT="1:45")
+    crash = run_ranks(
+        4, [*MPIML, "train", *job, "--set", "run.name=cut", "--out", out], TIMEOUT, cwd=out, env=env
+    )
+    assert crash.returncode != 0 and not crash.timed_out
+    resumed = run_ranks(
+        4, [*MPIML, "train", *job, "--set", "run.name=cut", "--out", out, "--resume"], TIMEOUT, cwd=out
+    )
+    assert resumed.returncode == 0 and "at step 40" in resumed.stdout, resumed.stderr
+    a, b = _final_params(tmp_path / "full", 60, 4), _final_params(tmp_path / "cut", 60, 4)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    ra, rb = load_run(tmp_path / "full"), load_run(tmp_path / "cut")
+    for name in ("loss", "test_loss", "accuracy", "bytes_sent"):
+        assert np.array_equal(ra.metrics[name]["step"], rb.metrics[name]["step"]), name
+        assert np.array_equal(ra.metrics[name]["value"], rb.metrics[name]["value"]), name
+    for r in range(4):
+        ka, kb = (np.unique(run.events[r]["kind"], return_counts=True) for run in (ra, rb))
+        assert np.array_equal(ka[0], kb[0]) and np.array_equal(ka[1], kb[1])
+        assert np.all(np.diff(rb.events[r]["t_start"]) >= 0)  # the run clock goes on across the resume
+    assert list(rb.attrs["resumed_at_steps"]) == [40]
+
+
+def test_resume_past_run_steps_is_refused(tmp_path: Path) -> None:
+    args = ["--set", "run.steps=40", "--set", "checkpoint.every=20"]
+    assert _train(tmp_path, *args)[0] == 0
+    code, _, err = _train(tmp_path, "--set", "run.steps=10", "--set", "checkpoint.every=20", "--resume")
+    assert code == 2 and "is past run.steps = 10" in err

@@ -116,3 +116,33 @@ def test_float32_state_stays_float32() -> None:
     st = opt.init(x)
     opt.step(x, np.ones(4, np.float32), st)
     assert x.dtype == np.float32 and all(v.dtype == np.float32 for v in st.values())
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_eps_zero_is_eq11_exactly(amsgrad: bool) -> None:
+    x0 = np.linspace(-1, 1, 13)
+    gs = [g + np.sign(g) * 0.1 for g in _grads()]  # no zero gradient: v_t > 0 from t = 1
+    ref = _sam_reference(x0, gs, 0.01, 0.9, 0.99, 0.5, amsgrad, 0.0)
+    np.testing.assert_allclose(
+        _run(SAM(0.01, 0.9, 0.99, 0.5, amsgrad, eps=0.0), x0, gs), ref, rtol=1e-12, atol=1e-13
+    )
+
+
+def test_weight_decay_for_sum_and_sam() -> None:
+    x0, gs = np.linspace(-1, 1, 13), _grads()
+    x, ys_prev = x0.copy(), x0.copy()
+    for g in gs:  # SUM with s = 1 on g + wd x
+        ge = g + 0.01 * x
+        y, ys = x - 0.05 * ge, x - 0.05 * ge
+        x = y + 0.9 * (ys - ys_prev)
+        ys_prev = ys
+    np.testing.assert_allclose(_run(SUM(0.05, 0.9, 1.0, 0.01), x0, gs), x, rtol=1e-12, atol=1e-13)
+    x, m, v = x0.copy(), np.zeros(13), np.zeros(13)
+    for g in gs:  # AMSGrad on g + wd x
+        ge = g + 0.01 * x
+        m = 0.9 * m + 0.1 * ge
+        v = np.maximum(0.99 * v + 0.01 * ge * ge, v)
+        x = x - 0.01 * m / np.sqrt(v + 1e-8)
+    np.testing.assert_allclose(
+        _run(SAM(0.01, 0.9, 0.99, 0.5, True, 1e-8, 0.01), x0, gs), x, rtol=1e-12, atol=1e-13
+    )

@@ -81,8 +81,15 @@ def load_hdf5(path: str, test_fraction: float, seed: int) -> Dataset:
         for name in ("x", "y"):
             if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise ConfigError(f"data.path {path!r} has no dataset /{name} (it needs /x and /y)")
-        x = np.asarray(f["x"][()], dtype=np.float64)
+        try:
+            x = np.asarray(f["x"][()], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ConfigError(f"/x in {path!r} must hold numbers (it holds {f['x'].dtype})") from None
         y_raw = np.asarray(f["y"][()])
+        if not (np.issubdtype(y_raw.dtype, np.integer) or np.issubdtype(y_raw.dtype, np.floating)):
+            raise ConfigError(
+                f"/y in {path!r} must hold integer labels or real numbers (it holds {y_raw.dtype})"
+            )
     if x.ndim != 2:
         raise ConfigError(f"/x in {path!r} must be 2-D (samples x features), got shape {x.shape}")
     if y_raw.shape != (x.shape[0],):

@@ -23,7 +23,17 @@ import numpy as np
 
 from ..errors import CheckpointError
 
-__all__ = ["checkpoint_dirs", "read_rank", "verify_rank", "write_complete", "write_rank", "prune"]
+__all__ = [
+    "checkpoint_dirs",
+    "clear_complete",
+    "prune",
+    "rank_path",
+    "read_rank",
+    "step_dir",
+    "verify_rank",
+    "write_complete",
+    "write_rank",
+]
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -82,6 +92,16 @@ def write_complete(root: Path, step: int, world_size: int) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, d / "COMPLETE")
     _fsync_dir(d)
+    _fsync_dir(root)  # the step folder's own entry is durable before older ones are pruned
+
+
+def clear_complete(root: Path, step: int) -> None:
+    """Remove a stale COMPLETE marker before a step's files are written again
+    (rank 0, before any rank writes; a skipped damaged checkpoint can leave one)."""
+    marker = step_dir(root, step) / "COMPLETE"
+    if marker.exists():
+        marker.unlink()
+        _fsync_dir(marker.parent)
 
 
 def read_rank(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

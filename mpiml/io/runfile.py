@@ -14,14 +14,15 @@ Layout (schema ``mpiml-run/1``, documented in docs/run-file.md)::
 Every rank writes only its own file, so flushing never synchronises ranks and a
 crash of one rank cannot corrupt another's table; h5py follows the external
 links, so ``run.h5`` reads as one file. Tables are chunked and grow on append;
-``flush()`` pushes appended rows to disk.
+``flush()`` opens the file, appends the pending rows and closes it again, so between
+flushes every file is closed and consistent on disk.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,27 @@ def _append(ds: h5py.Dataset, rows: np.ndarray) -> None:
     ds[n:] = rows
 
 
+def _open(path: Path, resume: bool) -> h5py.File:
+    """Open for a new run ("w") or to continue one ("a"). A file that a crash left
+    damaged is moved aside (``<name>.damaged-<k>``, nothing is deleted) and started anew."""
+    if not resume:
+        return h5py.File(path, "w")
+    try:
+        return h5py.File(path, "a")
+    except OSError as exc:
+        k = 0
+        while path.with_name(f"{path.name}.damaged-{k}").exists():
+            k += 1
+        aside = path.with_name(f"{path.name}.damaged-{k}")
+        path.rename(aside)
+        print(
+            f"mpiml: warning: {path} could not be opened ({exc}); moved to {aside.name}, starting a new one",
+            file=sys.stderr,
+            flush=True,
+        )
+        return h5py.File(path, "w")
+
+
 def _truncate_after(ds: h5py.Dataset, step: int) -> None:
     """Drop rows whose step is after ``step`` (a resume replays them)."""
     if ds.shape[0] == 0:
@@ -66,71 +88,83 @@ def _truncate_after(ds: h5py.Dataset, step: int) -> None:
 
 
 class RankFile:
-    """One rank's own HDF5 file of events (append-only, flushed on demand)."""
+    """One rank's own HDF5 file of events.
+
+    The file is open only while a flush writes to it: between flushes it is closed and
+    consistent on disk, so a process killed between flushes loses only the rows it had
+    not flushed yet (HDF5 without SWMR gives no such promise for a file left open).
+    """
 
     def __init__(self, run_dir: Path, rank: int, clock_offset: float, resume_step: int | None) -> None:
-        path = run_dir / rank_file_name(rank)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = h5py.File(path, "a" if resume_step is not None else "w")
-        self.f.attrs["rank"] = rank
-        self.f.attrs["host"] = socket.gethostname()
-        self.f.attrs["clock_offset"] = clock_offset
-        self.events = _table(self.f, "events", EVENT_DTYPE)
-        if resume_step is not None:  # events carry the 0-based index of the step they belong to
-            _truncate_after(self.events, resume_step - 1)
+        self.path = run_dir / rank_file_name(rank)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _open(self.path, resume_step is not None) as f:
+            f.attrs["rank"] = rank
+            f.attrs["host"] = socket.gethostname()
+            f.attrs["clock_offset"] = clock_offset
+            events = _table(f, "events", EVENT_DTYPE)
+            if resume_step is not None:  # events carry the 0-based index of the step they belong to
+                _truncate_after(events, resume_step - 1)
+        self._pending: list[np.ndarray] = []
 
     def append_events(self, rows: np.ndarray) -> None:
-        _append(self.events, rows)
+        if len(rows):
+            self._pending.append(rows)
 
     def flush(self) -> None:
-        self.f.flush()
+        if not self._pending:
+            return
+        rows, self._pending = np.concatenate(self._pending), []
+        with h5py.File(self.path, "a") as f:
+            _append(f["events"], rows)
 
     def close(self) -> None:
-        if self.f.id.valid:
-            self.f.close()
+        self.flush()
 
 
 class RunFile:
-    """Rank 0's ``run.h5``: run attributes, metrics, and links to every rank's file."""
+    """Rank 0's ``run.h5``: run attributes, metrics, and links to every rank's file.
+
+    Like :class:`RankFile`, open only while a flush writes to it.
+    """
 
     def __init__(
         self, run_dir: Path, world_size: int, attrs: dict[str, Any], resume_step: int | None
     ) -> None:
         self.path = run_dir / "run.h5"
-        self.f = h5py.File(self.path, "a" if resume_step is not None else "w")
-        if resume_step is None:
-            self.f.attrs["schema"] = SCHEMA
-            self.f.attrs["mpiml_version"] = __version__
-            self.f.attrs["started_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-            self.f.attrs["world_size"] = world_size
-            for k, v in attrs.items():
-                self.f.attrs[k] = v
-        self.metrics = self.f.require_group("metrics")
-        ranks = self.f.require_group("ranks")
-        for r in range(world_size):
-            if str(r) not in ranks:
-                ranks[str(r)] = h5py.ExternalLink(rank_file_name(r), "/")
-        if resume_step is not None:
-            self.f.attrs["resumed_at_steps"] = np.append(
-                self.f.attrs.get("resumed_at_steps", np.zeros(0, np.int64)), resume_step
-            )
-            for ds in self.metrics.values():
-                _truncate_after(ds, resume_step)
+        with _open(self.path, resume_step is not None) as f:
+            if resume_step is None or "schema" not in f.attrs:  # new, or lost and re-created
+                f.attrs["schema"] = SCHEMA
+                f.attrs["mpiml_version"] = __version__
+                f.attrs["started_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+                f.attrs["world_size"] = world_size
+                f.attrs["started_unix"] = attrs.get("started_unix", 0.0)
+            for k, v in attrs.items():  # config etc. describe the latest segment (run.steps may grow)
+                if k != "started_unix":
+                    f.attrs[k] = v
+            metrics = f.require_group("metrics")
+            ranks = f.require_group("ranks")
+            for r in range(world_size):
+                if str(r) not in ranks:
+                    ranks[str(r)] = h5py.ExternalLink(rank_file_name(r), "/")
+            if resume_step is not None:
+                f.attrs["resumed_at_steps"] = np.append(
+                    f.attrs.get("resumed_at_steps", np.zeros(0, np.int64)), resume_step
+                )
+                for ds in metrics.values():
+                    _truncate_after(ds, resume_step)
         self._pending: dict[str, list[tuple[int, float, float]]] = {}
 
     def metric(self, name: str, step: int, time: float, value: float) -> None:
         self._pending.setdefault(name, []).append((step, time, value))
 
     def flush(self) -> None:
-        for name, rows in self._pending.items():
-            _append(_table(self.metrics, name, METRIC_DTYPE), np.array(rows, dtype=METRIC_DTYPE))
-        self._pending = {}
-        self.f.flush()
-
-    def set_attr(self, key: str, value: Any) -> None:
-        self.f.attrs[key] = value if not isinstance(value, dict) else json.dumps(value)
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        with h5py.File(self.path, "a") as f:
+            for name, rows in pending.items():
+                _append(_table(f["metrics"], name, METRIC_DTYPE), np.array(rows, dtype=METRIC_DTYPE))
 
     def close(self) -> None:
-        if self.f.id.valid:
-            self.flush()
-            self.f.close()
+        self.flush()

@@ -202,8 +202,8 @@ class _Evaluator:
         # its own AllReduce (untraced: evaluation is not the algorithm's communication)
         self.average = AllReduce(comm, x.size, np.float64, xp, op="mean", cuda_aware=cuda_aware)
         self.xbar = xp.empty_like(x)
-        self.sums = np.zeros(6, dtype=np.float64)
-        self.out = np.zeros(6, dtype=np.float64)
+        self.sums = np.zeros(7, dtype=np.float64)
+        self.out = np.zeros(7, dtype=np.float64)
 
     def __call__(self, step: int, loss_sum: float, loss_count: int, bytes_sent: int) -> dict[str, float]:
         t0 = self.trace.now()
@@ -221,10 +221,10 @@ class _Evaluator:
             loss_sum,
             loss_count,
             dist,
+            bytes_sent,  # exact in float64 below 2**53 bytes
         )
         self.comm.Allreduce(self.sums, self.out, op=MPI.SUM)
-        tl, correct, count, ls, lc, dist = self.out
-        total_bytes = self.comm.allreduce(bytes_sent)
+        tl, correct, count, ls, lc, dist, total_bytes = self.out
         self.trace.record(step, "eval", t0, self.trace.now())
         res = {
             "test_loss": tl / count,

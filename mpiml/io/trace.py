@@ -21,6 +21,9 @@ EVENT_DTYPE = np.dtype(
 )
 
 
+_KIND_BYTES: dict[str, bytes] = {}
+
+
 class Trace:
     """Events of one rank: (step, kind, t_start, t_end, nbytes, peer).
 
@@ -47,7 +50,10 @@ class Trace:
     ) -> None:
         self.totals[kind] += t_end - t_start
         if self.enabled:
-            self._rows.append((step, kind.encode(), t_start, t_end, nbytes, peer))
+            code = _KIND_BYTES.get(kind)
+            if code is None:
+                code = _KIND_BYTES[kind] = kind.encode()
+            self._rows.append((step, code, t_start, t_end, nbytes, peer))
 
     def sent(self, nbytes: int) -> None:
         """Count bytes this rank handed to MPI to send."""

@@ -22,8 +22,9 @@ class MLP:
 
     ``loss_and_grad(w, x, y, grad)`` returns the mean cross-entropy of the batch and
     writes its gradient into the preallocated flat ``grad`` (same shape as ``w``).
-    Activation buffers are kept per batch size, so a training step allocates
-    nothing after the first one.
+    Activation and backprop buffers are kept per batch size, so a step allocates
+    nothing parameter- or activation-sized after the first one (only batch-sized
+    temporaries of the softmax and the relu mask remain).
     """
 
     task = "classification"
@@ -45,6 +46,7 @@ class MLP:
         self.n_layers = len(sizes) - 1
         self._cache: dict[tuple[int, int], list[Array]] = {}
         self._back: dict[tuple[int, int], list[Array]] = {}
+        self._row_index: dict[tuple[int, int], Array] = {}
 
     @property
     def size(self) -> int:
@@ -77,6 +79,13 @@ class MLP:
             bufs = [xp.empty((n, s), dtype=self.dtype) for s in self.sizes[1:-1]]
             self._back[key] = bufs
         return bufs
+
+    def _rows(self, xp: Any, n: int) -> Array:
+        key = (n, id(xp))
+        rows = self._row_index.get(key)
+        if rows is None:
+            rows = self._row_index[key] = xp.arange(n)
+        return rows
 
     def forward(self, w: Array, x: Array) -> list[Array]:
         """Activations of every layer; the last entry holds the logits."""
@@ -116,7 +125,7 @@ class MLP:
         xp.exp(logits, out=logits)
         logits /= logits.sum(axis=1, keepdims=True)
         p = logits
-        rows = xp.arange(n)
+        rows = self._rows(xp, n)
         loss = -float(xp.log(xp.maximum(p[rows, y], np.finfo(self.dtype).tiny)).mean())
         # dL/dlogits = scale * (p - onehot(y)), scale = 1/n for the mean loss
         p[rows, y] -= 1
@@ -136,7 +145,7 @@ class MLP:
                 back = back_bufs[i - 1]
                 xp.matmul(delta, v[f"W{i}"].T, out=back)
                 if self.activation == "relu":
-                    back[h_in <= 0] = 0
+                    xp.multiply(back, h_in > 0, out=back)
                 else:
                     back *= 1 - h_in * h_in
                 delta = back

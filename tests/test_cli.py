@@ -313,3 +313,19 @@ def test_resume_past_run_steps_is_refused(tmp_path: Path) -> None:
     assert _train(tmp_path, *args)[0] == 0
     code, _, err = _train(tmp_path, "--set", "run.steps=10", "--set", "checkpoint.every=20", "--resume")
     assert code == 2 and "is past run.steps = 10" in err
+
+
+def test_resume_moves_a_damaged_run_file_aside(tmp_path: Path) -> None:
+    args = ["--set", "run.steps=20", "--set", "run.eval_every=10", "--set", "checkpoint.every=10"]
+    assert _train(tmp_path, *args)[0] == 0
+    run_h5 = tmp_path / "results" / "default" / "run.h5"
+    damaged = run_h5.read_bytes()[:300]
+    run_h5.write_bytes(damaged)
+    code, out, err = _train(tmp_path, *args, "--set", "run.steps=30", "--resume")
+    assert code == 0, err
+    assert "could not be opened" in err and "moved to run.h5.damaged-0" in err
+    assert (run_h5.parent / "run.h5.damaged-0").read_bytes() == damaged  # kept, not deleted
+    from mpiml.io import load_run
+
+    run = load_run(run_h5)
+    assert list(run.metric("loss")[0]) == [30] and sorted(run.events) == [0, 1]

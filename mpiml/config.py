@@ -57,7 +57,8 @@ def _f(
     return Field(type_, default, rule[0], rule[1], doc)
 
 
-ALGORITHMS = ("sgd",)
+ALGORITHMS = ("sgd", "local_sgd", "dasgd")
+PROGRESS_MODES = ("test", "thread", "library", "none")
 
 SCHEMA: dict[str, dict[str, Field]] = {
     "run": {
@@ -78,13 +79,37 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
     "algorithm": {
         "name": _f("str", "sgd", _choice(*ALGORITHMS), "the training algorithm"),
+        "tau": _f(
+            "int", 4, _min(1), "local_sgd, dasgd: local steps between global averages (DaSGD paper's tau)"
+        ),
+        "delay": _f(
+            "int",
+            1,
+            _min(0),
+            "dasgd: local steps d between starting an average and merging it (0 <= d < tau; eq. 2)",
+        ),
+        "xi": _f(
+            "float",
+            0.25,
+            _range(0.0, 1.0),
+            "dasgd: share xi of the local model at a merge, x = xi x_local + (1 - xi) average (eq. 2)",
+        ),
+        "progress": _f(
+            "str",
+            "test",
+            _choice(*PROGRESS_MODES),
+            "dasgd: what progresses an average in flight: 'test' (MPI_Test between compute chunks), "
+            "'thread' (a polling thread), 'library' (the MPI's own progress thread, e.g. MPICH "
+            "MPIR_CVAR_ASYNC_PROGRESS=1), 'none' (only the wait at the merge)",
+        ),
     },
     "model": {
         "name": _f(
             "str",
             "mlp",
-            _choice("softmax", "mlp", "linear"),
-            "model (linear: least squares, for regression data)",
+            _choice("softmax", "mlp", "linear", "timed"),
+            "model (linear: least squares, for regression data; timed: a synthetic workload of "
+            "model.params parameters and model.compute_ms of compute per step, for benchmarks)",
         ),
         "hidden": _f(
             "int_list", [64], (lambda v: all(h >= 1 for h in v), "a list of widths >= 1"), "MLP hidden widths"
@@ -92,6 +117,14 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "activation": _f("str", "relu", _choice("relu", "tanh"), "MLP activation"),
         "dtype": _f("str", "float32", _choice("float32", "float64"), "parameter and compute dtype"),
         "init_scale": _f("float", 1.0, _min(0.0, strict=True), "multiplier on He/Glorot init"),
+        "params": _f("int", 1_000_000, _min(1), "timed: number of parameters d"),
+        "compute_ms": _f("float", 100.0, _min(0.0), "timed: compute time of one step, milliseconds"),
+        "compute": _f(
+            "str",
+            "sleep",
+            _choice("sleep", "spin"),
+            "timed: 'sleep' (the host is idle, as while an accelerator computes) or 'spin' (host CPU busy)",
+        ),
     },
     "data": {
         "name": _f("str", "digits", _choice("digits", "synthetic", "hdf5"), "data set"),
@@ -147,6 +180,7 @@ RESUMABLE_CHANGES = {
     ("checkpoint", "keep"),
     ("trace", "flush_every"),
     ("trace", "events"),
+    ("algorithm", "progress"),  # how an average progresses, not what it computes
 }
 
 
@@ -257,6 +291,12 @@ def _copy(v: Any) -> Any:
 
 
 def _cross_checks(cfg: Config) -> None:
+    a = cfg.algorithm
+    if a.name == "dasgd" and a.delay >= a.tau:
+        raise ConfigError(
+            f"algorithm.delay must be < algorithm.tau (got delay={a.delay}, tau={a.tau}): "
+            "an average must be merged before the next one starts (DaSGD's bounded age, d < tau)"
+        )
     if cfg.data.name == "hdf5" and not cfg.data.path:
         raise ConfigError("data.path must name an HDF5 file with /x and /y when data.name = 'hdf5'")
     if cfg.data.name == "synthetic" and cfg.model.name != "linear":

@@ -21,6 +21,13 @@ checkpointed) and ``step(x, g, state)`` updates ``x`` in place from the gradient
   the paper, apply no bias correction.
 
 Weight decay lambda, where set, is folded into the gradient: g <- g + lambda x.
+
+When communication moves the parameters (a model average in local SGD, DaSGD,
+gossip), state that holds *positions* must move with them, or the jump would read
+as velocity: ``POSITION_STATE[type(opt)]`` names those keys (SUM's y^{s,n}), and
+:meth:`mpiml.algorithms.Algorithm.replace_params` shifts them by the same amount,
+so momentum stays each rank's own (as velocity-form momentum buffers do when only
+the parameters are averaged).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any
 
 from .backend import Array, array_module
 
-__all__ = ["OPTIMIZERS", "SAM", "SGD", "SUM", "Optimizer", "build_optimizer"]
+__all__ = ["OPTIMIZERS", "POSITION_STATE", "SAM", "SGD", "SUM", "Optimizer", "build_optimizer"]
 
 
 def _decay(x: Array, g: Array, wd: float, scratch: Array) -> None:
@@ -123,6 +130,9 @@ class SAM:
 
 
 Optimizer = SGD | SUM | SAM
+
+# state keys that hold positions in parameter space (shifted when x is moved)
+POSITION_STATE: dict[type, tuple[str, ...]] = {SGD: (), SUM: ("ys",), SAM: ()}
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "sum", "adam", "amsgrad", "rmsprop", "padam")
 

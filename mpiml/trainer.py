@@ -33,6 +33,7 @@ from .io.trace import Trace
 from .models import Model, build_model
 from .optim import build_optimizer
 from .protocols import AllReduce
+from .protocols.progress import check_mode as check_progress_mode
 
 __all__ = ["Result", "train"]
 
@@ -72,6 +73,10 @@ class _Setup:
             raise ConfigError(
                 f"algorithm.name must be one of {', '.join(REGISTRY)} (got {cfg.algorithm.name!r})"
             )
+        if cfg.algorithm.name == "dasgd":
+            problem = check_progress_mode(cfg.algorithm.progress)
+            if problem:
+                raise ConfigError(problem)
         try:
             self.xp = get_xp(cfg.backend.device)
         except ValueError as exc:
@@ -85,6 +90,9 @@ class _Setup:
                 cfg.model.hidden,
                 cfg.model.activation,
                 cfg.model.dtype,
+                cfg.model.params,
+                cfg.model.compute_ms,
+                cfg.model.compute,
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
@@ -305,6 +313,8 @@ def train(
                 "clock": "perf_counter + per-rank offset to rank 0 (Cristian), seconds since run start",
                 "threads_per_rank": threads,
                 "started_unix": time.time() - elapsed,
+                "network": os.environ.get("MPIML_NETWORK", "as launched (no emulation by mpiml)"),
+                "mpi_async_progress": os.environ.get("MPIR_CVAR_ASYNC_PROGRESS", ""),
             },
             resume_step,
         )

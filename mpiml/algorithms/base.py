@@ -7,6 +7,7 @@ checkpoints. Algorithms register under their paper's name in ``REGISTRY``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..backend import Array, to_host
 from ..data import RankData
 from ..io.trace import Trace
 from ..models import Model
-from ..optim import Optimizer
+from ..optim import POSITION_STATE, Optimizer
 
 __all__ = ["REGISTRY", "Algorithm", "Context", "register"]
 
@@ -50,6 +51,7 @@ class Algorithm(ABC):
         self.x = ctx.params
         self.grad = ctx.xp.empty_like(self.x)
         self.opt_state = ctx.optimizer.init(self.x)
+        self._position_keys = POSITION_STATE[type(ctx.optimizer)]  # looked up per call: buffers swap
 
     @abstractmethod
     def step(self, t: int) -> float:
@@ -70,6 +72,16 @@ class Algorithm(ABC):
         t0 = self.trace.now()
         self.ctx.optimizer.step(self.x, g, self.opt_state)
         self.trace.record(t, "update", t0, self.trace.now())
+
+    def replace_params(self, fn: Callable[[], None]) -> None:
+        """Run ``fn``, which moves ``self.x`` in place (an average, a merge), and move
+        the optimizer's position state (SUM's y^s) by the same amount, so the move is
+        not mistaken for momentum: state <- (state - x_old) + x_new, no scratch."""
+        for k in self._position_keys:
+            self.opt_state[k] -= self.x
+        fn()
+        for k in self._position_keys:
+            self.opt_state[k] += self.x
 
     def finalize(self) -> None:  # noqa: B027 - a hook: synchronous algorithms have nothing in flight
         """Complete any communication still in flight (end of run, before a checkpoint)."""

@@ -69,7 +69,7 @@ class Trace:
         for kind, secs in self.totals.items():
             if kind in ("eval", "checkpoint", "flush"):
                 continue  # bookkeeping, reported apart
-            if kind in ("compute", "update"):
+            if kind in ("compute", "update", "merge"):
                 out["compute"] += secs
             elif kind == "wait":
                 out["wait"] += secs

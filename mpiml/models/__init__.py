@@ -5,17 +5,29 @@ from __future__ import annotations
 from .flat import ParamLayout
 from .linear import LinearRegression
 from .mlp import MLP
+from .timed import TimedModel
 
-__all__ = ["LinearRegression", "MLP", "ParamLayout", "build_model"]
+__all__ = ["LinearRegression", "MLP", "ParamLayout", "TimedModel", "build_model"]
 
-Model = MLP | LinearRegression
+Model = MLP | LinearRegression | TimedModel
 
 
 def build_model(
-    name: str, n_features: int, n_classes: int, hidden: list[int], activation: str, dtype: str
+    name: str,
+    n_features: int,
+    n_classes: int,
+    hidden: list[int],
+    activation: str,
+    dtype: str,
+    params: int = 1_000_000,
+    compute_ms: float = 100.0,
+    compute: str = "sleep",
 ) -> Model:
     """``softmax`` (softmax regression), ``mlp`` with the given hidden widths, or
-    ``linear`` (least squares; ``n_classes`` is 0 for regression data)."""
+    ``linear`` (least squares; ``n_classes`` is 0 for regression data), or ``timed``
+    (a synthetic workload of ``params`` parameters and ``compute_ms`` per step)."""
+    if name == "timed":
+        return TimedModel(params, compute_ms, compute, dtype)
     if name == "linear":
         return LinearRegression(n_features, dtype)
     if n_classes < 2:

@@ -28,6 +28,7 @@ class LinearRegression:
         self.dtype = np.dtype(dtype)
         self.layout = ParamLayout(("w", "b"), ((d,), (1,)))
         self._r: dict[tuple[int, int], Array] = {}
+        self.progress = None  # one matrix product per pass: no chunk boundary to progress at
 
     @property
     def size(self) -> int:

@@ -7,6 +7,7 @@ Works on numpy and cupy arrays alike: ``xp`` comes from the parameters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,9 @@ class MLP:
         self._cache: dict[tuple[int, int], list[Array]] = {}
         self._back: dict[tuple[int, int], list[Array]] = {}
         self._row_index: dict[tuple[int, int], Array] = {}
+        # called between layers of the forward and backward pass, so that communication
+        # in flight (DaSGD's average) is progressed during compute; None: nothing to do
+        self.progress: Callable[[], Any] | None = None
 
     @property
     def size(self) -> int:
@@ -103,6 +107,8 @@ class MLP:
                 else:
                     xp.tanh(out, out=out)
             h = out
+            if self.progress is not None:
+                self.progress()
         return acts
 
     def predict(self, w: Array, x: Array) -> Array:
@@ -149,6 +155,8 @@ class MLP:
                 else:
                     back *= 1 - h_in * h_in
                 delta = back
+            if self.progress is not None:
+                self.progress()
         return loss
 
     def eval_sums(self, w: Array, x: Array, y: Array) -> tuple[float, float]:

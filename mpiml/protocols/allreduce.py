@@ -6,8 +6,10 @@ Receive (and, for snapshots, send) buffers are allocated once, at construction,
 for one size and dtype. Device arrays are handed to a CUDA-aware MPI directly or
 staged through reused host buffers (``backend.Staging``).
 
-Events: ``allreduce`` spans start to observed completion (nbytes = payload size);
-``wait`` spans the time ``finish`` blocked.
+Events: ``allreduce`` spans start to observed completion (nbytes = payload size),
+recorded at the step it was started; ``wait`` spans the time ``finish`` blocked,
+recorded at the step that finished it. How a started operation progresses in the
+meantime is ``progress`` (see :mod:`mpiml.protocols.progress`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from mpi4py import MPI
 from ..backend import Array, Staging
 from ..io.trace import Trace
 from .base import Protocol
+from .progress import MODES, ProgressThread
 
 __all__ = ["AllReduce"]
 
@@ -41,10 +44,15 @@ class AllReduce(Protocol):
         op: str = "mean",
         trace: Trace | None = None,
         cuda_aware: bool | None = None,
+        progress: str = "test",
     ) -> None:
         super().__init__(trace)
         if op not in ("sum", "mean"):
             raise ValueError(f"op must be 'sum' or 'mean' (got {op!r})")
+        if progress not in MODES:
+            raise ValueError(f"progress must be one of {', '.join(map(repr, MODES))} (got {progress!r})")
+        self.progress = progress
+        self._thread: ProgressThread | None = None
         self.comm = comm
         self.n = comm.Get_size()
         self.op = op
@@ -103,18 +111,36 @@ class AllReduce(Protocol):
         recv = self.staging.recv_view(self.recvbuf, "recv")
         self._req = self.comm.Iallreduce(send, recv, op=MPI.SUM)
         self.trace.sent(x.nbytes)
+        if self.progress == "thread":
+            self._thread = ProgressThread(self._test)
 
-    def test(self) -> bool:
-        if self._req is None:
-            return True
+    def _test(self) -> bool:
+        assert self._req is not None
         if self._t_done is None and self._req.Test():
             self._t_done = self.trace.now()
         return self._t_done is not None
 
-    def finish(self) -> Array:
+    def test(self) -> bool:
+        """Progress by one MPI_Test (when ``progress`` is 'test'); True once complete.
+
+        With any other mode this only reports what is known: the progress thread (or
+        the library) owns the request, and a second completion call on it would race.
+        """
+        if self._req is None:
+            return True
+        if self.progress == "test":
+            return self._test()
+        return self._t_done is not None
+
+    def finish(self, step: int | None = None) -> Array:
+        """Wait for completion; the ``wait`` event is recorded at ``step`` (default:
+        the step that started the operation)."""
         if self._req is None:
             raise RuntimeError(f"{self.name}: finish() without start()")
         t0 = self.trace.now()
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            thread.stop()
         if self._t_done is None:
             self._req.Wait()
             self._t_done = self.trace.now()
@@ -123,5 +149,5 @@ class AllReduce(Protocol):
         self.staging.finish_recv(self.recvbuf, "recv")
         self._scale()
         self.trace.record(self.step, "allreduce", self._t_start, self._t_done, self.recvbuf.nbytes)
-        self.trace.record(self.step, "wait", t0, t1)
+        self.trace.record(self.step if step is None else step, "wait", t0, t1)
         return self.recvbuf

@@ -42,9 +42,10 @@ class Protocol(ABC):
         """Progress the operation; True once it has completed."""
 
     @abstractmethod
-    def finish(self) -> Array:
+    def finish(self, step: int | None = None) -> Array:
         """Wait for completion and return the result (owned by the protocol; valid until
-        the next ``start``)."""
+        the next ``start``). The time blocked is traced at ``step`` (default: the step
+        that started the operation)."""
 
     def run(self, x: Array, step: int = 0) -> Array:
         """Blocking form: start, then finish."""

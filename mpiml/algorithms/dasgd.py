@@ -1,0 +1,127 @@
+"""``dasgd``: local SGD with delayed averaging (DaSGD, papers/dasgd-delayed-averaging.txt).
+
+Update rule, eq. (2) (and eq. 7 in matrix form), for worker m of M:
+
+    x_{k+1}^(m) = xi (x_k^(m) - eta g(x_k^(m)))
+                  + (1 - xi)/M sum_j (x_{k-d}^(j) - eta g(x_{k-d}^(j)))   if (k + 1) mod tau = d
+    x_{k+1}^(m) = x_k^(m) - eta g(x_k^(m))                                 otherwise
+
+How the indices map to the code: paper iteration k is training step ``t`` (0-based).
+Step t computes the gradient at x_t and applies the local update, giving
+y_t = x_t - eta g(x_t) (any optimizer in place of the plain step; its state stays
+local: position-form momentum moves with x, ``Algorithm.replace_params``). At a step with (t + 1) mod tau = 0 the average of y_t over the ranks is
+*started* (a snapshot of y_t goes into MPI_Iallreduce) and the rank goes on. d
+steps later, at t' = t + d (so (t' + 1 - d) mod tau = 0, the appendix's form of
+the condition), the rank first computes its own update y_t', then finishes the
+average and merges: x_{t'+1} = xi y_t' + (1 - xi) mean_j y_t^(j). The average
+therefore travels during the compute of d steps; the rank waits only if it
+takes longer (the ``wait`` event recorded at t').
+
+Choices where the paper is silent, documented and tested:
+- The first average starts at t = tau - 1 (the condition (k + 1 - d) mod tau = 0
+  also holds at k = d - 1, where x_{-1} does not exist: no merge happens there).
+- d = 0: the average of y_t is merged at the same step; with nothing to overlap
+  it uses the blocking MPI_Allreduce (so d = 0, xi = 0 is exactly ``local_sgd``).
+- An average still in flight at the end of the run is completed and discarded.
+- At a checkpoint an average in flight is completed (not merged) and saved with
+  the step that merges it, so a resumed run merges the same numbers at the same
+  step and ends bit for bit where the uninterrupted run ends.
+
+Defaults: tau = 4, d = 1 (the paper's Table I), xi = 0.25 (its §IV.C baseline).
+§VI.D recommends tau = d + 1; ``mpiml plan`` computes the smallest d with
+t_c < d t_p (eq. 3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import to_host
+from ..protocols import AllReduce
+from .base import Algorithm, Context, register
+
+__all__ = ["DaSGD"]
+
+
+@register
+class DaSGD(Algorithm):
+    name = "dasgd"
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        a = ctx.cfg.algorithm
+        if not 0 <= a.delay < a.tau:  # validated in the job; kept for direct use
+            raise ValueError(f"algorithm.delay must be in [0, tau) (got delay={a.delay}, tau={a.tau})")
+        self.tau: int = a.tau
+        self.delay: int = a.delay
+        self.xi: float = a.xi
+        self.progress: str = a.progress
+        self.average = AllReduce(
+            ctx.comm,
+            self.x.size,
+            self.x.dtype,
+            ctx.xp,
+            op="mean",
+            trace=ctx.trace,
+            cuda_aware=ctx.cuda_aware,
+            progress=a.progress,
+        )
+        self.merge_at = -1  # the step whose update the pending average is merged into
+        self.pending = False  # an average was started (or restored) and is not merged yet
+        if self.progress == "test":
+            self.model.progress = self._poll
+
+    def _poll(self) -> None:
+        if self.average.in_flight:
+            self.average.test()
+
+    def step(self, t: int) -> float:
+        loss = self.local_gradient(t)
+        self.apply(t, self.grad)  # self.x is now y_t = x_t - eta g(x_t)
+        if self.pending and t == self.merge_at:
+            self._merge(t, self.average.finish(t) if self.average.in_flight else self.average.recvbuf)
+        if (t + 1) % self.tau == 0:
+            if self.delay == 0:
+                self._merge(t, self.average.run(self.x, t))
+            else:
+                if self.progress == "test":
+                    self._poll()
+                self.average.start(self.x, t, snapshot=True)
+                self.merge_at = t + self.delay
+                self.pending = True
+        return loss
+
+    def _merge(self, t: int, avg: np.ndarray) -> None:
+        """x <- xi x + (1 - xi) avg, in place (``avg`` is the protocol's buffer, which
+        is free until the next start)."""
+        t0 = self.trace.now()
+
+        self.replace_params(lambda: self._mix(avg))
+        self.pending = False
+        self.trace.record(t, "merge", t0, self.trace.now())
+
+    def _mix(self, avg: np.ndarray) -> None:
+        self.x *= self.xi
+        avg *= 1.0 - self.xi
+        self.x += avg
+
+    def finalize(self) -> None:
+        """Complete an average in flight (it stays pending until its merge step)."""
+        if self.average.in_flight:
+            self.average.finish()
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        out = super().state_arrays()
+        out["dasgd/merge_at"] = np.array([self.merge_at if self.pending else -1], dtype=np.int64)
+        out["dasgd/average"] = (
+            to_host(self.average.recvbuf).copy() if self.pending else np.zeros(0, self.average.dtype)
+        )
+        return out
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        super().load_state(arrays)
+        merge_at = int(arrays["dasgd/merge_at"][0])
+        self.pending = merge_at >= 0
+        self.merge_at = merge_at
+        if self.pending:
+            self.average.recvbuf[...] = self.ctx.xp.asarray(arrays["dasgd/average"])

@@ -55,6 +55,32 @@ BAD_JOBS = [
     ("bad_dtype.toml", '[model]\ndtype = "float16"\n', "model.dtype must be one of 'float32', 'float64'"),
     ("strings_x.toml", '[data]\nname = "hdf5"\npath = "strx.h5"\n', "/x in 'strx.h5' must hold numbers"),
     ("binary.toml", "\udcff\udcfe binary", "is not UTF-8 text"),
+    (
+        "delay_ge_tau.toml",
+        '[algorithm]\nname = "dasgd"\ntau = 4\ndelay = 4\n',
+        "algorithm.delay must be < algorithm.tau (got delay=4, tau=4)",
+    ),
+    (
+        "negative_delay.toml",
+        '[algorithm]\nname = "dasgd"\ndelay = -1\n',
+        "algorithm.delay must be >= 0 (got -1)",
+    ),
+    (
+        "xi_above_one.toml",
+        '[algorithm]\nname = "dasgd"\nxi = 1.5\n',
+        "algorithm.xi must be in [0.0, 1.0] (got 1.5)",
+    ),
+    (
+        "xi_negative.toml",
+        '[algorithm]\nname = "dasgd"\nxi = -0.1\n',
+        "algorithm.xi must be in [0.0, 1.0] (got -0.1)",
+    ),
+    ("tau_zero.toml", '[algorithm]\nname = "local_sgd"\ntau = 0\n', "algorithm.tau must be >= 1 (got 0)"),
+    (
+        "library_progress.toml",
+        '[algorithm]\nname = "dasgd"\nprogress = "library"\n',
+        "export MPIR_CVAR_ASYNC_PROGRESS=1",
+    ),
 ]
 
 

@@ -450,7 +450,9 @@ def _print_progress(
     acc = f" acc {m['accuracy']:.4f}" if "accuracy" in m else ""
     print(
         f"step {done:>6}/{steps} loss {m['loss']:.4f} test_loss {m['test_loss']:.4f}{acc} | "
-        f"compute {split['compute']:.2f}s comm {split['comm']:.2f}s wait {split['wait']:.2f}s | {elapsed:.1f}s",
+        f"compute {split['compute']:.2f}s comm {split['comm']:.2f}s wait {split['wait']:.2f}s"
+        + (f" (in flight {split['in_flight']:.2f}s)" if split["in_flight"] else "")
+        + f" | {elapsed:.1f}s",
         file=stream,
         flush=True,
     )

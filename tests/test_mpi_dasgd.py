@@ -186,7 +186,7 @@ def test_merge_uses_only_completed_averages(comm: MPI.Comm, shared_tmp) -> None:
             e = ev[r]
             kind = e["kind"].astype(str)
             merges = e[kind == "merge"]
-            averages = e[kind == "allreduce"]
+            averages = e[kind == "iallreduce"]
             waits = e[kind == "wait"]
             want = [t for t in range(steps) if (t + 1 - d) % tau == 0 and t - d >= 0]
             if list(merges["step"]) != want:

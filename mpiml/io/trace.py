@@ -64,8 +64,10 @@ class Trace:
         return np.array(rows, dtype=EVENT_DTYPE)
 
     def split_totals(self) -> dict[str, float]:
-        """Totals grouped for the progress line: compute, comm, wait (seconds)."""
-        out = {"compute": 0.0, "comm": 0.0, "wait": 0.0}
+        """Totals grouped for the progress line: compute, comm (blocking), wait (blocked
+        on a split-phase operation), in_flight (split-phase operations under way while
+        the rank did other work; overlaps the others)."""
+        out = {"compute": 0.0, "comm": 0.0, "wait": 0.0, "in_flight": 0.0}
         for kind, secs in self.totals.items():
             if kind in ("eval", "checkpoint", "flush"):
                 continue  # bookkeeping, reported apart
@@ -73,6 +75,8 @@ class Trace:
                 out["compute"] += secs
             elif kind == "wait":
                 out["wait"] += secs
+            elif kind.startswith("i"):  # iallreduce, ...: nonblocking spans
+                out["in_flight"] += secs
             else:
                 out["comm"] += secs
         return out

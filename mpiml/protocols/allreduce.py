@@ -6,8 +6,9 @@ Receive (and, for snapshots, send) buffers are allocated once, at construction,
 for one size and dtype. Device arrays are handed to a CUDA-aware MPI directly or
 staged through reused host buffers (``backend.Staging``).
 
-Events: ``allreduce`` spans start to observed completion (nbytes = payload size),
-recorded at the step it was started; ``wait`` spans the time ``finish`` blocked,
+Events: ``allreduce`` spans a blocking ``run``; ``iallreduce`` spans a split-phase
+operation from ``start`` to its observed completion (the rank computed meanwhile),
+recorded at the step it was started (nbytes = payload size, both); ``wait`` spans the time ``finish`` blocked,
 recorded at the step that finished it. How a started operation progresses in the
 meantime is ``progress`` (see :mod:`mpiml.protocols.progress`).
 """
@@ -148,6 +149,6 @@ class AllReduce(Protocol):
         self._req = None
         self.staging.finish_recv(self.recvbuf, "recv")
         self._scale()
-        self.trace.record(self.step, "allreduce", self._t_start, self._t_done, self.recvbuf.nbytes)
+        self.trace.record(self.step, "iallreduce", self._t_start, self._t_done, self.recvbuf.nbytes)
         self.trace.record(self.step if step is None else step, "wait", t0, t1)
         return self.recvbuf

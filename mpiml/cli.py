@@ -1,7 +1,8 @@
-"""The ``mpiml`` command: ``train`` and ``info``.
+"""The ``mpiml`` command: ``train``, ``info`` and ``plan``.
 
     mpiexec -n 4 mpiml train [JOB.toml] [--set section.key=value]... [--out DIR] [--resume]
     mpiml info
+    mpiml plan --preset resnet50-titanx | --tp MS --tc MS | --check results/RUN/run.h5
 
 A job or argument error is one line on stderr (from rank 0), exit status 2, on
 every rank, before any collective. An unhandled exception on any rank prints that
@@ -58,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
         "--print-job", action="store_true", help="print the validated job (every key) as TOML and exit"
     )
     sub.add_parser("info", help="MPI library, ranks, thread level, CUDA-aware, parallel HDF5, cupy")
+    sub.add_parser(
+        "plan",
+        help="DaSGD's analytic model: t_p, t_c, the delay that hides communication, time per epoch",
+        add_help=False,
+    )
     return p
 
 
@@ -106,6 +112,11 @@ def _info() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plan"]:  # its own parser (mpiml.plan); no MPI needed
+        from .plan import main as plan_main
+
+        return plan_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "train":
         return _train(args)

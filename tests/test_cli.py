@@ -355,3 +355,20 @@ def test_resume_moves_a_damaged_run_file_aside(tmp_path: Path) -> None:
 
     run = load_run(run_h5)
     assert list(run.metric("loss")[0]) == [30] and sorted(run.events) == [0, 1]
+
+
+def test_plan_subcommand_needs_no_mpiexec() -> None:
+    import subprocess
+
+    res = subprocess.run(
+        [*MPIML, "plan", "--tp", "100", "--tc", "150", "--workers", "4", "--local-batch", "16"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    # eq. 3: the smallest d with t_c < d t_p is 2; tau = d + 1 (§VI.D); eq. 6 step = t_p
+    assert "delay          2" in res.stdout and "tau            3" in res.stdout
+    assert "100.00" in res.stdout.split("DaSGD")[-1]
+    bad = subprocess.run([*MPIML, "plan", "--tp", "-1", "--tc", "1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "tp" in bad.stderr

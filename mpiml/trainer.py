@@ -319,14 +319,14 @@ def train(
             resume_step,
         )
 
-    def flush() -> None:
-        rank_file.append_events(trace.take())
+    def flush(everything: bool = False) -> None:
+        rank_file.append_events(trace.take(everything))
         rank_file.flush()
         if run_file is not None:
             run_file.flush()
 
     def close_files() -> None:
-        flush()
+        flush(everything=True)  # at the end nothing is open; on an abort, keep every row
         rank_file.close()
         if run_file is not None:
             run_file.close()

@@ -184,12 +184,12 @@ def test_default_job_reaches_095_and_writes_the_run_file(tmp_path: Path) -> None
     assert sorted(run.events) == [0, 1, 2, 3] and not run.missing_ranks
     for ev in run.events.values():
         kinds = set(ev["kind"])
-        assert {"compute", "allreduce", "update"} <= kinds
+        assert {"compute", "update", "iallreduce", "wait", "merge"} <= kinds  # the default job is dasgd
         assert np.all(ev["t_end"] >= ev["t_start"]) and np.all(np.diff(ev["step"]) >= 0)
     _, bytes_sent = run.metric("bytes_sent")
     assert np.all(np.diff(bytes_sent) > 0)
     _, dist = run.metric("consensus_distance")
-    assert np.all(dist == 0.0)  # synchronous SGD: every rank holds the same model
+    assert np.all(dist >= 0.0) and np.any(dist > 0.0)  # local steps: the ranks' models differ between merges
 
 
 def test_info_reports_the_setup(tmp_path: Path) -> None:
@@ -241,7 +241,7 @@ def test_h5dump_reads_the_run_file_through_its_links(tmp_path: Path) -> None:
         timeout=60,
         cwd="/",
     )
-    assert out.returncode == 0 and '"allreduce' in out.stdout and 'H5T_STD_I64LE "step"' in out.stdout
+    assert out.returncode == 0 and '"iallreduce' in out.stdout and 'H5T_STD_I64LE "step"' in out.stdout
 
 
 def test_a_crash_loses_at_most_one_flush_interval(tmp_path: Path) -> None:
@@ -370,5 +370,7 @@ def test_plan_subcommand_needs_no_mpiexec() -> None:
     # eq. 3: the smallest d with t_c < d t_p is 2; tau = d + 1 (§VI.D); eq. 6 step = t_p
     assert "delay          2" in res.stdout and "tau            3" in res.stdout
     assert "100.00" in res.stdout.split("DaSGD")[-1]
-    bad = subprocess.run([*MPIML, "plan", "--tp", "-1", "--tc", "1"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [*MPIML, "plan", "--tp", "-1", "--tc", "1"], capture_output=True, text=True, timeout=60
+    )
     assert bad.returncode == 2 and "tp" in bad.stderr

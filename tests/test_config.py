@@ -14,7 +14,7 @@ def test_default_job_is_valid_and_complete() -> None:
     cfg = load_config(None)
     for sec, fields in SCHEMA.items():
         assert set(cfg[sec]) == set(fields)
-    assert cfg.run.steps > 0 and cfg.algorithm.name == "sgd"
+    assert cfg.run.steps > 0 and cfg.algorithm.name == "dasgd"
 
 
 def test_set_overrides_parse_toml_values_and_bare_words() -> None:

@@ -23,6 +23,7 @@ def _cfg(name: str, *extra: str):  # type: ignore[no-untyped-def]
         None,
         [
             f"run.name={name}",
+            "algorithm.name=sgd",
             "run.steps=30",
             "run.eval_every=10",
             "model.dtype=float64",

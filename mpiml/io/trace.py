@@ -41,6 +41,8 @@ class Trace:
         self._rows: list[tuple[int, bytes, float, float, int, int]] = []
         self.totals: dict[str, float] = defaultdict(float)
         self.bytes_sent = 0
+        self._open: dict[int, float] = {}  # spans started, not yet recorded: id -> t_start
+        self._next_id = 0
 
     def now(self) -> float:
         return time.perf_counter() + self.offset - self.t0
@@ -59,8 +61,27 @@ class Trace:
         """Count bytes this rank handed to MPI to send."""
         self.bytes_sent += nbytes
 
-    def take(self) -> np.ndarray:
-        rows, self._rows = self._rows, []
+    def open(self, t_start: float) -> int:
+        """Declare a span that began at ``t_start`` and will be recorded later (a
+        split-phase operation); rows from ``t_start`` on are held back until it is."""
+        self._next_id += 1
+        self._open[self._next_id] = t_start
+        return self._next_id
+
+    def close(self, span: int) -> None:
+        self._open.pop(span, None)
+
+    def take(self, everything: bool = False) -> np.ndarray:
+        """The pending rows in order of ``t_start``. Rows at or after the start of a
+        span still open stay pending (unless ``everything``), so each rank's table is
+        ordered by time even when a split-phase operation is recorded at its end."""
+        rows = sorted(self._rows, key=lambda r: r[2])
+        if self._open and not everything:
+            mark = min(self._open.values())
+            cut = next((i for i, r in enumerate(rows) if r[2] >= mark), len(rows))
+            rows, self._rows = rows[:cut], rows[cut:]
+        else:
+            self._rows = []
         return np.array(rows, dtype=EVENT_DTYPE)
 
     def split_totals(self) -> dict[str, float]:

@@ -66,6 +66,7 @@ class AllReduce(Protocol):
         self._req: MPI.Request | None = None
         self._t_start = 0.0
         self._t_done: float | None = None
+        self._span = 0
 
     @property
     def in_flight(self) -> bool:
@@ -111,6 +112,7 @@ class AllReduce(Protocol):
         send = self.staging.send_view(src, "send")
         recv = self.staging.recv_view(self.recvbuf, "recv")
         self._req = self.comm.Iallreduce(send, recv, op=MPI.SUM)
+        self._span = self.trace.open(self._t_start)  # keeps the event table in time order
         self.trace.sent(x.nbytes)
         if self.progress == "thread":
             self._thread = ProgressThread(self._test)
@@ -150,5 +152,6 @@ class AllReduce(Protocol):
         self.staging.finish_recv(self.recvbuf, "recv")
         self._scale()
         self.trace.record(self.step, "iallreduce", self._t_start, self._t_done, self.recvbuf.nbytes)
+        self.trace.close(self._span)
         self.trace.record(self.step if step is None else step, "wait", t0, t1)
         return self.recvbuf

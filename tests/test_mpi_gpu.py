@@ -35,16 +35,20 @@ def test_device_allreduce_equals_host_allreduce(comm: MPI.Comm, cuda_aware: bool
     assert_all(comm, np.array_equal(got, host) and np.array_equal(split, host), "device result differs")
 
 
-def test_sgd_on_gpu_matches_cpu(comm: MPI.Comm, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("alg", ["sgd", "local_sgd", "dasgd-test", "dasgd-thread"], ids=lambda a: a)
+def test_algorithm_on_gpu_matches_cpu(comm: MPI.Comm, shared_tmp, alg: str) -> None:  # type: ignore[no-untyped-def]
     from mpiml.config import load_config
     from mpiml.trainer import train
 
-    base = ["run.steps=20", "run.eval_every=10", "model.dtype=float64"]
+    name, _, progress = alg.partition("-")
+    base = ["run.steps=20", "run.eval_every=10", "model.dtype=float64", f"algorithm.name={name}"]
+    if progress:
+        base += [f"algorithm.progress={progress}", "algorithm.delay=2"]
     cpu = train(
-        load_config(None, [*base, "run.name=cpu"]), comm, out=shared_tmp, stream=open("/dev/null", "w")
+        load_config(None, [*base, f"run.name=cpu-{alg}"]), comm, out=shared_tmp, stream=open("/dev/null", "w")
     )
     gpu = train(
-        load_config(None, [*base, "run.name=gpu", "backend.device=gpu"]),
+        load_config(None, [*base, f"run.name=gpu-{alg}", "backend.device=gpu"]),
         comm,
         out=shared_tmp,
         stream=open("/dev/null", "w"),

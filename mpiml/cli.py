@@ -3,6 +3,8 @@
     mpiexec -n 4 mpiml train [JOB.toml] [--set section.key=value]... [--out DIR] [--resume]
     mpiml info
     mpiml plan --preset resnet50-titanx | --tp MS --tc MS | --check results/RUN/run.h5
+    mpiml topology ring --workers 8
+    mpiexec -n 8 mpiml mixing --protocol gossip --topology ring
 
 A job or argument error is one line on stderr (from rank 0), exit status 2, on
 every rank, before any collective. An unhandled exception on any rank prints that
@@ -59,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         "--print-job", action="store_true", help="print the validated job (every key) as TOML and exit"
     )
     sub.add_parser("info", help="MPI library, ranks, thread level, CUDA-aware, parallel HDF5, cupy")
+    sub.add_parser("topology", help="a topology's W: degree, diameter, spectral gap rho", add_help=False)
+    sub.add_parser("mixing", help="measure a protocol's mixing time (MixML), under mpiexec", add_help=False)
     sub.add_parser(
         "plan",
         help="DaSGD's analytic model: t_p, t_c, the delay that hides communication, time per epoch",
@@ -117,6 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .plan import main as plan_main
 
         return plan_main(argv[1:])
+    if argv[:1] == ["topology"]:  # pure: no MPI
+        from .topology.cli import main as topology_main
+
+        return topology_main(argv[1:])
+    if argv[:1] == ["mixing"]:  # under mpiexec
+        from .mixing.cli import main as mixing_main
+
+        return mixing_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "train":
         return _train(args)

@@ -57,7 +57,7 @@ def _f(
     return Field(type_, default, rule[0], rule[1], doc)
 
 
-ALGORITHMS = ("sgd", "local_sgd", "dasgd")
+ALGORITHMS = ("sgd", "local_sgd", "dasgd", "dpsgd", "gossip", "async_gossip")
 PROGRESS_MODES = ("test", "thread", "library", "none")
 
 SCHEMA: dict[str, dict[str, Field]] = {
@@ -93,6 +93,27 @@ SCHEMA: dict[str, dict[str, Field]] = {
             0.25,
             _range(0.0, 1.0),
             "dasgd: share xi of the local model at a merge, x = xi x_local + (1 - xi) average (eq. 2)",
+        ),
+        "topology": _f(
+            "str",
+            "ring",
+            (lambda v: v != "", "a topology name (mpiml topology --list) or a .toml file"),
+            "dpsgd, gossip: the graph and weights W (docs/topologies.md)",
+        ),
+        "period": _f(
+            "int", 1, _min(1), "gossip, async_gossip: local steps between gossip rounds (exchanges)"
+        ),
+        "gamma": _f(
+            "float",
+            1.0,
+            (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+            "dpsgd, gossip: slack gamma, x_i + gamma sum_j W_ij (x_j - x_i) (MixML §6; 1: plain gossip)",
+        ),
+        "gossip_method": _f(
+            "str",
+            "p2p",
+            _choice("p2p", "neighbor"),
+            "dpsgd, gossip: Isend/Irecv pairs or MPI_Ineighbor_allgather on a graph communicator",
         ),
         "progress": _f(
             "str",
@@ -292,6 +313,10 @@ def _copy(v: Any) -> Any:
 
 def _cross_checks(cfg: Config) -> None:
     a = cfg.algorithm
+    if a.name == "async_gossip" and cfg.backend.device != "cpu":
+        raise ConfigError(
+            "backend.device must be 'cpu' for algorithm.name = 'async_gossip' (its RMA windows are host memory)"
+        )
     if a.name == "dasgd" and a.delay >= a.tau:
         raise ConfigError(
             f"algorithm.delay must be < algorithm.tau (got delay={a.delay}, tau={a.tau}): "

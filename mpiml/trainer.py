@@ -77,6 +77,13 @@ class _Setup:
             problem = check_progress_mode(cfg.algorithm.progress)
             if problem:
                 raise ConfigError(problem)
+        if cfg.algorithm.name in ("dpsgd", "gossip", "async_gossip"):
+            from .topology import TopologyError, build_schedule
+
+            try:
+                build_schedule(cfg.algorithm.topology, size)  # pure: checks W before any collective
+            except TopologyError as exc:
+                raise ConfigError(f"algorithm.topology = {cfg.algorithm.topology!r}: {exc}") from None
         try:
             self.xp = get_xp(cfg.backend.device)
         except ValueError as exc:
@@ -321,6 +328,8 @@ def train(
 
     def flush(everything: bool = False) -> None:
         rank_file.append_events(trace.take(everything))
+        for name, rows in trace.take_tables().items():
+            rank_file.append_table(name, rows)
         rank_file.flush()
         if run_file is not None:
             run_file.flush()
@@ -363,6 +372,7 @@ def train(
     if not last:  # resumed at the last step: nothing trained, still report the model
         last = evaluate(cfg.run.steps - 1, loss_sum, loss_count, trace.bytes_sent)
     alg.finalize()
+    alg.close()
     close_files()
     _comm.off_abort(close_files)
     comm.Barrier()

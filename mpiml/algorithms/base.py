@@ -86,6 +86,9 @@ class Algorithm(ABC):
     def finalize(self) -> None:  # noqa: B027 - a hook: synchronous algorithms have nothing in flight
         """Complete any communication still in flight (end of run, before a checkpoint)."""
 
+    def close(self) -> None:  # noqa: B027 - a hook: most algorithms hold no MPI objects
+        """Collective, once at the very end (after ``finalize``): free MPI objects (windows)."""
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Everything a checkpoint needs to resume bit for bit (host copies)."""
         out = {"params": to_host(self.x).copy()}

@@ -103,20 +103,39 @@ class RankFile:
             f.attrs["host"] = socket.gethostname()
             f.attrs["clock_offset"] = clock_offset
             events = _table(f, "events", EVENT_DTYPE)
-            if resume_step is not None:  # events carry the 0-based index of the step they belong to
+            if resume_step is not None:  # rows carry the 0-based index of the step they belong to
                 _truncate_after(events, resume_step - 1)
+                for name, ds in f.items():  # protocol tables too
+                    if (
+                        isinstance(ds, h5py.Dataset)
+                        and name != "events"
+                        and ds.dtype.names
+                        and "step" in ds.dtype.names
+                    ):
+                        _truncate_after(ds, resume_step - 1)
         self._pending: list[np.ndarray] = []
+        self._tables: dict[str, list[np.ndarray]] = {}
+
+    def append_table(self, name: str, rows: np.ndarray) -> None:
+        """Rows of a protocol's own table (``/ranks/<r>/<name>`` in run.h5)."""
+        if len(rows):
+            self._tables.setdefault(name, []).append(rows)
 
     def append_events(self, rows: np.ndarray) -> None:
         if len(rows):
             self._pending.append(rows)
 
     def flush(self) -> None:
-        if not self._pending:
+        if not self._pending and not self._tables:
             return
-        rows, self._pending = np.concatenate(self._pending), []
+        rows = np.concatenate(self._pending) if self._pending else None
+        tables, self._pending, self._tables = self._tables, [], {}
         with h5py.File(self.path, "a") as f:
-            _append(f["events"], rows)
+            if rows is not None:
+                _append(f["events"], rows)
+            for name, chunks in tables.items():
+                data = np.concatenate(chunks)
+                _append(_table(f, name, data.dtype), data)
 
     def close(self) -> None:
         self.flush()

@@ -41,6 +41,7 @@ class Trace:
         self._rows: list[tuple[int, bytes, float, float, int, int]] = []
         self.totals: dict[str, float] = defaultdict(float)
         self.bytes_sent = 0
+        self._tables: dict[str, tuple[np.dtype, list[tuple]]] = {}  # protocol tables: name -> rows
         self._open: dict[int, float] = {}  # spans started, not yet recorded: id -> t_start
         self._next_id = 0
 
@@ -56,6 +57,21 @@ class Trace:
             if code is None:
                 code = _KIND_BYTES[kind] = kind.encode()
             self._rows.append((step, code, t_start, t_end, nbytes, peer))
+
+    def add_row(self, table: str, dtype: np.dtype, row: tuple) -> None:
+        """Append a row to a protocol's own per-rank table (``/ranks/<r>/<table>``;
+        ``dtype`` has a ``step`` field)."""
+        if self.enabled:
+            entry = self._tables.get(table)
+            if entry is None:
+                entry = self._tables[table] = (dtype, [])
+            entry[1].append(row)
+
+    def take_tables(self) -> dict[str, np.ndarray]:
+        out = {name: np.array(rows, dtype=dt) for name, (dt, rows) in self._tables.items() if rows}
+        for _, rows in self._tables.values():
+            rows.clear()
+        return out
 
     def sent(self, nbytes: int) -> None:
         """Count bytes this rank handed to MPI to send."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .allreduce import AllReduce
+from .async_gossip import AsyncGossip
 from .base import Protocol
+from .gossip import Gossip
 
-__all__ = ["AllReduce", "Protocol"]
+__all__ = ["AllReduce", "AsyncGossip", "Gossip", "Protocol"]

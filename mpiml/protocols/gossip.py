@@ -94,8 +94,9 @@ class Gossip(Protocol):
         self.staging = Staging(cuda_aware)
         self.graphs: list[MPI.Distgraphcomm] = []
         if method == "neighbor":
+            intra: Any = comm  # graph communicators are made from an intracommunicator
             for _, w_in, outs in self.plan:
-                self.graphs.append(comm.Create_dist_graph_adjacent([j for j, _ in w_in], outs, reorder=False))
+                self.graphs.append(intra.Create_dist_graph_adjacent([j for j, _ in w_in], outs, reorder=False))
         self._reqs: list[MPI.Request] = []
         self._active = False
         self._round = 0

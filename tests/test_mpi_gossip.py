@@ -31,13 +31,16 @@ def _names(n: int) -> list[str]:
 
 
 def _reference_round(W: np.ndarray, X: np.ndarray, i: int, gamma: float = 1.0) -> np.ndarray:
-    """Row i of W' X in the protocol's order: self term, then peers ascending."""
+    """Row i of W' X in the protocol's documented order: the self term, then each peer
+    ascending, added by BLAS daxpy (out += w x_j)."""
+    from scipy.linalg import blas
+
     n = W.shape[0]
     sw = W[i, i] if gamma == 1.0 else 1.0 - gamma * (1.0 - W[i, i])
     out = X[i] * sw
     for j in range(n):
         if j != i and W[i, j] != 0.0:
-            out = out + X[j] * (W[i, j] if gamma == 1.0 else gamma * W[i, j])
+            out = blas.daxpy(X[j].copy(), out, a=(W[i, j] if gamma == 1.0 else gamma * W[i, j]))
     return out
 
 

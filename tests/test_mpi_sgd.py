@@ -83,6 +83,11 @@ def test_sgd_repeats_bit_for_bit(comm: MPI.Comm, shared_tmp) -> None:  # type: i
     # and all ranks hold the same model (synchronous SGD)
     first = comm.bcast(a.params, root=0)
     assert_all(comm, np.array_equal(first, a.params), "ranks disagree on the model")
+    from mpiml.io import load_run
+
+    dist = load_run(shared_tmp / "rep-a").metric("consensus_distance")[1] if comm.Get_rank() == 0 else None
+    zero = comm.bcast(dist is None or bool(np.all(dist == 0.0)), root=0)
+    assert_all(comm, zero, "sgd: the consensus distance metric should be exactly 0")
 
 
 @pytest.mark.parametrize("optimizer", ["nesterov", "amsgrad"])

@@ -99,14 +99,17 @@ def pytest_collection_modifyitems(
 ) -> None:
     if config.getoption("with_mpi", False):
         return  # inside mpiexec: pytest-mpi runs the marked tests
-    keep, files = [], {}
+    keep, files, counts = [], {}, {}
     for item in items:
         if item.get_closest_marker("mpi") is not None:
-            files.setdefault(Path(str(item.fspath)), item.parent)
+            path = Path(str(item.fspath))
+            files.setdefault(path, item.parent)
+            # a file may ask for other rank counts: RANK_COUNTS = (2, 4, 8)
+            counts.setdefault(path, getattr(getattr(item, "module", None), "RANK_COUNTS", RANK_COUNTS))
         else:
             keep.append(item)
     for path, parent in files.items():
-        for n in RANK_COUNTS:
+        for n in counts[path]:
             keep.append(MPIFile.from_parent(parent, name=f"mpiexec -n {n}", path=path, n=n))
     items[:] = keep
 

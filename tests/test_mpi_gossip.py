@@ -15,6 +15,7 @@ from mpiml.topology import REGISTRY, build_schedule
 from mpiml.trainer import train
 
 pytestmark = pytest.mark.mpi(min_size=2)
+RANK_COUNTS = (2, 4, 8)  # 8 oversubscribed on a 2-core machine: one round = W X for every topology
 
 NULL = open("/dev/null", "w")  # noqa: SIM115 - progress output of the runs under test
 
@@ -107,6 +108,8 @@ def test_consensus_error_contracts_by_rho(comm: MPI.Comm) -> None:
 
 @pytest.mark.parametrize(("alg", "extra"), [("dpsgd", []), ("gossip", ["algorithm.period=4"])])
 def test_decentralized_training_reaches_093(comm: MPI.Comm, shared_tmp, alg: str, extra: list[str]) -> None:  # type: ignore[no-untyped-def]
+    if comm.Get_size() > 4:
+        pytest.skip("600 training steps on 8 oversubscribed ranks take too long here; trained on 2 and 4")
     cfg = load_config(
         None,
         [

@@ -1,0 +1,50 @@
+"""Mixing time (MixML, papers/mixml-mixing-time.txt): measure t_mix of a protocol on real ranks.
+
+- :mod:`~mpiml.mixing.tmix`: t_mix from a consensus-distance curve (Assumption 2, worst start);
+- :mod:`~mpiml.mixing.spectral`: gossip's spectral bound n ceil(log(1/2) / log(rho));
+- :mod:`~mpiml.mixing.measure`: :func:`measure`, the protocols driven on random states;
+- :mod:`~mpiml.mixing.store`: the table and the HDF5 result file;
+- :mod:`~mpiml.mixing.svg`: a hand-written SVG line plot;
+- :mod:`~mpiml.mixing.cli`: ``mpiml mixing`` (also ``python -m mpiml.mixing``);
+  :mod:`~mpiml.mixing.sweep`: Figure 3 (t_mix against n, one mpiexec per n).
+
+docs/mixing.md defines the time units per protocol.
+"""
+
+from collections.abc import Sequence
+
+from .measure import PROTOCOLS, MixingResult, measure
+from .spectral import Estimate, contraction, gossip_estimate, rounds_to_halve
+from .store import format_table, read_attrs, result_name, write_result
+from .svg import Series, line_plot, nice_ticks
+from .tmix import CurveMix, halving_times, summarize, t_mix_of_curve
+
+__all__ = [
+    "PROTOCOLS",
+    "CurveMix",
+    "Estimate",
+    "MixingResult",
+    "Series",
+    "contraction",
+    "format_table",
+    "gossip_estimate",
+    "halving_times",
+    "line_plot",
+    "main",
+    "measure",
+    "nice_ticks",
+    "read_attrs",
+    "result_name",
+    "rounds_to_halve",
+    "summarize",
+    "t_mix_of_curve",
+    "write_result",
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mpiml mixing`` (:func:`mpiml.mixing.cli.main`), imported when called so that
+    ``python -m mpiml.mixing.cli`` does not find its module imported already."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)

@@ -1,0 +1,124 @@
+"""``mpiml mixing``: measure one protocol's t_mix on the ranks it runs on.
+
+    mpiexec -n 8 mpiml mixing --protocol gossip --topology ring
+    mpiexec -n 8 python -m mpi4py -m mpiml.mixing.cli --protocol local_step --m 3
+
+Every rank measures (the measurement is collective); rank 0 prints the table and
+writes ``<out>/<protocol>-<variant>-n<N>.h5`` (:mod:`mpiml.mixing.store`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .measure import PARAMS, PROTOCOLS, measure
+from .store import format_table, result_name, write_result
+
+__all__ = ["main", "parser"]
+
+_TOPOLOGICAL = ("gossip", "async_gossip")
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {v})")
+    return v
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mpiml mixing",
+        description="Measure a protocol's mixing time t_mix (MixML Assumption 2) on random states; "
+        "run under mpiexec: the number of ranks is n.",
+    )
+    p.add_argument("--protocol", required=True, choices=list(PROTOCOLS))
+    p.add_argument("--topology", help="gossip protocols: a topology name or a .toml file (default ring)")
+    p.add_argument("--m", type=_positive, help="local_step: local iterations per AllReduce (default 2)")
+    p.add_argument("--method", choices=("p2p", "neighbor"), help="gossip: transport (default p2p)")
+    p.add_argument("--gamma", type=float, help="gossip: slack matrix (1 - gamma) I + gamma W (default 1)")
+    p.add_argument(
+        "--every", type=_positive, help="async_gossip: exchanges per rank between cuts (default 1)"
+    )
+    p.add_argument("--trials", type=_positive, default=20, help="random starting states (default 20)")
+    p.add_argument("--dim", type=_positive, default=8, help="values per rank (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--floor",
+        type=float,
+        default=1e-6,
+        help="starts count while the distance is >= FLOOR * the initial one (default 1e-6)",
+    )
+    p.add_argument("--max-time", type=_positive, help="time steps per trial at most (default 10000 n)")
+    p.add_argument("--out", default="results/mixing", help="folder of the .h5 file (default results/mixing)")
+    p.add_argument("--no-write", action="store_true", help="print the table only")
+    return p
+
+
+def _params(args: argparse.Namespace) -> dict[str, object]:
+    """The protocol's own options; one given to a protocol that does not take it is an error."""
+    given = {
+        k: getattr(args, k)
+        for k in ("topology", "m", "method", "gamma", "every")
+        if getattr(args, k) is not None
+    }
+    takes = PARAMS[args.protocol]
+    wrong = [k for k in given if k not in takes]
+    if wrong:
+        raise ValueError(f"--{wrong[0]} does not apply to --protocol {args.protocol}")
+    if args.protocol in _TOPOLOGICAL:
+        given.setdefault("topology", "ring")
+    return given
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from mpi4py import MPI
+
+    from ..comm import default_comm, install_abort_handler
+
+    args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    comm = default_comm()
+    rank = comm.Get_rank()
+    try:
+        params = _params(args)  # pure and the same everywhere: every rank fails alike
+        if "topology" in params:
+            from ..topology import build_schedule
+
+            build_schedule(str(params["topology"]), comm.Get_size())  # TopologyError names the problem
+        if not 0.0 <= args.floor < 0.5:
+            raise ValueError(f"--floor must be in [0, 0.5) (got {args.floor})")
+    except ValueError as exc:
+        if rank == 0:
+            print(f"mpiml mixing: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    install_abort_handler()
+    t0 = MPI.Wtime()
+    res = measure(
+        comm,
+        args.protocol,
+        args.trials,
+        d=args.dim,
+        seed=args.seed,
+        rel_floor=args.floor,
+        max_time=args.max_time,
+        **params,
+    )
+    wall = comm.allreduce(MPI.Wtime() - t0, op=MPI.MAX)
+    if rank == 0:
+        print(format_table([res]))
+        if (res.censored > 0).any():
+            print(f"note: {int(res.censored.sum())} start(s) never halved before --max-time; left out")
+        if not args.no_write:
+            path = write_result(f"{args.out}/{result_name(res.protocol, res.n, res.params)}", res)
+            print(f"wrote {path} ({wall:.2f} s)")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Results of :func:`~mpiml.mixing.measure`: the printed table and the HDF5 file.
+
+File ``<protocol>-<variant>-n<N>.h5`` (:func:`result_name`; the variant is the topology
+for the gossip protocols, ``m<M>`` for local_step, nothing for allreduce):
+
+- attributes: ``protocol``, ``n``, ``trials``, ``dim``, ``seed``, ``rel_floor``,
+  ``resolution`` (time steps between records), ``t_mix`` (max over trials of the
+  worst-start value), ``t_mix_mean``, ``t_mix_min``, ``t_mix_q50``/``q90``/``q99``,
+  ``t_mix0_max`` and ``t_mix0_mean`` (start t = 0 only), ``estimate`` and ``rho`` (NaN
+  where there is none), ``params`` (JSON of the protocol's parameters) and each
+  parameter by name (``topology``, ``m``, ...);
+- datasets ``t_mix``, ``t_mix0``, ``worst_start``, ``censored``: one value per trial;
+- group ``curves``: ``time`` (int64, MixML time steps) and ``distance`` (float64,
+  ||X_t - M_inf X_0||_F), ragged (variable-length) datasets with one row per trial:
+  ``f["curves/distance"][i]`` is trial i's curve (a group per trial cost 1.8 kB each).
+
+Written by one rank (every rank holds the same result).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .measure import MixingResult
+
+__all__ = ["format_table", "read_attrs", "result_name", "write_result"]
+
+
+def result_name(protocol: str, n: int, params: dict[str, Any]) -> str:
+    """'gossip-ring-n8.h5', 'async_gossip-ring-n8.h5', 'local_step-m2-n8.h5', 'allreduce-n8.h5'."""
+    if "topology" in params:
+        variant = Path(str(params["topology"])).stem  # a .toml path names its file
+    elif protocol == "local_step":
+        variant = f"m{params.get('m', 2)}"
+    else:
+        variant = ""
+    return f"{protocol}-{variant}-n{n}.h5" if variant else f"{protocol}-n{n}.h5"
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else float(v)
+
+
+def write_result(path: str | Path, r: MixingResult) -> Path:
+    """Write ``r`` to ``path`` (replacing it); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    s, s0 = r.summary(), r.summary(from_zero=True)
+    with h5py.File(path, "w") as f:
+        a = f.attrs
+        a["protocol"], a["n"], a["trials"], a["dim"], a["seed"] = r.protocol, r.n, r.trials, r.dim, r.seed
+        a["rel_floor"], a["resolution"] = r.rel_floor, r.resolution
+        a["t_mix"] = s["max"]
+        for key in ("mean", "min", "q50", "q90", "q99"):
+            a[f"t_mix_{key}"] = s[key]
+        a["t_mix0_max"], a["t_mix0_mean"] = s0["max"], s0["mean"]
+        a["estimate"], a["rho"] = _nan(r.estimate), _nan(r.rho)
+        a["params"] = json.dumps(r.params, sort_keys=True)
+        for k, v in r.params.items():
+            a[k] = v
+        f["t_mix"] = r.t_mix_trials
+        f["t_mix0"] = r.t_mix0_trials
+        f["worst_start"] = r.worst_starts
+        f["censored"] = r.censored
+        g = f.create_group("curves")
+        times = g.create_dataset("time", (r.trials,), dtype=h5py.vlen_dtype(np.int64))
+        dists = g.create_dataset("distance", (r.trials,), dtype=h5py.vlen_dtype(np.float64))
+        for i, (t, d) in enumerate(r.curves):
+            times[i], dists[i] = t, d
+    return path
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    """The attributes of a result file as plain Python values."""
+    with h5py.File(path, "r") as f:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+
+def _num(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if math.isinf(v):
+        return "inf"
+    return f"{v:.1f}" if v != int(v) else f"{int(v)}"
+
+
+def _variant(params: dict[str, Any]) -> str:
+    if "topology" in params:
+        defaults = {"method": "p2p", "gamma": 1.0, "every": 1}
+        extra = [f"{k}={params[k]}" for k in defaults if k in params and params[k] != defaults[k]]
+        return " ".join([str(params["topology"]), *extra])
+    if "m" in params:
+        return f"m={params['m']}"
+    return "-"
+
+
+def format_table(results: list[MixingResult]) -> str:
+    """One row per result: protocol, variant, n, trials, t_mix (max, mean, q50, q90) over
+    trials with the worst start, the max from t = 0 only, the theory/spectral value."""
+    head = (
+        f"{'protocol':<14}{'variant':<14}{'n':>3}{'trials':>7}{'t_mix':>8}{'mean':>8}"
+        f"{'q50':>6}{'q90':>6}{'t=0 max':>9}{'estimate':>10}{'rho':>8}{'res':>5}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        s, s0 = r.summary(), r.summary(from_zero=True)
+        rho = "-" if r.rho is None else f"{r.rho:.4f}"
+        lines.append(
+            f"{r.protocol:<14}{_variant(r.params):<14}{r.n:>3}{r.trials:>7}{_num(s['max']):>8}"
+            f"{s['mean']:>8.1f}{_num(s['q50']):>6}{_num(s['q90']):>6}{_num(s0['max']):>9}"
+            f"{_num(r.estimate):>10}{rho:>8}{r.resolution:>5}"
+        )
+    return "\n".join(lines)

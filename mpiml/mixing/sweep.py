@@ -1,0 +1,167 @@
+"""MixML Figure 3: measured t_mix against the number of workers n, per protocol.
+
+    python -m mpiml.mixing.sweep                       # n = 2..8, results/mixing/
+    python -m mpiml.mixing.sweep --n 2 4 8 --trials 50 --protocols gossip async_gossip
+
+For every protocol and n, one ``mpiexec -n N python -m mpi4py -m mpiml.mixing ...``
+(:func:`mpiml.testing.run_ranks`, so an oversubscribed workstation works and a stuck
+run is killed) writes its .h5 file; then :func:`write_figure` reads the files back and
+writes ``figure3.svg`` (:func:`mpiml.mixing.svg.line_plot`) and ``figure3.md``. The
+sweep process itself never initialises MPI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..testing import python_command, run_ranks
+from .store import read_attrs, result_name
+from .svg import Series, line_plot
+
+__all__ = ["LABELS", "TRIALS", "main", "run_one", "sweep", "write_figure"]
+
+# MixML §6 names
+LABELS = {
+    "allreduce": "AllReduce",
+    "local_step": "Local Step (m={m})",
+    "gossip": "SyncDR ({topology})",
+    "async_gossip": "AsyncDR ({topology})",
+}
+# trials per run: the synchronous protocols are deterministic given X and cost two records
+TRIALS = {"allreduce": 200, "local_step": 200, "gossip": 50, "async_gossip": 100}
+
+
+def _params(protocol: str, topology: str, m: int) -> dict[str, Any]:
+    if protocol in ("gossip", "async_gossip"):
+        return {"topology": topology}
+    return {"m": m} if protocol == "local_step" else {}
+
+
+def run_one(
+    protocol: str, n: int, out: Path, trials: int, topology: str = "ring", m: int = 2, timeout: float = 300.0
+) -> dict[str, Any]:
+    """Measure one protocol on n ranks; returns the result file's attributes (+ 'wall_s')."""
+    params = _params(protocol, topology, m)
+    args = ["--protocol", protocol, "--trials", str(trials), "--out", str(out)]
+    for k, v in params.items():
+        args += [f"--{k}", str(v)]
+    t0 = time.perf_counter()
+    res = run_ranks(n, python_command("-m", "mpiml.mixing", *args), timeout)
+    wall = time.perf_counter() - t0
+    if res.timed_out or res.returncode != 0:
+        why = f"timed out after {timeout:.0f} s" if res.timed_out else f"exit status {res.returncode}"
+        raise RuntimeError(
+            f"mpiml mixing --protocol {protocol} on {n} ranks: {why}\n{res.stdout}\n{res.stderr}"
+        )
+    attrs = read_attrs(out / result_name(protocol, n, params))
+    attrs["wall_s"] = wall
+    return attrs
+
+
+def sweep(
+    ns: Sequence[int],
+    protocols: Sequence[str],
+    out: str | Path = "results/mixing",
+    trials: int | None = None,
+    topology: str = "ring",
+    m: int = 2,
+    log: Any = print,
+) -> list[dict[str, Any]]:
+    """Run every protocol at every n (``trials`` for all, or :data:`TRIALS`)."""
+    out = Path(out)
+    rows = []
+    for protocol in protocols:
+        for n in ns:
+            a = run_one(protocol, n, out, trials or TRIALS[protocol], topology, m)
+            log(
+                f"{protocol:<13} n={n}  t_mix {a['t_mix']:g} (mean {a['t_mix_mean']:.1f}, "
+                f"estimate {a['estimate']:g})  {a['wall_s']:.1f} s"
+            )
+            rows.append(a)
+    return rows
+
+
+def _label(a: dict[str, Any]) -> str:
+    return LABELS[str(a["protocol"])].format(m=a.get("m", ""), topology=a.get("topology", ""))
+
+
+def _cell(v: float) -> str:
+    return "inf" if math.isinf(v) else (f"{v:g}" if v == int(v) else f"{v:.1f}")
+
+
+def write_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixing") -> tuple[Path, Path]:
+    """figure3.svg (t_mix max over trials against n, one line per protocol, the gossip
+    spectral bound dashed) and figure3.md (the numbers, with mean and the t = 0 max)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    by: dict[str, list[dict[str, Any]]] = {}
+    for a in rows:
+        by.setdefault(_label(a), []).append(a)
+    series: dict[str, Series] = {}
+    for label, rs in by.items():
+        rs.sort(key=lambda a: a["n"])
+        series[label] = Series([a["n"] for a in rs], [a["t_mix"] for a in rs])
+    for label, rs in by.items():
+        if rs[0]["protocol"] == "gossip":
+            name = f"{label} spectral bound"
+            series[name] = Series([a["n"] for a in rs], [a["estimate"] for a in rs], dashed=True)
+    svg = out / "figure3.svg"
+    svg.write_text(
+        line_plot(
+            series,
+            title="Mixing time against workers (MixML Fig. 3)",
+            xlabel="workers n",
+            ylabel="t_mix (time steps, max over trials)",
+            width=800,
+        )
+    )
+    lines = [
+        "# Mixing time against the number of workers (MixML Figure 3)",
+        "",
+        "t_mix in MixML time steps (one step = one worker's update; docs/mixing.md): max over trials "
+        "of the worst start (mean over trials; max from t = 0 only); estimate = n for AllReduce, "
+        "m n for Local Step, the spectral bound n ceil(log(1/2)/log(rho)) for SyncDR.",
+        "",
+        "| protocol | n | trials | t_mix max | mean | q90 | t=0 max | estimate | rho | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, rs in by.items():
+        for a in rs:
+            est = "-" if math.isnan(a["estimate"]) else _cell(a["estimate"])
+            rho = "-" if math.isnan(a["rho"]) else f"{a['rho']:.4f}"
+            lines.append(
+                f"| {label} | {a['n']} | {a['trials']} | {_cell(a['t_mix'])} | {a['t_mix_mean']:.1f} | "
+                f"{_cell(a['t_mix_q90'])} | {_cell(a['t_mix0_max'])} | {est} | {rho} | {a.get('wall_s', math.nan):.1f} |"
+            )
+    lines += ["", "![t_mix against n](figure3.svg)", ""]
+    md = out / "figure3.md"
+    md.write_text("\n".join(lines))
+    return svg, md
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mpiml.mixing.sweep", description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, nargs="+", default=list(range(2, 9)), help="rank counts (default 2..8)")
+    p.add_argument("--protocols", nargs="+", default=list(LABELS), choices=list(LABELS))
+    p.add_argument("--trials", type=int, help=f"trials per run for every protocol (default {TRIALS})")
+    p.add_argument("--topology", default="ring")
+    p.add_argument("--m", type=int, default=2)
+    p.add_argument("--out", default="results/mixing")
+    args = p.parse_args(argv)
+    if min(args.n) < 1:
+        p.error(f"--n: rank counts must be >= 1 (got {min(args.n)})")
+    t0 = time.perf_counter()
+    rows = sweep(args.n, args.protocols, args.out, args.trials, args.topology, args.m)
+    svg, md = write_figure(rows, args.out)
+    print(f"wrote {svg} and {md} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

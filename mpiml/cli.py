@@ -1,6 +1,6 @@
 """The ``mpiml`` command: ``train``, ``info`` and ``plan``.
 
-    mpiexec -n 4 mpiml train [JOB.toml] [--set section.key=value]... [--out DIR] [--resume]
+    mpiexec -n 4 mpiml train [JOB.toml] [--set section.key=value]... [--out DIR] [--resume | --auto-resume]
     mpiml info
     mpiml plan --preset resnet50-titanx | --tp MS --tc MS | --check results/RUN/run.h5
     mpiml topology ring --workers 8
@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="results", help="output folder (default: results)")
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
+    mode.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="--resume if the run has a checkpoint, else start anew and say so (for requeued SLURM jobs)",
+    )
     mode.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
     t.add_argument(
         "--print-job", action="store_true", help="print the validated job (every key) as TOML and exit"
@@ -98,7 +103,10 @@ def _train(args: argparse.Namespace) -> int:
             return 0
         from .trainer import train
 
-        train(cfg, comm, out=args.out, resume=args.resume, overwrite=args.overwrite)
+        resume: bool | str = "auto" if args.auto_resume else args.resume
+        result = train(cfg, comm, out=args.out, resume=resume, overwrite=args.overwrite)
+        if result.stopped_at is not None:
+            return 75  # EX_TEMPFAIL: stopped on request (MPIML_STOP_FILE) after a checkpoint
     except ConfigError as exc:
         if not getattr(exc, "agreed", False):
             raise  # seen on this rank only: abort the job rather than leave others waiting

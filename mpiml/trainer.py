@@ -48,6 +48,7 @@ class Result:
     test_loss: float
     params: np.ndarray  # this rank's final parameters (host copy)
     wall: float
+    stopped_at: int | None = None  # step at which MPIML_STOP_FILE stopped the run (after a checkpoint)
 
 
 def _set_threads(comm: MPI.Comm, threads: int) -> int:
@@ -256,7 +257,7 @@ def train(
     cfg: Config,
     comm: MPI.Comm | None = None,
     out: str | Path = "results",
-    resume: bool = False,
+    resume: bool | str = False,
     overwrite: bool = False,
     stream: TextIO | None = None,
 ) -> Result:
@@ -270,11 +271,20 @@ def train(
     stream = stream if stream is not None else sys.stdout
     out = Path(out)
     wall0 = time.perf_counter()
-    setup = _comm.agree(comm, lambda: _Setup(cfg, comm, out, resume, overwrite))  # no collective inside
-    resume_from = _pick_checkpoint(cfg, comm, setup.run_dir) if resume else None  # collective, errors agreed
+    setup = _comm.agree(comm, lambda: _Setup(cfg, comm, out, bool(resume), overwrite))  # no collective inside
+    resume_from = None
+    if resume == "auto" and not _has_checkpoints(comm, setup.run_dir):
+        if rank == 0:
+            print(
+                f"mpiml: --auto-resume: no checkpoint in {setup.run_dir} yet; starting from scratch",
+                file=stream,
+                flush=True,
+            )
+    elif resume:
+        resume_from = _pick_checkpoint(cfg, comm, setup.run_dir)  # collective, errors agreed
     threads = _set_threads(comm, cfg.run.threads)
     run_dir = setup.run_dir
-    if overwrite and not resume and rank == 0 and run_dir.exists():
+    if (overwrite or resume == "auto") and resume_from is None and rank == 0 and run_dir.exists():
         for name in ("run.h5", "ranks", "checkpoints"):
             p = run_dir / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
@@ -348,6 +358,8 @@ def train(
         _print_header(cfg, size, threads, run_dir, stream)
 
     last: dict[str, float] = {}
+    stopped_at: int | None = None
+    stop_file = os.environ.get("MPIML_STOP_FILE", "")
     fail_at = _fault_injection(rank)
     t_loop = time.perf_counter()
     for t in range(start, cfg.run.steps):
@@ -369,7 +381,22 @@ def train(
             flush()  # a checkpoint is a durable point: the tables up to it are on disk too
         elif done % cfg.trace.flush_every == 0:
             flush()
-    if not last:  # resumed at the last step: nothing trained, still report the model
+        if stop_file and done % STOP_CHECK_EVERY == 0 and done < cfg.run.steps:
+            # every rank asks at the same steps, and all follow the agreed answer
+            if comm.allreduce(int(os.path.exists(stop_file)), op=MPI.MAX):
+                if not (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
+                    _checkpoint(alg, data, cfg, comm, run_dir, done, loss_sum, loss_count, trace)
+                    flush()
+                stopped_at = done
+                if rank == 0:
+                    print(
+                        f"mpiml: stopped at step {done} ({stop_file} appeared); checkpoint written, "
+                        "resume with --resume",
+                        file=stream,
+                        flush=True,
+                    )
+                break
+    if not last and stopped_at is None:  # resumed at the last step: nothing trained, still report the model
         last = evaluate(cfg.run.steps - 1, loss_sum, loss_count, trace.bytes_sent)
     alg.finalize()
     alg.close()
@@ -377,7 +404,7 @@ def train(
     _comm.off_abort(close_files)
     comm.Barrier()
     wall = time.perf_counter() - wall0
-    if rank == 0:
+    if rank == 0 and stopped_at is None:
         _print_summary(cfg, last, run_dir, wall, stream)
     from .backend import to_host
 
@@ -388,7 +415,17 @@ def train(
         last.get("test_loss", float("nan")),
         to_host(alg.x).copy(),
         wall,
+        stopped_at,
     )
+
+
+STOP_CHECK_EVERY = 10  # steps between the (one-integer) allreduces that ask whether to stop
+
+
+def _has_checkpoints(comm: MPI.Comm, run_dir: Path) -> bool:
+    """Collective: does the run folder hold any checkpoint step (rank 0 looks)?"""
+    found = bool(ckpt.checkpoint_dirs(run_dir / "checkpoints")) if comm.Get_rank() == 0 else None
+    return bool(comm.bcast(found, root=0))
 
 
 def _fault_injection(rank: int) -> int:

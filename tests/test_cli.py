@@ -374,3 +374,36 @@ def test_plan_subcommand_needs_no_mpiexec() -> None:
         [*MPIML, "plan", "--tp", "-1", "--tc", "1"], capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "tp" in bad.stderr
+
+
+def test_stop_file_checkpoints_and_auto_resume_finishes_bit_for_bit(tmp_path: Path) -> None:
+    """What a requeued SLURM job does: stop on request, then --auto-resume."""
+    import os
+
+    job = ["--set", "run.steps=60", "--set", "run.eval_every=20", "--set", "checkpoint.every=0"]
+    out = str(tmp_path)
+    fresh = run_ranks(
+        2, [*MPIML, "train", *job, "--set", "run.name=a", "--out", out, "--auto-resume"], TIMEOUT, cwd=out
+    )
+    assert (
+        fresh.returncode == 0
+        and "no checkpoint in" in fresh.stdout
+        and "starting from scratch" in fresh.stdout
+    )
+    stop = tmp_path / "STOP"
+    stop.touch()  # present from the start: the run stops at the first check (step 10)
+    env = dict(os.environ, MPIML_STOP_FILE=str(stop))
+    cut = run_ranks(
+        2, [*MPIML, "train", *job, "--set", "run.name=b", "--out", out], TIMEOUT, cwd=out, env=env
+    )
+    assert cut.returncode == 75 and "stopped at step 10" in cut.stdout, (cut.stdout, cut.stderr)
+    stop.unlink()
+    again = run_ranks(
+        2, [*MPIML, "train", *job, "--set", "run.name=b", "--out", out, "--auto-resume"], TIMEOUT, cwd=out
+    )
+    assert again.returncode == 0 and "resuming" in again.stdout and "at step 10" in again.stdout
+    from mpiml.io import load_run
+
+    a, b = load_run(tmp_path / "a"), load_run(tmp_path / "b")
+    assert np.array_equal(a.metrics["test_loss"]["value"], b.metrics["test_loss"]["value"])
+    assert list(b.attrs["resumed_at_steps"]) == [10]

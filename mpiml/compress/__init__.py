@@ -1,0 +1,20 @@
+"""Codecs for what protocols send: pure array functions, ``encode(x) -> payload``
+(one uint8 buffer with a 16-byte header, see :mod:`mpiml.compress.base`) and
+``decode(payload) -> x``. State (residuals, RNG) stays on the rank.
+
+- ``qsgd`` (Quantized-PR-SGD eqs. 2-3, §6.1 Elias-gamma bitstream) and ``qsgd_fixed``;
+- ``identity``, ``fp16``, ``bf16``, ``sign`` (scaled sign), ``topk``, ``randk``;
+- :class:`ErrorFeedback` wraps any codec with residual memory.
+
+Compressed collectives and the algorithms that use them (issue 6) are not built yet.
+"""
+
+from __future__ import annotations
+
+from . import codecs, qsgd  # noqa: F401  (register the codecs)
+from .base import REGISTRY, Codec
+from .codecs import build_codec
+from .feedback import ErrorFeedback
+from .qsgd import QSGD, QSGDFixed
+
+__all__ = ["QSGD", "REGISTRY", "Codec", "ErrorFeedback", "QSGDFixed", "build_codec"]

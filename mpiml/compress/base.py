@@ -1,0 +1,110 @@
+"""The codec contract: ``encode(x) -> payload``, ``decode(payload) -> x``.
+
+A payload is one contiguous ``uint8`` array: a 16-byte header, then the codec's body.
+Only the payload crosses the wire; a codec's state (error-feedback residuals, RNG)
+stays on the rank. Header (little endian)::
+
+    bytes 0-1   magic b"MQ"
+    byte  2     format version (1)
+    byte  3     codec id (CODEC_IDS)
+    byte  4     dtype code of x (DTYPES: 0 float32, 1 float64)
+    bytes 5-7   zero
+    bytes 8-15  d, the number of coordinates (uint64)
+
+``decode`` checks every field and the body's length and raises ``ValueError``
+naming what is wrong (header, length, code); NaN or Inf input to ``encode`` is a
+``ValueError`` too. Codecs register by name in ``REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CODEC_IDS",
+    "DTYPES",
+    "HEADER",
+    "REGISTRY",
+    "Codec",
+    "check_finite",
+    "pack_header",
+    "read_header",
+    "register",
+]
+
+HEADER = struct.Struct("<2sBBB3sQ")  # 16 bytes
+MAGIC = b"MQ"
+VERSION = 1
+DTYPES: dict[np.dtype, int] = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}
+_DTYPE_OF: dict[int, np.dtype] = {v: k for k, v in DTYPES.items()}
+CODEC_IDS = {
+    "identity": 0,
+    "fp16": 1,
+    "bf16": 2,
+    "sign": 3,
+    "topk": 4,
+    "randk": 5,
+    "qsgd": 6,
+    "qsgd_fixed": 7,
+}
+
+
+class Codec:
+    """Base of every codec: ``name`` (in CODEC_IDS), ``encode``, ``decode``."""
+
+    name = "codec"
+
+    def encode(self, x: Any) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def decode(self, payload: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def check_finite(x: np.ndarray, codec: str) -> None:
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{codec}: cannot encode NaN or Inf (the input has {int(np.sum(~np.isfinite(x)))})")
+
+
+def pack_header(codec: str, x: np.ndarray) -> bytes:
+    dt = np.dtype(x.dtype)
+    if dt not in DTYPES:
+        raise ValueError(f"{codec}: dtype must be float32 or float64 (got {dt})")
+    if x.ndim != 1:
+        raise ValueError(f"{codec}: x must be a flat array (got shape {x.shape})")
+    return HEADER.pack(MAGIC, VERSION, CODEC_IDS[codec], DTYPES[dt], b"\0\0\0", x.size)
+
+
+def read_header(payload: np.ndarray, codec: str) -> tuple[np.dtype, int, memoryview]:
+    """(dtype, d, body) of a payload, every header field checked."""
+    if not isinstance(payload, np.ndarray) or payload.dtype != np.uint8 or payload.ndim != 1:
+        raise ValueError(f"{codec}: payload must be a flat uint8 array")
+    if payload.size < HEADER.size:
+        raise ValueError(f"{codec}: truncated header ({payload.size} of {HEADER.size} bytes)")
+    magic, version, cid, dcode, reserved, d = HEADER.unpack_from(payload[: HEADER.size].tobytes())
+    if magic != MAGIC:
+        raise ValueError(f"{codec}: bad header: magic {magic!r}, not {MAGIC!r}")
+    if version != VERSION:
+        raise ValueError(f"{codec}: bad header: format version {version}, this reader knows {VERSION}")
+    if cid != CODEC_IDS[codec]:
+        names = {v: k for k, v in CODEC_IDS.items()}
+        raise ValueError(f"{codec}: bad header: payload is from codec {names.get(cid, cid)!r}")
+    if reserved != b"\0\0\0":
+        raise ValueError(f"{codec}: bad header: reserved bytes 5-7 are not zero")
+    if dcode not in _DTYPE_OF:
+        raise ValueError(f"{codec}: bad header: dtype code {dcode}")
+    if d > 2**40:
+        raise ValueError(f"{codec}: bad header: d = {d} is implausible")
+    return _DTYPE_OF[dcode], int(d), payload.data[HEADER.size :]
+
+
+REGISTRY: dict[str, Callable[..., Codec]] = {}
+
+
+def register(factory: Callable[..., Codec]) -> Callable[..., Codec]:
+    REGISTRY[factory.name] = factory  # type: ignore[attr-defined]
+    return factory

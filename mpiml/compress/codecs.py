@@ -1,0 +1,406 @@
+"""Gradient codecs: identity, fp16, bf16, scaled sign, top-k, random-k.
+
+Each codec is a small stateless-on-the-wire object (GRACE's compressor): ``encode(x)``
+turns a flat float32/float64 array into one ``uint8`` payload (16-byte header from
+:mod:`mpiml.compress.base`, then the body described in each class), ``decode(payload)``
+turns it back into a numpy array of x's dtype and length. Error feedback lives apart,
+in :mod:`mpiml.compress.feedback`; communication lives apart too.
+
+``encode`` accepts numpy or cupy input (``xp`` is taken from the array); the payload
+and the result of ``decode`` are always numpy. ``decode`` checks the header, the
+body's exact length, index ranges, and that every decoded value is finite: a
+corrupted payload is a ``ValueError`` or, when only value bits changed, a different
+but finite array, never another exception.
+
+Bodies (little endian; ``T`` is x's dtype, ``I`` the index width of :func:`index_dtype`)::
+
+    identity  d x T
+    fp16      d x float16
+    bf16      d x uint16 (the top half of float32, rounded to nearest even)
+    sign      scale (float32) | ceil(d/8) bytes of np.packbits(x < 0), pad bits zero
+    topk      k (uint64) | d (uint64) | k x I, strictly increasing | k x T
+    randk     seed (uint64) | counter (uint64) | k (uint64) | d (uint64) | k x T
+
+The sparse bodies repeat d: their length does not depend on d, so without the echo a
+flipped bit in the header's d would decode to an array of another length (or ask for
+terabytes); the dense bodies' length already pins d.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from mpiml.backend import array_module, to_host
+from mpiml.compress.base import REGISTRY, Codec, check_finite, pack_header, read_header, register
+
+__all__ = [
+    "BF16",
+    "FP16",
+    "Identity",
+    "RandomK",
+    "ScaledSign",
+    "TopK",
+    "build_codec",
+    "index_dtype",
+]
+
+_U64 = np.dtype("<u8")
+_F32 = np.dtype("<f4")
+_FP16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _le(dt: np.dtype) -> np.dtype:
+    return np.dtype(dt).newbyteorder("<")
+
+
+def _check_input(x: Any, codec: str) -> bytes:
+    """The header for ``x``, after checking dtype, shape and finiteness."""
+    header = pack_header(codec, x)  # dtype and ndim checks, with the codec's name
+    xp = array_module(x)
+    if xp is np:
+        check_finite(x, codec)
+    elif not bool(xp.isfinite(x).all()):  # one device reduction; count on the host only on error
+        check_finite(to_host(x), codec)
+    return header
+
+
+def _assemble(header: bytes, *parts: np.ndarray) -> np.ndarray:
+    """One contiguous uint8 payload: header then each part's bytes, copied once."""
+    views = [np.ascontiguousarray(p).reshape(-1).view(np.uint8) for p in parts]
+    out = np.empty(len(header) + sum(v.size for v in views), dtype=np.uint8)
+    out[: len(header)] = np.frombuffer(header, dtype=np.uint8)
+    pos = len(header)
+    for v in views:
+        out[pos : pos + v.size] = v
+        pos += v.size
+    return out
+
+
+def _body(payload: np.ndarray, codec: str) -> tuple[np.dtype, int, np.ndarray]:
+    dtype, d, body = read_header(payload, codec)
+    if payload[5:8].any():  # struct's pad bytes are skipped by unpack; the format says zero
+        raise ValueError(f"{codec}: bad header: reserved bytes 5-7 are {payload[5:8].tolist()}, not zero")
+    return dtype, d, np.frombuffer(body, dtype=np.uint8)
+
+
+def _check_length(codec: str, body: np.ndarray, expected: int, what: str) -> None:
+    if body.size != expected:
+        raise ValueError(f"{codec}: bad length: body is {body.size} bytes, {what} needs {expected}")
+
+
+def _u64(body: np.ndarray, offset: int) -> int:
+    return int(np.frombuffer(body, dtype=_U64, count=1, offset=offset)[0])
+
+
+def _finite_result(y: np.ndarray, codec: str) -> np.ndarray:
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"{codec}: bad body: decodes to {int(np.sum(~np.isfinite(y)))} NaN/Inf values")
+    return y
+
+
+def index_dtype(d: int) -> np.dtype:
+    """The smallest unsigned little-endian integer that holds d - 1 (uint8 for d <= 256)."""
+    for dt in ("<u1", "<u2", "<u4"):
+        if d - 1 <= np.iinfo(np.dtype(dt)).max:
+            return np.dtype(dt)
+    return _U64
+
+
+def _resolve_k(codec: str, k: int | None, ratio: float, d: int) -> int:
+    """k if given, else ceil(ratio * d) but at least 1; never more than d."""
+    if k is None:
+        k = max(1, math.ceil(ratio * d)) if d > 0 else 0
+    return min(k, d)
+
+
+def _check_k_ratio(codec: str, k: int | None, ratio: float) -> None:
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0):
+        raise ValueError(f"{codec}.k must be a non-negative integer or None (got {k!r})")
+    if not (isinstance(ratio, int | float) and 0.0 < float(ratio) <= 1.0):
+        raise ValueError(f"{codec}.ratio must be in (0, 1] (got {ratio!r})")
+
+
+# ---------------------------------------------------------------------------- codecs
+
+
+@register
+class Identity(Codec):
+    """No compression: the body is x's raw bytes. Decode is exact."""
+
+    name = "identity"
+
+    def encode(self, x: Any) -> np.ndarray:
+        header = _check_input(x, self.name)
+        return _assemble(header, to_host(x).astype(_le(x.dtype), copy=False))
+
+    def decode(self, payload: np.ndarray) -> np.ndarray:
+        dtype, d, body = _body(payload, self.name)
+        _check_length(self.name, body, d * dtype.itemsize, f"d = {d} values of {dtype}")
+        y = np.frombuffer(body, dtype=_le(dtype)).astype(dtype)
+        return _finite_result(y, self.name)
+
+
+@register
+class FP16(Codec):
+    """IEEE half precision, round to nearest even.
+
+    Error: |decode(x) - x| <= 2**-11 |x| + 2**-25 (relative in the normal range, absolute
+    below it). A value that does not fit float16 (|x| rounds past 65504) is a
+    ``ValueError``, not a silent clip: clipping would bias the gradient without a trace;
+    the caller should scale first (as torch's fp16 hook divides before casting).
+    """
+
+    name = "fp16"
+
+    def encode(self, x: Any) -> np.ndarray:
+        header = _check_input(x, self.name)
+        xp = array_module(x)
+        with np.errstate(over="ignore"):  # overflow is reported below, by name
+            h = x.astype(xp.float16)
+        if not bool(xp.isfinite(h).all()):
+            big = float(xp.abs(x).max())
+            raise ValueError(
+                f"fp16: value out of float16 range (max |x| = {big:g} > {_FP16_MAX:g}); scale x before encoding"
+            )
+        return _assemble(header, to_host(h).astype("<f2", copy=False))
+
+    def decode(self, payload: np.ndarray) -> np.ndarray:
+        dtype, d, body = _body(payload, self.name)
+        _check_length(self.name, body, 2 * d, f"d = {d} float16 values")
+        with np.errstate(invalid="ignore"):
+            y = np.frombuffer(body, dtype="<f2").astype(dtype)
+        return _finite_result(y, self.name)
+
+
+@register
+class BF16(Codec):
+    """bfloat16: the top 16 bits of float32, rounded to nearest even.
+
+    Rounding is done on the uint32 view: add 0x7FFF plus the lowest kept bit, then
+    shift (ties go to the even result). Error: |decode(x) - x| <= 2**-8 |x| (+ a tiny
+    absolute term for float32 subnormals and for float64 input, which is cast to
+    float32 first). A value that rounds past the float32/bfloat16 range is a ``ValueError``.
+    """
+
+    name = "bf16"
+
+    def encode(self, x: Any) -> np.ndarray:
+        header = _check_input(x, self.name)
+        xp = array_module(x)
+        with np.errstate(over="ignore"):
+            u = x.astype(xp.float32).view(xp.uint32)
+        bits = ((u + (xp.uint32(0x7FFF) + ((u >> 16) & xp.uint32(1)))) >> 16).astype(xp.uint16)
+        if bool(((bits & xp.uint16(0x7F80)) == xp.uint16(0x7F80)).any()):  # exponent all ones: inf
+            big = float(xp.abs(x).max())
+            raise ValueError(
+                f"bf16: value out of bfloat16 range (max |x| = {big:g}); scale x before encoding"
+            )
+        return _assemble(header, to_host(bits).astype("<u2", copy=False))
+
+    def decode(self, payload: np.ndarray) -> np.ndarray:
+        dtype, d, body = _body(payload, self.name)
+        _check_length(self.name, body, 2 * d, f"d = {d} bfloat16 values")
+        u = np.frombuffer(body, dtype="<u2").astype(np.uint32) << np.uint32(16)
+        with np.errstate(invalid="ignore"):  # NaN bits from a corrupted body: reported below
+            y = u.view(np.float32).astype(dtype)
+        return _finite_result(y, self.name)
+
+
+@register
+class ScaledSign(Codec):
+    """Scaled sign (signSGD with a mean-magnitude scale; Bernstein et al. 2018,
+    Karimireddy et al. 2019 "EF-SignSGD", eq. 3: C(x) = ||x||_1 / d * sign(x)).
+
+    scale = mean |x| as float32 (0 for d = 0); one bit per coordinate, 1 for x < 0,
+    so 0 (and -0.0) encodes as +. ``decode`` returns exactly scale * (+-1) in x's dtype.
+    """
+
+    name = "sign"
+
+    def encode(self, x: Any) -> np.ndarray:
+        header = _check_input(x, self.name)
+        xp = array_module(x)
+        d = int(x.size)
+        mean = float(xp.abs(x).mean(dtype=xp.float64)) if d else 0.0
+        with np.errstate(over="ignore"):
+            scale = np.array([mean], dtype=_F32)
+        if not np.isfinite(scale[0]):
+            raise ValueError(f"sign: scale mean|x| = {mean:g} overflows float32; scale x before encoding")
+        bits = np.packbits(to_host(x < 0))
+        return _assemble(header, scale, bits)
+
+    def decode(self, payload: np.ndarray) -> np.ndarray:
+        dtype, d, body = _body(payload, self.name)
+        nbytes = (d + 7) // 8
+        _check_length(self.name, body, 4 + nbytes, f"scale + {d} sign bits")
+        scale = np.frombuffer(body, dtype=_F32, count=1)[0]
+        if not (np.isfinite(scale) and scale >= 0):
+            raise ValueError(f"sign: bad body: scale {scale!r} is not finite and >= 0")
+        packed = body[4:]
+        if d % 8 and packed[-1] & np.uint8((1 << (8 - d % 8)) - 1):
+            raise ValueError("sign: bad body: nonzero padding bits after the last sign")
+        neg = np.unpackbits(packed, count=d).astype(bool)
+        s = dtype.type(scale)
+        y = np.full(d, s, dtype=dtype)
+        y[neg] = -s
+        return y
+
+
+@register
+class TopK(Codec):
+    """Top-k sparsification (Stich et al. 2018, "Sparsified SGD with memory", Def. 2.1).
+
+    Keeps the k coordinates of largest |x| (ties broken arbitrarily); k is given, or
+    ceil(ratio * d) but at least 1, and at most d. Body: k and d (uint64), the indices
+    (strictly increasing, width :func:`index_dtype` of d), the values in x's dtype.
+    ``decode`` is exact on the kept coordinates and zero elsewhere. Biased: use it
+    with :class:`mpiml.compress.feedback.ErrorFeedback`.
+    """
+
+    name = "topk"
+
+    def __init__(self, k: int | None = None, ratio: float = 0.01) -> None:
+        _check_k_ratio("topk", k, ratio)
+        self.k = None if k is None else int(k)
+        self.ratio = float(ratio)
+
+    def __repr__(self) -> str:
+        return f"TopK(k={self.k}, ratio={self.ratio})"
+
+    def encode(self, x: Any) -> np.ndarray:
+        header = _check_input(x, self.name)
+        xp = array_module(x)
+        d = int(x.size)
+        k = _resolve_k(self.name, self.k, self.ratio, d)
+        if k == d:
+            idx = xp.arange(d)
+        elif k == 0:
+            idx = xp.zeros(0, dtype=xp.int64)
+        else:
+            idx = xp.sort(xp.argpartition(xp.abs(x), d - k)[d - k :])
+        vals = x[idx]
+        return _assemble(
+            header,
+            np.array([k, d], dtype=_U64),
+            to_host(idx).astype(index_dtype(d)),
+            to_host(vals).astype(_le(x.dtype), copy=False),
+        )
+
+    def decode(self, payload: np.ndarray) -> np.ndarray:
+        dtype, d, body = _body(payload, self.name)
+        if body.size < 16:
+            raise ValueError(f"topk: bad length: body is {body.size} bytes, shorter than k and d (16)")
+        k = _u64(body, 0)
+        if _u64(body, 8) != d:
+            raise ValueError(f"topk: bad header or body: d = {d} in the header, {_u64(body, 8)} in the body")
+        if k > d:
+            raise ValueError(f"topk: bad body: k = {k} > d = {d}")
+        it = index_dtype(d)
+        _check_length(self.name, body, 16 + k * (it.itemsize + dtype.itemsize), f"k = {k} indices and values")
+        idx = np.frombuffer(body, dtype=it, count=k, offset=16).astype(np.int64)
+        if k and (idx[-1] >= d or np.any(idx[1:] <= idx[:-1])):
+            raise ValueError(f"topk: bad body: indices must be strictly increasing and < d = {d}")
+        vals = np.frombuffer(body, dtype=_le(dtype), count=k, offset=16 + k * it.itemsize)
+        y = np.zeros(d, dtype=dtype)
+        y[idx] = vals
+        return _finite_result(y, self.name)
+
+
+@register
+class RandomK(Codec):
+    """Random-k sparsification (Stich et al. 2018, Def. 2.1 "rand_k"); no indices sent.
+
+    The k indices are ``numpy.random.default_rng([seed, counter]).choice(d, k,
+    replace=False)``, sorted; ``counter`` counts this codec's encodes, so every step
+    draws afresh. The body carries seed, counter, k, d (uint64 each) and the k values,
+    unscaled; the receiver regenerates the same indices from the payload alone, so
+    decode needs no state and a receiver built with another seed still decodes right.
+    Sender and receiver need the same numpy (Generator streams are stable in practice
+    but not promised across numpy versions).
+
+    ``decode`` returns the sparse vector; with ``unbiased=True`` it scales the kept
+    values by d / k, so that E[decode(encode(x))] = x. Keep ``unbiased=False`` under
+    error feedback (the residual must be x - what was sent).
+    """
+
+    name = "randk"
+
+    def __init__(
+        self, k: int | None = None, ratio: float = 0.01, seed: int = 0, unbiased: bool = False
+    ) -> None:
+        _check_k_ratio("randk", k, ratio)
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**64:
+            raise ValueError(f"randk.seed must be an integer in [0, 2**64) (got {seed!r})")
+        self.k = None if k is None else int(k)
+        self.ratio = float(ratio)
+        self.seed = int(seed)
+        self.unbiased = bool(unbiased)
+        self.counter = 0
+
+    def __repr__(self) -> str:
+        return f"RandomK(k={self.k}, ratio={self.ratio}, seed={self.seed}, unbiased={self.unbiased})"
+
+    @staticmethod
+    def indices(seed: int, counter: int, d: int, k: int) -> np.ndarray:
+        """The sorted int64 indices drawn for (seed, counter): the same on every rank."""
+        if k == 0:
+            return np.zeros(0, dtype=np.int64)
+        if k == d:
+            return np.arange(d, dtype=np.int64)
+        rng = np.random.default_rng([seed, counter])
+        return np.sort(rng.choice(d, size=k, replace=False)).astype(np.int64)
+
+    def encode(self, x: Any) -> np.ndarray:
+        header = _check_input(x, self.name)
+        xp = array_module(x)
+        d = int(x.size)
+        k = _resolve_k(self.name, self.k, self.ratio, d)
+        counter = self.counter
+        self.counter = (self.counter + 1) % 2**64
+        idx = self.indices(self.seed, counter, d, k)
+        vals = x[xp.asarray(idx)] if xp is not np else x[idx]
+        return _assemble(
+            header,
+            np.array([self.seed, counter, k, d], dtype=_U64),
+            to_host(vals).astype(_le(x.dtype), copy=False),
+        )
+
+    def decode(self, payload: np.ndarray) -> np.ndarray:
+        dtype, d, body = _body(payload, self.name)
+        if body.size < 32:
+            raise ValueError(
+                f"randk: bad length: body is {body.size} bytes, shorter than seed, counter, k, d (32)"
+            )
+        seed, counter, k = _u64(body, 0), _u64(body, 8), _u64(body, 16)
+        if _u64(body, 24) != d:
+            raise ValueError(
+                f"randk: bad header or body: d = {d} in the header, {_u64(body, 24)} in the body"
+            )
+        if k > d:
+            raise ValueError(f"randk: bad body: k = {k} > d = {d}")
+        _check_length(self.name, body, 32 + k * dtype.itemsize, f"k = {k} values")
+        vals = np.frombuffer(body, dtype=_le(dtype), count=k, offset=32).astype(dtype)
+        if self.unbiased and k:
+            with np.errstate(over="ignore"):
+                vals = vals * dtype.type(d / k)
+        y = np.zeros(d, dtype=dtype)
+        y[self.indices(seed, counter, d, k)] = vals
+        return _finite_result(y, self.name)
+
+
+def build_codec(name: str, **params: Any) -> Codec:
+    """The registered codec ``name`` built with ``params`` (e.g. ``build_codec("topk", ratio=0.1)``)."""
+    try:
+        factory = REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"codec must be one of {sorted(REGISTRY)} (got {name!r})") from None
+    try:
+        return factory(**params)
+    except TypeError as e:
+        raise ValueError(f"codec {name!r}: bad parameters {sorted(params)}: {e}") from None

@@ -23,6 +23,7 @@ __all__ = [
     "Array",
     "Staging",
     "array_module",
+    "axpy",
     "cupy_available",
     "cuda_aware_from_env",
     "get_xp",
@@ -75,6 +76,19 @@ def to_host(x: Array) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
     return x.get()
+
+
+def axpy(a: float, x: Array, y: Array, tmp: Array) -> None:
+    """y += a x in place. numpy float32/float64: one BLAS ``?axpy`` pass (its rounding,
+    possibly a fused multiply-add); otherwise (cupy, other dtypes) x a into the
+    preallocated ``tmp``, then added."""
+    if isinstance(y, np.ndarray) and y.dtype in (np.float32, np.float64) and y.flags.c_contiguous:
+        from scipy.linalg import blas
+
+        (blas.saxpy if y.dtype == np.float32 else blas.daxpy)(x, y, a=a)
+        return
+    array_module(y).multiply(x, a, out=tmp)
+    y += tmp
 
 
 def cuda_aware_from_env() -> bool:

@@ -23,7 +23,6 @@ from mpi4py import MPI
 from ..backend import Array, Staging
 from ..io.trace import Trace
 from .base import Protocol
-from .progress import MODES, ProgressThread
 
 __all__ = ["AllReduce"]
 
@@ -47,13 +46,9 @@ class AllReduce(Protocol):
         cuda_aware: bool | None = None,
         progress: str = "test",
     ) -> None:
-        super().__init__(trace)
+        super().__init__(trace, progress)
         if op not in ("sum", "mean"):
             raise ValueError(f"op must be 'sum' or 'mean' (got {op!r})")
-        if progress not in MODES:
-            raise ValueError(f"progress must be one of {', '.join(map(repr, MODES))} (got {progress!r})")
-        self.progress = progress
-        self._thread: ProgressThread | None = None
         self.comm = comm
         self.n = comm.Get_size()
         self.op = op
@@ -63,22 +58,12 @@ class AllReduce(Protocol):
         self.recvbuf = xp.empty(size, dtype=self.dtype)
         self.sendbuf: Array | None = None  # allocated on the first snapshot, then kept
         self.staging = Staging(cuda_aware)
-        self._req: MPI.Request | None = None
-        self._t_start = 0.0
-        self._t_done: float | None = None
-        self._span = 0
-
-    @property
-    def in_flight(self) -> bool:
-        return self._req is not None
 
     def _check(self, x: Array) -> None:
         if x.shape != (self.size,) or x.dtype != self.dtype:
             raise ValueError(
                 f"{self.name} expects a flat array of {self.size} {self.dtype} values (got {x.shape} {x.dtype})"
             )
-        if self._req is not None:
-            raise RuntimeError(f"{self.name}: start() called while the previous operation is still in flight")
 
     def _scale(self) -> None:
         if self.op == "mean" and self.n > 1:
@@ -100,9 +85,7 @@ class AllReduce(Protocol):
 
     def start(self, x: Array, step: int = 0, *, snapshot: bool = False) -> None:
         self._check(x)
-        self.step = step
-        self._t_start = self.trace.now()
-        self._t_done = None
+        self._begin(step)
         src = x
         if snapshot:
             if self.sendbuf is None:
@@ -111,47 +94,17 @@ class AllReduce(Protocol):
             src = self.sendbuf
         send = self.staging.send_view(src, "send")
         recv = self.staging.recv_view(self.recvbuf, "recv")
-        self._req = self.comm.Iallreduce(send, recv, op=MPI.SUM)
-        self._span = self.trace.open(self._t_start)  # keeps the event table in time order
+        self._posted([self.comm.Iallreduce(send, recv, op=MPI.SUM)])
         self.trace.sent(x.nbytes)
-        if self.progress == "thread":
-            self._thread = ProgressThread(self._test)
-
-    def _test(self) -> bool:
-        assert self._req is not None
-        if self._t_done is None and self._req.Test():
-            self._t_done = self.trace.now()
-        return self._t_done is not None
-
-    def test(self) -> bool:
-        """Progress by one MPI_Test (when ``progress`` is 'test'); True once complete.
-
-        With any other mode this only reports what is known: the progress thread (or
-        the library) owns the request, and a second completion call on it would race.
-        """
-        if self._req is None:
-            return True
-        if self.progress == "test":
-            return self._test()
-        return self._t_done is not None
 
     def finish(self, step: int | None = None) -> Array:
         """Wait for completion; the ``wait`` event is recorded at ``step`` (default:
         the step that started the operation)."""
-        if self._req is None:
-            raise RuntimeError(f"{self.name}: finish() without start()")
         t0 = self.trace.now()
-        if self._thread is not None:
-            thread, self._thread = self._thread, None
-            thread.stop()
-        if self._t_done is None:
-            self._req.Wait()
-            self._t_done = self.trace.now()
-        t1 = self.trace.now()
-        self._req = None
+        self._stop_thread()
+        self._wait_all()
+        blocked = self.trace.now() - t0
         self.staging.finish_recv(self.recvbuf, "recv")
         self._scale()
-        self.trace.record(self.step, "iallreduce", self._t_start, self._t_done, self.recvbuf.nbytes)
-        self.trace.close(self._span)
-        self.trace.record(self.step if step is None else step, "wait", t0, t1)
+        self._done("iallreduce", self.recvbuf.nbytes, step, t0, blocked)
         return self.recvbuf

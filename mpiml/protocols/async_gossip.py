@@ -38,6 +38,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..io.trace import Trace
+from .gossip import check_workers
 
 __all__ = ["EXCHANGE_DTYPE", "AsyncGossip"]
 
@@ -61,9 +62,8 @@ class AsyncGossip:
         seed: int = 0,
         trace: Trace | None = None,
     ) -> None:
+        check_workers(schedule, comm)
         n, rank = comm.Get_size(), comm.Get_rank()
-        if schedule.n != n:
-            raise ValueError(f"the topology has {schedule.n} workers but comm has {n} ranks")
         if xp is not np:
             raise ValueError("async_gossip keeps its windows in host memory: backend.device must be 'cpu'")
         self.comm, self.rank, self.n, self.schedule = comm, rank, n, schedule

@@ -11,35 +11,111 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from mpi4py import MPI
+
 from ..backend import Array
 from ..io.trace import Trace
+from .progress import MODES, ProgressThread
 
 __all__ = ["Protocol"]
 
 
 class Protocol(ABC):
-    """Base of every protocol. Subclasses implement ``start``, ``test`` and ``finish``."""
+    """Base of every protocol. Subclasses implement ``start`` and ``finish``.
+
+    The split-phase bookkeeping every protocol shares lives here: a subclass's
+    ``start`` posts its nonblocking requests and calls :meth:`_posted`; its ``finish``
+    calls :meth:`_stop_thread` (then waits its own way, or with :meth:`_wait_all`)
+    and :meth:`_done`. ``test`` and the ``progress`` modes
+    (:mod:`mpiml.protocols.progress`) then work the same for every protocol.
+    """
 
     name = "protocol"
 
-    def __init__(self, trace: Trace | None = None) -> None:
+    def __init__(self, trace: Trace | None = None, progress: str = "test") -> None:
+        if progress not in MODES:
+            raise ValueError(f"progress must be one of {', '.join(map(repr, MODES))} (got {progress!r})")
         self.trace = trace if trace is not None else Trace(enabled=False)
+        self.progress = progress
         self.step = 0
+        self._reqs: list[MPI.Request] = []
+        self._active = False
+        self._t_start = 0.0
+        self._t_done: float | None = None
+        self._thread: ProgressThread | None = None
+        self._span = 0
 
     @property
-    @abstractmethod
     def in_flight(self) -> bool:
         """True between ``start`` and ``finish``."""
+        return self._active
+
+    def _begin(self, step: int) -> None:
+        """Start of ``start``: refuse a second operation, note the step and time."""
+        if self._active:
+            raise RuntimeError(f"{self.name}: start() called while the previous operation is still in flight")
+        self.step = step
+        self._t_start = self.trace.now()
+        self._t_done = None
+
+    def _posted(self, reqs: list[MPI.Request]) -> None:
+        """End of ``start``: the requests are posted; hold the event table's order
+        until the operation is recorded, and start the progress thread if asked."""
+        self._reqs = reqs
+        self._active = True
+        self._span = self.trace.open(self._t_start)
+        if self.progress == "thread":
+            self._thread = ProgressThread(self._test)
+
+    def _test(self) -> bool:
+        if self._t_done is None and MPI.Request.Testall(self._reqs):
+            self._t_done = self.trace.now()
+        return self._t_done is not None
+
+    def test(self) -> bool:
+        """Progress by one MPI_Testall (when ``progress`` is 'test'); True once complete.
+
+        With any other mode this only reports what is known: the progress thread (or
+        the library) owns the requests, and a second completion call on them would race.
+        """
+        if not self._active:
+            return True
+        if self.progress == "test":
+            return self._test()
+        return self._t_done is not None
+
+    def _stop_thread(self) -> None:
+        """Beginning of ``finish``: nobody else may complete the requests from now on."""
+        if not self._active:
+            raise RuntimeError(f"{self.name}: finish() without start()")
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            thread.stop()
+
+    def _wait_all(self) -> float:
+        """Wait for every request; the seconds blocked."""
+        if self._t_done is not None:
+            return 0.0
+        t0 = self.trace.now()
+        MPI.Request.Waitall(self._reqs)
+        self._t_done = self.trace.now()
+        return self._t_done - t0
+
+    def _done(self, kind: str, nbytes: int, step: int | None, t_wait: float, blocked: float) -> None:
+        """End of ``finish``: trace the operation's span (at the start step) and the time
+        blocked (at ``step``), and release the event table's order."""
+        self._active = False
+        self._reqs = []
+        assert self._t_done is not None
+        self.trace.record(self.step, kind, self._t_start, self._t_done, nbytes)
+        self.trace.close(self._span)
+        self.trace.record(self.step if step is None else step, "wait", t_wait, t_wait + blocked)
 
     @abstractmethod
     def start(self, x: Array, step: int = 0, *, snapshot: bool = False) -> None:
         """Begin communicating ``x``. With ``snapshot=False`` the caller must leave ``x``
         untouched until ``finish`` (as with MPI); with ``snapshot=True`` it is copied
         first into a buffer the protocol owns, and ``x`` may change meanwhile."""
-
-    @abstractmethod
-    def test(self) -> bool:
-        """Progress the operation; True once it has completed."""
 
     @abstractmethod
     def finish(self, step: int | None = None) -> Array:

@@ -9,11 +9,10 @@ import shutil
 import numpy as np
 import pytest
 from mpi4py import MPI
+from reference import workers  # tests/reference.py
 
 from mpiml.config import load_config
-from mpiml.data import build_data
 from mpiml.io import load_run
-from mpiml.models import build_model
 from mpiml.testing import assert_all
 from mpiml.trainer import train
 
@@ -54,16 +53,7 @@ def simulate_eq2(cfg, m: int) -> list[np.ndarray]:  # type: ignore[no-untyped-de
     dasgd = a.name == "dasgd"
     tau, d, xi = a.tau, (a.delay if dasgd else 0), (a.xi if dasgd else 0.0)
     eta = cfg.optimizer.lr
-    datas = [build_data(cfg, r, m) for r in range(m)]
-    model = build_model(
-        cfg.model.name,
-        datas[0].n_features,
-        datas[0].n_classes,
-        cfg.model.hidden,
-        cfg.model.activation,
-        "float64",
-    )
-    x0 = model.init(np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 0])))
+    datas, model, x0 = workers(cfg, m)
     xs = [x0.copy() for _ in range(m)]
     g = np.empty_like(x0)
     started: dict[int, list[np.ndarray]] = {}

@@ -7,10 +7,9 @@ import shutil
 import numpy as np
 import pytest
 from mpi4py import MPI
+from reference import workers  # tests/reference.py
 
 from mpiml.config import load_config
-from mpiml.data import build_data
-from mpiml.models import build_model
 from mpiml.optim import build_optimizer
 from mpiml.testing import assert_all
 from mpiml.trainer import train
@@ -36,16 +35,7 @@ def _cfg(name: str, *extra: str):  # type: ignore[no-untyped-def]
 
 def _serial_reference(cfg, n: int) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Serial SGD on the global batch: the union of the n ranks' minibatches, in float64."""
-    datas = [build_data(cfg, r, n) for r in range(n)]
-    model = build_model(
-        cfg.model.name,
-        datas[0].n_features,
-        datas[0].n_classes,
-        cfg.model.hidden,
-        cfg.model.activation,
-        "float64",
-    )
-    x = model.init(np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 0])))
+    datas, model, x = workers(cfg, n)
     opt = build_optimizer(cfg.optimizer)
     state = opt.init(x)
     g = np.empty_like(x)

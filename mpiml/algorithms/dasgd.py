@@ -69,11 +69,7 @@ class DaSGD(Algorithm):
         self.merge_at = -1  # the step whose update the pending average is merged into
         self.pending = False  # an average was started (or restored) and is not merged yet
         if self.progress == "test":
-            self.model.progress = self._poll
-
-    def _poll(self) -> None:
-        if self.average.in_flight:
-            self.average.test()
+            self.model.progress = self.average.test  # between layers / compute chunks
 
     def step(self, t: int) -> float:
         loss = self.local_gradient(t)
@@ -84,8 +80,6 @@ class DaSGD(Algorithm):
             if self.delay == 0:
                 self._merge(t, self.average.run(self.x, t))
             else:
-                if self.progress == "test":
-                    self._poll()
                 self.average.start(self.x, t, snapshot=True)
                 self.merge_at = t + self.delay
                 self.pending = True

@@ -23,6 +23,10 @@ EVENT_DTYPE = np.dtype(
 
 _KIND_BYTES: dict[str, bytes] = {}
 
+# events of split-phase protocols that span start to completion (Protocol._done); the
+# time a rank was blocked in them is recorded apart as "wait"
+SPLIT_PHASE_KINDS = frozenset({"iallreduce", "gossip"})
+
 
 class Trace:
     """Events of one rank: (step, kind, t_start, t_end, nbytes, peer).
@@ -112,7 +116,7 @@ class Trace:
                 out["compute"] += secs
             elif kind == "wait":
                 out["wait"] += secs
-            elif kind.startswith("i"):  # iallreduce, ...: nonblocking spans
+            elif kind in SPLIT_PHASE_KINDS:  # start-to-completion spans; the blocked part is "wait"
                 out["in_flight"] += secs
             else:
                 out["comm"] += secs

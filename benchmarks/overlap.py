@@ -113,7 +113,6 @@ def split(run_dir: Path, steps: int, warmup: int) -> dict:
     ``warmup``'s first event to the start of step ``steps - 1``'s (the last step holds
     the evaluation), per rank, then averaged over ranks."""
     run = load_run(run_dir)
-    att = run.attrs if hasattr(run, "attrs") else {}
     per_rank = []
     allreduce = []
     for ev in run.events.values():
@@ -137,7 +136,7 @@ def split(run_dir: Path, steps: int, warmup: int) -> dict:
         "blocked_ms_per_step": 1e3 * b,
         "other_ms_per_step": 1e3 * (w - c - b),
         "comm_op_median_ms": 1e3 * float(np.median(allreduce)) if allreduce else None,
-        "network": str(att.get("network", "")),
+        "network": str(run.attrs.get("network", "")),
     }
 
 

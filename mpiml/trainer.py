@@ -360,6 +360,7 @@ def train(
     last: dict[str, float] = {}
     stopped_at: int | None = None
     stop_file = os.environ.get("MPIML_STOP_FILE", "")
+    stop_flag, stop_any = np.zeros(1, np.int32), np.zeros(1, np.int32)  # buffers, not pickles, in the loop
     fail_at = _fault_injection(rank)
     t_loop = time.perf_counter()
     for t in range(start, cfg.run.steps):
@@ -383,7 +384,9 @@ def train(
             flush()
         if stop_file and done % STOP_CHECK_EVERY == 0 and done < cfg.run.steps:
             # every rank asks at the same steps, and all follow the agreed answer
-            if comm.allreduce(int(os.path.exists(stop_file)), op=MPI.MAX):
+            stop_flag[0] = os.path.exists(stop_file)
+            comm.Allreduce(stop_flag, stop_any, op=MPI.MAX)
+            if stop_any[0]:
                 if not (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
                     _checkpoint(alg, data, cfg, comm, run_dir, done, loss_sum, loss_count, trace)
                     flush()

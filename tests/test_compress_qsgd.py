@@ -224,7 +224,7 @@ def test_level_costs() -> None:
         x[0] = 1.0 if z else 0.0
         p = QSGD(s=max(z, 1)).encode(x)
         nbits = 2 * int(math.floor(math.log2(z + 1))) + 1 + (z > 0) + 7
-        assert p.size == 16 + 4 + math.ceil(nbits / 8)
+        assert p.size == 16 + 16 + 4 + math.ceil(nbits / 8)  # header, s and b, the norm, the bits
 
 
 def test_reserved_header_bytes() -> None:

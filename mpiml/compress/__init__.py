@@ -6,15 +6,28 @@
 - ``identity``, ``fp16``, ``bf16``, ``sign`` (scaled sign), ``topk``, ``randk``;
 - :class:`ErrorFeedback` wraps any codec with residual memory.
 
+``KERNELS`` is "numba" or "numpy": which QSGD kernels run (see
+:mod:`mpiml.compress._kernels`; ``MPIML_COMPRESS_KERNELS=numpy`` forces the numpy
+reference, which gives the same bytes).
+
 Compressed collectives and the algorithms that use them (issue 6) are not built yet.
 """
 
 from __future__ import annotations
 
-from . import codecs, qsgd  # noqa: F401  (register the codecs)
+from . import _kernels, codecs, qsgd  # noqa: F401  (register the codecs)
 from .base import REGISTRY, Codec
 from .codecs import build_codec
 from .feedback import ErrorFeedback
 from .qsgd import QSGD, QSGDFixed
 
-__all__ = ["QSGD", "REGISTRY", "Codec", "ErrorFeedback", "QSGDFixed", "build_codec"]
+__all__ = ["KERNELS", "QSGD", "REGISTRY", "Codec", "ErrorFeedback", "QSGDFixed", "build_codec", "set_kernels"]
+
+
+def __getattr__(name: str) -> str:
+    if name == "KERNELS":  # read through, so that set_kernels shows here too
+        return _kernels.KERNELS
+    raise AttributeError(f"module 'mpiml.compress' has no attribute {name!r}")
+
+
+set_kernels = _kernels.set_kernels

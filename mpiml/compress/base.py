@@ -14,12 +14,27 @@ stays on the rank. Header (little endian)::
 ``decode`` checks every field and the body's length and raises ``ValueError``
 naming what is wrong (header, length, code); NaN or Inf input to ``encode`` is a
 ``ValueError`` too. Codecs register by name in ``REGISTRY``.
+
+The contract every codec keeps:
+
+- ``encode(x)`` takes a flat float32/float64 numpy or cupy array (cupy is copied to
+  the host where the codec needs it) and returns a fresh numpy ``uint8`` payload;
+- ``decode(payload, out=None)`` takes any contiguous flat ``uint8`` numpy array,
+  a slice view ``buf[off:off + n]`` of a larger receive buffer included; with ``out``
+  (a writeable numpy array of the payload's dtype and d elements) it writes the
+  result there and returns ``out``, else it returns a new array. On a ``ValueError``
+  the contents of ``out`` are unspecified;
+- ``reseed(seed)`` resets the codec's random stream as if it had been built with
+  ``seed`` (an int or a sequence of ints, as ``numpy.random.default_rng`` takes);
+  deterministic codecs ignore it. A caller that reseeds with
+  ``[run_seed, rank, round]`` before each encode makes the stream reproducible by a
+  serial simulator.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +46,8 @@ __all__ = [
     "REGISTRY",
     "Codec",
     "check_finite",
+    "check_out",
+    "rng_from_seed",
     "pack_header",
     "read_header",
     "register",
@@ -53,16 +70,49 @@ CODEC_IDS = {
 }
 
 
+Seed = int | Sequence[int]
+
+
 class Codec:
-    """Base of every codec: ``name`` (in CODEC_IDS), ``encode``, ``decode``."""
+    """Base of every codec: ``name`` (in CODEC_IDS), ``encode``, ``decode``, ``reseed``."""
 
     name = "codec"
 
     def encode(self, x: Any) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def decode(self, payload: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
+
+    def reseed(self, seed: Seed) -> None:
+        """Reset the random stream as if built with ``seed``; a no-op for deterministic codecs."""
+        rng_from_seed(seed, self.name)  # validate all the same, so a bad seed fails everywhere
+
+
+def rng_from_seed(seed: Seed, codec: str) -> np.random.Generator:
+    """``numpy.random.default_rng(seed)``, with a bad seed a ValueError naming ``seed``."""
+    if isinstance(seed, bool) or isinstance(seed, np.random.Generator | np.random.BitGenerator):
+        raise ValueError(f"{codec}.seed must be an int or a sequence of ints (got {seed!r})")
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{codec}.seed must be a non-negative int or a sequence of them (got {seed!r}): {e}"
+        ) from None
+
+
+def check_out(out: Any, dtype: np.dtype, d: int, codec: str) -> np.ndarray:
+    """``out`` if it can take a decode of d values of ``dtype``, else ValueError naming ``out``."""
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"{codec}: out must be a numpy array (got {type(out).__name__})")
+    if out.dtype != dtype or out.shape != (d,):
+        raise ValueError(
+            f"{codec}: out must be a flat {dtype} array of {d} elements, like the payload "
+            f"(got {out.dtype}, shape {out.shape})"
+        )
+    if not out.flags.writeable:
+        raise ValueError(f"{codec}: out is read-only")
+    return out
 
 
 def check_finite(x: np.ndarray, codec: str) -> None:
@@ -83,6 +133,10 @@ def read_header(payload: np.ndarray, codec: str) -> tuple[np.dtype, int, memoryv
     """(dtype, d, body) of a payload, every header field checked."""
     if not isinstance(payload, np.ndarray) or payload.dtype != np.uint8 or payload.ndim != 1:
         raise ValueError(f"{codec}: payload must be a flat uint8 array")
+    if not payload.flags.c_contiguous:
+        raise ValueError(
+            f"{codec}: payload must be contiguous (a slice buf[off:off + n] is; buf[::2] is not)"
+        )
     if payload.size < HEADER.size:
         raise ValueError(f"{codec}: truncated header ({payload.size} of {HEADER.size} bytes)")
     magic, version, cid, dcode, reserved, d = HEADER.unpack_from(payload[: HEADER.size].tobytes())

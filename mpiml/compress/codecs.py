@@ -6,8 +6,10 @@ turns a flat float32/float64 array into one ``uint8`` payload (16-byte header fr
 turns it back into a numpy array of x's dtype and length. Error feedback lives apart,
 in :mod:`mpiml.compress.feedback`; communication lives apart too.
 
-``encode`` accepts numpy or cupy input (``xp`` is taken from the array); the payload
-and the result of ``decode`` are always numpy. ``decode`` checks the header, the
+``encode`` accepts numpy or cupy input (``xp`` is taken from the array; what crosses
+the wire is copied to the host); the payload and the result of ``decode`` are always
+numpy. ``decode(payload, out=None)`` takes a contiguous slice of a larger buffer as
+well and, given ``out``, writes into it and returns it. ``decode`` checks the header, the
 body's exact length, index ranges, and that every decoded value is finite: a
 corrupted payload is a ``ValueError`` or, when only value bits changed, a different
 but finite array, never another exception.
@@ -34,7 +36,17 @@ from typing import Any
 import numpy as np
 
 from mpiml.backend import array_module, to_host
-from mpiml.compress.base import REGISTRY, Codec, check_finite, pack_header, read_header, register
+from mpiml.compress.base import (
+    REGISTRY,
+    Codec,
+    Seed,
+    check_finite,
+    check_out,
+    pack_header,
+    read_header,
+    register,
+    rng_from_seed,
+)
 
 __all__ = [
     "BF16",
@@ -99,9 +111,14 @@ def _u64(body: np.ndarray, offset: int) -> int:
 
 
 def _finite_result(y: np.ndarray, codec: str) -> np.ndarray:
-    if not np.all(np.isfinite(y)):
+    if not np.isfinite(y).all():
         raise ValueError(f"{codec}: bad body: decodes to {int(np.sum(~np.isfinite(y)))} NaN/Inf values")
     return y
+
+
+def _target(out: np.ndarray | None, dtype: np.dtype, d: int, codec: str) -> np.ndarray:
+    """Where decode writes: ``out`` (checked) or a new array."""
+    return np.empty(d, dtype=dtype) if out is None else check_out(out, dtype, d, codec)
 
 
 def index_dtype(d: int) -> np.dtype:
@@ -139,10 +156,11 @@ class Identity(Codec):
         header = _check_input(x, self.name)
         return _assemble(header, to_host(x).astype(_le(x.dtype), copy=False))
 
-    def decode(self, payload: np.ndarray) -> np.ndarray:
+    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         dtype, d, body = _body(payload, self.name)
         _check_length(self.name, body, d * dtype.itemsize, f"d = {d} values of {dtype}")
-        y = np.frombuffer(body, dtype=_le(dtype)).astype(dtype)
+        y = _target(out, dtype, d, self.name)
+        np.copyto(y, np.frombuffer(body, dtype=_le(dtype)))
         return _finite_result(y, self.name)
 
 
@@ -170,11 +188,12 @@ class FP16(Codec):
             )
         return _assemble(header, to_host(h).astype("<f2", copy=False))
 
-    def decode(self, payload: np.ndarray) -> np.ndarray:
+    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         dtype, d, body = _body(payload, self.name)
         _check_length(self.name, body, 2 * d, f"d = {d} float16 values")
+        y = _target(out, dtype, d, self.name)
         with np.errstate(invalid="ignore"):
-            y = np.frombuffer(body, dtype="<f2").astype(dtype)
+            np.copyto(y, np.frombuffer(body, dtype="<f2"))
         return _finite_result(y, self.name)
 
 
@@ -203,12 +222,17 @@ class BF16(Codec):
             )
         return _assemble(header, to_host(bits).astype("<u2", copy=False))
 
-    def decode(self, payload: np.ndarray) -> np.ndarray:
+    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         dtype, d, body = _body(payload, self.name)
         _check_length(self.name, body, 2 * d, f"d = {d} bfloat16 values")
-        u = np.frombuffer(body, dtype="<u2").astype(np.uint32) << np.uint32(16)
-        with np.errstate(invalid="ignore"):  # NaN bits from a corrupted body: reported below
-            y = u.view(np.float32).astype(dtype)
+        y = _target(out, dtype, d, self.name)
+        h = np.frombuffer(body, dtype="<u2")
+        if dtype == np.float32 and y.flags.c_contiguous:  # straight into out's bits: no temporary
+            np.left_shift(h, 16, out=y.view(np.uint32), dtype=np.uint32)
+        else:
+            u = h.astype(np.uint32) << np.uint32(16)
+            with np.errstate(invalid="ignore"):  # NaN bits from a corrupted body: reported below
+                np.copyto(y, u.view(np.float32))
         return _finite_result(y, self.name)
 
 
@@ -235,7 +259,7 @@ class ScaledSign(Codec):
         bits = np.packbits(to_host(x < 0))
         return _assemble(header, scale, bits)
 
-    def decode(self, payload: np.ndarray) -> np.ndarray:
+    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         dtype, d, body = _body(payload, self.name)
         nbytes = (d + 7) // 8
         _check_length(self.name, body, 4 + nbytes, f"scale + {d} sign bits")
@@ -245,10 +269,11 @@ class ScaledSign(Codec):
         packed = body[4:]
         if d % 8 and packed[-1] & np.uint8((1 << (8 - d % 8)) - 1):
             raise ValueError("sign: bad body: nonzero padding bits after the last sign")
-        neg = np.unpackbits(packed, count=d).astype(bool)
+        neg = np.unpackbits(packed, count=d).view(bool)
         s = dtype.type(scale)
-        y = np.full(d, s, dtype=dtype)
-        y[neg] = -s
+        y = _target(out, dtype, d, self.name)
+        y.fill(s)
+        np.negative(y, out=y, where=neg)
         return y
 
 
@@ -292,7 +317,7 @@ class TopK(Codec):
             to_host(vals).astype(_le(x.dtype), copy=False),
         )
 
-    def decode(self, payload: np.ndarray) -> np.ndarray:
+    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         dtype, d, body = _body(payload, self.name)
         if body.size < 16:
             raise ValueError(f"topk: bad length: body is {body.size} bytes, shorter than k and d (16)")
@@ -307,9 +332,12 @@ class TopK(Codec):
         if k and (idx[-1] >= d or np.any(idx[1:] <= idx[:-1])):
             raise ValueError(f"topk: bad body: indices must be strictly increasing and < d = {d}")
         vals = np.frombuffer(body, dtype=_le(dtype), count=k, offset=16 + k * it.itemsize)
-        y = np.zeros(d, dtype=dtype)
+        if not np.isfinite(vals).all():
+            _finite_result(vals, self.name)
+        y = _target(out, dtype, d, self.name)
+        y.fill(0)
         y[idx] = vals
-        return _finite_result(y, self.name)
+        return y
 
 
 @register
@@ -346,6 +374,20 @@ class RandomK(Codec):
     def __repr__(self) -> str:
         return f"RandomK(k={self.k}, ratio={self.ratio}, seed={self.seed}, unbiased={self.unbiased})"
 
+    def reseed(self, seed: Seed) -> None:
+        """Restart the draws: ``counter = 0`` and, for an int, ``self.seed = seed`` (as if built
+        with it); for a sequence, ``self.seed`` is the first uint64 of
+        ``numpy.random.SeedSequence(seed).generate_state(1, uint64)``. The wire format keeps
+        (seed, counter), so a receiver needs no reseed."""
+        if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
+            if not 0 <= seed < 2**64:
+                raise ValueError(f"randk.seed must be an integer in [0, 2**64) (got {seed!r})")
+            self.seed = int(seed)
+        else:
+            rng_from_seed(seed, self.name)  # the same validation as every codec's
+            self.seed = int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0])
+        self.counter = 0
+
     @staticmethod
     def indices(seed: int, counter: int, d: int, k: int) -> np.ndarray:
         """The sorted int64 indices drawn for (seed, counter): the same on every rank."""
@@ -371,7 +413,7 @@ class RandomK(Codec):
             to_host(vals).astype(_le(x.dtype), copy=False),
         )
 
-    def decode(self, payload: np.ndarray) -> np.ndarray:
+    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         dtype, d, body = _body(payload, self.name)
         if body.size < 32:
             raise ValueError(
@@ -389,9 +431,12 @@ class RandomK(Codec):
         if self.unbiased and k:
             with np.errstate(over="ignore"):
                 vals = vals * dtype.type(d / k)
-        y = np.zeros(d, dtype=dtype)
+        if not np.isfinite(vals).all():
+            _finite_result(vals, self.name)
+        y = _target(out, dtype, d, self.name)
+        y.fill(0)
         y[self.indices(seed, counter, d, k)] = vals
-        return _finite_result(y, self.name)
+        return y
 
 
 def build_codec(name: str, **params: Any) -> Codec:

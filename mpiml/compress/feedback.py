@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mpiml.backend import array_module
-from mpiml.compress.base import Codec
+from mpiml.compress.base import Codec, Seed
 
 __all__ = ["ErrorFeedback"]
 
@@ -28,7 +28,7 @@ class ErrorFeedback(Codec):
     ``e`` is allocated on the first ``encode`` with x's shape, dtype and array module
     (numpy or cupy), and reused every step (as is the buffer for x + e). A later x of
     another shape or dtype is a ``ValueError``; call :meth:`reset` to start over.
-    ``decode`` delegates to the codec (the receiver needs no residual).
+    ``decode`` and ``reseed`` delegate to the codec (the receiver needs no residual).
     """
 
     def __init__(self, codec: Codec) -> None:
@@ -64,9 +64,15 @@ class ErrorFeedback(Codec):
             )
         xp.add(x, self._e, out=self._acc)
         payload = self.codec.encode(self._acc)  # NaN/Inf raise here, leaving e untouched
-        sent = self.codec.decode(payload)
-        xp.subtract(self._acc, xp.asarray(sent), out=self._e)
+        if xp is np and self._e.flags.c_contiguous:
+            sent = self.codec.decode(payload, out=self._e)  # e = acc - D(p), in place
+            np.subtract(self._acc, sent, out=self._e)
+        else:
+            xp.subtract(self._acc, xp.asarray(self.codec.decode(payload)), out=self._e)
         return payload
 
-    def decode(self, payload: np.ndarray) -> np.ndarray:
-        return self.codec.decode(payload)
+    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return self.codec.decode(payload, out=out)
+
+    def reseed(self, seed: Seed) -> None:
+        self.codec.reseed(seed)

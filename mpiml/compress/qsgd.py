@@ -9,12 +9,15 @@ most ``||v||_2 / s``. The default ``s`` is ``ceil(sqrt(n))`` (paper §6.1), ``n`
 bucket length (``d`` when ``bucket=0``), and at least 1. The norm sent is the
 float32 rounding of ``||v||_2`` *upwards*, and ``r`` is computed from that sent norm,
 so the decode is unbiased about exactly what the receiver multiplies by and
-``r <= s`` holds. The RNG (``np.random.Generator(seed)``) lives in the codec; give
-each rank its own seed.
+``r <= s`` holds. The RNG (``np.random.default_rng(seed)``) lives in the codec; give
+each rank its own seed, or :meth:`~mpiml.compress.base.Codec.reseed` it before each
+encode.
 
 Wire layout of ``QSGD`` ("qsgd"), after the 16-byte header of :mod:`.base`::
 
-    nb float32 norms (little endian), nb = ceil(d / bucket) (1 if bucket=0, 0 if d=0)
+    s  (uint64, little endian), the number of levels, 1 <= s <= 2**32 - 1
+    b  (uint64), the bucket length used: d for one bucket, 0 when d = 0, else 1..d
+    nb float32 norms (little endian), nb = ceil(d / b) (0 if d = 0)
     one bitstream, MSB first within each byte, in three parts:
       U  unary part:    for each coordinate i, N_i zeros then a one
       M  mantissa part: for each coordinate i, the N_i low bits of zeta_i + 1, MSB first
@@ -23,26 +26,41 @@ Wire layout of ``QSGD`` ("qsgd"), after the 16-byte header of :mod:`.base`::
 
 with ``N_i = floor(log2(zeta_i + 1))``. The unary and mantissa bits of coordinate i
 together are exactly the Elias-gamma code of ``zeta_i + 1`` (gamma codes positive
-integers), and the sign bit is the paper's per-coordinate sign bit, omitted for level
-0 (its sign is meaningless). So each coordinate costs exactly what the paper's
-"sign bit + gamma code" costs: level 0 costs 1 bit, level z > 0 costs
-``2 floor(log2(z + 1)) + 1`` gamma bits plus 1 sign bit. The bits are only *permuted*
-(all unary prefixes, then all mantissas, then all signs) so that decoding is
-vectorized: the first d one-bits of the stream end the d unary prefixes, which
-gives every N_i, hence every mantissa offset by a cumulative sum, hence the count
-of sign bits. The norms are all put first (not interleaved per bucket) for the
-same reason. ``s`` and ``bucket`` are not on the wire: encoder and decoder must be
-built with the same ones (the default ``s`` derives from d, which is in the header).
+integers, so level 0 is sent as gamma(1) = "1": one bit, and no sign), and the sign
+bit is the paper's per-coordinate sign bit, omitted for level 0 (its sign is
+meaningless). So each coordinate costs exactly what the paper's "sign bit + gamma
+code" costs: level 0 costs 1 bit, level z > 0 costs ``2 floor(log2(z + 1)) + 1``
+gamma bits plus 1 sign bit. The bits are only *permuted* (all unary prefixes, then
+all mantissas, then all signs): the first d one-bits of the stream end the d unary
+prefixes, which gives the length of U and of M (``|M| = |U| - d``), hence where
+each part starts, so decoding needs no per-coordinate search and vectorizes
+(numpy) or streams three cursors at once (numba). The norms are all put first
+(not interleaved per bucket) for the same reason.
+
+``s`` and ``b`` are on the wire (16 bytes), so a decoder needs no matching
+configuration: any ``QSGD()`` decodes any "qsgd" payload; the decoder's own ``s``
+and ``bucket`` are used only when it encodes. ``decode`` checks both fields
+(``ValueError`` naming ``s`` or ``b``).
 
 ``QSGDFixed`` ("qsgd_fixed") is the same quantization with a fixed-width body, for
-comparison: the norms, then per coordinate ``w = ceil(log2(s + 1))`` level bits (MSB
-first), then one sign bit per coordinate (0 for level 0), zero padded to a byte.
+comparison: the same s, b and norms, then per coordinate ``w = ceil(log2(s + 1))``
+level bits (MSB first), then one sign bit per coordinate (0 for level 0), zero
+padded to a byte.
+
+Kernels: the quantization and the bitstreams run in numba-compiled kernels
+(:mod:`mpiml.compress._kernels`) when numba imports, else in the numpy reference
+(:mod:`mpiml.compress._qsgd_numpy`), which defines the bytes; both give identical
+payloads and decodes, and ``mpiml.compress.KERNELS`` says which one runs
+(``MPIML_COMPRESS_KERNELS=numpy`` forces the reference). The random draws are
+numpy's: coordinate i uses the i-th 32-bit half of
+``rng.bit_generator.random_raw(ceil(d / 2))`` as its uniform (see
+:mod:`mpiml.compress._qsgd_numpy`). The norms are computed by numpy on both paths.
 
 ``decode`` raises ``ValueError`` naming what is wrong (header, length, code) on a
 truncated, extended or corrupted payload wherever that is detectable: the gamma
 stream or the sign bits running past the end, trailing bytes or nonzero padding
-bits, levels above s, non-finite or negative norms, a nonzero level in a bucket of
-norm 0, nonzero reserved header bytes.
+bits, levels above s, s or b out of range, non-finite or negative norms, a nonzero
+level in a bucket of norm 0, nonzero reserved header bytes.
 """
 
 from __future__ import annotations
@@ -52,31 +70,64 @@ from typing import Any
 
 import numpy as np
 
-from mpiml.compress.base import Codec, check_finite, pack_header, read_header, register
+from mpiml.backend import to_host
+from mpiml.compress import _kernels
+from mpiml.compress.base import (
+    Codec,
+    Seed,
+    check_finite,
+    check_out,
+    pack_header,
+    read_header,
+    register,
+    rng_from_seed,
+)
 
-__all__ = ["QSGD", "QSGDFixed", "bits_per_coordinate"]
+__all__ = ["S_MAX", "QSGD", "QSGDFixed", "bits_per_coordinate"]
 
+S_MAX = 2**32 - 1  # the paper's "full precision" s (§6.1); levels + 1 fit 33 bits
 _F32_MAX = float(np.finfo(np.float32).max)
+_FIELDS = np.dtype("<u8")
+_CHUNK = 1 << 16  # coordinates per float64 temporary in the norm
 
 
 def bits_per_coordinate(payload: np.ndarray, d: int) -> float:
-    """Bits on the wire per coordinate: 8 * len(payload) / d (header and norms included)."""
+    """Bits on the wire per coordinate: 8 * len(payload) / d (header, s, b and norms included)."""
     if d <= 0:
         raise ValueError(f"bits_per_coordinate: d must be positive (got {d})")
     return 8.0 * int(np.asarray(payload).size) / d
 
 
+def _sum_squares(x: np.ndarray) -> float:
+    """sum x_i**2 in float64, for float32 x (squares exact, no overflow possible),
+    through a cache-sized float64 temporary rather than a d-sized one."""
+    total = 0.0
+    tmp = np.empty(min(x.size, _CHUNK), np.float64)
+    for i in range(0, x.size, _CHUNK):
+        c = tmp[: min(_CHUNK, x.size - i)]
+        np.copyto(c, x[i : i + _CHUNK])
+        total += float(np.dot(c, c))
+    return total
+
+
 class _QSGDBase(Codec):
     name = "qsgd_base"
 
-    def __init__(self, s: int | None = None, bucket: int = 0, seed: int = 0) -> None:
-        if s is not None and (int(s) != s or s < 1):
-            raise ValueError(f"{self.name}: s must be a positive integer (got {s})")
+    def __init__(self, s: int | None = None, bucket: int = 0, seed: Seed = 0) -> None:
+        if s is not None and (int(s) != s or not 1 <= s <= S_MAX):
+            raise ValueError(f"{self.name}: s must be an integer in [1, 2**32 - 1] (got {s})")
         if int(bucket) != bucket or bucket < 0:
             raise ValueError(f"{self.name}: bucket must be a non-negative integer (got {bucket})")
         self.s = None if s is None else int(s)
         self.bucket = int(bucket)
-        self.rng = np.random.default_rng(seed)
+        self.rng = rng_from_seed(seed, self.name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(s={self.s}, bucket={self.bucket})"
+
+    def reseed(self, seed: Seed) -> None:
+        """A fresh ``numpy.random.default_rng(seed)``, as if built with ``seed``."""
+        self.rng = rng_from_seed(seed, self.name)
 
     # -- geometry ---------------------------------------------------------------
     def _blen(self, d: int) -> int:
@@ -91,33 +142,19 @@ class _QSGDBase(Codec):
             return self.s
         return max(1, math.isqrt(self._blen(d) - 1) + 1) if d > 0 else 1  # ceil(sqrt(n))
 
-    def _nbuckets(self, d: int) -> int:
-        return 0 if d == 0 else -(-d // self._blen(d))
-
-    # -- quantization -------------------------------------------------------------
-    def _quantize(self, x: Any) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
-        """(header, float32 norms, int64 levels, bool negative) of x."""
-        x = np.asarray(x)
+    # -- encode -------------------------------------------------------------------
+    def _prepare(self, x: Any) -> tuple[bytes, np.ndarray, np.ndarray, int, int]:
+        """(header + s + b bytes, x on the host, float32 norms, s, b) after every input check."""
+        x = to_host(x)  # cupy: one device-to-host copy; the kernels run on the CPU
         header = pack_header(self.name, x)
-        check_finite(x, self.name)
+        x = np.ascontiguousarray(x)
         d = x.size
         s = self.levels(d)
+        b = self._blen(d) if d else 0
+        fields = np.array([s, b], _FIELDS).tobytes()
         if d == 0:
-            return header, np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
-        b = self._blen(d)
-        a = np.abs(x.astype(np.float64, copy=False))
-        if b >= d:
-            m = np.array([a.max()])
-        else:
-            m = np.maximum.reduceat(a, np.arange(0, d, b))
-        # Scale by a power of two (exact) so that squaring cannot overflow.
-        e = np.frexp(m)[1].astype(np.int64)
-        if b >= d:
-            sc = np.ldexp(a, -int(e[0]))
-            norm64 = np.ldexp(np.sqrt(np.array([np.dot(sc, sc)])), e)
-        else:
-            sc = np.ldexp(a, -np.repeat(e, b)[:d])
-            norm64 = np.ldexp(np.sqrt(np.add.reduceat(sc * sc, np.arange(0, d, b))), e)
+            return header + fields, x, np.zeros(0, np.float32), s, b
+        norm64 = self._norms(x, b)
         if np.any(norm64 > _F32_MAX):
             raise ValueError(
                 f"{self.name}: a bucket norm {norm64.max():.3g} exceeds the float32 range of the norm field"
@@ -126,63 +163,75 @@ class _QSGDBase(Codec):
         low = norm32.astype(np.float64) < norm64
         if np.any(low):  # round the sent norm upwards so that r <= s
             norm32[low] = np.nextafter(norm32[low], np.float32(np.inf))
-        nf = norm32.astype(np.float64)
-        nfull = nf[0] if b >= d else np.repeat(nf, b)[:d]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.where(nfull > 0, (a * s) / nfull, 0.0)
-        np.clip(r, 0.0, float(s), out=r)
-        lvl = np.floor(r)
-        p = r - lvl
-        zeta = lvl.astype(np.int64) + (self.rng.random(d) < p)
-        neg = np.signbit(x) & (zeta > 0)
-        return header, norm32, zeta, neg
+        return header + fields, x, norm32, s, b
 
-    def _dequantize(
-        self, dtype: np.dtype, d: int, norms: np.ndarray, zeta: np.ndarray, neg: np.ndarray
-    ) -> np.ndarray:
-        if d == 0:
-            return np.zeros(0, dtype)
-        s = self.levels(d)
-        b = self._blen(d)
-        nf = norms.astype(np.float64)
-        zb = np.zeros(nf.size, bool)
+    def _norms(self, x: np.ndarray, b: int) -> np.ndarray:
+        """float64 ||bucket||_2 of each bucket; NaN/Inf input is a ValueError."""
+        d = x.size
+        if x.dtype == np.float32:
+            # float32 squares are exact in float64 and cannot overflow it: no scaling, and
+            # a NaN/Inf anywhere shows in the sum, so the finiteness check costs no pass.
+            if b >= d:
+                ss = np.array([_sum_squares(x)])
+            else:
+                x64 = x.astype(np.float64)
+                ss = np.add.reduceat(x64 * x64, np.arange(0, d, b))
+            if not np.isfinite(ss).all():
+                check_finite(x, self.name)
+            return np.sqrt(ss)
+        check_finite(x, self.name)
+        a = np.abs(x)
+        m = np.array([a.max()]) if b >= d else np.maximum.reduceat(a, np.arange(0, d, b))
+        # Scale by a power of two (exact) so that squaring cannot overflow.
+        e = np.frexp(m)[1].astype(np.int64)
         if b >= d:
-            zb[0] = nf[0] == 0 and bool(np.any(zeta))
-            out = nf[0] * zeta.astype(np.float64) / s
-        else:
-            zb = (nf == 0) & (np.add.reduceat(zeta, np.arange(0, d, b)) > 0)
-            out = np.repeat(nf, b)[:d] * zeta.astype(np.float64) / s
-        if np.any(zb):
-            raise ValueError(f"{self.name}: bad code: nonzero level in a bucket of norm 0")
-        np.negative(out, out=out, where=neg)
-        return out.astype(dtype)
+            sc = np.ldexp(a, -int(e[0]))
+            return np.ldexp(np.sqrt(np.array([np.dot(sc, sc)])), e)
+        sc = np.ldexp(a, -np.repeat(e, b)[:d])
+        return np.ldexp(np.sqrt(np.add.reduceat(sc * sc, np.arange(0, d, b))), e)
 
-    def _read(self, payload: np.ndarray) -> tuple[np.dtype, int, np.ndarray, np.ndarray]:
-        """(dtype, d, norms, stream bits) of a payload, header and norms checked."""
+    @staticmethod
+    def _assemble(head: bytes, norms: np.ndarray, stream: np.ndarray) -> np.ndarray:
+        out = np.empty(len(head) + 4 * norms.size + stream.size, np.uint8)
+        out[: len(head)] = np.frombuffer(head, np.uint8)
+        out[len(head) : len(head) + 4 * norms.size] = norms.astype("<f4").view(np.uint8)
+        out[len(head) + 4 * norms.size :] = stream
+        return out
+
+    # -- decode -------------------------------------------------------------------
+    def _read(
+        self, payload: np.ndarray, out: np.ndarray | None
+    ) -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
+        """(d, s, b, float64 norms, stream bytes, target) of a payload, header and fields checked."""
         dtype, d, body = read_header(payload, self.name)
         if np.any(payload[5:8]):
             raise ValueError(f"{self.name}: bad header: reserved bytes 5-7 are not zero")
-        nb = self._nbuckets(d)
         raw = np.frombuffer(body, dtype=np.uint8)
-        if raw.size < 4 * nb:
+        if raw.size < 16:
             raise ValueError(
-                f"{self.name}: bad length: body of {raw.size} bytes is shorter than the {nb} norms"
+                f"{self.name}: bad length: body of {raw.size} bytes is shorter than s and b (16)"
             )
-        norms = raw[: 4 * nb].view("<f4").astype(np.float32)
-        if not np.all(np.isfinite(norms)) or np.any(norms < 0):
+        s, b = (int(v) for v in raw[:16].view(_FIELDS))
+        if not 1 <= s <= S_MAX:
+            raise ValueError(f"{self.name}: bad code: field s = {s} is not in [1, 2**32 - 1]")
+        if (d == 0 and b != 0) or (d > 0 and not 1 <= b <= d):
+            raise ValueError(f"{self.name}: bad code: field b = {b} (bucket length) is not in [1, d = {d}]")
+        nb = 0 if d == 0 else -(-d // b)
+        if raw.size < 16 + 4 * nb:
+            raise ValueError(
+                f"{self.name}: bad length: body of {raw.size} bytes is shorter than s, b and the {nb} norms"
+            )
+        norms = raw[16 : 16 + 4 * nb].view("<f4").astype(np.float64)
+        if not np.isfinite(norms).all() or np.any(norms < 0):
             raise ValueError(f"{self.name}: bad code: a norm is negative, NaN or Inf")
-        bits = np.unpackbits(raw[4 * nb :])
-        return dtype, d, norms, bits
+        y = np.empty(d, dtype) if out is None else check_out(out, dtype, d, self.name)
+        return d, s, b, norms, raw[16 + 4 * nb :], y
 
-
-def _check_padding(name: str, bits: np.ndarray, end: int) -> None:
-    t = bits.size
-    if end > t:
-        raise ValueError(f"{name}: bad length: the code needs {end} bits, the body has {t}")
-    if t - end >= 8:
-        raise ValueError(f"{name}: bad length: {(t - end) // 8} trailing byte(s) after the code")
-    if np.any(bits[end:]):
-        raise ValueError(f"{name}: bad code: nonzero padding bits")
+    def _run(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except ValueError as e:  # the kernels' messages name length or code; add whose
+            raise ValueError(f"{self.name}: {e}") from None
 
 
 @register
@@ -192,72 +241,13 @@ class QSGD(_QSGDBase):
     name = "qsgd"
 
     def encode(self, x: Any) -> np.ndarray:
-        header, norms, zeta, neg = self._quantize(x)
-        d = zeta.size
-        n = zeta + 1
-        nbits = (np.frexp(n.astype(np.float64))[1] - 1).astype(np.int64)  # N = floor(log2(n)), exact
-        ulen = nbits + 1
-        uend = np.cumsum(ulen)
-        u_total = int(uend[-1]) if d else 0
-        mstart = np.cumsum(nbits) - nbits  # exclusive
-        m_total = int(nbits.sum())
-        nz = zeta > 0
-        n_sign = int(np.count_nonzero(nz))
-        total = u_total + m_total + n_sign
-        stream = np.zeros(total, bool)
-        stream[uend - 1] = True  # the one ending each unary prefix
-        # Mantissa: bit k (k = 0 is the most significant below the leading one), over a
-        # shrinking set of coordinates; the loop is over bit positions, not elements.
-        idx = np.flatnonzero(nbits > 0)
-        k = 0
-        while idx.size:
-            nb_i = nbits[idx]
-            stream[u_total + mstart[idx] + k] = ((n[idx] >> (nb_i - 1 - k)) & 1).astype(bool)
-            k += 1
-            idx = idx[nb_i > k]
-        stream[u_total + m_total :] = neg[nz]
-        body = np.packbits(stream)
-        return np.concatenate([np.frombuffer(header, np.uint8), norms.astype("<f4").view(np.uint8), body])
+        head, x, norms, s, b = self._prepare(x)
+        stream = _kernels.backend().gamma_encode(x, norms.astype(np.float64), s, b, self.rng)
+        return self._assemble(head, norms, stream)
 
-    def decode(self, payload: np.ndarray) -> np.ndarray:
-        dtype, d, norms, bits = self._read(payload)
-        s = self.levels(d)
-        if d == 0:
-            _check_padding(self.name, bits, 0)
-            return np.zeros(0, dtype)
-        ones = np.flatnonzero(bits)
-        if ones.size < d:
-            raise ValueError(
-                f"{self.name}: bad code: the gamma stream runs past the end ({ones.size} of {d} codes)"
-            )
-        ends = ones[:d]
-        nbits = np.diff(ends, prepend=-1) - 1
-        nmax = (s + 1).bit_length() - 1  # floor(log2(s + 1))
-        if int(nbits.max()) > nmax:
-            raise ValueError(f"{self.name}: bad code: a gamma code is longer than level s = {s} allows")
-        u_total = int(ends[-1]) + 1
-        m_total = int(nbits.sum())
-        if u_total + m_total > bits.size:
-            raise ValueError(f"{self.name}: bad code: the gamma stream runs past the end")
-        mstart = u_total + np.cumsum(nbits) - nbits
-        n = np.ones(d, np.int64)
-        idx = np.flatnonzero(nbits > 0)
-        k = 0
-        while idx.size:
-            nb_i = nbits[idx]
-            n[idx] = (n[idx] << 1) | bits[mstart[idx] + k]
-            k += 1
-            idx = idx[nb_i > k]
-        zeta = n - 1
-        if int(zeta.max()) > s:
-            raise ValueError(f"{self.name}: bad code: a level exceeds s = {s}")
-        nz = zeta > 0
-        n_sign = int(np.count_nonzero(nz))
-        sstart = u_total + m_total
-        _check_padding(self.name, bits, sstart + n_sign)
-        neg = np.zeros(d, bool)
-        neg[nz] = bits[sstart : sstart + n_sign].astype(bool)
-        return self._dequantize(dtype, d, norms, zeta, neg)
+    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        d, s, b, norms, raw, y = self._read(payload, out)
+        return self._run(_kernels.backend().gamma_decode, raw, d, s, b, norms, y)
 
 
 @register
@@ -267,35 +257,17 @@ class QSGDFixed(_QSGDBase):
     name = "qsgd_fixed"
 
     def width(self, d: int) -> int:
-        return max(1, self.levels(d).bit_length())  # = ceil(log2(s + 1))
+        return self._width(self.levels(d))
+
+    @staticmethod
+    def _width(s: int) -> int:
+        return max(1, s.bit_length())  # = ceil(log2(s + 1))
 
     def encode(self, x: Any) -> np.ndarray:
-        header, norms, zeta, neg = self._quantize(x)
-        d = zeta.size
-        w = self.width(d)
-        stream = np.zeros(d * w + d, bool)
-        lv = stream[: d * w].reshape(d, w)
-        for j in range(w):  # loop over bit positions, vectorized over coordinates
-            lv[:, j] = (zeta >> (w - 1 - j)) & 1
-        stream[d * w :] = neg
-        return np.concatenate(
-            [np.frombuffer(header, np.uint8), norms.astype("<f4").view(np.uint8), np.packbits(stream)]
-        )
+        head, x, norms, s, b = self._prepare(x)
+        stream = _kernels.backend().fixed_encode(x, norms.astype(np.float64), s, b, self._width(s), self.rng)
+        return self._assemble(head, norms, stream)
 
-    def decode(self, payload: np.ndarray) -> np.ndarray:
-        dtype, d, norms, bits = self._read(payload)
-        s = self.levels(d)
-        w = self.width(d)
-        _check_padding(self.name, bits, d * w + d)
-        if d == 0:
-            return np.zeros(0, dtype)
-        lv = bits[: d * w].reshape(d, w)
-        zeta = np.zeros(d, np.int64)
-        for j in range(w):
-            zeta = (zeta << 1) | lv[:, j]
-        if int(zeta.max()) > s:
-            raise ValueError(f"{self.name}: bad code: a level exceeds s = {s}")
-        neg = bits[d * w : d * w + d].astype(bool)
-        if np.any(neg & (zeta == 0)):
-            raise ValueError(f"{self.name}: bad code: a sign bit is set on a level-0 coordinate")
-        return self._dequantize(dtype, d, norms, zeta, neg)
+    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        d, s, b, norms, raw, y = self._read(payload, out)
+        return self._run(_kernels.backend().fixed_decode, raw, d, s, b, self._width(s), norms, y)

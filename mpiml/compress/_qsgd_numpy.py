@@ -37,15 +37,13 @@ def _per_coordinate(nf: np.ndarray, b: int, d: int) -> np.ndarray:
 
 
 def quantize(
-    x: np.ndarray, nf: np.ndarray, s: int, b: int, rng: np.random.Generator
+    x: np.ndarray, scale: np.ndarray, s: int, b: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 levels zeta, bool negative) of x; ``nf`` the sent norms as float64."""
+    """(int64 levels zeta, bool negative) of x; ``scale`` is s / norm per bucket (0 for
+    norm 0), so ``r = |x_i| * scale``, clipped to s (a rounding may pass it by an ulp)."""
     d = x.size
     u = uniforms(rng, d)
-    a = np.abs(x.astype(np.float64))
-    nfull = _per_coordinate(nf, b, d)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(nfull > 0, (a * s) / nfull, 0.0)
+    r = np.abs(x.astype(np.float64)) * _per_coordinate(scale, b, d)
     np.minimum(r, float(s), out=r)
     lvl = np.floor(r)
     p = r - lvl
@@ -57,7 +55,7 @@ def quantize(
 def dequantize(
     zeta: np.ndarray, neg: np.ndarray, nf: np.ndarray, s: int, b: int, out: np.ndarray
 ) -> np.ndarray:
-    """out = sgn * nf * zeta / s, computed in float64 then rounded to out's dtype."""
+    """out = sgn * zeta * (nf / s), in float64 then rounded to out's dtype."""
     d = zeta.size
     if d == 0:
         return out
@@ -67,7 +65,7 @@ def dequantize(
         bad = bool(np.any((nf == 0) & (np.add.reduceat(zeta, np.arange(0, d, b)) > 0)))
     if bad:
         raise ValueError("bad code: nonzero level in a bucket of norm 0")
-    y = _per_coordinate(nf, b, d) * zeta.astype(np.float64) / s
+    y = zeta.astype(np.float64) * _per_coordinate(nf / s, b, d)
     np.negative(y, out=y, where=neg)
     out[...] = y
     return out
@@ -86,9 +84,9 @@ def _check_padding(bits: np.ndarray, end: int) -> None:
 # ------------------------------------------------------------------------- gamma
 
 
-def gamma_encode(x: np.ndarray, nf: np.ndarray, s: int, b: int, rng: np.random.Generator) -> np.ndarray:
+def gamma_encode(x: np.ndarray, scale: np.ndarray, s: int, b: int, rng: np.random.Generator) -> np.ndarray:
     """The packed U | M | S bitstream of x (zero padded to a byte)."""
-    zeta, neg = quantize(x, nf, s, b, rng)
+    zeta, neg = quantize(x, scale, s, b, rng)
     d = zeta.size
     if d == 0:
         return np.zeros(0, np.uint8)
@@ -157,10 +155,10 @@ def gamma_decode(raw: np.ndarray, d: int, s: int, b: int, nf: np.ndarray, out: n
 
 
 def fixed_encode(
-    x: np.ndarray, nf: np.ndarray, s: int, b: int, w: int, rng: np.random.Generator
+    x: np.ndarray, scale: np.ndarray, s: int, b: int, w: int, rng: np.random.Generator
 ) -> np.ndarray:
     """d w-bit levels (MSB first), then d sign bits, zero padded to a byte."""
-    zeta, neg = quantize(x, nf, s, b, rng)
+    zeta, neg = quantize(x, scale, s, b, rng)
     d = zeta.size
     stream = np.zeros(d * w + d, bool)
     lv = stream[: d * w].reshape(d, w)

@@ -7,9 +7,10 @@ Quantization (eqs. (2)-(3) of the Quantized-PR-SGD paper): for each bucket ``v``
 ``p`` and ``l`` otherwise, so ``E[Q_s(v)] = v`` and every coordinate's error is at
 most ``||v||_2 / s``. The default ``s`` is ``ceil(sqrt(n))`` (paper §6.1), ``n`` the
 bucket length (``d`` when ``bucket=0``), and at least 1. The norm sent is the
-float32 rounding of ``||v||_2`` *upwards*, and ``r`` is computed from that sent norm,
-so the decode is unbiased about exactly what the receiver multiplies by and
-``r <= s`` holds. The RNG (``np.random.default_rng(seed)``) lives in the codec; give
+float32 rounding of ``||v||_2`` *upwards*, and ``r`` is computed from that sent norm
+(as ``|v_i| * fl(s / norm)``, clipped to s against a last-ulp rounding), so the decode
+is unbiased about what the receiver multiplies by (it computes ``zeta * fl(norm / s)``,
+within an ulp of it) and ``r <= s`` holds. The RNG (``np.random.default_rng(seed)``) lives in the codec; give
 each rank its own seed, or :meth:`~mpiml.compress.base.Codec.reseed` it before each
 encode.
 
@@ -108,6 +109,15 @@ def _sum_squares(x: np.ndarray) -> float:
         np.copyto(c, x[i : i + _CHUNK])
         total += float(np.dot(c, c))
     return total
+
+
+def _scale(norms: np.ndarray, s: int) -> np.ndarray:
+    """s / norm per bucket in float64, 0 for a zero norm: r_i = |x_i| * scale (one product
+    per coordinate, on both kernel paths)."""
+    nf = norms.astype(np.float64)
+    out = np.zeros_like(nf)
+    np.divide(float(s), nf, out=out, where=nf > 0)
+    return out
 
 
 class _QSGDBase(Codec):
@@ -242,7 +252,7 @@ class QSGD(_QSGDBase):
 
     def encode(self, x: Any) -> np.ndarray:
         head, x, norms, s, b = self._prepare(x)
-        stream = _kernels.backend().gamma_encode(x, norms.astype(np.float64), s, b, self.rng)
+        stream = _kernels.backend().gamma_encode(x, _scale(norms, s), s, b, self.rng)
         return self._assemble(head, norms, stream)
 
     def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -265,7 +275,7 @@ class QSGDFixed(_QSGDBase):
 
     def encode(self, x: Any) -> np.ndarray:
         head, x, norms, s, b = self._prepare(x)
-        stream = _kernels.backend().fixed_encode(x, norms.astype(np.float64), s, b, self._width(s), self.rng)
+        stream = _kernels.backend().fixed_encode(x, _scale(norms, s), s, b, self._width(s), self.rng)
         return self._assemble(head, norms, stream)
 
     def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

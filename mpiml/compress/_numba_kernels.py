@@ -1,12 +1,16 @@
-"""numba-compiled QSGD kernels: the same bytes as :mod:`._qsgd_numpy`, about 20x faster.
+"""numba-compiled QSGD kernels: the same bytes as :mod:`._qsgd_numpy`, much faster.
 
-One sequential pass per direction on one core (``parallel=False``; ranks own the other
-cores). Encode: for each coordinate, quantize with its uniform and append to three bit
-writers (U, M, S parts of the gamma stream; levels and signs of the fixed one), then
-concatenate the parts at their bit offsets. Decode: find where U ends (the d-th one
-bit: |U|, hence |M| = |U| - d and where S starts), then read the three parts with
-three bit readers at once. Every check of the numpy reference is made here too and
-reported as an error code that :func:`_raise` turns into the same kind of message.
+One core (``parallel=False``; the other cores belong to the other ranks). Encode, per
+chunk of ``_CHUNK`` coordinates: draw the chunk's uniforms, quantize into signed levels
+(a plain loop LLVM vectorizes), then append each level to the bit writers (U, M, S parts
+of the gamma stream; levels and signs of the fixed one); at the end concatenate the
+parts at their bit offsets. A writer keeps its unfinished bits left aligned in a 64-bit
+word and stores the whole word, big endian, at every append: no branch per bit.
+Decode: find where U ends (the d-th one bit: |U|, hence |M| = |U| - d and where S
+starts), then read the three parts with three cursors at once, one unaligned 64-bit
+load and a count-leading-zeros per code. Every check of the numpy reference is made
+here too and reported as an error code that :func:`_raise` turns into the same kind of
+message.
 
 The uniforms are drawn by numpy, chunk by chunk (``_CHUNK`` coordinates, so they stay
 in cache), from the codec's own Generator: ``random_raw`` of the chunk's halves, which
@@ -21,7 +25,9 @@ its user-wide cache); ``nogil=True`` lets a progress thread run meanwhile. No
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 __all__ = ["fixed_decode", "fixed_encode", "gamma_decode", "gamma_encode"]
 
@@ -49,54 +55,69 @@ def _raise(err: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------------- bit helpers
+# Three LLVM instructions numba does not expose: count leading zeros, and an unaligned
+# big-endian 64-bit load and store (bswap), so that the bit writers and readers move a
+# whole word per coordinate without branches. Buffers carry 8 bytes of slack for them.
+
+
+@intrinsic
+def _clz(typingctx, x):
+    """Leading zeros of the 64-bit pattern of x (64 for 0)."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.ctlz(args[0], ir.Constant(ir.IntType(1), 0))
+
+    return sig, codegen
+
+
+@intrinsic
+def _lshr(typingctx, x, n):
+    """Logical (unsigned) right shift of x's 64-bit pattern by n in [0, 63]."""
+    sig = types.int64(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.lshr(args[0], args[1])
+
+    return sig, codegen
+
+
+@intrinsic
+def _load_be64(typingctx, arr, idx):
+    """Bytes arr[idx: idx + 8] as one big-endian 64-bit pattern (no bounds check)."""
+    sig = types.int64(arr, types.int64)
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.bitcast(builder.gep(a.data, [args[1]]), ir.IntType(64).as_pointer())
+        return builder.bswap(builder.load(ptr, align=1))
+
+    return sig, codegen
+
+
+@intrinsic
+def _store_be64(typingctx, arr, idx, val):
+    """arr[idx: idx + 8] = val's 64-bit pattern, big endian (no bounds check)."""
+    sig = types.void(arr, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.bitcast(builder.gep(a.data, [args[1]]), ir.IntType(64).as_pointer())
+        builder.store(builder.bswap(args[2]), ptr, align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, nogil=True)
-def _floor_log2(n):
-    """floor(log2(n)) for 1 <= n < 2**63, branch-free enough for LLVM's selects."""
-    k = 0
-    if n >= 1 << 32:
-        n >>= 32
-        k += 32
-    if n >= 1 << 16:
-        n >>= 16
-        k += 16
-    if n >= 1 << 8:
-        n >>= 8
-        k += 8
-    if n >= 1 << 4:
-        n >>= 4
-        k += 4
-    if n >= 1 << 2:
-        n >>= 2
-        k += 2
-    if n >= 1 << 1:
-        k += 1
-    return k
-
-
-@njit(cache=True, nogil=True)
-def _flush32(buf, pos, acc, nacc):
-    """Emit the oldest 32 of the nacc (>= 32) pending bits of acc, MSB first."""
-    sh = nacc - 32
-    buf[pos] = (acc >> (sh + 24)) & 0xFF
-    buf[pos + 1] = (acc >> (sh + 16)) & 0xFF
-    buf[pos + 2] = (acc >> (sh + 8)) & 0xFF
-    buf[pos + 3] = (acc >> sh) & 0xFF
-    return pos + 4, sh
-
-
-@njit(cache=True, nogil=True)
-def _finish(buf, pos, acc, nacc):
-    """Emit the pending bits, the last byte zero padded; returns the byte count."""
-    while nacc >= 8:
-        buf[pos] = (acc >> (nacc - 8)) & 0xFF
-        pos += 1
-        nacc -= 8
-    if nacc:
-        buf[pos] = (acc << (8 - nacc)) & 0xFF
-        pos += 1
-    return pos
+def _put(buf, pos, acc, nacc, v, n):
+    """Append the n (<= 33) low bits of v to a writer whose acc holds nacc (<= 7) bits,
+    left aligned; write the whole word and keep the unfinished byte. Returns the writer."""
+    acc |= (v << 1) << (63 - nacc - n)  # two shifts: n = 0 (v = 0) must not shift by 64
+    nacc += n
+    _store_be64(buf, pos, acc)
+    nb = nacc >> 3
+    return pos + nb, acc << (nb * 8), nacc & 7
 
 
 @njit(cache=True, nogil=True)
@@ -118,74 +139,61 @@ def _append_bits(dst, off, src, nbits):
 
 
 @njit(cache=True, nogil=True)
-def _level(xi, scale, s, u):
-    """zeta of one coordinate (eqs. 2-3), as _qsgd_numpy.quantize computes it."""
-    r = abs(np.float64(xi)) * scale
-    if r > s:
-        r = s
-    lvl = np.floor(r)
-    return np.int64(lvl) + np.int64(np.float64(u) * _TWO_M32 < r - lvl)
+def _levels(x, scale, s, b, u, lo, z):
+    """z[j] = +-zeta of coordinate lo + j (eqs. 2-3, as _qsgd_numpy.quantize; the sign
+    is x's where zeta > 0). A plain loop over the chunk, so LLVM vectorizes it."""
+    sf = np.float64(s)
+    n = u.size
+    j = 0
+    while j < n:
+        i = lo + j
+        bi = i // b
+        hi = min(n, (bi + 1) * b - lo)  # the rest of this bucket within the chunk
+        sc = scale[bi]
+        for jj in range(j, hi):
+            xi = np.float64(x[lo + jj])
+            r = min(abs(xi) * sc, sf)
+            lvl = np.floor(r)
+            zeta = np.int64(lvl) + np.int64(np.float64(u[jj]) * _TWO_M32 < r - lvl)
+            z[jj] = -zeta if xi < 0 else zeta
+        j = hi
 
 
 # ------------------------------------------------------------------------- gamma
 
 
 @njit(cache=True, nogil=True)
-def _gamma_chunk(x, scale, s, b, u, lo, ubuf, mbuf, sbuf, st):
-    """Quantize and append coordinates lo .. lo + u.size; st holds the three writers
+def _gamma_chunk(z, ubuf, mbuf, sbuf, st):
+    """Append the gamma codes of the signed levels z; st holds the three writers
     (pos, acc, nacc each) between calls."""
     upos, uacc, unacc = st[0], st[1], st[2]
     mpos, macc, mnacc = st[3], st[4], st[5]
     spos, sacc, snacc = st[6], st[7], st[8]
-    sf = np.float64(s)
-    bi = lo // b
-    nxt = (bi + 1) * b
-    sc = scale[bi]
-    for j in range(u.size):
-        i = lo + j
-        if i == nxt:
-            bi += 1
-            nxt += b
-            sc = scale[bi]
-        xi = x[i]
-        z = _level(xi, sc, sf, u[j])
-        n = z + 1
-        nb = _floor_log2(n)
-        # U: nb zeros then a one
-        uacc = (uacc << (nb + 1)) | 1
-        unacc += nb + 1
-        if unacc >= 32:
-            upos, unacc = _flush32(ubuf, upos, uacc, unacc)
-        # M: the nb bits of n below its leading one
-        macc = (macc << nb) | (n & ((np.int64(1) << nb) - 1))
-        mnacc += nb
-        if mnacc >= 32:
-            mpos, mnacc = _flush32(mbuf, mpos, macc, mnacc)
-        # S: a sign bit only for a nonzero level
-        k = np.int64(z > 0)
-        sacc = (sacc << k) | (np.int64(xi < 0) & k)
-        snacc += k
-        if snacc >= 32:
-            spos, snacc = _flush32(sbuf, spos, sacc, snacc)
+    for j in range(z.size):
+        zj = z[j]
+        neg = np.int64(zj < 0)
+        zeta = abs(zj)
+        n = zeta + 1
+        nb = 63 - _clz(n)  # floor(log2(n))
+        upos, uacc, unacc = _put(ubuf, upos, uacc, unacc, np.int64(1), nb + 1)  # nb zeros, a one
+        mpos, macc, mnacc = _put(mbuf, mpos, macc, mnacc, n ^ (np.int64(1) << nb), nb)  # n below its top bit
+        k = np.int64(zeta > 0)  # a sign bit only for a nonzero level
+        spos, sacc, snacc = _put(sbuf, spos, sacc, snacc, neg, k)
     st[0], st[1], st[2] = upos, uacc, unacc
     st[3], st[4], st[5] = mpos, macc, mnacc
     st[6], st[7], st[8] = spos, sacc, snacc
 
 
 @njit(cache=True, nogil=True)
-def _gamma_finish(ubuf, mbuf, sbuf, st):
-    """Concatenate U | M | S into one zero-padded byte stream."""
-    ubits = st[0] * 8 + st[2]
-    mbits = st[3] * 8 + st[5]
-    sbits = st[6] * 8 + st[8]
-    _finish(ubuf, st[0], st[1], st[2])
-    _finish(mbuf, st[3], st[4], st[5])
-    _finish(sbuf, st[6], st[7], st[8])
-    total = ubits + mbits + sbits
+def _concat(bufs, nbits):
+    total = 0
+    for nb in nbits:
+        total += nb
     out = np.zeros((total + 7) >> 3, np.uint8)
-    _append_bits(out, 0, ubuf, ubits)
-    _append_bits(out, ubits, mbuf, mbits)
-    _append_bits(out, ubits + mbits, sbuf, sbits)
+    off = 0
+    for i in range(len(bufs)):
+        _append_bits(out, off, bufs[i], nbits[i])
+        off += nbits[i]
     return out
 
 
@@ -197,20 +205,19 @@ def gamma_encode(x: np.ndarray, scale: np.ndarray, s: int, b: int, rng: np.rando
     d = x.size
     if d == 0:
         return np.zeros(0, np.uint8)
-    nmax = _floor_log2_py(s + 1)
-    # worst-case part sizes (np.empty: only the pages written are touched)
+    nmax = (s + 1).bit_length() - 1
+    # worst-case part sizes (np.empty: only the pages written are touched), + 8 of slack
     ubuf = np.empty((d * (nmax + 1) + 7) // 8 + 8, np.uint8)
     mbuf = np.empty((d * nmax + 7) // 8 + 8, np.uint8)
     sbuf = np.empty((d + 7) // 8 + 8, np.uint8)
     st = np.zeros(9, np.int64)
+    z = np.empty(min(d, _CHUNK), np.int64)
     for lo in range(0, d, _CHUNK):
         u = _draw(rng, min(_CHUNK, d - lo))
-        _gamma_chunk(x, scale, s, b, u, lo, ubuf, mbuf, sbuf, st)
-    return _gamma_finish(ubuf, mbuf, sbuf, st)
-
-
-def _floor_log2_py(n: int) -> int:
-    return n.bit_length() - 1
+        _levels(x, scale, s, b, u, lo, z)
+        _gamma_chunk(z[: u.size], ubuf, mbuf, sbuf, st)
+    nbits = np.array([st[0] * 8 + st[2], st[3] * 8 + st[5], st[6] * 8 + st[8]], np.int64)
+    return _concat((ubuf, mbuf, sbuf), nbits)
 
 
 @njit(cache=True, nogil=True)
@@ -219,28 +226,6 @@ def _popcount_table():
     for i in range(256):
         t[i] = (i & 1) + t[i >> 1]
     return t
-
-
-@njit(cache=True, nogil=True)
-def _refill(raw, idx, acc, nacc):
-    """Top the reader up to more than 48 pending bits (zeros past the end)."""
-    n = raw.size
-    while nacc <= 48:
-        v = np.int64(raw[idx]) if idx < n else np.int64(0)
-        acc = ((acc << 8) | v) & ((np.int64(1) << 56) - 1)  # keep 56 bits: no sign trouble
-        idx += 1
-        nacc += 8
-    return idx, acc, nacc
-
-
-@njit(cache=True, nogil=True)
-def _start(raw, bit):
-    """A reader positioned at bit offset ``bit``: (next byte, acc, nacc)."""
-    idx = bit >> 3
-    if idx >= raw.size:
-        return idx, np.int64(0), np.int64(0)
-    r = bit & 7
-    return idx + 1, np.int64(raw[idx]) & ((1 << (8 - r)) - 1), np.int64(8 - r)
 
 
 @njit(cache=True, nogil=True)
@@ -255,6 +240,14 @@ def _check_tail(raw, end, err):
         return
     if end < t and (np.int64(raw[end >> 3]) & ((1 << (8 - (end & 7))) - 1)) != 0:
         err[0] = 7
+
+
+@njit(cache=True, nogil=True)
+def _padded(raw):
+    """raw and 8 zero bytes, for the word loads."""
+    buf = np.zeros(raw.size + 8, np.uint8)
+    buf[: raw.size] = raw
+    return buf
 
 
 @njit(cache=True, nogil=True)
@@ -279,57 +272,46 @@ def _gamma_decode(raw, d, s, b, nf, step, out, err):
         if need == 0:
             break
     u_total = i * 8 + bit + 1
-    m_total = u_total - d
-    nmax = _floor_log2(s + 1)
-    sstart = u_total + m_total
-    uidx, uacc, unacc = _start(raw, 0)
-    midx, macc, mnacc = _start(raw, u_total)
-    sidx, sacc, snacc = _start(raw, sstart)
-    nsign = 0
-    nb_buckets = nf.size
-    longest = 0
+    sstart = 2 * u_total - d  # |M| = |U| - d
+    if sstart > t:
+        err[0] = 3
+        return
+    nmax = 63 - _clz(s + 1)
+    buf = _padded(raw)
+    slast = nbytes  # sign reads past the end read the zero slack (an error below)
+    upos = 0
+    mpos = u_total
+    spos = sstart
     zmax = 0
-    for bi in range(nb_buckets):
+    for bi in range(nf.size):
         lo = bi * b
         hi = min(lo + b, d)
         stp = step[bi]
         zsum = 0
         for j in range(lo, hi):
-            uidx, uacc, unacc = _refill(raw, uidx, uacc, unacc)
-            w = uacc & ((np.int64(1) << unacc) - 1)
-            if w == 0:  # no one in the next 49+ bits: longer than any level allows
+            nb = _clz(_load_be64(buf, upos >> 3) << (upos & 7))
+            if nb > nmax:  # also a run past the 57 bits a word load sees
                 err[0], err[1] = 2, s
                 return
-            nb = unacc - 1 - _floor_log2(w)
-            unacc -= nb + 1
-            if nb > longest:
-                longest = nb
-                if nb > nmax:
-                    err[0], err[1] = 2, s
-                    return
-            midx, macc, mnacc = _refill(raw, midx, macc, mnacc)
-            n = (np.int64(1) << nb) | ((macc >> (mnacc - nb)) & ((np.int64(1) << nb) - 1))
-            mnacc -= nb
-            z = n - 1
+            upos += nb + 1
+            m = _lshr(_lshr(_load_be64(buf, mpos >> 3) << (mpos & 7), 1), 63 - nb)
+            mpos += nb
+            z = ((np.int64(1) << nb) | m) - 1
             zmax = max(zmax, z)
             zsum += z
             k = np.int64(z > 0)
-            sidx, sacc, snacc = _refill(raw, sidx, sacc, snacc)
-            neg = (sacc >> (snacc - 1)) & k
-            snacc -= k
-            nsign += k
+            sb = np.int64(buf[min(spos >> 3, slast)])
+            neg = (sb >> (7 - (spos & 7))) & k
+            spos += k
             y = np.float64(z) * stp
             out[j] = -y if neg else y
         if nf[bi] == 0 and zsum > 0:
             err[0] = 8
             return
-    if sstart > t:
-        err[0] = 3
-        return
     if zmax > s:
         err[0], err[1] = 4, s
         return
-    _check_tail(raw, sstart + nsign, err)
+    _check_tail(raw, spos, err)
 
 
 def gamma_decode(raw: np.ndarray, d: int, s: int, b: int, nf: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -346,43 +328,15 @@ def gamma_decode(raw: np.ndarray, d: int, s: int, b: int, nf: np.ndarray, out: n
 
 
 @njit(cache=True, nogil=True)
-def _fixed_chunk(x, scale, s, b, w, u, lo, lbuf, sbuf, st):
+def _fixed_chunk(z, w, lbuf, sbuf, st):
     lpos, lacc, lnacc = st[0], st[1], st[2]
     spos, sacc, snacc = st[3], st[4], st[5]
-    sf = np.float64(s)
-    bi = lo // b
-    nxt = (bi + 1) * b
-    sc = scale[bi]
-    for j in range(u.size):
-        i = lo + j
-        if i == nxt:
-            bi += 1
-            nxt += b
-            sc = scale[bi]
-        xi = x[i]
-        z = _level(xi, sc, sf, u[j])
-        lacc = (lacc << w) | z
-        lnacc += w
-        if lnacc >= 32:
-            lpos, lnacc = _flush32(lbuf, lpos, lacc, lnacc)
-        sacc = (sacc << 1) | (np.int64(xi < 0) & np.int64(z > 0))
-        snacc += 1
-        if snacc >= 32:
-            spos, snacc = _flush32(sbuf, spos, sacc, snacc)
+    for j in range(z.size):
+        zj = z[j]
+        lpos, lacc, lnacc = _put(lbuf, lpos, lacc, lnacc, abs(zj), w)
+        spos, sacc, snacc = _put(sbuf, spos, sacc, snacc, np.int64(zj < 0), np.int64(1))
     st[0], st[1], st[2] = lpos, lacc, lnacc
     st[3], st[4], st[5] = spos, sacc, snacc
-
-
-@njit(cache=True, nogil=True)
-def _fixed_finish(lbuf, sbuf, st):
-    lbits = st[0] * 8 + st[2]
-    sbits = st[3] * 8 + st[5]
-    _finish(lbuf, st[0], st[1], st[2])
-    _finish(sbuf, st[3], st[4], st[5])
-    out = np.zeros((lbits + sbits + 7) >> 3, np.uint8)
-    _append_bits(out, 0, lbuf, lbits)
-    _append_bits(out, lbits, sbuf, sbits)
-    return out
 
 
 def fixed_encode(
@@ -394,17 +348,20 @@ def fixed_encode(
     lbuf = np.empty((d * w + 7) // 8 + 8, np.uint8)
     sbuf = np.empty((d + 7) // 8 + 8, np.uint8)
     st = np.zeros(6, np.int64)
+    z = np.empty(min(d, _CHUNK), np.int64)
     for lo in range(0, d, _CHUNK):
         u = _draw(rng, min(_CHUNK, d - lo))
-        _fixed_chunk(x, scale, s, b, w, u, lo, lbuf, sbuf, st)
-    return _fixed_finish(lbuf, sbuf, st)
+        _levels(x, scale, s, b, u, lo, z)
+        _fixed_chunk(z[: u.size], w, lbuf, sbuf, st)
+    nbits = np.array([st[0] * 8 + st[2], st[3] * 8 + st[5]], np.int64)
+    return _concat((lbuf, sbuf), nbits)
 
 
 @njit(cache=True, nogil=True)
 def _fixed_decode(raw, d, s, b, w, nf, step, out, err):
-    lidx, lacc, lnacc = _start(raw, 0)
-    sidx, sacc, snacc = _start(raw, d * w)
-    mask = (np.int64(1) << w) - 1
+    buf = _padded(raw)
+    lpos = 0
+    spos = d * w
     zmax = 0
     bad_sign = False
     for bi in range(nf.size):
@@ -413,12 +370,10 @@ def _fixed_decode(raw, d, s, b, w, nf, step, out, err):
         stp = step[bi]
         zsum = 0
         for j in range(lo, hi):
-            lidx, lacc, lnacc = _refill(raw, lidx, lacc, lnacc)
-            z = (lacc >> (lnacc - w)) & mask
-            lnacc -= w
-            sidx, sacc, snacc = _refill(raw, sidx, sacc, snacc)
-            neg = (sacc >> (snacc - 1)) & 1
-            snacc -= 1
+            z = _lshr(_lshr(_load_be64(buf, lpos >> 3) << (lpos & 7), 1), 63 - w)
+            lpos += w
+            neg = (np.int64(buf[spos >> 3]) >> (7 - (spos & 7))) & 1
+            spos += 1
             zmax = max(zmax, z)
             zsum += z
             bad_sign |= (neg == 1) & (z == 0)

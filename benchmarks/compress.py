@@ -53,7 +53,7 @@ from mpiml.models import MLP  # noqa: E402
 D_BIG = 25_530_472
 D_GAUSS = [1_000, 10_000, 100_000, 1_000_000, D_BIG]
 MLP_HIDDEN = [133, 1_333, 13_333, 340_406]  # d = 75 h + 10: 1.0e4, 1.0e5, 1.0e6, 25.5M
-PAPER_TABLE1 = {"model": "ResNet-18", "uncompressed_MB": 42.63, "quantized_MB": 3.80}
+PAPER_TABLE1: dict[str, Any] = {"model": "ResNet-18", "uncompressed_MB": 42.63, "quantized_MB": 3.80}
 CODECS: list[tuple[str, dict[str, Any], str]] = [
     ("identity", {}, "numba"),
     ("fp16", {}, "numba"),

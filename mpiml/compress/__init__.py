@@ -10,7 +10,7 @@
 :mod:`mpiml.compress._kernels`; ``MPIML_COMPRESS_KERNELS=numpy`` forces the numpy
 reference, which gives the same bytes).
 
-Compressed collectives and the algorithms that use them (issue 6) are not built yet.
+The compressed collectives that send these payloads live in :mod:`mpiml.protocols`.
 """
 
 from __future__ import annotations

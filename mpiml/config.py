@@ -57,7 +57,23 @@ def _f(
     return Field(type_, default, rule[0], rule[1], doc)
 
 
-ALGORITHMS = ("sgd", "local_sgd", "dasgd", "dpsgd", "gossip", "async_gossip")
+ALGORITHMS = (
+    "sgd",
+    "local_sgd",
+    "dasgd",
+    "dpsgd",
+    "gossip",
+    "async_gossip",
+    "qsgd",
+    "pr_sgd",
+    "qpr_sgd",
+    "dqpr_sgd",
+)
+# The codecs of mpiml.compress (a test keeps the two lists equal; not imported here so
+# that reading a job stays cheap). "auto": qsgd for the quantized algorithms, else none.
+CODECS = ("identity", "fp16", "bf16", "sign", "topk", "randk", "qsgd", "qsgd_fixed")
+QUANTIZED = ("qsgd", "qpr_sgd", "dqpr_sgd")  # algorithms that exist to compress
+COMPRESSIBLE = ("sgd", "local_sgd", "dasgd", "dpsgd", "gossip", *QUANTIZED)
 PROGRESS_MODES = ("test", "thread", "library", "none")
 
 SCHEMA: dict[str, dict[str, Field]] = {
@@ -80,7 +96,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "algorithm": {
         "name": _f("str", "sgd", _choice(*ALGORITHMS), "the training algorithm"),
         "tau": _f(
-            "int", 4, _min(1), "local_sgd, dasgd: local steps between global averages (DaSGD paper's tau)"
+            "int",
+            4,
+            _min(1),
+            "local_sgd, dasgd, pr_sgd, qpr_sgd, dqpr_sgd: local steps between averages "
+            "(DaSGD's tau, Quantized-PR-SGD's K)",
         ),
         "delay": _f(
             "int",
@@ -98,7 +118,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "str",
             "ring",
             (lambda v: v != "", "a topology name (mpiml topology --list) or a .toml file"),
-            "dpsgd, gossip: the graph and weights W (docs/topologies.md)",
+            "dpsgd, gossip, async_gossip, dqpr_sgd: the graph and weights W (docs/topologies.md)",
         ),
         "period": _f(
             "int", 1, _min(1), "gossip, async_gossip: local steps between gossip rounds (exchanges)"
@@ -122,6 +142,25 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "dasgd: what progresses an average in flight: 'test' (MPI_Test between compute chunks), "
             "'thread' (a polling thread), 'library' (the MPI's own progress thread, e.g. MPICH "
             "MPIR_CVAR_ASYNC_PROGRESS=1), 'none' (only the wait at the merge)",
+        ),
+    },
+    "compression": {
+        "codec": _f(
+            "str",
+            "auto",
+            _choice("auto", "none", *CODECS),
+            "what crosses the wire (docs/compression.md): 'auto' is qsgd for qsgd, qpr_sgd and "
+            "dqpr_sgd, 'none' for the others; any codec works with sgd (gradients), local_sgd "
+            "and dasgd (differences from the last average), dpsgd and gossip (DCD differences)",
+        ),
+        "s": _f("int", 0, _min(0), "qsgd, qsgd_fixed: levels s (0: ceil(sqrt(bucket length)), §6.1)"),
+        "bucket": _f("int", 0, _min(0), "qsgd, qsgd_fixed: coordinates per norm (0: one bucket)"),
+        "k": _f("int", 0, _min(0), "topk, randk: coordinates kept (0: use ratio)"),
+        "ratio": _f(
+            "float", 0.01, (lambda v: 0.0 < v <= 1.0, "in (0, 1]"), "topk, randk: share of coordinates kept"
+        ),
+        "error_feedback": _f(
+            "bool", False, None, "keep what the codec dropped and add it to the next message (EF-SGD)"
         ),
     },
     "model": {
@@ -322,6 +361,7 @@ def _cross_checks(cfg: Config) -> None:
             f"algorithm.delay must be < algorithm.tau (got delay={a.delay}, tau={a.tau}): "
             "an average must be merged before the next one starts (DaSGD's bounded age, d < tau)"
         )
+    _compression_checks(cfg)
     if cfg.data.name == "hdf5" and not cfg.data.path:
         raise ConfigError("data.path must name an HDF5 file with /x and /y when data.name = 'hdf5'")
     if cfg.data.name == "synthetic" and cfg.model.name != "linear":
@@ -332,6 +372,42 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(
             "data.partition must be 'iid' for data.name = 'synthetic' (a Dirichlet split needs class labels)"
         )
+
+
+def codec_of(cfg: Config) -> str:
+    """The codec a job uses: compression.codec with 'auto' resolved ('none': uncompressed)."""
+    c = cfg.compression.codec
+    if c == "auto":
+        return "qsgd" if cfg.algorithm.name in QUANTIZED else "none"
+    return str(c)
+
+
+def _compression_checks(cfg: Config) -> None:
+    name, c = cfg.algorithm.name, cfg.compression.codec
+    codec = codec_of(cfg)
+    if name in QUANTIZED and c == "none":
+        plain = {"qsgd": "sgd", "qpr_sgd": "pr_sgd", "dqpr_sgd": "dpsgd or gossip"}[name]
+        raise ConfigError(
+            f"compression.codec = 'none' contradicts algorithm.name = {name!r}, which quantizes; "
+            f"use algorithm.name = {plain!r} to train uncompressed"
+        )
+    if name == "pr_sgd" and codec != "none":
+        raise ConfigError(
+            f"compression.codec = {c!r} with algorithm.name = 'pr_sgd' (PR-SGD is uncompressed): "
+            "use algorithm.name = 'qpr_sgd' (Algorithm 1) for compressed differences"
+        )
+    if codec != "none" and name not in COMPRESSIBLE:
+        raise ConfigError(
+            f"compression.codec = {c!r} does not apply to algorithm.name = {name!r}; it works with "
+            f"{', '.join(COMPRESSIBLE)}"
+        )
+    if codec != "none" and name in ("dpsgd", "gossip", "dqpr_sgd") and cfg.algorithm.gossip_method != "p2p":
+        raise ConfigError(
+            "algorithm.gossip_method must be 'p2p' for compressed gossip (payloads differ in length "
+            f"per rank; got {cfg.algorithm.gossip_method!r})"
+        )
+    if cfg.compression.error_feedback and codec == "none":
+        raise ConfigError("compression.error_feedback = true needs a codec (compression.codec is 'none')")
 
 
 def parse_set(items: Iterable[str]) -> dict[str, dict[str, Any]]:

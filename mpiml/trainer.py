@@ -24,7 +24,7 @@ from .algorithms import REGISTRY, Algorithm, Context
 from .backend import cuda_aware_from_env, get_xp
 from .clock import sync_clock
 from .comm import agreed_error
-from .config import Config
+from .config import Config, codec_of
 from .data import RankData, build_data
 from .errors import CheckpointError, ConfigError
 from .io import checkpoint as ckpt
@@ -78,13 +78,19 @@ class _Setup:
             problem = check_progress_mode(cfg.algorithm.progress)
             if problem:
                 raise ConfigError(problem)
-        if cfg.algorithm.name in ("dpsgd", "gossip", "async_gossip"):
+        if cfg.algorithm.name in ("dpsgd", "gossip", "async_gossip", "dqpr_sgd"):
             from .topology import TopologyError, build_schedule
 
             try:
-                build_schedule(cfg.algorithm.topology, size)  # pure: checks W before any collective
+                # pure: checks W before any collective
+                schedule = build_schedule(cfg.algorithm.topology, size)
             except TopologyError as exc:
                 raise ConfigError(f"algorithm.topology = {cfg.algorithm.topology!r}: {exc}") from None
+            if codec_of(cfg) != "none" and not schedule.static:
+                raise ConfigError(
+                    f"algorithm.topology = {cfg.algorithm.topology!r} changes every round; compressed "
+                    "gossip (Algorithm 2, DCD) keeps copies of its neighbours' models and needs a static one"
+                )
         try:
             self.xp = get_xp(cfg.backend.device)
         except ValueError as exc:

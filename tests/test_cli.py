@@ -81,6 +81,16 @@ BAD_JOBS = [
         '[algorithm]\nname = "dasgd"\nprogress = "library"\n',
         "export MPIR_CVAR_ASYNC_PROGRESS=1",
     ),
+    (
+        "quantized_uncompressed.toml",
+        '[algorithm]\nname = "qpr_sgd"\n[compression]\ncodec = "none"\n',
+        "compression.codec = 'none' contradicts algorithm.name = 'qpr_sgd'",
+    ),
+    (  # odd index: runs on 4 ranks, where one-peer exponential changes every round
+        "dcd_time_varying.toml",
+        '[algorithm]\nname = "dqpr_sgd"\ntopology = "one_peer_exponential"\n',
+        "compressed gossip (Algorithm 2, DCD) keeps copies of its neighbours' models and needs a static one",
+    ),
 ]
 
 

@@ -46,6 +46,22 @@ def test_set_overrides_parse_toml_values_and_bare_words() -> None:
         (["optimizer.lr=nan"], r"optimizer.lr must be a finite number"),
         (["data.name=hdf5"], r"data.path must name an HDF5 file"),
         (["data.name=synthetic"], r"model.name must be 'linear' for data.name = 'synthetic'"),
+        (["compression.codec=zip"], r"compression.codec must be one of 'auto', 'none', 'identity'"),
+        (["compression.ratio=0"], r"compression.ratio must be in \(0, 1\]"),
+        (
+            ["algorithm.name=qpr_sgd", "compression.codec=none"],
+            r"compression.codec = 'none' contradicts algorithm.name = 'qpr_sgd'.*'pr_sgd'",
+        ),
+        (["algorithm.name=pr_sgd", "compression.codec=qsgd"], r"use algorithm.name = 'qpr_sgd'"),
+        (
+            ["algorithm.name=async_gossip", "compression.codec=qsgd"],
+            r"compression.codec = 'qsgd' does not apply to algorithm.name = 'async_gossip'",
+        ),
+        (
+            ["algorithm.name=dqpr_sgd", "algorithm.gossip_method=neighbor"],
+            r"algorithm.gossip_method must be 'p2p' for compressed gossip",
+        ),
+        (["compression.error_feedback=true"], r"compression.error_feedback = true needs a codec"),
         (["run.steps"], r"--set expects section.key=value"),
         (["steps=3"], r"--set expects section.key=value with one dot"),
     ],
@@ -92,3 +108,29 @@ def test_to_toml_round_trips(tmp_path: Path) -> None:
     p = tmp_path / "j.toml"
     p.write_text(cfg.to_toml())
     assert load_config(p) == cfg
+
+
+def test_codec_names_match_the_registry() -> None:
+    from mpiml.compress import REGISTRY
+    from mpiml.config import CODECS
+
+    assert sorted(CODECS) == sorted(REGISTRY)
+
+
+@pytest.mark.parametrize(
+    ("alg", "codec", "want"),
+    [
+        ("qpr_sgd", "auto", "qsgd"),
+        ("dqpr_sgd", "auto", "qsgd"),
+        ("qsgd", "auto", "qsgd"),
+        ("sgd", "auto", "none"),
+        ("pr_sgd", "auto", "none"),
+        ("dasgd", "topk", "topk"),
+        ("qpr_sgd", "qsgd_fixed", "qsgd_fixed"),
+    ],
+)
+def test_auto_codec_is_qsgd_for_the_quantized_algorithms(alg: str, codec: str, want: str) -> None:
+    from mpiml.config import codec_of
+
+    cfg = load_config(None, [f"algorithm.name={alg}", f"compression.codec={codec}"])
+    assert codec_of(cfg) == want

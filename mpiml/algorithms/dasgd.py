@@ -27,6 +27,14 @@ Choices where the paper is silent, documented and tested:
   the step that merges it, so a resumed run merges the same numbers at the same
   step and ends bit for bit where the uninterrupted run ends.
 
+Compression (``compression.codec``, docs/compression.md): every rank keeps the last
+global average r (the *reference*, the same on every rank; x_0 at first) and sends
+Q(y_t - r) instead of y_t, through :class:`mpiml.protocols.CompressedAllReduce`; the
+average is then r + mean_j Q(y_t^(j) - r), and becomes the next reference. This is
+Algorithm 1's difference form of papers/quantized-pr-sgd.txt applied to DaSGD's
+snapshot (compressing the models themselves does not converge: its Lemma 1). The
+reference is checkpointed as ``dasgd/reference``.
+
 Defaults: tau = 4, d = 1 (the paper's Table I), xi = 0.25 (its §IV.C baseline).
 §VI.D recommends tau = d + 1; ``mpiml plan`` computes the smallest d with
 t_c < d t_p (eq. 3).
@@ -37,8 +45,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import to_host
-from ..protocols import AllReduce
+from ..protocols import AllReduce, CompressedAllReduce
 from .base import Algorithm, Context, register
+from .compression import compression_for
 
 __all__ = ["DaSGD"]
 
@@ -56,16 +65,33 @@ class DaSGD(Algorithm):
         self.delay: int = a.delay
         self.xi: float = a.xi
         self.progress: str = a.progress
-        self.average = AllReduce(
-            ctx.comm,
-            self.x.size,
-            self.x.dtype,
-            ctx.xp,
-            op="mean",
-            trace=ctx.trace,
-            cuda_aware=ctx.cuda_aware,
-            progress=a.progress,
-        )
+        self.compression = compression_for(ctx.cfg, ctx.comm.Get_rank())
+        self.average: AllReduce | CompressedAllReduce
+        self.reference = None
+        if self.compression is not None:
+            self.average = CompressedAllReduce(
+                ctx.comm,
+                self.x.size,
+                self.x.dtype,
+                self.compression.codec,
+                ctx.xp,
+                op="mean",
+                trace=ctx.trace,
+                progress=a.progress,
+            )
+            self.reference = ctx.xp.array(self.x, copy=True)
+            self.delta = ctx.xp.empty_like(self.x)
+        else:
+            self.average = AllReduce(
+                ctx.comm,
+                self.x.size,
+                self.x.dtype,
+                ctx.xp,
+                op="mean",
+                trace=ctx.trace,
+                cuda_aware=ctx.cuda_aware,
+                progress=a.progress,
+            )
         self.merge_at = -1  # the step whose update the pending average is merged into
         self.pending = False  # an average was started (or restored) and is not merged yet
         if self.progress == "test":
@@ -77,18 +103,30 @@ class DaSGD(Algorithm):
         if self.pending and t == self.merge_at:
             self._merge(t, self.average.finish(t) if self.average.in_flight else self.average.recvbuf)
         if (t + 1) % self.tau == 0:
+            send = self._message(t)
             if self.delay == 0:
-                self._merge(t, self.average.run(self.x, t))
+                self._merge(t, self.average.run(send, t))
             else:
-                self.average.start(self.x, t, snapshot=True)
+                self.average.start(send, t, snapshot=True)
                 self.merge_at = t + self.delay
                 self.pending = True
         return loss
+
+    def _message(self, t: int) -> np.ndarray:
+        """What goes into the average: y_t, or y_t - r when compressed."""
+        if self.reference is None or self.compression is None:
+            return self.x
+        self.compression.reseed(t)
+        self.ctx.xp.subtract(self.x, self.reference, out=self.delta)
+        return self.delta
 
     def _merge(self, t: int, avg: np.ndarray) -> None:
         """x <- xi x + (1 - xi) avg, in place (``avg`` is the protocol's buffer, which
         is free until the next start)."""
         t0 = self.trace.now()
+        if self.reference is not None:  # avg is mean_j Q(y^(j) - r): add r back
+            avg += self.reference
+            self.reference[...] = avg
 
         self.replace_params(lambda: self._mix(avg))
         self.pending = False
@@ -110,6 +148,9 @@ class DaSGD(Algorithm):
         out["dasgd/average"] = (
             to_host(self.average.recvbuf).copy() if self.pending else np.zeros(0, self.average.dtype)
         )
+        if self.reference is not None and self.compression is not None:
+            out["dasgd/reference"] = to_host(self.reference).copy()
+            out.update(self.compression.state_arrays())
         return out
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -119,3 +160,6 @@ class DaSGD(Algorithm):
         self.merge_at = merge_at
         if self.pending:
             self.average.recvbuf[...] = self.ctx.xp.asarray(arrays["dasgd/average"])
+        if self.reference is not None and self.compression is not None:
+            self.reference[...] = self.ctx.xp.asarray(arrays["dasgd/reference"])
+            self.compression.load_state(arrays, self.x)

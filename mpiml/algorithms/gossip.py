@@ -13,6 +13,14 @@ Round r (the r-th gossip, from 0) uses ``schedule.at(r)``, so a time-varying
 topology (one-peer exponential) cycles through its matrices in the same order on
 every rank; r is (t + 1) / period at step t and needs no checkpointing of its own.
 Optimizer position state moves with the parameters (``Algorithm.replace_params``).
+
+With a ``compression.codec`` the round is Algorithm 2's (D-Quantized-PR-SGD, the
+DCD-PSGD form, :class:`mpiml.protocols.CompressedGossip`): neighbours exchange
+Q(x~^(m) - x_half) and keep public copies of each other's models. ``dqpr_sgd`` is
+exactly that algorithm: K = ``algorithm.tau`` local steps per round (4, §6.1),
+``algorithm.topology`` (ring by default, §6.1), the qsgd codec by default; ``dpsgd``
+with a codec is DCD-PSGD (K = 1), ``gossip`` with a codec takes ``algorithm.period``
+local steps. The public copies are checkpointed (``dcd/own``, ``dcd/copies``).
 """
 
 from __future__ import annotations
@@ -21,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from ..protocols import Gossip
+from ..protocols import CompressedGossip, Gossip
 from ..protocols.async_gossip import AsyncGossip
 from ..topology import build_schedule
 from .base import Algorithm, Context, register
+from .compression import compression_for
 
-__all__ = ["AsyncGossipSGD", "DPSGD", "PeriodicGossip"]
+__all__ = ["AsyncGossipSGD", "DPSGD", "DQuantizedPRSGD", "PeriodicGossip"]
 
 
 class _GossipBase(Algorithm):
@@ -35,6 +44,19 @@ class _GossipBase(Algorithm):
         a = ctx.cfg.algorithm
         self.period: int = self._period(a)
         self.schedule = build_schedule(a.topology, ctx.comm.Get_size())
+        self.compression = compression_for(ctx.cfg, ctx.comm.Get_rank())
+        self.gossip: Gossip | CompressedGossip
+        if self.compression is not None:
+            self.gossip = CompressedGossip(
+                ctx.comm,
+                self.x,
+                self.schedule,
+                self.compression.codec,
+                ctx.xp,
+                gamma=a.gamma,
+                trace=ctx.trace,
+            )
+            return
         self.gossip = Gossip(
             ctx.comm,
             self.x.size,
@@ -58,8 +80,29 @@ class _GossipBase(Algorithm):
         return loss
 
     def _mix(self, t: int) -> None:
-        self.gossip.start(self.x, t, round=(t + 1) // self.period - 1)
+        r = (t + 1) // self.period - 1
+        if isinstance(self.gossip, CompressedGossip):
+            assert self.compression is not None
+            self.compression.reseed(r)
+            self.gossip.start(self.x, t)
+        else:
+            self.gossip.start(self.x, t, round=r)
         self.x[...] = self.gossip.finish()
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        out = super().state_arrays()
+        if isinstance(self.gossip, CompressedGossip):
+            out.update({f"dcd/{k}": v for k, v in self.gossip.state_arrays().items()})
+        if self.compression is not None:
+            out.update(self.compression.state_arrays())
+        return out
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        super().load_state(arrays)
+        if isinstance(self.gossip, CompressedGossip):
+            self.gossip.load_state({k: arrays[f"dcd/{k}"] for k in ("own", "copies")})
+        if self.compression is not None:
+            self.compression.load_state(arrays, self.x)
 
 
 @register
@@ -73,6 +116,17 @@ class DPSGD(_GossipBase):
 @register
 class PeriodicGossip(_GossipBase):
     name = "gossip"
+
+
+@register
+class DQuantizedPRSGD(_GossipBase):
+    """Algorithm 2 of papers/quantized-pr-sgd.txt: K = tau local steps, then a
+    compressed (DCD) gossip round."""
+
+    name = "dqpr_sgd"
+
+    def _period(self, a: Any) -> int:
+        return int(a.tau)
 
 
 @register

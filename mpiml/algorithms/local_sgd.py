@@ -1,34 +1,65 @@
-"""``local_sgd``: parallel restarted SGD (K-AVG): tau local steps, then the models
-are averaged by AllReduce.
+"""``local_sgd``, ``pr_sgd``, ``qpr_sgd``: tau local steps, then a global average.
 
-Every rank runs its optimizer on its own minibatches; after every ``tau``-th local
-update (steps t with (t + 1) mod tau = 0) the ranks replace their models by the
-average (1/M) sum_j x^(j) (papers/quantized-pr-sgd.txt §3.1, the loop of its
-Algorithm 1 without quantization; the DaSGD paper's "Local SGD", eq. 5 for its
-cost). Optimizer state (momentum, Adam moments) stays local: only the parameters
-are averaged (position-form momentum state moves with them, see
-``Algorithm.replace_params``). With tau = 1 and plain SGD it is minibatch SGD (the average of
-x - eta g_j is x - eta times the average gradient), up to rounding.
+``local_sgd`` (K-AVG): after every ``tau``-th local update (steps t with
+(t + 1) mod tau = 0) the ranks replace their models by the average (1/M) sum_j x^(j).
+
+``pr_sgd`` and ``qpr_sgd`` are Algorithm 1 of papers/quantized-pr-sgd.txt (PR-SGD and
+Quantized-PR-SGD, K = ``algorithm.tau``): every rank holds the last global model
+x~_n (the *anchor*), starts each period from it (line 2: x_{n;0} = x~_n), takes K
+local steps, and then
+
+    g_n^(m) = Quantize(x_{n;0} - x_{n;K})          (line 7; pr_sgd: no quantization)
+    Delta   = (1/M) sum_j g_n^(j)                    (lines 8-9, rank order)
+    x~_{n+1} = x~_n - Delta                          (line 10), and x <- x~_{n+1}
+
+``qpr_sgd`` sends g through :class:`mpiml.protocols.CompressedAllReduce` with the
+job's codec (QSGD with Elias coding by default, s = sqrt(d) as in §6.1); ``pr_sgd``
+through a plain AllReduce. ``local_sgd`` with a ``compression.codec`` is ``qpr_sgd``
+with that codec: compressing whole models does not converge (the paper's Lemma 1
+bounds the error by the norm of what is compressed), compressing the difference from
+the shared anchor does. The anchor is the same on every rank bit for bit (all decode
+the same payloads and add them in rank order), and is checkpointed (``prsgd/anchor``).
+
+Optimizer state (momentum, Adam moments) stays local: only the parameters are
+averaged (position-form momentum moves with them, ``Algorithm.replace_params``).
+With tau = 1 and plain SGD ``local_sgd`` is minibatch SGD up to rounding.
 """
 
 from __future__ import annotations
 
-from ..protocols import AllReduce
-from .base import Algorithm, Context, register
+import numpy as np
 
-__all__ = ["LocalSGD"]
+from ..backend import to_host
+from ..protocols import AllReduce, CompressedAllReduce
+from .base import Algorithm, Context, register
+from .compression import compression_for
+
+__all__ = ["LocalSGD", "PRSGD", "QuantizedPRSGD"]
 
 
 @register
 class LocalSGD(Algorithm):
     name = "local_sgd"
+    differences = False  # average the models themselves (when uncompressed)
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.tau: int = ctx.cfg.algorithm.tau
-        self.average = AllReduce(
-            ctx.comm, self.x.size, self.x.dtype, ctx.xp, op="mean", trace=ctx.trace, cuda_aware=ctx.cuda_aware
-        )
+        comm, n = ctx.comm, self.x.size
+        self.compression = compression_for(ctx.cfg, comm.Get_rank())
+        self.average: AllReduce | CompressedAllReduce
+        if self.compression is not None:
+            self.average = CompressedAllReduce(
+                comm, n, self.x.dtype, self.compression.codec, ctx.xp, op="mean", trace=ctx.trace
+            )
+        else:
+            self.average = AllReduce(
+                comm, n, self.x.dtype, ctx.xp, op="mean", trace=ctx.trace, cuda_aware=ctx.cuda_aware
+            )
+        self.anchor = None
+        if self.differences or self.compression is not None:
+            self.anchor = ctx.xp.array(self.x, copy=True)  # x~_1: every rank starts from it
+            self.g = ctx.xp.empty_like(self.x)
 
     def step(self, t: int) -> float:
         loss = self.local_gradient(t)
@@ -38,4 +69,42 @@ class LocalSGD(Algorithm):
         return loss
 
     def _average(self, t: int) -> None:
-        self.x[...] = self.average.run(self.x, t)
+        if self.anchor is None:
+            self.x[...] = self.average.run(self.x, t)
+            return
+        if self.compression is not None:
+            self.compression.reseed(t)
+        self.ctx.xp.subtract(self.anchor, self.x, out=self.g)  # g = x_{n;0} - x_{n;K}
+        self.anchor -= self.average.run(self.g, t)  # x~_{n+1} = x~_n - Delta
+        self.x[...] = self.anchor
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        out = super().state_arrays()
+        if self.anchor is not None:
+            out["prsgd/anchor"] = to_host(self.anchor).copy()
+        if self.compression is not None:
+            out.update(self.compression.state_arrays())
+        return out
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        super().load_state(arrays)
+        if self.anchor is not None:
+            self.anchor[...] = self.ctx.xp.asarray(arrays["prsgd/anchor"])
+        if self.compression is not None:
+            self.compression.load_state(arrays, self.x)
+
+
+@register
+class PRSGD(LocalSGD):
+    """Algorithm 1 without quantization: the mean of the differences x_{n;0} - x_{n;K}."""
+
+    name = "pr_sgd"
+    differences = True
+
+
+@register
+class QuantizedPRSGD(LocalSGD):
+    """Algorithm 1: Quantize(x_{n;0} - x_{n;K}), averaged by a compressed AllReduce."""
+
+    name = "qpr_sgd"
+    differences = True

@@ -52,6 +52,17 @@ class ErrorFeedback(Codec):
         self._e = None
         self._acc = None
 
+    def restore(self, residual: np.ndarray, like: Any) -> None:
+        """Set the residual from a checkpoint's host copy, on ``like``'s array module,
+        shape and dtype (a resumed run then sends what the uninterrupted one sends)."""
+        if residual.shape != like.shape:
+            raise ValueError(
+                f"ErrorFeedback: checkpointed residual has shape {residual.shape}, the model {like.shape}"
+            )
+        xp = array_module(like)
+        self._e = xp.asarray(residual).astype(like.dtype, copy=True)
+        self._acc = xp.empty_like(like)
+
     def encode(self, x: Any) -> np.ndarray:
         xp = array_module(x)
         if self._e is None:

@@ -25,7 +25,7 @@ _KIND_BYTES: dict[str, bytes] = {}
 
 # events of split-phase protocols that span start to completion (Protocol._done); the
 # time a rank was blocked in them is recorded apart as "wait"
-SPLIT_PHASE_KINDS = frozenset({"iallreduce", "gossip"})
+SPLIT_PHASE_KINDS = frozenset({"iallreduce", "gossip", "callreduce", "cgossip"})
 
 
 class Trace:

@@ -35,7 +35,9 @@ def test_device_allreduce_equals_host_allreduce(comm: MPI.Comm, cuda_aware: bool
     assert_all(comm, np.array_equal(got, host) and np.array_equal(split, host), "device result differs")
 
 
-@pytest.mark.parametrize("alg", ["sgd", "local_sgd", "dasgd-test", "dasgd-thread"], ids=lambda a: a)
+@pytest.mark.parametrize(
+    "alg", ["sgd", "local_sgd", "dasgd-test", "dasgd-thread", "qsgd", "qpr_sgd", "dqpr_sgd"], ids=lambda a: a
+)
 def test_algorithm_on_gpu_matches_cpu(comm: MPI.Comm, shared_tmp, alg: str) -> None:  # type: ignore[no-untyped-def]
     from mpiml.config import load_config
     from mpiml.trainer import train

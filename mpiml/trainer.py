@@ -62,6 +62,9 @@ def _set_threads(comm: MPI.Comm, threads: int) -> int:
     return threads
 
 
+BYTES_DTYPE = np.dtype([("step", "<i8"), ("bytes", "<i8")])  # /ranks/<r>/bytes_sent
+
+
 class _Setup:
     """Everything built before training; built under ``agree`` so errors are collective."""
 
@@ -377,6 +380,7 @@ def train(
         done = t + 1
         if done % cfg.run.eval_every == 0 or done == cfg.run.steps:
             last = evaluate(t, loss_sum, loss_count, trace.bytes_sent)
+            trace.add_row("bytes_sent", BYTES_DTYPE, (done, trace.bytes_sent))  # this rank's, cumulative
             loss_sum, loss_count = 0.0, 0
             if run_file is not None:
                 now = trace.now()

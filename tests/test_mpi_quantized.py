@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -219,6 +220,8 @@ def test_trace_counts_the_bytes_actually_sent(comm: MPI.Comm, shared_tmp) -> Non
         for alg, kind in (("qpr_sgd", "callreduce"), ("dqpr_sgd", "cgossip")):
             run = load_run(shared_tmp / f"bytes-{alg}")
             total = 0
+            with h5py.File(shared_tmp / f"bytes-{alg}" / "run.h5", "r") as f:
+                per_rank = [int(f[f"ranks/{r}/bytes_sent"]["bytes"][-1]) for r in range(n)]
             for r in range(n):
                 e = run.events[r]
                 kinds = e["kind"].astype(str)
@@ -228,9 +231,14 @@ def test_trace_counts_the_bytes_actually_sent(comm: MPI.Comm, shared_tmp) -> Non
                     problems.append(f"{alg} rank {r}: {len(msgs)} {kind} and {len(enc)} encode events")
                 if not np.all(msgs["nbytes"] > 0) or not np.all(msgs["nbytes"] < 8 * d // 4):
                     problems.append(f"{alg} rank {r}: message sizes {list(msgs['nbytes'])} vs {8 * d} raw")
-                total += int(np.sum(msgs["nbytes"]))  # gossip: out-degree x (payload + 8)
+                mine = int(np.sum(msgs["nbytes"]))  # gossip: out-degree x (payload + 8)
                 if alg == "qpr_sgd":
-                    total += 8 * len(msgs)  # the length sent first
+                    mine += 8 * len(msgs)  # the length sent first
+                if per_rank[r] != mine:
+                    problems.append(
+                        f"{alg} rank {r}: /ranks/{r}/bytes_sent ends at {per_rank[r]}, events say {mine}"
+                    )
+                total += mine
             got = float(run.metrics["bytes_sent"]["value"][-1])  # the evaluation's sums are not counted
             if got != total:
                 problems.append(f"{alg}: metric bytes_sent {got} != {total} summed from the events")

@@ -9,9 +9,8 @@ import shutil
 import numpy as np
 import pytest
 from mpi4py import MPI
-from reference import workers  # tests/reference.py
+from reference import small_job, workers  # tests/reference.py
 
-from mpiml.config import load_config
 from mpiml.io import load_run
 from mpiml.testing import assert_all
 from mpiml.trainer import train
@@ -22,22 +21,7 @@ NULL = open("/dev/null", "w")  # noqa: SIM115 - progress output of the runs unde
 
 
 def _cfg(name: str, *extra: str):  # type: ignore[no-untyped-def]
-    return load_config(
-        None,
-        [
-            f"run.name={name}",
-            "run.steps=30",
-            "run.eval_every=10",
-            "model.dtype=float64",
-            "data.batch_size=8",
-            "data.partition=dirichlet",  # ranks see different classes: local models drift apart
-            "data.alpha=0.5",
-            "optimizer.name=sgd",
-            "optimizer.lr=0.1",
-            "checkpoint.every=0",
-            *extra,
-        ],
-    )
+    return small_job(name, *extra)
 
 
 def simulate_eq2(cfg, m: int) -> list[np.ndarray]:  # type: ignore[no-untyped-def]

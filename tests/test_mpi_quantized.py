@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 from mpi4py import MPI
-from reference import workers  # tests/reference.py
+from reference import small_job, workers  # tests/reference.py
 
 from mpiml.algorithms.compression import STREAM, codec_from_config
 from mpiml.config import load_config
@@ -26,22 +26,7 @@ NULL = open("/dev/null", "w")  # noqa: SIM115 - progress output of the runs unde
 
 
 def _cfg(name: str, *extra: str):  # type: ignore[no-untyped-def]
-    return load_config(
-        None,
-        [
-            f"run.name={name}",
-            "run.steps=26",
-            "run.eval_every=13",
-            "model.dtype=float64",
-            "data.batch_size=8",
-            "data.partition=dirichlet",  # ranks see different classes: local models drift apart
-            "data.alpha=0.5",
-            "optimizer.name=sgd",
-            "optimizer.lr=0.1",
-            "checkpoint.every=0",
-            *extra,
-        ],
-    )
+    return small_job(name, *extra, steps=26, eval_every=13)
 
 
 def _local_steps(cfg, datas, model, xs):  # type: ignore[no-untyped-def]

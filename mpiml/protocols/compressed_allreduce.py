@@ -41,20 +41,12 @@ from mpi4py import MPI
 from ..backend import Array
 from ..compress import Codec
 from ..io.trace import Trace
-from .base import Protocol
+from .lengths_first import LengthsFirst, grow
 
-__all__ = ["CompressedAllReduce", "grow"]
-
-
-def grow(buf: np.ndarray, nbytes: int) -> np.ndarray:
-    """``buf`` if it holds ``nbytes``, else a new uint8 buffer with 25% headroom (so a
-    run settles on one buffer after the first few messages)."""
-    if buf.size >= nbytes:
-        return buf
-    return np.empty(max(nbytes, buf.size + buf.size // 4), dtype=np.uint8)
+__all__ = ["CompressedAllReduce"]
 
 
-class CompressedAllReduce(Protocol):
+class CompressedAllReduce(LengthsFirst):
     """Mean (``op="mean"``) or sum of the ranks' ``codec``-decoded buffers of ``size``
     elements of ``dtype``; collective over ``comm``."""
 
@@ -105,7 +97,7 @@ class CompressedAllReduce(Protocol):
         self._posted([self.comm.Iallgather(self._len, self._lens)])
         self.trace.sent(int(self._payload.size) + 8)
 
-    def _post_bytes(self) -> None:
+    def _post_payloads(self) -> None:
         """Step 2: the lengths are known; post the Allgatherv of the payloads."""
         lens = self._lens
         self._bytes = grow(self._bytes, int(lens.sum()))
@@ -113,26 +105,6 @@ class CompressedAllReduce(Protocol):
         recv = [self._bytes, (lens.tolist(), displs.tolist()), MPI.BYTE]
         self._reqs = [self.comm.Iallgatherv([self._payload, MPI.BYTE], recv)]
         self._phase = 1
-
-    def _test(self) -> bool:
-        if self._t_done is None and MPI.Request.Testall(self._reqs):
-            if self._phase == 0:
-                self._post_bytes()
-                if not MPI.Request.Testall(self._reqs):
-                    return False
-            self._t_done = self.trace.now()
-        return self._t_done is not None
-
-    def _wait_all(self) -> float:
-        if self._t_done is not None:
-            return 0.0
-        t0 = self.trace.now()
-        if self._phase == 0:
-            MPI.Request.Waitall(self._reqs)
-            self._post_bytes()
-        MPI.Request.Waitall(self._reqs)
-        self._t_done = self.trace.now()
-        return self._t_done - t0
 
     def payload(self, rank: int) -> np.ndarray:
         """Rank ``rank``'s payload of the last finished operation (a view)."""

@@ -45,9 +45,8 @@ from mpi4py import MPI
 from ..backend import Array, to_host
 from ..compress import Codec
 from ..io.trace import Trace
-from .base import Protocol
-from .compressed_allreduce import grow
 from .gossip import check_workers
+from .lengths_first import LengthsFirst, grow
 
 __all__ = ["CompressedGossip"]
 
@@ -56,7 +55,7 @@ _TAG_PAYLOAD = 0x6057
 _TAG_INIT = 0x6058
 
 
-class CompressedGossip(Protocol):
+class CompressedGossip(LengthsFirst):
     """Algorithm 2 rounds of a flat model over a static ``schedule``, compressed with
     ``codec``; collective over ``comm`` at construction (one uncompressed exchange of
     ``x0``) and per round."""
@@ -166,26 +165,6 @@ class CompressedGossip(Protocol):
             reqs.append(self.comm.Irecv([self._rbufs[i][:n], MPI.BYTE], source=j, tag=_TAG_PAYLOAD))
         self._reqs = reqs + self._sends
         self._phase = 1
-
-    def _test(self) -> bool:
-        if self._t_done is None and MPI.Request.Testall(self._reqs):
-            if self._phase == 0:
-                self._post_payloads()
-                if not MPI.Request.Testall(self._reqs):
-                    return False
-            self._t_done = self.trace.now()
-        return self._t_done is not None
-
-    def _wait_all(self) -> float:
-        if self._t_done is not None:
-            return 0.0
-        t0 = self.trace.now()
-        if self._phase == 0:
-            MPI.Request.Waitall(self._reqs)
-            self._post_payloads()
-        MPI.Request.Waitall(self._reqs)
-        self._t_done = self.trace.now()
-        return self._t_done - t0
 
     def _subtract(self, target: Array) -> None:
         if self._gdev is not self._g:

@@ -40,7 +40,7 @@ def _cuda_aware_mpi() -> str:
 
 
 def collect() -> dict[str, Any]:
-    """Facts about MPI, h5py and cupy on this rank. Collective over COMM_WORLD."""
+    """Facts about MPI, h5py, cupy and the codec kernels on this rank. Collective over COMM_WORLD."""
     import h5py
     import mpi4py
     import numpy as np
@@ -57,6 +57,14 @@ def collect() -> dict[str, Any]:
         cupy_text = f"cupy {cupy.__version__}, GPU {'visible' if cupy_available() else 'not visible'}"
     except Exception:
         cupy_text = "not installed (pip install 'mpiml[gpu]')"
+    from . import compress
+
+    if compress.KERNELS == "numba":
+        import numba
+
+        kernels = f"numba {numba.__version__}"
+    else:
+        kernels = "numpy reference (numba not installed, or MPIML_COMPRESS_KERNELS=numpy)"
     return {
         "rank": comm.Get_rank(),
         "mpiml": __version__,
@@ -73,6 +81,7 @@ def collect() -> dict[str, Any]:
         "h5py": f"{h5py.__version__} (HDF5 {h5py.version.hdf5_version})",
         "numpy": np.__version__,
         "cupy": cupy_text,
+        "codec_kernels": kernels,
     }
 
 
@@ -89,6 +98,7 @@ def format_info(r: dict[str, Any]) -> str:
         ("h5py", r["h5py"]),
         ("numpy", r["numpy"]),
         ("cupy", r["cupy"]),
+        ("codec kernels", r["codec_kernels"]),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

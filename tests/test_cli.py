@@ -212,6 +212,7 @@ def test_info_reports_the_setup(tmp_path: Path) -> None:
         "CUDA-aware MPI",
         "parallel HDF5",
         "cupy",
+        "codec kernels   numba",
     ):
         assert field in res.stdout, res.stdout
 

@@ -19,6 +19,8 @@ from ..data import RankData
 from ..io.trace import Trace
 from ..models import Model
 from ..optim import POSITION_STATE, Optimizer
+from ..protocols import AllReduce, CompressedAllReduce
+from .compression import compression_for
 
 __all__ = ["REGISTRY", "Algorithm", "Context", "register"]
 
@@ -52,6 +54,34 @@ class Algorithm(ABC):
         self.grad = ctx.xp.empty_like(self.x)
         self.opt_state = ctx.optimizer.init(self.x)
         self._position_keys = POSITION_STATE[type(ctx.optimizer)]  # looked up per call: buffers swap
+        # the job's codec ([compression]); None when messages are plain buffers
+        self.compression = compression_for(ctx.cfg, ctx.comm.Get_rank())
+
+    def averager(self, op: str, progress: str = "test") -> AllReduce | CompressedAllReduce:
+        """An AllReduce (``op`` "sum" or "mean") of buffers like ``self.x``: compressed with
+        the job's codec when it has one, plain otherwise."""
+        ctx = self.ctx
+        if self.compression is not None:
+            codec = self.compression.codec
+            return CompressedAllReduce(
+                ctx.comm, self.x.size, self.x.dtype, codec, ctx.xp, op=op, trace=ctx.trace, progress=progress
+            )
+        return AllReduce(
+            ctx.comm,
+            self.x.size,
+            self.x.dtype,
+            ctx.xp,
+            op=op,
+            trace=ctx.trace,
+            cuda_aware=ctx.cuda_aware,
+            progress=progress,
+        )
+
+    def seed_message(self, counter: int) -> None:
+        """Seed the codec's random stream for the message sent at ``counter`` (a step or
+        a round); nothing to do when uncompressed."""
+        if self.compression is not None:
+            self.compression.reseed(counter)
 
     @abstractmethod
     def step(self, t: int) -> float:
@@ -95,6 +125,8 @@ class Algorithm(ABC):
         for k, v in self.opt_state.items():
             if not k.startswith("_"):
                 out[f"opt/{k}"] = to_host(v).copy()
+        if self.compression is not None:
+            out.update(self.compression.state_arrays())  # the error-feedback residual
         return out
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -103,6 +135,8 @@ class Algorithm(ABC):
         for k in self.opt_state:
             if not k.startswith("_"):
                 self.opt_state[k][...] = xp.asarray(arrays[f"opt/{k}"])
+        if self.compression is not None:
+            self.compression.load_state(arrays, self.x)
 
 
 REGISTRY: dict[str, type[Algorithm]] = {}

@@ -45,9 +45,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import to_host
-from ..protocols import AllReduce, CompressedAllReduce
 from .base import Algorithm, Context, register
-from .compression import compression_for
 
 __all__ = ["DaSGD"]
 
@@ -65,33 +63,11 @@ class DaSGD(Algorithm):
         self.delay: int = a.delay
         self.xi: float = a.xi
         self.progress: str = a.progress
-        self.compression = compression_for(ctx.cfg, ctx.comm.Get_rank())
-        self.average: AllReduce | CompressedAllReduce
-        self.reference = None
+        self.average = self.averager("mean", progress=a.progress)
+        self.reference = None  # the last average r, kept only when compressing
         if self.compression is not None:
-            self.average = CompressedAllReduce(
-                ctx.comm,
-                self.x.size,
-                self.x.dtype,
-                self.compression.codec,
-                ctx.xp,
-                op="mean",
-                trace=ctx.trace,
-                progress=a.progress,
-            )
             self.reference = ctx.xp.array(self.x, copy=True)
             self.delta = ctx.xp.empty_like(self.x)
-        else:
-            self.average = AllReduce(
-                ctx.comm,
-                self.x.size,
-                self.x.dtype,
-                ctx.xp,
-                op="mean",
-                trace=ctx.trace,
-                cuda_aware=ctx.cuda_aware,
-                progress=a.progress,
-            )
         self.merge_at = -1  # the step whose update the pending average is merged into
         self.pending = False  # an average was started (or restored) and is not merged yet
         if self.progress == "test":
@@ -114,9 +90,9 @@ class DaSGD(Algorithm):
 
     def _message(self, t: int) -> np.ndarray:
         """What goes into the average: y_t, or y_t - r when compressed."""
-        if self.reference is None or self.compression is None:
+        if self.reference is None:
             return self.x
-        self.compression.reseed(t)
+        self.seed_message(t)
         self.ctx.xp.subtract(self.x, self.reference, out=self.delta)
         return self.delta
 
@@ -148,9 +124,8 @@ class DaSGD(Algorithm):
         out["dasgd/average"] = (
             to_host(self.average.recvbuf).copy() if self.pending else np.zeros(0, self.average.dtype)
         )
-        if self.reference is not None and self.compression is not None:
+        if self.reference is not None:
             out["dasgd/reference"] = to_host(self.reference).copy()
-            out.update(self.compression.state_arrays())
         return out
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -160,6 +135,5 @@ class DaSGD(Algorithm):
         self.merge_at = merge_at
         if self.pending:
             self.average.recvbuf[...] = self.ctx.xp.asarray(arrays["dasgd/average"])
-        if self.reference is not None and self.compression is not None:
+        if self.reference is not None:
             self.reference[...] = self.ctx.xp.asarray(arrays["dasgd/reference"])
-            self.compression.load_state(arrays, self.x)

@@ -33,7 +33,6 @@ from ..protocols import CompressedGossip, Gossip
 from ..protocols.async_gossip import AsyncGossip
 from ..topology import build_schedule
 from .base import Algorithm, Context, register
-from .compression import compression_for
 
 __all__ = ["AsyncGossipSGD", "DPSGD", "DQuantizedPRSGD", "PeriodicGossip"]
 
@@ -44,7 +43,6 @@ class _GossipBase(Algorithm):
         a = ctx.cfg.algorithm
         self.period: int = self._period(a)
         self.schedule = build_schedule(a.topology, ctx.comm.Get_size())
-        self.compression = compression_for(ctx.cfg, ctx.comm.Get_rank())
         self.gossip: Gossip | CompressedGossip
         if self.compression is not None:
             self.gossip = CompressedGossip(
@@ -81,28 +79,20 @@ class _GossipBase(Algorithm):
 
     def _mix(self, t: int) -> None:
         r = (t + 1) // self.period - 1
-        if isinstance(self.gossip, CompressedGossip):
-            assert self.compression is not None
-            self.compression.reseed(r)
-            self.gossip.start(self.x, t)
-        else:
-            self.gossip.start(self.x, t, round=r)
+        self.seed_message(r)
+        self.gossip.start(self.x, t, round=r)
         self.x[...] = self.gossip.finish()
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         out = super().state_arrays()
         if isinstance(self.gossip, CompressedGossip):
             out.update({f"dcd/{k}": v for k, v in self.gossip.state_arrays().items()})
-        if self.compression is not None:
-            out.update(self.compression.state_arrays())
         return out
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         super().load_state(arrays)
         if isinstance(self.gossip, CompressedGossip):
             self.gossip.load_state({k: arrays[f"dcd/{k}"] for k in ("own", "copies")})
-        if self.compression is not None:
-            self.compression.load_state(arrays, self.x)
 
 
 @register

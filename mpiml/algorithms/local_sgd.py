@@ -30,9 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import to_host
-from ..protocols import AllReduce, CompressedAllReduce
 from .base import Algorithm, Context, register
-from .compression import compression_for
 
 __all__ = ["LocalSGD", "PRSGD", "QuantizedPRSGD"]
 
@@ -45,17 +43,7 @@ class LocalSGD(Algorithm):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.tau: int = ctx.cfg.algorithm.tau
-        comm, n = ctx.comm, self.x.size
-        self.compression = compression_for(ctx.cfg, comm.Get_rank())
-        self.average: AllReduce | CompressedAllReduce
-        if self.compression is not None:
-            self.average = CompressedAllReduce(
-                comm, n, self.x.dtype, self.compression.codec, ctx.xp, op="mean", trace=ctx.trace
-            )
-        else:
-            self.average = AllReduce(
-                comm, n, self.x.dtype, ctx.xp, op="mean", trace=ctx.trace, cuda_aware=ctx.cuda_aware
-            )
+        self.average = self.averager("mean")
         self.anchor = None
         if self.differences or self.compression is not None:
             self.anchor = ctx.xp.array(self.x, copy=True)  # x~_1: every rank starts from it
@@ -72,8 +60,7 @@ class LocalSGD(Algorithm):
         if self.anchor is None:
             self.x[...] = self.average.run(self.x, t)
             return
-        if self.compression is not None:
-            self.compression.reseed(t)
+        self.seed_message(t)
         self.ctx.xp.subtract(self.anchor, self.x, out=self.g)  # g = x_{n;0} - x_{n;K}
         self.anchor -= self.average.run(self.g, t)  # x~_{n+1} = x~_n - Delta
         self.x[...] = self.anchor
@@ -82,16 +69,12 @@ class LocalSGD(Algorithm):
         out = super().state_arrays()
         if self.anchor is not None:
             out["prsgd/anchor"] = to_host(self.anchor).copy()
-        if self.compression is not None:
-            out.update(self.compression.state_arrays())
         return out
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         super().load_state(arrays)
         if self.anchor is not None:
             self.anchor[...] = self.ctx.xp.asarray(arrays["prsgd/anchor"])
-        if self.compression is not None:
-            self.compression.load_state(arrays, self.x)
 
 
 @register

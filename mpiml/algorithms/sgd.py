@@ -15,11 +15,7 @@ compresses its gradients the same way (with ``compression.error_feedback``, EF-S
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..protocols import AllReduce, CompressedAllReduce
 from .base import Algorithm, Context, register
-from .compression import compression_for
 
 __all__ = ["AllReduceSGD", "QSGD"]
 
@@ -33,41 +29,14 @@ class AllReduceSGD(Algorithm):
         # op="sum" on gradients already scaled by 1/(batch * n): the sum is the global
         # batch's mean gradient, with no extra pass over the parameters to divide by n
         self.scale = 1.0 / (ctx.cfg.data.batch_size * ctx.comm.Get_size())
-        self.compression = compression_for(ctx.cfg, ctx.comm.Get_rank())
-        self.allreduce: AllReduce | CompressedAllReduce
-        if self.compression is not None:
-            self.allreduce = CompressedAllReduce(
-                ctx.comm, self.x.size, self.x.dtype, self.compression.codec, ctx.xp, op="sum", trace=ctx.trace
-            )
-        else:
-            self.allreduce = AllReduce(
-                ctx.comm,
-                self.x.size,
-                self.x.dtype,
-                ctx.xp,
-                op="sum",
-                trace=ctx.trace,
-                cuda_aware=ctx.cuda_aware,
-            )
+        self.allreduce = self.averager("sum")
 
     def step(self, t: int) -> float:
         loss = self.local_gradient(t, self.scale)
-        if self.compression is not None:
-            self.compression.reseed(t)
+        self.seed_message(t)
         g = self.allreduce.run(self.grad, t)
         self.apply(t, g)
         return loss
-
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        out = super().state_arrays()
-        if self.compression is not None:
-            out.update(self.compression.state_arrays())
-        return out
-
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        super().load_state(arrays)
-        if self.compression is not None:
-            self.compression.load_state(arrays, self.x)
 
 
 @register

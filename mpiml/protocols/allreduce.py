@@ -59,12 +59,6 @@ class AllReduce(Protocol):
         self.sendbuf: Array | None = None  # allocated on the first snapshot, then kept
         self.staging = Staging(cuda_aware)
 
-    def _check(self, x: Array) -> None:
-        if x.shape != (self.size,) or x.dtype != self.dtype:
-            raise ValueError(
-                f"{self.name} expects a flat array of {self.size} {self.dtype} values (got {x.shape} {x.dtype})"
-            )
-
     def _scale(self) -> None:
         if self.op == "mean" and self.n > 1:
             # divide, not multiply by 1/n: n equal inputs then average to exactly themselves

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import numpy as np
 from mpi4py import MPI
 
 from ..backend import Array
@@ -31,6 +32,8 @@ class Protocol(ABC):
     """
 
     name = "protocol"
+    size: int  # elements of the flat buffers the protocol moves
+    dtype: np.dtype
 
     def __init__(self, trace: Trace | None = None, progress: str = "test") -> None:
         if progress not in MODES:
@@ -44,6 +47,13 @@ class Protocol(ABC):
         self._t_done: float | None = None
         self._thread: ProgressThread | None = None
         self._span = 0
+
+    def _check(self, x: Array) -> None:
+        """``x`` must be a flat array of ``size`` values of ``dtype``."""
+        if x.shape != (self.size,) or x.dtype != self.dtype:
+            raise ValueError(
+                f"{self.name} expects a flat array of {self.size} {self.dtype} values (got {x.shape} {x.dtype})"
+            )
 
     @property
     def in_flight(self) -> bool:

@@ -82,10 +82,7 @@ class CompressedAllReduce(LengthsFirst):
 
     def start(self, x: Array, step: int = 0, *, snapshot: bool = False) -> None:
         """Encode ``x`` and post the exchange of lengths (``snapshot`` is implied)."""
-        if x.shape != (self.size,) or x.dtype != self.dtype:
-            raise ValueError(
-                f"{self.name} expects a flat array of {self.size} {self.dtype} values (got {x.shape} {x.dtype})"
-            )
+        self._check(x)
         self._begin(step)  # refuses a second operation before the codec's state moves
         t0 = self.trace.now()
         self._payload = self.codec.encode(x)

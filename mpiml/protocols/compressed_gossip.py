@@ -45,7 +45,7 @@ from mpi4py import MPI
 from ..backend import Array, to_host
 from ..compress import Codec
 from ..io.trace import Trace
-from .gossip import check_workers
+from .gossip import check_workers, mixing_row
 from .lengths_first import LengthsFirst, grow
 
 __all__ = ["CompressedGossip"]
@@ -74,8 +74,6 @@ class CompressedGossip(LengthsFirst):
         progress: str = "test",
     ) -> None:
         super().__init__(trace, progress)
-        if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1] (got {gamma})")
         if not schedule.static:
             raise ValueError(
                 "compressed gossip needs a static topology (a time-varying W would need copies "
@@ -88,15 +86,10 @@ class CompressedGossip(LengthsFirst):
         self.comm, self.rank, self.codec, self.xp = comm, rank, codec, xp
         self.size, self.dtype = int(x0.size), np.dtype(x0.dtype)
         top = schedule.at(0)
-        w_in = sorted(top.weights_from(rank).items())
-        sw = top.self_weight(rank)
-        if gamma != 1.0:
-            sw = 1.0 - gamma * (1.0 - sw)
-            w_in = [(j, gamma * w) for j, w in w_in]
-        self.self_weight, self.w_in = sw, w_in
-        self.peers = [j for j, _ in w_in]
+        self.self_weight, self.w_in = mixing_row(top, rank, gamma)
+        self.peers = [j for j, _ in self.w_in]
         self.outs = list(top.out_neighbors(rank))
-        k = len(w_in)
+        k = len(self.w_in)
         self.own = xp.array(x0, copy=True)
         self.copies = xp.empty((max(k, 1), self.size), dtype=self.dtype)
         self._half = xp.empty(self.size, dtype=self.dtype)
@@ -112,13 +105,16 @@ class CompressedGossip(LengthsFirst):
         self._exchange_initial(x0)
 
     def _exchange_initial(self, x0: Array) -> None:
-        """copies[j] <- x0 of in-neighbour j (one uncompressed exchange, blocking)."""
+        """copies[j] <- x0 of in-neighbour j (one uncompressed exchange, blocking; into
+        the copies directly on the host, through one host buffer for device copies)."""
         host = np.ascontiguousarray(to_host(x0))
-        recv = np.empty((max(len(self.peers), 1), self.size), dtype=self.dtype)
+        on_host = isinstance(self.copies, np.ndarray)
+        recv = self.copies if on_host else np.empty(self.copies.shape, dtype=self.dtype)
         reqs = [self.comm.Irecv(recv[i], source=j, tag=_TAG_INIT) for i, j in enumerate(self.peers)]
         reqs += [self.comm.Isend(host, dest=j, tag=_TAG_INIT) for j in self.outs]
         MPI.Request.Waitall(reqs)
-        self.copies[...] = self.xp.asarray(recv)
+        if not on_host:
+            self.copies.set(recv)
 
     def difference(self, x: Array) -> Array:
         """x~^(m) - x_half (lines 7-8 before Q), in the protocol's scratch buffer."""
@@ -132,13 +128,11 @@ class CompressedGossip(LengthsFirst):
         xp.subtract(self.own, half, out=half)
         return half
 
-    def start(self, x: Array, step: int = 0, *, snapshot: bool = False) -> None:
+    def start(self, x: Array, step: int = 0, *, snapshot: bool = False, round: int | None = None) -> None:
         """Compute g^(m) = Q(x~^(m) - x_half) from the local model ``x`` and post the
-        round (``snapshot`` is implied: ``x`` is not read after ``start``)."""
-        if x.shape != (self.size,) or x.dtype != self.dtype:
-            raise ValueError(
-                f"{self.name} expects a flat array of {self.size} {self.dtype} values (got {x.shape} {x.dtype})"
-            )
+        round (``snapshot`` is implied: ``x`` is not read after ``start``; ``round`` is
+        accepted as :class:`Gossip` takes it, and unused: the topology is static)."""
+        self._check(x)
         self._begin(step)
         t0 = self.trace.now()
         payload = self.codec.encode(self.difference(x))

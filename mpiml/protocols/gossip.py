@@ -38,9 +38,22 @@ from ..backend import Array, Staging, axpy
 from ..io.trace import Trace
 from .base import Protocol
 
-__all__ = ["Gossip", "check_workers"]
+__all__ = ["Gossip", "check_workers", "mixing_row"]
 
 _TAG = 0x6055
+
+
+def mixing_row(top: Any, rank: int, gamma: float = 1.0) -> tuple[float, list[tuple[int, float]]]:
+    """Row ``rank`` of W' = (1 - gamma) I + gamma W (MixML's slack matrix; gamma = 1 is W):
+    the self weight and the (in-neighbour, weight) pairs in ascending neighbour order."""
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1] (got {gamma})")
+    w_in = sorted(top.weights_from(rank).items())
+    sw = top.self_weight(rank)
+    if gamma != 1.0:
+        sw = 1.0 - gamma * (1.0 - sw)
+        w_in = [(j, gamma * w) for j, w in w_in]
+    return sw, w_in
 
 
 def check_workers(schedule: Any, comm: MPI.Comm) -> None:
@@ -71,8 +84,6 @@ class Gossip(Protocol):
         super().__init__(trace, progress)
         if method not in ("p2p", "neighbor"):
             raise ValueError(f"method must be 'p2p' or 'neighbor' (got {method!r})")
-        if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1] (got {gamma})")
         check_workers(schedule, comm)
         rank = comm.Get_rank()
         self.comm, self.rank, self.schedule = comm, rank, schedule
@@ -83,11 +94,7 @@ class Gossip(Protocol):
         self.plan: list[tuple[float, list[tuple[int, float]], list[int]]] = []
         for r in range(self.period):
             top = schedule.at(r)
-            w_in = sorted(top.weights_from(rank).items())
-            sw = top.self_weight(rank)
-            if gamma != 1.0:
-                sw = 1.0 - gamma * (1.0 - sw)
-                w_in = [(j, gamma * w) for j, w in w_in]
+            sw, w_in = mixing_row(top, rank, gamma)
             self.plan.append((sw, w_in, list(top.out_neighbors(rank))))
         max_in = max((len(p[1]) for p in self.plan), default=0)
         self.recvbuf = xp.empty((max(max_in, 1), size), dtype=self.dtype)
@@ -107,10 +114,7 @@ class Gossip(Protocol):
 
     def start(self, x: Array, step: int = 0, *, snapshot: bool = False, round: int | None = None) -> None:
         """Post gossip round ``round`` (default: ``step``) of ``x``."""
-        if x.shape != (self.size,) or x.dtype != self.dtype:
-            raise ValueError(
-                f"gossip expects a flat array of {self.size} {self.dtype} values (got {x.shape} {x.dtype})"
-            )
+        self._check(x)
         self._begin(step)
         self._round = (step if round is None else round) % self.period
         src = x

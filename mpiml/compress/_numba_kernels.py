@@ -24,6 +24,8 @@ its user-wide cache); ``nogil=True`` lets a progress thread run meanwhile. No
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -201,6 +203,19 @@ def _draw(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.asarray(rng.bit_generator.random_raw((n + 1) // 2), dtype="<u8").view("<u4")[:n]
 
 
+def _level_chunks(
+    x: np.ndarray, scale: np.ndarray, s: int, b: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """The signed levels of x, ``_CHUNK`` coordinates at a time, in one reused buffer
+    (the uniforms drawn chunk by chunk, in the reference's order)."""
+    d = x.size
+    z = np.empty(min(d, _CHUNK), np.int64)
+    for lo in range(0, d, _CHUNK):
+        u = _draw(rng, min(_CHUNK, d - lo))
+        _levels(x, scale, s, b, u, lo, z)
+        yield z[: u.size]
+
+
 def gamma_encode(x: np.ndarray, scale: np.ndarray, s: int, b: int, rng: np.random.Generator) -> np.ndarray:
     d = x.size
     if d == 0:
@@ -211,11 +226,8 @@ def gamma_encode(x: np.ndarray, scale: np.ndarray, s: int, b: int, rng: np.rando
     mbuf = np.empty((d * nmax + 7) // 8 + 8, np.uint8)
     sbuf = np.empty((d + 7) // 8 + 8, np.uint8)
     st = np.zeros(9, np.int64)
-    z = np.empty(min(d, _CHUNK), np.int64)
-    for lo in range(0, d, _CHUNK):
-        u = _draw(rng, min(_CHUNK, d - lo))
-        _levels(x, scale, s, b, u, lo, z)
-        _gamma_chunk(z[: u.size], ubuf, mbuf, sbuf, st)
+    for z in _level_chunks(x, scale, s, b, rng):
+        _gamma_chunk(z, ubuf, mbuf, sbuf, st)
     nbits = np.array([st[0] * 8 + st[2], st[3] * 8 + st[5], st[6] * 8 + st[8]], np.int64)
     return _concat((ubuf, mbuf, sbuf), nbits)
 
@@ -348,11 +360,8 @@ def fixed_encode(
     lbuf = np.empty((d * w + 7) // 8 + 8, np.uint8)
     sbuf = np.empty((d + 7) // 8 + 8, np.uint8)
     st = np.zeros(6, np.int64)
-    z = np.empty(min(d, _CHUNK), np.int64)
-    for lo in range(0, d, _CHUNK):
-        u = _draw(rng, min(_CHUNK, d - lo))
-        _levels(x, scale, s, b, u, lo, z)
-        _fixed_chunk(z[: u.size], w, lbuf, sbuf, st)
+    for z in _level_chunks(x, scale, s, b, rng):
+        _fixed_chunk(z, w, lbuf, sbuf, st)
     nbits = np.array([st[0] * 8 + st[2], st[3] * 8 + st[5]], np.int64)
     return _concat((lbuf, sbuf), nbits)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpiml.compress import build_codec
+from mpiml.compress import ErrorFeedback, build_codec
 from mpiml.protocols import AllReduce, CompressedAllReduce, CompressedGossip
 from mpiml.testing import assert_all
 from mpiml.topology import build_schedule
@@ -97,12 +97,16 @@ def test_split_phase_matches_blocking_and_allows_changing_x(comm: MPI.Comm, prog
 
 def test_start_twice_is_refused_before_the_codec_moves(comm: MPI.Comm) -> None:
     d = 1000
-    ef = build_codec("topk", ratio=0.1)
+    ef = ErrorFeedback(build_codec("topk", ratio=0.1))
     ar = CompressedAllReduce(comm, d, "float64", ef)
     x = _x(comm, d, "float64")
     ar.start(x)
+    residual = ef.residual.copy()
     with pytest.raises(RuntimeError, match="still in flight"):
-        ar.start(x)
+        ar.start(2.0 * x)
+    assert_all(
+        comm, np.array_equal(ef.residual, residual), "a refused start moved the error-feedback residual"
+    )
     ar.finish()
 
 

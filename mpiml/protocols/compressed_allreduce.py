@@ -76,6 +76,7 @@ class CompressedAllReduce(LengthsFirst):
         self._tmp = np.empty(size, dtype=self.dtype)
         self._len = np.zeros(1, dtype=np.int64)
         self._lens = np.zeros(self.n, dtype=np.int64)
+        self._displs = np.zeros(self.n, dtype=np.int64)  # where each rank's payload starts
         self._bytes = np.empty(0, dtype=np.uint8)
         self._payload = np.empty(0, dtype=np.uint8)
         self._phase = 0
@@ -98,14 +99,14 @@ class CompressedAllReduce(LengthsFirst):
         """Step 2: the lengths are known; post the Allgatherv of the payloads."""
         lens = self._lens
         self._bytes = grow(self._bytes, int(lens.sum()))
-        displs = np.cumsum(lens) - lens
-        recv = [self._bytes, (lens.tolist(), displs.tolist()), MPI.BYTE]
+        np.cumsum(lens[:-1], out=self._displs[1:])
+        recv = [self._bytes, (lens.tolist(), self._displs.tolist()), MPI.BYTE]
         self._reqs = [self.comm.Iallgatherv([self._payload, MPI.BYTE], recv)]
         self._phase = 1
 
     def payload(self, rank: int) -> np.ndarray:
         """Rank ``rank``'s payload of the last finished operation (a view)."""
-        off = int(self._lens[:rank].sum())
+        off = int(self._displs[rank])
         return self._bytes[off : off + int(self._lens[rank])]
 
     def finish(self, step: int | None = None) -> Array:

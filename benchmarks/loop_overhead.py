@@ -33,10 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mpiml.io import load_run  # noqa: E402
+from mpiml.kinds import kinds_in  # noqa: E402
 from mpiml.testing import launch_env, mpiexec_command  # noqa: E402
-
-TRACED = {"compute", "update", "allreduce", "wait", "merge"}  # not iallreduce: it overlaps compute
-WORK = TRACED | {"eval", "checkpoint"}
 
 
 def run_job(n: int, steps: int, out: Path, events: bool) -> float:
@@ -54,6 +52,10 @@ def run_job(n: int, steps: int, out: Path, events: bool) -> float:
 
 def overhead(run_dir: Path) -> dict[str, float]:
     run = load_run(run_dir)
+    # compute, update, merge, allreduce, wait; not the in_flight kinds (iallreduce): they overlap compute
+    traced_kinds = kinds_in("compute", "communication", "wait", kinds=run.kinds)
+    work_kinds = traced_kinds | kinds_in("bookkeeping", kinds=run.kinds)  # + eval, checkpoint
+    special_kinds = kinds_in("bookkeeping", kinds=run.kinds)
     plain, every, walls = [], [], []
     for ev in run.events.values():
         steps = ev["step"].astype(np.int64)
@@ -64,11 +66,11 @@ def overhead(run_dir: Path) -> dict[str, float]:
         for s, k, a, b in zip(steps, ev["kind"], ev["t_start"], ev["t_end"], strict=True):
             s = int(s)
             first.setdefault(s, a)
-            if k in TRACED:
+            if k in traced_kinds:
                 traced[s] = traced.get(s, 0.0) + (b - a)
-            if k in WORK:
+            if k in work_kinds:
                 work[s] = work.get(s, 0.0) + (b - a)
-            if k not in TRACED and k != "iallreduce":
+            if k in special_kinds:
                 special.add(s)
         for s in range(min(first) + 1, max(first)):  # the first step is warm-up
             if s + 1 not in first:

@@ -51,10 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mpiml.io import load_run  # noqa: E402
+from mpiml.kinds import kinds_in  # noqa: E402
 from mpiml.testing import launch_env, mpiexec_command  # noqa: E402
-
-COMPUTE = {"compute", "update", "merge"}
-BLOCKED = {"allreduce", "wait"}
 
 
 class Bench:
@@ -113,6 +111,8 @@ def split(run_dir: Path, steps: int, warmup: int) -> dict:
     ``warmup``'s first event to the start of step ``steps - 1``'s (the last step holds
     the evaluation), per rank, then averaged over ranks."""
     run = load_run(run_dir)
+    compute = sorted(kinds_in("compute", kinds=run.kinds))  # compute, update, merge
+    blocked_kinds = sorted(kinds_in("communication", "wait", kinds=run.kinds))  # blocking allreduce, wait
     per_rank = []
     allreduce = []
     for ev in run.events.values():
@@ -124,8 +124,8 @@ def split(run_dir: Path, steps: int, warmup: int) -> dict:
         wall = first[hi] - first[lo]
         kinds = ev["kind"]
         dur = ev["t_end"] - ev["t_start"]
-        comp = float(dur[window & np.isin(kinds, list(COMPUTE))].sum())
-        blocked = float(dur[window & np.isin(kinds, list(BLOCKED))].sum())
+        comp = float(dur[window & np.isin(kinds, compute)].sum())
+        blocked = float(dur[window & np.isin(kinds, blocked_kinds)].sum())
         per_rank.append((wall / n, comp / n, blocked / n))
         allreduce += list(dur[window & (kinds == "allreduce")]) + list(dur[window & (kinds == "iallreduce")])
     w, c, b = np.mean(per_rank, axis=0)

@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from mpiml.config import load_config  # noqa: E402
 from mpiml.io import load_run  # noqa: E402
+from mpiml.kinds import kinds_in  # noqa: E402
 from mpiml.mixing.svg import PALETTE  # noqa: E402
 from mpiml.trainer import train  # noqa: E402
 
@@ -67,7 +68,6 @@ ALGORITHMS: dict[str, tuple[list[str], str]] = {
     "gossip_k4": (["algorithm.name=gossip", "algorithm.period={tau}"], "gossip (ring)"),
     "dcd_psgd": (["algorithm.name=dpsgd", "compression.codec=qsgd"], "gossip (ring)"),
 }
-COMM_KINDS = ("allreduce", "callreduce", "gossip", "cgossip")
 
 
 def delivered_factor(kind: str, n: int) -> float:
@@ -75,7 +75,7 @@ def delivered_factor(kind: str, n: int) -> float:
     measurement): a ring AllReduce moves 2 (n-1)/n of the buffer out of each rank; an
     Allgatherv delivers each payload to the n - 1 others; a gossip round is already
     counted once per neighbour."""
-    return {"allreduce": 2 * (n - 1) / n, "callreduce": float(n - 1)}.get(kind, 1.0)
+    return {"allreduce": 2 * (n - 1) / n, "compressed_allreduce": float(n - 1)}.get(kind, 1.0)
 
 
 # the paper's §6.2 (Fig. 2; Table 1 for one transfer)
@@ -115,17 +115,19 @@ def one_run(
     acc, sent = run.metrics["accuracy"], run.metrics["bytes_sent"]
     assert np.array_equal(acc["step"], sent["step"])
     steps = np.asarray(acc["step"], dtype=np.int64)
-    # per-rank messages: the communication events and, where compressed, the payloads
+    # per-rank messages: the communication operations (the run's "communication" and
+    # "in_flight" kinds, one event per operation: not the per-message send/recv events,
+    # msg >= 0) and, where compressed, the payloads
+    ops = sorted(kinds_in("communication", "in_flight", kinds=run.kinds))
     kind, count, counted, payload = "", 0, 0, 0
     for r in range(n):
         ev = run.events[r]
         kinds = ev["kind"].astype(str)
-        for k in COMM_KINDS:
-            sel = kinds == k
-            if sel.any():
-                kind = k
-                count += int(sel.sum())
-                counted += int(ev["nbytes"][sel].sum())
+        sel = np.isin(kinds, ops) & (ev["msg"] < 0)
+        if sel.any():
+            kind = ",".join(sorted(set(kinds[sel].tolist())))  # one protocol per run
+            count += int(sel.sum())
+            counted += int(ev["nbytes"][sel].sum())
         enc = kinds == "encode"
         payload += int(ev["nbytes"][enc].sum()) if enc.any() else 0
     rounds = count / n
@@ -147,7 +149,7 @@ def one_run(
         "message_kind": kind,
         "rounds": rounds,
         "counted_bytes_per_message": per_msg,
-        "event_bytes": counted,  # sum of the events' nbytes: bytes_sent less the 8-byte lengths of callreduce
+        "event_bytes": counted,  # sum of the events' nbytes: bytes_sent less the 8-byte lengths of compressed_allreduce
         "payload_bytes": payload_b,
         "bits_per_coordinate": 8 * payload_b / d,
         "delivered_factor": delivered_factor(kind, n),

@@ -219,12 +219,27 @@ def test_info_reports_the_setup(tmp_path: Path) -> None:
 
 def test_pandas_and_h5py_read_the_run_file_as_it_is(tmp_path: Path) -> None:
     pd = pytest.importorskip("pandas", reason="pandas is in the test extra; install mpiml[test]")
-    assert _train(tmp_path, "--set", "run.steps=10", "--set", "run.eval_every=5")[0] == 0
+    # dpsgd on 2 ranks: a ring round each step, one send and one recv per step and rank
+    args = ("--set", "run.steps=10", "--set", "run.eval_every=5", "--set", "algorithm.name=dpsgd")
+    assert _train(tmp_path, *args)[0] == 0
     with h5py.File(tmp_path / "results" / "default" / "run.h5", "r") as f:
         events = pd.DataFrame(f["ranks/1/events"][()])
         loss = pd.DataFrame(f["metrics/loss"][()])
-    assert list(events.columns) == ["step", "kind", "t_start", "t_end", "nbytes", "peer"] and len(events) > 10
+        kinds = pd.DataFrame(f["kinds"][()])
+        schema, layout = f.attrs["schema"], f.attrs["layout"]
+    columns = ["step", "kind", "t_start", "t_end", "nbytes", "peer", "msg"]
+    assert list(events.columns) == columns and len(events) > 10
     assert list(loss["step"]) == [5, 10]
+    assert schema == "mpiml-run/2" and isinstance(layout, str)
+    # the kinds table: plain fixed-width byte strings, one row per kind
+    assert list(kinds.columns) == ["name", "category", "doc"]
+    cats = dict(zip(kinds["name"].str.decode("ascii"), kinds["category"].str.decode("ascii"), strict=True))
+    assert cats["send"] == cats["recv"] == cats["gossip"] == "in_flight" and cats["compute"] == "compute"
+    # rank 1's messages to (from) rank 0: ids 0..9, one per step
+    for kind in (b"send", b"recv"):
+        rows = events[events["kind"] == kind]
+        assert list(rows["msg"]) == list(range(10)) and set(rows["peer"]) == {0}, rows
+    assert set(events[~events["kind"].isin([b"send", b"recv"])]["msg"]) == {-1}
     shutil.rmtree(tmp_path / "results")
 
 
@@ -246,13 +261,28 @@ def test_h5dump_reads_the_run_file_through_its_links(tmp_path: Path) -> None:
         pytest.skip("h5dump not installed (Debian: apt-get install hdf5-tools; .ci/run installs it)")
     assert _train(tmp_path, "--set", "run.steps=4", "--set", "run.eval_every=2")[0] == 0
     out = subprocess.run(
-        [h5dump, "-d", "/ranks/1/events", str(tmp_path / "results" / "default" / "run.h5")],
+        [
+            h5dump,
+            "-d",
+            "/ranks/1/events",
+            "-d",
+            "/kinds",
+            "-a",
+            "/layout",
+            str(tmp_path / "results" / "default" / "run.h5"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
         cwd="/",
     )
     assert out.returncode == 0 and '"iallreduce' in out.stdout and 'H5T_STD_I64LE "step"' in out.stdout
+    assert (
+        'H5T_STD_I64LE "msg"' in out.stdout
+        and 'DATASET "/kinds"' in out.stdout
+        and '"in_flight' in out.stdout
+    )
+    assert 'ATTRIBUTE "layout"' in out.stdout
 
 
 def test_a_crash_loses_at_most_one_flush_interval(tmp_path: Path) -> None:

@@ -202,7 +202,7 @@ def test_trace_counts_the_bytes_actually_sent(comm: MPI.Comm, shared_tmp) -> Non
     if comm.Get_rank() == 0:
         n = comm.Get_size()
         d = runs["pr_sgd"].params.size
-        for alg, kind in (("qpr_sgd", "callreduce"), ("dqpr_sgd", "cgossip")):
+        for alg, kind in (("qpr_sgd", "compressed_allreduce"), ("dqpr_sgd", "compressed_gossip")):
             run = load_run(shared_tmp / f"bytes-{alg}")
             total = 0
             with h5py.File(shared_tmp / f"bytes-{alg}" / "run.h5", "r") as f:

@@ -15,7 +15,7 @@ import pytest
 
 import mpiml.plan.model as plan_model
 from mpiml.io import SCHEMA, load_run
-from mpiml.io.trace import EVENT_DTYPE
+from mpiml.kinds import table, table_dtype
 from mpiml.plan import (
     PRESETS,
     allreduce_time,
@@ -27,6 +27,7 @@ from mpiml.plan import (
     plan,
 )
 from mpiml.testing import run_ranks
+from mpiml.trace import EVENT_DTYPE
 
 # Table II of the paper, as printed: model -> (parameters, then per system
 # t_p, t_c tree, t_c butterfly, delay, tau), TITAN X @ 20 Gbit/s and K80 @ 10 Gbit/s
@@ -257,20 +258,44 @@ def test_cli_errors_are_clean(capsys: pytest.CaptureFixture[str], argv: list[str
     assert err.startswith("usage: mpiml plan")
 
 
+V1_EVENT_DTYPE = np.dtype(
+    [
+        ("step", "<i8"),
+        ("kind", "S16"),
+        ("t_start", "<f8"),
+        ("t_end", "<f8"),
+        ("nbytes", "<i8"),
+        ("peer", "<i4"),
+    ]
+)
+
+
 def _fake_run(
-    path: Path, events: dict[int, list[tuple]], config: dict, resumed: list[int] | None = None
+    path: Path,
+    events: dict[int, list[tuple]],
+    config: dict,
+    resumed: list[int] | None = None,
+    schema: int = 2,
+    kinds: np.ndarray | None = None,
 ) -> Path:
-    """A minimal mpiml-run/1 file with hand-written events (rank groups inline)."""
+    """A minimal run file with hand-written events (rank groups inline; rows without
+    ``msg``): schema 2 with the registry's ``/kinds`` (or ``kinds``), or schema 1."""
     with h5py.File(path, "w") as f:
-        f.attrs["schema"] = SCHEMA
+        f.attrs["schema"] = SCHEMA if schema == 2 else "mpiml-run/1"
         f.attrs["config"] = json.dumps(config)
         f.attrs["world_size"] = len(events)
         f.attrs["algorithm"] = config["algorithm"]["name"]
         if resumed:
             f.attrs["resumed_at_steps"] = np.array(resumed, dtype=np.int64)
         f.create_group("metrics")
+        if schema == 2:
+            f.create_dataset("kinds", data=table() if kinds is None else kinds)
         for r, rows in events.items():
-            f.create_dataset(f"ranks/{r}/events", data=np.array(rows, dtype=EVENT_DTYPE))
+            if schema == 2:
+                data = np.array([(*row, -1) for row in rows], dtype=EVENT_DTYPE)
+            else:
+                data = np.array(rows, dtype=V1_EVENT_DTYPE)
+            f.create_dataset(f"ranks/{r}/events", data=data)
     return path
 
 
@@ -293,6 +318,18 @@ def test_measured_step_times_by_hand(tmp_path: Path) -> None:
         "dasgd", 1, 4, 16, 2, 1)  # fmt: skip
     # a resume at step 2 leaves a gap between steps 1 and 2: that interval is not a step
     m = measured_step_times(_fake_run(tmp_path / "resumed.h5", {0: rows}, cfg, resumed=[2]))
+    assert m["step"] == pytest.approx(0.010)
+    # the same events in a schema-1 file (kind S16, no msg, no /kinds) measure the same
+    v1 = _fake_run(tmp_path / "v1.h5", {0: rows}, cfg, schema=1)
+    assert measured_step_times(v1) == measured_step_times(tmp_path / "run.h5")
+    # what is bookkeeping comes from the run file's own /kinds, not from a list of names:
+    # an unknown-to-this-code kind the file calls bookkeeping is left out of the step time
+    custom = np.array(
+        [*table().tolist(), (b"snapshot", b"bookkeeping", b"a kind this version never registered")],
+        dtype=table_dtype(128),
+    )
+    renamed = [(s, b"snapshot" if k == b"eval" else k, *rest) for s, k, *rest in rows]
+    m = measured_step_times(_fake_run(tmp_path / "custom.h5", {0: renamed}, cfg, kinds=custom))
     assert m["step"] == pytest.approx(0.010)
     # the run's own delay and tau drive --check's DaSGD prediction: t_p + max(0, t_c - d t_p)/tau
     p = plan(workers=1, local_batch=16, tp=m["t_p"], tc=m["t_c"], delay=1, tau=2)

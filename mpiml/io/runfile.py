@@ -1,15 +1,20 @@
 """The run file ``results/<run>/run.h5``: config, metrics, and per-rank event tables.
 
-Layout (schema ``mpiml-run/1``, documented in docs/run-file.md)::
+Layout (schema ``mpiml-run/2``, documented in docs/run-file.md)::
 
     run.h5                    written by rank 0
       attrs: schema, mpiml_version, config (JSON), world_size, mpi_library,
-             algorithm, started_at, clock
+             algorithm, started_at, clock, layout (JSON: each rank's role; "" if none)
+      /kinds                  the event kinds table: name S32, category S16, doc (UTF-8)
       /metrics/<name>         rows (step int64, time float64, value float64)
       /ranks/<r>              external link to ranks/rank-<r>.h5, group "/"
     ranks/rank-<r>.h5         written by rank r alone
       attrs: rank, host, clock_offset
-      /events                 rows of EVENT_DTYPE
+      /events                 rows of EVENT_DTYPE (with the message id ``msg``)
+
+Schema 1 had no ``layout``, no ``/kinds``, a ``kind`` of S16 and no ``msg`` column;
+:func:`mpiml.io.load_run` still reads it, and resuming a schema-1 run rewrites its
+tables in schema 2 (:func:`upgrade_events`).
 
 Every rank writes only its own file, so flushing never synchronises ranks and a
 crash of one rank cannot corrupt another's table; h5py follows the external
@@ -21,6 +26,7 @@ flushes every file is closed and consistent on disk.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import socket
 import sys
 from pathlib import Path
@@ -30,12 +36,43 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from .trace import EVENT_DTYPE
+from ..kinds import KINDS, table
+from ..trace import EVENT_DTYPE
 
-__all__ = ["METRIC_DTYPE", "SCHEMA", "RankFile", "RunFile", "rank_file_name"]
+__all__ = [
+    "METRIC_DTYPE",
+    "SCHEMA",
+    "SCHEMAS",
+    "RankFile",
+    "RunFile",
+    "rank_file_name",
+    "upgrade_events",
+]
 
-SCHEMA = "mpiml-run/1"
+SCHEMA = "mpiml-run/2"
+SCHEMAS = ("mpiml-run/1", SCHEMA)  # what load_run reads
 METRIC_DTYPE = np.dtype([("step", "<i8"), ("time", "<f8"), ("value", "<f8")])
+EVENT_DEFAULTS = {"msg": -1}  # columns a schema-1 table lacks, and their value there
+
+
+def upgrade_events(rows: np.ndarray) -> np.ndarray:
+    """An events table of an older schema as ``EVENT_DTYPE`` rows (kind widened,
+    ``msg`` -1 where there was none); ``rows`` itself if it is one already."""
+    if rows.dtype == EVENT_DTYPE:
+        return rows
+    out = np.empty(rows.shape, dtype=EVENT_DTYPE)
+    for name in EVENT_DTYPE.names or ():
+        out[name] = rows[name] if name in (rows.dtype.names or ()) else EVENT_DEFAULTS[name]
+    return out
+
+
+def _write_kinds(f: h5py.File) -> int:
+    """(Re)write ``/kinds`` from the registry; the number of kinds written."""
+    rows = table()
+    if "kinds" in f:
+        del f["kinds"]
+    f.create_dataset("kinds", data=rows)
+    return len(rows)
 
 
 def rank_file_name(rank: int) -> str:
@@ -102,6 +139,10 @@ class RankFile:
             f.attrs["rank"] = rank
             f.attrs["host"] = socket.gethostname()
             f.attrs["clock_offset"] = clock_offset
+            if "events" in f and f["events"].dtype != EVENT_DTYPE:  # an older schema's: rewrite
+                old = upgrade_events(f["events"][()])
+                del f["events"]
+                _append(_table(f, "events", EVENT_DTYPE), old)
             events = _table(f, "events", EVENT_DTYPE)
             if resume_step is not None:  # rows carry the 0-based index of the step they belong to
                 _truncate_after(events, resume_step - 1)
@@ -142,14 +183,30 @@ class RankFile:
 
 
 class RunFile:
-    """Rank 0's ``run.h5``: run attributes, metrics, and links to every rank's file.
+    """Rank 0's ``run.h5``: run attributes, metrics, the kinds table, and links to every
+    rank's file.
 
-    Like :class:`RankFile`, open only while a flush writes to it.
+    ``layout`` is JSON text describing each rank's role (stored as the root attribute
+    ``layout``; "" when the caller has none); it must parse as JSON. ``/kinds`` is the
+    registry's table (:func:`mpiml.kinds.table`), written at creation and rewritten at
+    a flush when kinds were registered since. Like :class:`RankFile`, open only while
+    a flush writes to it.
     """
 
     def __init__(
-        self, run_dir: Path, world_size: int, attrs: dict[str, Any], resume_step: int | None
+        self,
+        run_dir: Path,
+        world_size: int,
+        attrs: dict[str, Any],
+        resume_step: int | None,
+        *,
+        layout: str = "",
     ) -> None:
+        if layout:
+            try:
+                json.loads(layout)
+            except ValueError as exc:
+                raise ValueError(f"RunFile: layout must be JSON text ({exc})") from None
         self.path = run_dir / "run.h5"
         with _open(self.path, resume_step is not None) as f:
             if resume_step is None or "schema" not in f.attrs:  # new, or lost and re-created
@@ -161,6 +218,9 @@ class RunFile:
             for k, v in attrs.items():  # config etc. describe the latest segment (run.steps may grow)
                 if k != "started_unix":
                     f.attrs[k] = v
+            f.attrs["schema"] = SCHEMA  # a resumed schema-1 run: its rank files are upgraded too
+            f.attrs["layout"] = layout
+            self._n_kinds = _write_kinds(f)
             metrics = f.require_group("metrics")
             ranks = f.require_group("ranks")
             for r in range(world_size):
@@ -178,10 +238,13 @@ class RunFile:
         self._pending.setdefault(name, []).append((step, time, value))
 
     def flush(self) -> None:
-        if not self._pending:
+        grew = len(KINDS) != self._n_kinds
+        if not self._pending and not grew:
             return
         pending, self._pending = self._pending, {}
         with h5py.File(self.path, "a") as f:
+            if grew:
+                self._n_kinds = _write_kinds(f)
             for name, rows in pending.items():
                 _append(_table(f["metrics"], name, METRIC_DTYPE), np.array(rows, dtype=METRIC_DTYPE))
 

@@ -11,7 +11,6 @@ from typing import Any
 
 __all__ = ["measured_step_times"]
 
-_BOOKKEEPING = ("eval", "checkpoint", "flush")  # as Trace.split_totals: not training
 _AVERAGING = ("allreduce", "iallreduce")  # blocking, and split-phase (start to observed completion)
 
 
@@ -23,8 +22,9 @@ def measured_step_times(run_h5_path: str | Path) -> dict[str, Any]:
       (split-phase, DaSGD's average: start to *observed* completion, so an upper bound
       on the transfer) events; None without any;
     - ``step``: mean over ranks and steps of the time from one step's first event to
-      the next's, less evaluation and checkpoint time (``step_median`` likewise); the
-      last step and an interval that spans a resume are left out;
+      the next's, less evaluation and checkpoint time (the run's ``bookkeeping`` kinds;
+      ``step_median`` likewise); the last step and an interval that spans a resume are
+      left out;
     - ``wait``, ``merge``: mean ``wait`` and ``merge`` (DaSGD's x <- xi x + (1 - xi) avg)
       time per step; plus the run's algorithm, ranks, steps, local batch, tau and delay
       (None where the config has none).
@@ -32,8 +32,10 @@ def measured_step_times(run_h5_path: str | Path) -> dict[str, Any]:
     import numpy as np
 
     from ..io import load_run
+    from ..kinds import kinds_in
 
     run = load_run(run_h5_path)
+    bookkeeping = sorted(kinds_in("bookkeeping", kinds=run.kinds))  # not training (as Trace.split_totals)
     resumed = {int(s) for s in np.atleast_1d(run.attrs.get("resumed_at_steps", []))}
     tp, tc, nbytes, steps_wall, waits, merges, n_steps = [], [], [], [], [], [], 0
     for ev in run.events.values():
@@ -47,7 +49,7 @@ def measured_step_times(run_h5_path: str | Path) -> dict[str, Any]:
         averaging = np.isin(kind, _AVERAGING)
         tc.append(dur[averaging])
         nbytes.append(ev["nbytes"][averaging])
-        train = ~np.isin(kind, _BOOKKEEPING)
+        train = ~np.isin(kind, bookkeeping)
         if not train.any():
             continue
         uniq = np.unique(step[train])

@@ -21,10 +21,16 @@ import numpy as np
 from mpi4py import MPI
 
 from ..backend import Array, Staging
-from ..io.trace import Trace
+from ..kinds import register_kind
+from ..trace import Trace
 from .base import Protocol
 
 __all__ = ["AllReduce"]
+
+ALLREDUCE = register_kind("allreduce", "communication", "a blocking AllReduce; nbytes = payload")
+IALLREDUCE = register_kind(
+    "iallreduce", "in_flight", "a split-phase AllReduce, start to observed completion; nbytes = payload"
+)
 
 
 class AllReduce(Protocol):
@@ -73,7 +79,7 @@ class AllReduce(Protocol):
         self.staging.finish_recv(self.recvbuf, "recv")
         self._scale()
         t1 = self.trace.now()
-        self.trace.record(step, "allreduce", t0, t1, x.nbytes)
+        self.trace.record(step, ALLREDUCE, t0, t1, x.nbytes)
         self.trace.sent(x.nbytes)
         return self.recvbuf
 
@@ -100,5 +106,5 @@ class AllReduce(Protocol):
         blocked = self.trace.now() - t0
         self.staging.finish_recv(self.recvbuf, "recv")
         self._scale()
-        self._done("iallreduce", self.recvbuf.nbytes, step, t0, blocked)
+        self._done(IALLREDUCE, self.recvbuf.nbytes, step, t0, blocked)
         return self.recvbuf

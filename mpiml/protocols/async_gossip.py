@@ -24,7 +24,9 @@ once its accumulate is complete at the target), a last drain so no mass is left 
 a window, then the windows are freed. A rank that finishes early waits in the
 barrier, where its MPI library keeps serving the others' pushes.
 
-Trace: ``push`` (peer, nbytes) and ``drain`` events; per exchange a row in the
+Trace: ``push`` (peer, nbytes) and ``drain`` events (``msg`` -1: a push is one-sided,
+and a drain takes the sum of every push since the last, so no receive pairs with a
+push); per exchange a row in the
 ``exchanges`` table: (step, peer, age) where the age of a drain is this rank's step
 minus the mean step at which the drained pushes were sent (how old the peers'
 copies were), and -1 when nothing had arrived.
@@ -37,10 +39,16 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from ..io.trace import Trace
+from ..kinds import register_kind
+from ..trace import Trace
 from .gossip import check_workers
 
 __all__ = ["EXCHANGE_DTYPE", "AsyncGossip"]
+
+PUSH = register_kind(
+    "push", "communication", "push-sum: half the mass accumulated into a peer's window; peer, nbytes"
+)
+DRAIN = register_kind("drain", "communication", "push-sum: taking the mass pushed to this rank's windows")
 
 EXCHANGE_DTYPE = np.dtype([("step", "<i8"), ("peer", "<i4"), ("pushes", "<i4"), ("age", "<f8")])
 
@@ -114,7 +122,7 @@ class AsyncGossip:
             age = step - step_sum / pushes
         else:
             age = -1.0
-        self.trace.record(step, "drain", t0, self.trace.now(), 0 if pushes == 0 else self.got.nbytes)
+        self.trace.record(step, DRAIN, t0, self.trace.now(), 0 if pushes == 0 else self.got.nbytes)
         self.trace.add_row("exchanges", EXCHANGE_DTYPE, (step, -1, int(pushes), age))
 
     def push(self, z: np.ndarray, step: int) -> int:
@@ -133,7 +141,7 @@ class AsyncGossip:
         self.win_m.Accumulate(self.meta_send, peer, op=MPI.SUM)
         self.win_m.Unlock(peer)
         self.win_x.Unlock(peer)
-        self.trace.record(step, "push", t0, self.trace.now(), self.half.nbytes, peer)
+        self.trace.record(step, PUSH, t0, self.trace.now(), self.half.nbytes, peer)
         self.trace.sent(self.half.nbytes + self.meta_send.nbytes)
         self.trace.add_row("exchanges", EXCHANGE_DTYPE, (step, peer, 0, 0.0))
         return peer

@@ -15,10 +15,53 @@ import numpy as np
 from mpi4py import MPI
 
 from ..backend import Array
-from ..io.trace import Trace
+from ..kinds import register_kind
+from ..trace import Trace
 from .progress import MODES, ProgressThread
 
-__all__ = ["Protocol"]
+__all__ = ["RECV", "SEND", "WAIT", "Messages", "Protocol"]
+
+WAIT = register_kind("wait", "wait", "time blocked in a split-phase finish, at the step that finished it")
+# a posted Isend/Irecv is under way while the rank does other work, from its post to its
+# observed completion: in flight, like the round that holds it
+SEND = register_kind(
+    "send", "in_flight", "one point-to-point message sent: post to observed completion; peer = destination"
+)
+RECV = register_kind(
+    "recv", "in_flight", "one point-to-point message received: post to observed completion; peer = source"
+)
+
+
+class Messages:
+    """Message ids of one point-to-point channel of a protocol (its communicator and
+    tags), for ``send`` and ``recv`` events that pair up by (source, destination, msg).
+
+    ``sent[j]`` counts the messages this rank has sent to rank j on the channel,
+    ``received[j]`` those it has received from j (int64 arrays allocated once, one
+    entry per rank of the communicator). MPI's non-overtaking rule says two messages
+    from one sender to one receiver on one (communicator, tag) are received in the
+    order they were sent, so the sender's k-th message to j is j's k-th receive from
+    the sender: both carry ``msg`` = k. A protocol whose one logical message is
+    several MPI messages (a length, then a payload) records it once and counts it once.
+    The counts start at 0 with the protocol (a resumed run restarts them).
+    """
+
+    __slots__ = ("received", "sent", "trace")
+
+    def __init__(self, trace: Trace, n: int) -> None:
+        self.trace = trace
+        self.sent = np.zeros(n, dtype=np.int64)
+        self.received = np.zeros(n, dtype=np.int64)
+
+    def send(self, step: int, dest: int, t_start: float, t_end: float, nbytes: int) -> None:
+        k = int(self.sent[dest])
+        self.sent[dest] = k + 1
+        self.trace.message(step, SEND, t_start, t_end, nbytes, dest, k)
+
+    def recv(self, step: int, source: int, t_start: float, t_end: float, nbytes: int) -> None:
+        k = int(self.received[source])
+        self.received[source] = k + 1
+        self.trace.message(step, RECV, t_start, t_end, nbytes, source, k)
 
 
 class Protocol(ABC):
@@ -119,7 +162,7 @@ class Protocol(ABC):
         assert self._t_done is not None
         self.trace.record(self.step, kind, self._t_start, self._t_done, nbytes)
         self.trace.close(self._span)
-        self.trace.record(self.step if step is None else step, "wait", t_wait, t_wait + blocked)
+        self.trace.record(self.step if step is None else step, WAIT, t_wait, t_wait + blocked)
 
     @abstractmethod
     def start(self, x: Array, step: int = 0, *, snapshot: bool = False) -> None:

@@ -40,10 +40,17 @@ from mpi4py import MPI
 
 from ..backend import Array
 from ..compress import Codec
-from ..io.trace import Trace
-from .lengths_first import LengthsFirst, grow
+from ..kinds import register_kind
+from ..trace import Trace
+from .lengths_first import DECODE, ENCODE, LengthsFirst, grow
 
 __all__ = ["CompressedAllReduce"]
+
+COMPRESSED_ALLREDUCE = register_kind(
+    "compressed_allreduce",
+    "in_flight",
+    "a compressed AllReduce (lengths, then Allgatherv of payloads), start to observed completion",
+)
 
 
 class CompressedAllReduce(LengthsFirst):
@@ -88,7 +95,7 @@ class CompressedAllReduce(LengthsFirst):
         t0 = self.trace.now()
         self._payload = self.codec.encode(x)
         t1 = self.trace.now()
-        self.trace.record(step, "encode", t0, t1, int(self._payload.size))
+        self.trace.record(step, ENCODE, t0, t1, int(self._payload.size))
         self._t_start = t1
         self._len[0] = self._payload.size
         self._phase = 0
@@ -127,6 +134,6 @@ class CompressedAllReduce(LengthsFirst):
             acc /= self.n  # divide, not multiply by 1/n, as AllReduce does
         if acc is not self.recvbuf:
             self.recvbuf.set(acc)  # cupy: one host-to-device copy
-        self.trace.record(self.step if step is None else step, "decode", t1, self.trace.now())
-        self._done("callreduce", int(self._payload.size), step, t0, blocked)
+        self.trace.record(self.step if step is None else step, DECODE, t1, self.trace.now())
+        self._done(COMPRESSED_ALLREDUCE, int(self._payload.size), step, t0, blocked)
         return self.recvbuf

@@ -32,7 +32,14 @@ posted its receive yet. Rounds never overlap, so two tags suffice.
 Static topologies only (a time-varying W would need copies of every model any round
 ever mixes; mpiml refuses it). Slack gamma works: W' = (1 - gamma) I + gamma W.
 Events: ``encode``, ``compressed_gossip`` (start to observed completion, nbytes =
-bytes sent: out-degree x (payload + 8)), ``decode``, ``wait``.
+bytes sent: out-degree x (payload + 8)), ``decode``, ``wait``, and per message a
+``send`` per out-neighbour and a ``recv`` per in-neighbour (post to the round's
+observed completion; nbytes = payload + 8: the length and the payload are one
+message, counted once), with ``msg`` = the running count of rounds' messages to (from)
+that peer. They pair up by (source, destination, msg): each round sends one length
+and one payload per pair, on two tags, and on one (comm, tag) MPI never lets a message
+overtake an earlier one from the same sender; rounds never overlap. The initial
+uncompressed exchange at construction is not traced.
 """
 
 from __future__ import annotations
@@ -44,15 +51,23 @@ from mpi4py import MPI
 
 from ..backend import Array, to_host
 from ..compress import Codec
-from ..io.trace import Trace
+from ..kinds import register_kind
+from ..trace import Trace
+from .base import Messages
 from .gossip import check_workers, mixing_row
-from .lengths_first import LengthsFirst, grow
+from .lengths_first import DECODE, ENCODE, LengthsFirst, grow
 
 __all__ = ["CompressedGossip"]
 
 _TAG_LEN = 0x6056
 _TAG_PAYLOAD = 0x6057
 _TAG_INIT = 0x6058
+
+COMPRESSED_GOSSIP = register_kind(
+    "compressed_gossip",
+    "in_flight",
+    "a compressed gossip round (DCD), start to observed completion; nbytes = out-degree x (payload + 8)",
+)
 
 
 class CompressedGossip(LengthsFirst):
@@ -102,6 +117,7 @@ class CompressedGossip(LengthsFirst):
         self._payload = np.empty(0, dtype=np.uint8)
         self._sends: list[MPI.Request] = []
         self._phase = 0
+        self.messages = Messages(self.trace, comm.Get_size())
         self._exchange_initial(x0)
 
     def _exchange_initial(self, x0: Array) -> None:
@@ -139,7 +155,7 @@ class CompressedGossip(LengthsFirst):
         self.codec.decode(payload, out=self._g)  # what every copy of x~^(m) will subtract
         self._payload = payload
         t1 = self.trace.now()
-        self.trace.record(step, "encode", t0, t1, int(payload.size))
+        self.trace.record(step, ENCODE, t0, t1, int(payload.size))
         self._t_start = t1
         self._len[0] = payload.size
         self._phase = 0
@@ -177,8 +193,14 @@ class CompressedGossip(LengthsFirst):
         for i in range(len(self.peers)):
             self.codec.decode(self._rbufs[i][: int(self._lens[i])], out=self._g)
             self._subtract(self.copies[i])
-        self.trace.record(self.step if step is None else step, "decode", t1, self.trace.now())
-        self._done("cgossip", len(self.outs) * (int(self._payload.size) + 8), step, t0, blocked)
+        self.trace.record(self.step if step is None else step, DECODE, t1, self.trace.now())
+        assert self._t_done is not None
+        t_post, t_done, msgs, sent = self._t_start, self._t_done, self.messages, int(self._payload.size) + 8
+        for i, j in enumerate(self.peers):  # in the order the receives were posted
+            msgs.recv(self.step, j, t_post, t_done, int(self._lens[i]) + 8)
+        for j in self.outs:  # in the order the sends were posted
+            msgs.send(self.step, j, t_post, t_done, sent)
+        self._done(COMPRESSED_GOSSIP, len(self.outs) * sent, step, t0, blocked)
         self._sends = []
         return self.own
 

@@ -24,7 +24,16 @@ Time-varying topologies (one-peer exponential) give a different W at each round:
 Receive buffers are allocated once (max in-degree over the schedule's period).
 Split-phase like every protocol: ``start`` posts the round, ``test`` progresses it,
 ``finish`` waits and mixes. Events: ``gossip`` (start to observed completion,
-nbytes = bytes sent, recorded at the start step), ``wait`` (blocked in finish).
+nbytes = bytes sent, recorded at the start step), ``wait`` (blocked in finish), and
+per message (both transports) a ``send`` per out-neighbour and a ``recv`` per
+in-neighbour, from the post to the observed completion (a p2p receive into host
+buffers: when its own wait returned; otherwise the round's completion), nbytes = the
+buffer, ``msg`` = the running count of messages to (from) that peer
+(:class:`mpiml.protocols.base.Messages`). They pair up by (source, destination, msg):
+p2p rounds use one (comm, tag), on which MPI never lets a message overtake an earlier
+one from the same sender, and rounds never overlap; a neighbourhood collective is
+matched in the order the rounds are issued on every rank, each round completing
+before the next starts, so the k-th message from i to j is j's k-th from i either way.
 """
 
 from __future__ import annotations
@@ -35,12 +44,17 @@ import numpy as np
 from mpi4py import MPI
 
 from ..backend import Array, Staging, axpy
-from ..io.trace import Trace
-from .base import Protocol
+from ..kinds import register_kind
+from ..trace import Trace
+from .base import Messages, Protocol
 
 __all__ = ["Gossip", "check_workers", "mixing_row"]
 
 _TAG = 0x6055
+
+GOSSIP = register_kind(
+    "gossip", "in_flight", "a gossip round, start to observed completion; nbytes = bytes sent"
+)
 
 
 def mixing_row(top: Any, rank: int, gamma: float = 1.0) -> tuple[float, list[tuple[int, float]]]:
@@ -111,6 +125,9 @@ class Gossip(Protocol):
                 )
         self._round = 0
         self._src: Array | None = None
+        self.messages = Messages(self.trace, comm.Get_size())
+        self._t_post = 0.0
+        self._t_recv = np.zeros(max(max_in, 1))  # each receive's observed completion (p2p, in order)
 
     def start(self, x: Array, step: int = 0, *, snapshot: bool = False, round: int | None = None) -> None:
         """Post gossip round ``round`` (default: ``step``) of ``x``."""
@@ -128,6 +145,7 @@ class Gossip(Protocol):
         send = self.staging.send_view(src, "send")
         k = len(w_in)
         recv = self.staging.recv_view(self.recvbuf, "recv")
+        self._t_post = self.trace.now()
         if self.method == "neighbor":
             reqs = [self.graphs[self._round].Ineighbor_allgather(send, recv[:k])]
         else:
@@ -157,9 +175,17 @@ class Gossip(Protocol):
             if in_order:
                 tw = self.trace.now()
                 self._reqs[i].Wait()
-                blocked += self.trace.now() - tw
+                t_recv = self.trace.now()
+                blocked += t_recv - tw
+                self._t_recv[i] = t_recv
             axpy(w, self.recvbuf[i], out, self._tmp)
         if in_order:
             blocked += self._wait_all()  # the sends
-        self._done("gossip", len(outs) * src.nbytes, step, t0, blocked)
+        assert self._t_done is not None
+        t_post, t_done, nbytes, msgs = self._t_post, self._t_done, src.nbytes, self.messages
+        for i, (j, _) in enumerate(w_in):  # in the order the receives were posted
+            msgs.recv(self.step, j, t_post, float(self._t_recv[i]) if in_order else t_done, nbytes)
+        for j in outs:  # in the order the sends were posted
+            msgs.send(self.step, j, t_post, t_done, nbytes)
+        self._done(GOSSIP, len(outs) * src.nbytes, step, t0, blocked)
         return out

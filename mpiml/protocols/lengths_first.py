@@ -17,9 +17,14 @@ from abc import abstractmethod
 import numpy as np
 from mpi4py import MPI
 
+from ..kinds import register_kind
 from .base import Protocol
 
-__all__ = ["LengthsFirst", "grow"]
+__all__ = ["DECODE", "ENCODE", "LengthsFirst", "grow"]
+
+# the compressed protocols' codec work (the rank computes; nothing moves meanwhile)
+ENCODE = register_kind("encode", "compute", "a codec encoding what this rank sends; nbytes = the payload")
+DECODE = register_kind("decode", "compute", "decoding the received payloads and applying them")
 
 
 def grow(buf: np.ndarray, nbytes: int) -> np.ndarray:

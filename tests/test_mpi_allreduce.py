@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -10,8 +11,17 @@ from mpi4py import MPI
 
 from mpiml.protocols import AllReduce
 from mpiml.testing import assert_all
+from mpiml.trace import Trace
 
 pytestmark = pytest.mark.mpi(min_size=2)
+
+# How long the main thread sleeps while an operation is in flight. A working progress
+# thread (it tests every 0.5 ms) completes one in milliseconds; the patience is only
+# an upper bound for a loaded machine, and the sleep ends as soon as it is complete.
+THREAD_PATIENCE = 30.0
+# 'none' cannot complete anything before finish, however long the rank sleeps: the
+# control needs no more than a sleep far longer than the thread needs.
+NONE_SLEEP = 0.5
 
 
 def _inputs(comm: MPI.Comm, size: int, dtype: str) -> list[np.ndarray]:
@@ -93,7 +103,7 @@ def test_start_twice_is_an_error_and_wrong_shape_is_named(comm: MPI.Comm) -> Non
 
 
 def test_traces_allreduce_and_wait(comm: MPI.Comm) -> None:
-    from mpiml.io.trace import Trace
+    from mpiml.trace import Trace
 
     tr = Trace()
     ar = AllReduce(comm, 100, np.float32, trace=tr)
@@ -111,3 +121,49 @@ def test_traces_allreduce_and_wait(comm: MPI.Comm) -> None:
         and tr.bytes_sent == 800
     )
     assert_all(comm, ok and bool(np.all(rows["t_end"] >= rows["t_start"])), f"{rows}")
+
+
+def _sleep_until(done: Callable[[], bool], patience: float) -> bool:
+    """Sleep in short naps, making no MPI call in this thread, until ``done()`` or
+    ``patience`` seconds; whether it was done. ``done`` is a protocol's ``test``, which
+    in the 'thread' and 'none' modes only reads what is known (no MPI call either)."""
+    deadline = time.monotonic() + patience
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("size", [1, 2**20])
+@pytest.mark.parametrize("progress", ["thread", "none"])
+def test_progress_thread_completes_the_operation_while_the_rank_sleeps(
+    comm: MPI.Comm, progress: str, size: int
+) -> None:
+    """With ``progress="thread"`` the operation completes while the main thread only
+    sleeps (no MPI call): ``test()`` reports what the thread saw, and the traced
+    ``iallreduce`` span ends before ``finish`` is called, for every operation (one
+    thread each). With 'none', the control, the same checks see it complete only
+    inside ``finish``. Fails if the progress thread is never started or never tests."""
+    rank, n = comm.Get_rank(), comm.Get_size()
+    tr = Trace()
+    ar = AllReduce(comm, size, np.float64, op="sum", trace=tr, progress=progress)
+    for rnd in range(2):
+        x = np.full(size, rank + 1.0 + rnd)
+        comm.Barrier()  # every rank posts its part at about the same time
+        ar.start(x, step=rnd)
+        seen = _sleep_until(ar.test, THREAD_PATIENCE if progress == "thread" else NONE_SLEEP)
+        finish_called = tr.now()
+        got = ar.finish()
+        rows = tr.take()
+        span = rows[rows["kind"] == b"iallreduce"]
+        ended_early = len(span) == 1 and bool(span["t_end"][0] < finish_called)
+        if progress == "thread":
+            ok = seen and ended_early
+            what = f"round {rnd}: not complete before finish (test() {seen}, span {span})"
+        else:
+            ok = not seen and len(span) == 1 and not ended_early
+            what = f"round {rnd}: 'none' completed before finish (test() {seen}, span {span})"
+        assert_all(comm, ok, what)
+        want = n * (n + 1) / 2 + n * rnd
+        assert_all(comm, bool(np.all(got == want)), f"round {rnd}: wrong sum")

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -11,8 +14,14 @@ from mpiml.compress import ErrorFeedback, build_codec
 from mpiml.protocols import AllReduce, CompressedAllReduce, CompressedGossip
 from mpiml.testing import assert_all
 from mpiml.topology import build_schedule
+from mpiml.trace import Trace
 
 pytestmark = pytest.mark.mpi(min_size=2)
+
+# How long the main thread sleeps while an operation is in flight: a working progress
+# thread needs milliseconds; the sleep ends as soon as the operation is complete.
+THREAD_PATIENCE = 30.0
+NONE_SLEEP = 0.5  # the control: 'none' cannot complete anything before finish
 
 
 def _x(comm: MPI.Comm, d: int, dtype: str, integer: bool = False, seed: int = 0) -> np.ndarray:
@@ -93,6 +102,58 @@ def test_split_phase_matches_blocking_and_allows_changing_x(comm: MPI.Comm, prog
         x = x * 0.5 + 1.0
     with pytest.raises(RuntimeError, match="without start"):
         split.finish()
+
+
+def _sleep_until(done: Callable[[], bool], patience: float) -> bool:
+    """Sleep in short naps, making no MPI call in this thread, until ``done()`` or
+    ``patience`` seconds; whether it was done. ``done`` is a protocol's ``test``, which
+    in the 'thread' and 'none' modes only reads what is known (no MPI call either)."""
+    deadline = time.monotonic() + patience
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("progress", ["thread", "none"])
+def test_progress_thread_drives_both_phases_while_the_rank_sleeps(comm: MPI.Comm, progress: str) -> None:
+    """With ``progress="thread"`` the thread alone takes the operation through both of
+    its steps while the main thread only sleeps (no MPI call): it receives the lengths,
+    posts the Allgatherv of the payloads (phase 1) and completes it, so ``test()`` says
+    done and the traced ``compressed_allreduce`` span ends before ``finish`` is called. With
+    'none', the control, the lengths are not even consumed (phase 0) until ``finish``.
+    Payload lengths differ by rank (qsgd), and the result must equal the blocking one.
+    Fails if the progress thread is never started, never tests, or stops after the
+    lengths."""
+    d = 200_003
+    tr = Trace()
+    c1, c2 = build_codec("qsgd"), build_codec("qsgd")
+    blocking = CompressedAllReduce(comm, d, "float32", c1)
+    split = CompressedAllReduce(comm, d, "float32", c2, trace=tr, progress=progress)
+    for rnd in range(2):  # one thread per operation: the second must be driven too
+        x = _x(comm, d, "float32", seed=20 + rnd)
+        c1.reseed([rnd, comm.Get_rank()])
+        c2.reseed([rnd, comm.Get_rank()])
+        want = blocking.run(x).copy()
+        comm.Barrier()  # every rank posts its length at about the same time
+        split.start(x, rnd)
+        seen = _sleep_until(split.test, THREAD_PATIENCE if progress == "thread" else NONE_SLEEP)
+        phase = split._phase
+        finish_called = tr.now()
+        got = split.finish()
+        rows = tr.take()
+        span = rows[rows["kind"] == b"compressed_allreduce"]
+        ended_early = len(span) == 1 and bool(span["t_end"][0] < finish_called)
+        state = f"test() {seen}, phase {phase}, span {span}"
+        if progress == "thread":
+            ok = seen and phase == 1 and ended_early
+            what = f"round {rnd}: not complete before finish ({state})"
+        else:
+            ok = not seen and phase == 0 and len(span) == 1 and not ended_early
+            what = f"round {rnd}: 'none' progressed before finish ({state})"
+        assert_all(comm, ok, what)
+        assert_all(comm, np.array_equal(got, want), f"round {rnd}: split-phase != blocking")
 
 
 def test_start_twice_is_refused_before_the_codec_moves(comm: MPI.Comm) -> None:

@@ -181,6 +181,66 @@ def test_merge_uses_only_completed_averages(comm: MPI.Comm, shared_tmp) -> None:
     assert_all(comm, not problems, "; ".join(problems))
 
 
+@pytest.mark.parametrize("codec", ["none", "qsgd"])
+@pytest.mark.parametrize("progress", ["thread", "none"])
+def test_progress_thread_completes_every_average_during_compute(
+    comm: MPI.Comm, shared_tmp, progress: str, codec: str
+) -> None:  # type: ignore[no-untyped-def]
+    """With ``algorithm.progress = 'thread'`` every average completes while the rank
+    computes its d local steps: the traced average span (``iallreduce``, or the
+    compressed AllReduce's) ends before the ``wait`` of its merge begins, i.e. before
+    ``finish`` is called. With 'none', the control, every one ends inside it. A span
+    ends when a test or wait of the protocol *observes* completion: in these modes only
+    the progress thread or ``finish`` does, whatever else calls MPI meanwhile.
+
+    The workload is the timed model (each step sleeps ``compute_ms``), and the run
+    evaluates right after each average starts (a collective: every rank has then posted
+    its part), so a working thread has the d * compute_ms = 0.4 s of two steps for
+    milliseconds of work. Fails if the progress thread is never started or never tests."""
+    tau, d, steps = 3, 2, 12
+    kinds = ["iallreduce"] if codec == "none" else ["compressed_allreduce"]  # the average's span
+    name = f"overlap-{progress}-{codec}"
+    cfg = _cfg(
+        name,
+        "model.name=timed",
+        "model.params=4096",
+        "model.compute_ms=200",
+        "algorithm.name=dasgd",
+        f"algorithm.tau={tau}",
+        f"algorithm.delay={d}",
+        f"algorithm.progress={progress}",
+        f"compression.codec={codec}",
+        f"run.steps={steps}",
+        f"run.eval_every={tau}",  # right after the step that starts an average
+    )
+    train(cfg, comm, out=shared_tmp, stream=NULL)
+    problems: list[str] = []
+    if comm.Get_rank() == 0:
+        ev = load_run(shared_tmp / name).events
+        want = [t for t in range(steps) if (t + 1 - d) % tau == 0 and t - d >= 0]
+        for r in range(comm.Get_size()):
+            e = ev[r]
+            k = e["kind"].astype(str)
+            merges, averages, waits = e[k == "merge"], e[np.isin(k, kinds)], e[k == "wait"]
+            if list(merges["step"]) != want:
+                problems.append(f"rank {r}: merges at {list(merges['step'])}, expected {want}")
+            for mg in merges:
+                av = averages[averages["step"] == mg["step"] - d]
+                wt = waits[waits["step"] == mg["step"]]
+                if len(av) != 1 or len(wt) != 1:
+                    problems.append(
+                        f"rank {r}: merge at {mg['step']} has {len(av)} averages, {len(wt)} waits"
+                    )
+                elif (av["t_end"][0] < wt["t_start"][0]) != (progress == "thread"):
+                    when = "inside" if progress == "thread" else "before"
+                    problems.append(
+                        f"rank {r}: the average merged at {mg['step']} completed {when} finish "
+                        f"(ended {av['t_end'][0]:.4f}, finish called {wt['t_start'][0]:.4f})"
+                    )
+    problems = comm.bcast(problems, root=0)
+    assert_all(comm, not problems, "; ".join(problems))
+
+
 def test_resume_mid_flight_ends_bit_for_bit(comm: MPI.Comm, shared_tmp) -> None:  # type: ignore[no-untyped-def]
     # tau = 4, d = 2: averages start at steps 3, 7, 11, ... and merge at 5, 9, 13, ...
     # Checkpoints every 5 steps: after step 4 (done = 5) the average of step 3 is in

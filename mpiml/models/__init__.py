@@ -5,9 +5,12 @@ from __future__ import annotations
 from .flat import ParamLayout
 from .linear import LinearRegression
 from .mlp import MLP
+from .partition import balanced_boundaries, layer_params, split
+from .stages import LinearStage, Stage
 from .timed import TimedModel
 
 __all__ = ["LinearRegression", "MLP", "ParamLayout", "TimedModel", "build_model"]
+__all__ += ["LinearStage", "Stage", "balanced_boundaries", "layer_params", "split"]
 
 Model = MLP | LinearRegression | TimedModel
 

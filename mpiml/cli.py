@@ -1,6 +1,7 @@
-"""The ``mpiml`` command: ``train``, ``info`` and ``plan``.
+"""The ``mpiml`` command: ``train``, ``layout``, ``info``, ``plan``, ``topology``, ``mixing``.
 
     mpiexec -n 4 mpiml train [JOB.toml] [--set section.key=value]... [--out DIR] [--resume | --auto-resume]
+    mpiml layout [JOB.toml] -n 8 [--set section.key=value]...
     mpiml info
     mpiml plan --preset resnet50-titanx | --tp MS --tc MS | --check results/RUN/run.h5
     mpiml topology ring --workers 8
@@ -65,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--print-job", action="store_true", help="print the validated job (every key) as TOML and exit"
     )
+    t.add_argument(
+        "--print-layout", action="store_true", help="print every rank's role on this many ranks and exit"
+    )
+    lay = sub.add_parser("layout", help="every rank's role for a job on N ranks (no MPI needed)")
+    lay.add_argument("job", nargs="?", help="job file (TOML); the embedded default job when omitted")
+    lay.add_argument("-n", type=int, required=True, metavar="N", help="number of ranks")
+    lay.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     sub.add_parser("info", help="MPI library, ranks, thread level, CUDA-aware, parallel HDF5, cupy")
     sub.add_parser("topology", help="a topology's W: degree, diameter, spectral gap rho", add_help=False)
     sub.add_parser("mixing", help="measure a protocol's mixing time (MixML), under mpiexec", add_help=False)
@@ -101,7 +109,14 @@ def _train(args: argparse.Namespace) -> int:
             if comm.Get_rank() == 0:
                 print(cfg.to_toml(), end="")
             return 0
-        from .trainer import train
+        if args.print_layout:
+            from .run import job_layout
+
+            _, layout = agree(comm, lambda: job_layout(cfg, comm.Get_size()))
+            if comm.Get_rank() == 0:
+                print(layout.describe())
+            return 0
+        from .run import train
 
         resume: bool | str = "auto" if args.auto_resume else args.resume
         result = train(cfg, comm, out=args.out, resume=resume, overwrite=args.overwrite)
@@ -111,6 +126,25 @@ def _train(args: argparse.Namespace) -> int:
         if not getattr(exc, "agreed", False):
             raise  # seen on this rank only: abort the job rather than leave others waiting
         return _fail(str(exc))  # raised on every rank by agree(): a clean exit everywhere
+    return 0
+
+
+def _layout(args: argparse.Namespace) -> int:
+    """Pure: the job's layout on ``-n`` ranks, with the rules that need it checked."""
+    from .config import load_config
+    from .errors import ConfigError
+    from .run.setup import job_layout
+
+    if args.n < 1:
+        print(f"mpiml: error: -n must be >= 1 (got {args.n})", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.job, args.overrides)
+        _, layout = job_layout(cfg, args.n)
+    except ConfigError as exc:
+        print(f"mpiml: error: {exc}", file=sys.stderr)
+        return 2
+    print(layout.describe())
     return 0
 
 
@@ -142,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(args)
     if args.command == "info":
         return _info()
+    if args.command == "layout":
+        return _layout(args)
     return 2  # pragma: no cover - argparse requires a command
 
 

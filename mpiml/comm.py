@@ -12,14 +12,18 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mpi4py import MPI
 
 from .errors import ConfigError
 
-__all__ = ["ConfigError", "agree", "default_comm", "install_abort_handler", "local_size"]
+if TYPE_CHECKING:
+    from .layout import Layout
+
+__all__ = ["Comms", "ConfigError", "agree", "default_comm", "install_abort_handler", "local_size", "split"]
 
 T = TypeVar("T")
 
@@ -80,6 +84,47 @@ def local_size(comm: MPI.Comm) -> int:
         return int(node.Get_size())
     finally:
         node.Free()
+
+
+@dataclass
+class Comms:
+    """The communicators of one rank, split from the layout once at set-up.
+
+    ``world``: mpiml's duplicate of COMM_WORLD (every rank; driver hooks that need all
+    ranks: checkpoints, the final barrier). ``peers``: the ranks holding the same
+    parameters as this one (``Layout.peers``; averaging protocols run here).
+    ``role``: the ranks of the same kind (metrics and evaluation of one role).
+    In a data-parallel layout all three hold every rank (three communicators, so
+    the algorithm's messages, evaluation and driver never share a context).
+    """
+
+    world: MPI.Comm
+    peers: MPI.Comm
+    role: MPI.Comm
+
+    def free(self) -> None:
+        """Free the split communicators (collective over world; ``world`` is kept)."""
+        for c in (self.peers, self.role):
+            if c != MPI.COMM_NULL:
+                c.Free()
+
+
+def split(world: MPI.Comm, layout: Layout) -> Comms:
+    """Split ``world`` by ``layout`` (collective over world, once, at set-up).
+
+    Ranks keep their relative order in every communicator (key = world rank), so rank
+    r of ``peers`` is the r-th peer in rank order, the same on every member.
+    """
+    if layout.size != world.Get_size():
+        raise ValueError(f"layout of {layout.size} ranks on a communicator of {world.Get_size()}")
+    from .layout import KINDS
+
+    rank = world.Get_rank()
+    peers = world.Split(min(layout.peers(rank)), rank)
+    peers.Set_name(f"mpiml-peers-{layout.roles[rank].kind}")
+    role = world.Split(KINDS.index(layout.roles[rank].kind), rank)
+    role.Set_name(f"mpiml-role-{layout.roles[rank].kind}")
+    return Comms(world, peers, role)
 
 
 _cleanups: list[Callable[[], None]] = []

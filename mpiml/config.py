@@ -19,7 +19,21 @@ from typing import Any
 from .errors import ConfigError
 from .optim import OPTIMIZERS
 
-__all__ = ["Config", "Field", "SCHEMA", "default_job_text", "load_config", "parse_set"]
+__all__ = [
+    "Config",
+    "Field",
+    "SCHEMA",
+    "Section",
+    "at_least",
+    "choice",
+    "default_job_text",
+    "field",
+    "load_config",
+    "parse_set",
+    "register_section",
+    "schema",
+    "within",
+]
 
 
 @dataclass(frozen=True)
@@ -31,52 +45,51 @@ class Field:
     rule: Callable[[Any], bool] | None = None
     allowed: str = ""  # how the rule reads in an error message
     doc: str = ""
+    resumable: bool = False  # may differ between a checkpoint's job and the job resuming it
 
 
-def _choice(*names: str) -> tuple[Callable[[Any], bool], str]:
+def choice(*names: str) -> tuple[Callable[[Any], bool], str]:
+    """A rule: the value is one of ``names`` (for :func:`field`)."""
     return (lambda v: v in names), "one of " + ", ".join(repr(n) for n in names)
 
 
-def _min(lo: float, strict: bool = False) -> tuple[Callable[[Any], bool], str]:
+_choice = choice
+
+
+def at_least(lo: float, strict: bool = False) -> tuple[Callable[[Any], bool], str]:
     if strict:
         return (lambda v: v > lo), f"> {lo}"
     return (lambda v: v >= lo), f">= {lo}"
 
 
-def _range(lo: float, hi: float, hi_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+def within(lo: float, hi: float, hi_open: bool = False) -> tuple[Callable[[Any], bool], str]:
     if hi_open:
         return (lambda v: lo <= v < hi), f"in [{lo}, {hi})"
     return (lambda v: lo <= v <= hi), f"in [{lo}, {hi}]"
 
 
-def _f(
-    type_: str, default: Any, rule: tuple[Callable[[Any], bool], str] | None = None, doc: str = ""
+def field(
+    type_: str,
+    default: Any,
+    rule: tuple[Callable[[Any], bool], str] | None = None,
+    doc: str = "",
+    *,
+    resumable: bool = False,
 ) -> Field:
+    """A :class:`Field` from a type, a default, a rule made by :func:`choice`,
+    :func:`at_least` or :func:`within` (or any (predicate, text) pair) and a doc line."""
     if rule is None:
-        return Field(type_, default, None, "", doc)
-    return Field(type_, default, rule[0], rule[1], doc)
+        return Field(type_, default, None, "", doc, resumable)
+    return Field(type_, default, rule[0], rule[1], doc, resumable)
 
 
-ALGORITHMS = (
-    "sgd",
-    "local_sgd",
-    "dasgd",
-    "dpsgd",
-    "gossip",
-    "async_gossip",
-    "qsgd",
-    "pr_sgd",
-    "qpr_sgd",
-    "dqpr_sgd",
-)
-# The codecs of mpiml.compress (a test keeps the two lists equal; not imported here so
-# that reading a job stays cheap). "auto": qsgd for the quantized algorithms, else none.
-CODECS = ("identity", "fp16", "bf16", "sign", "topk", "randk", "qsgd", "qsgd_fixed")
-QUANTIZED = ("qsgd", "qpr_sgd", "dqpr_sgd")  # algorithms that exist to compress
-COMPRESSIBLE = ("sgd", "local_sgd", "dasgd", "dpsgd", "gossip", *QUANTIZED)
-PROGRESS_MODES = ("test", "thread", "library", "none")
+_f, _min, _range = field, at_least, within
 
-SCHEMA: dict[str, dict[str, Field]] = {
+
+# Sections every job has. Sections that belong to a plug-in ([algorithm] from the
+# registered algorithms, [compression] from the codecs) are added by their owners
+# with register_section() when the packages in _PLUGINS are imported.
+_SECTIONS: dict[str, dict[str, Field]] = {  # noqa: RUF012 - filled by register_section
     "run": {
         "name": _f(
             "str",
@@ -86,82 +99,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
                 "a non-empty folder name without '/'",
             ),
             "run folder under --out",
+            resumable=True,
         ),
         "seed": _f("int", 0, _min(0), "run seed; rank r uses (seed, r)"),
-        "steps": _f("int", 600, _min(1), "training steps per rank"),
-        "eval_every": _f("int", 50, _min(1), "steps between evaluations and progress lines"),
+        "steps": _f("int", 600, _min(1), "training steps per rank", resumable=True),
+        "eval_every": _f("int", 50, _min(1), "steps between evaluations and progress lines", resumable=True),
         "world_size": _f("int", 0, _min(0), "required number of ranks (0: any)"),
         "threads": _f("int", 0, _min(0), "BLAS threads per rank (0: cores on the node / ranks on the node)"),
-    },
-    "algorithm": {
-        "name": _f("str", "sgd", _choice(*ALGORITHMS), "the training algorithm"),
-        "tau": _f(
-            "int",
-            4,
-            _min(1),
-            "local_sgd, dasgd, pr_sgd, qpr_sgd, dqpr_sgd: local steps between averages "
-            "(DaSGD's tau, Quantized-PR-SGD's K)",
-        ),
-        "delay": _f(
-            "int",
-            1,
-            _min(0),
-            "dasgd: local steps d between starting an average and merging it (0 <= d < tau; eq. 2)",
-        ),
-        "xi": _f(
-            "float",
-            0.25,
-            _range(0.0, 1.0),
-            "dasgd: share xi of the local model at a merge, x = xi x_local + (1 - xi) average (eq. 2)",
-        ),
-        "topology": _f(
-            "str",
-            "ring",
-            (lambda v: v != "", "a topology name (mpiml topology --list) or a .toml file"),
-            "dpsgd, gossip, async_gossip, dqpr_sgd: the graph and weights W (docs/topologies.md)",
-        ),
-        "period": _f(
-            "int", 1, _min(1), "gossip, async_gossip: local steps between gossip rounds (exchanges)"
-        ),
-        "gamma": _f(
-            "float",
-            1.0,
-            (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
-            "dpsgd, gossip: slack gamma, x_i + gamma sum_j W_ij (x_j - x_i) (MixML §6; 1: plain gossip)",
-        ),
-        "gossip_method": _f(
-            "str",
-            "p2p",
-            _choice("p2p", "neighbor"),
-            "dpsgd, gossip: Isend/Irecv pairs or MPI_Ineighbor_allgather on a graph communicator",
-        ),
-        "progress": _f(
-            "str",
-            "test",
-            _choice(*PROGRESS_MODES),
-            "dasgd: what progresses an average in flight: 'test' (MPI_Test between compute chunks), "
-            "'thread' (a polling thread), 'library' (the MPI's own progress thread, e.g. MPICH "
-            "MPIR_CVAR_ASYNC_PROGRESS=1), 'none' (only the wait at the merge)",
-        ),
-    },
-    "compression": {
-        "codec": _f(
-            "str",
-            "auto",
-            _choice("auto", "none", *CODECS),
-            "what crosses the wire (docs/compression.md): 'auto' is qsgd for qsgd, qpr_sgd and "
-            "dqpr_sgd, 'none' for the others; any codec works with sgd (gradients), local_sgd "
-            "and dasgd (differences from the last average), dpsgd and gossip (DCD differences)",
-        ),
-        "s": _f("int", 0, _min(0), "qsgd, qsgd_fixed: levels s (0: ceil(sqrt(bucket length)), §6.1)"),
-        "bucket": _f("int", 0, _min(0), "qsgd, qsgd_fixed: coordinates per norm (0: one bucket)"),
-        "k": _f("int", 0, _min(0), "topk, randk: coordinates kept (0: use ratio)"),
-        "ratio": _f(
-            "float", 0.01, (lambda v: 0.0 < v <= 1.0, "in (0, 1]"), "topk, randk: share of coordinates kept"
-        ),
-        "error_feedback": _f(
-            "bool", False, None, "keep what the codec dropped and add it to the next message (EF-SGD)"
-        ),
     },
     "model": {
         "name": _f(
@@ -218,12 +162,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "weight_decay": _f("float", 0.0, _min(0.0), "L2 penalty folded into the gradient"),
     },
     "checkpoint": {
-        "every": _f("int", 0, _min(0), "steps between checkpoints (0: none)"),
-        "keep": _f("int", 3, _min(1), "newest checkpoints kept"),
+        "every": _f("int", 0, _min(0), "steps between checkpoints (0: none)", resumable=True),
+        "keep": _f("int", 3, _min(1), "newest checkpoints kept", resumable=True),
     },
     "trace": {
-        "flush_every": _f("int", 100, _min(1), "steps between flushes of the run file"),
-        "events": _f("bool", True, None, "record per-rank events"),
+        "flush_every": _f("int", 100, _min(1), "steps between flushes of the run file", resumable=True),
+        "events": _f("bool", True, None, "record per-rank events", resumable=True),
     },
     "backend": {
         "device": _f("str", "cpu", _choice("cpu", "gpu"), "where arrays live"),
@@ -231,17 +175,48 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
 }
 
-# Keys that may differ between a checkpoint's job and the resuming job.
-RESUMABLE_CHANGES = {
-    ("run", "name"),
-    ("run", "steps"),
-    ("run", "eval_every"),
-    ("checkpoint", "every"),
-    ("checkpoint", "keep"),
-    ("trace", "flush_every"),
-    ("trace", "events"),
-    ("algorithm", "progress"),  # how an average progresses, not what it computes
-}
+# Packages whose import registers plug-in sections ([algorithm], [compression]).
+_PLUGINS = ("mpiml.algorithms",)
+_CHECKS: list[Callable[[Config], None]] = []
+_loaded = False
+
+
+def register_section(
+    name: str, fields: dict[str, Field], *, after: str, check: Callable[[Config], None] | None = None
+) -> None:
+    """Add section ``[name]`` after section ``after`` (its owner calls this once, at
+    import); ``check`` is a pure rule on the whole validated job, run after the fields
+    are checked (it raises ConfigError naming the fields)."""
+    if name in _SECTIONS:
+        raise ValueError(f"section [{name}] is registered twice")
+    items = list(_SECTIONS.items())
+    at = [k for k, _ in items].index(after) + 1
+    items.insert(at, (name, fields))
+    _SECTIONS.clear()
+    _SECTIONS.update(items)
+    if check is not None:
+        _CHECKS.append(check)
+
+
+def schema() -> dict[str, dict[str, Field]]:
+    """Every section of a job, plug-ins included: ``{section: {key: Field}}``."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        import importlib
+
+        for mod in _PLUGINS:
+            importlib.import_module(mod)
+    return _SECTIONS
+
+
+SCHEMA: dict[str, dict[str, Field]]  # served by __getattr__: the schema with the plug-ins loaded
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SCHEMA":  # the complete schema, plug-ins loaded on first use
+        return schema()
+    raise AttributeError(name)
 
 
 class Section(dict[str, Any]):
@@ -282,9 +257,9 @@ class Config(dict[str, Any]):
     def differences(self, other: Config) -> list[str]:
         """``section.key`` names whose values differ, except those a resume may change."""
         out = []
-        for sec, fields in SCHEMA.items():
-            for key in fields:
-                if (sec, key) in RESUMABLE_CHANGES:
+        for sec, fields in schema().items():
+            for key, f in fields.items():
+                if f.resumable:
                     continue
                 if self[sec][key] != other[sec][key]:
                     out.append(f"{sec}.{key} ({other[sec][key]!r} in the checkpoint, {self[sec][key]!r} now)")
@@ -323,6 +298,7 @@ def validate(raw: dict[str, Any]) -> Config:
     """Fill defaults and check every field; raise ConfigError naming the first bad one."""
     if not isinstance(raw, dict):
         raise ConfigError("a job must be a TOML table of sections")
+    SCHEMA = schema()
     for sec, body in raw.items():
         if sec not in SCHEMA:
             raise ConfigError(f"unknown section [{sec}]; allowed sections: {', '.join(SCHEMA)}")
@@ -351,17 +327,8 @@ def _copy(v: Any) -> Any:
 
 
 def _cross_checks(cfg: Config) -> None:
-    a = cfg.algorithm
-    if a.name == "async_gossip" and cfg.backend.device != "cpu":
-        raise ConfigError(
-            "backend.device must be 'cpu' for algorithm.name = 'async_gossip' (its RMA windows are host memory)"
-        )
-    if a.name == "dasgd" and a.delay >= a.tau:
-        raise ConfigError(
-            f"algorithm.delay must be < algorithm.tau (got delay={a.delay}, tau={a.tau}): "
-            "an average must be merged before the next one starts (DaSGD's bounded age, d < tau)"
-        )
-    _compression_checks(cfg)
+    """Rules across the generic sections; then each plug-in's rule (the algorithm's own
+    job rules, the codec's)."""
     if cfg.data.name == "hdf5" and not cfg.data.path:
         raise ConfigError("data.path must name an HDF5 file with /x and /y when data.name = 'hdf5'")
     if cfg.data.name == "synthetic" and cfg.model.name != "linear":
@@ -372,42 +339,8 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(
             "data.partition must be 'iid' for data.name = 'synthetic' (a Dirichlet split needs class labels)"
         )
-
-
-def codec_of(cfg: Config) -> str:
-    """The codec a job uses: compression.codec with 'auto' resolved ('none': uncompressed)."""
-    c = cfg.compression.codec
-    if c == "auto":
-        return "qsgd" if cfg.algorithm.name in QUANTIZED else "none"
-    return str(c)
-
-
-def _compression_checks(cfg: Config) -> None:
-    name, c = cfg.algorithm.name, cfg.compression.codec
-    codec = codec_of(cfg)
-    if name in QUANTIZED and c == "none":
-        plain = {"qsgd": "sgd", "qpr_sgd": "pr_sgd", "dqpr_sgd": "dpsgd or gossip"}[name]
-        raise ConfigError(
-            f"compression.codec = 'none' contradicts algorithm.name = {name!r}, which quantizes; "
-            f"use algorithm.name = {plain!r} to train uncompressed"
-        )
-    if name == "pr_sgd" and codec != "none":
-        raise ConfigError(
-            f"compression.codec = {c!r} with algorithm.name = 'pr_sgd' (PR-SGD is uncompressed): "
-            "use algorithm.name = 'qpr_sgd' (Algorithm 1) for compressed differences"
-        )
-    if codec != "none" and name not in COMPRESSIBLE:
-        raise ConfigError(
-            f"compression.codec = {c!r} does not apply to algorithm.name = {name!r}; it works with "
-            f"{', '.join(COMPRESSIBLE)}"
-        )
-    if codec != "none" and name in ("dpsgd", "gossip", "dqpr_sgd") and cfg.algorithm.gossip_method != "p2p":
-        raise ConfigError(
-            "algorithm.gossip_method must be 'p2p' for compressed gossip (payloads differ in length "
-            f"per rank; got {cfg.algorithm.gossip_method!r})"
-        )
-    if cfg.compression.error_feedback and codec == "none":
-        raise ConfigError("compression.error_feedback = true needs a codec (compression.codec is 'none')")
+    for check in _CHECKS:
+        check(cfg)
 
 
 def parse_set(items: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -434,11 +367,12 @@ def schema_markdown() -> str:
     lines = [
         "# Job file reference",
         "",
-        "Generated from `mpiml.config.SCHEMA` (`python -m mpiml.config > docs/jobs.md`).",
+        "Generated from `mpiml.config.schema()` (`python -m mpiml.config > docs/jobs.md`): the",
+        "generic sections, and those the algorithms and codecs register.",
         "Every key is optional; `--set section.key=value` overrides any of them.",
         "",
     ]
-    for sec, fields in SCHEMA.items():
+    for sec, fields in schema().items():
         lines += [f"## [{sec}]", "", "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
         for key, f in fields.items():
             default = json.dumps(f.default)
@@ -480,4 +414,7 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
 
 
 if __name__ == "__main__":
-    print(schema_markdown(), end="")
+    # through the package module: plug-ins register their sections there, not in __main__
+    from mpiml.config import schema_markdown as _markdown
+
+    print(_markdown(), end="")

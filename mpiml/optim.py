@@ -25,7 +25,7 @@ Weight decay lambda, where set, is folded into the gradient: g <- g + lambda x.
 When communication moves the parameters (a model average in local SGD, DaSGD,
 gossip), state that holds *positions* must move with them, or the jump would read
 as velocity: ``POSITION_STATE[type(opt)]`` names those keys (SUM's y^{s,n}), and
-:meth:`mpiml.algorithms.Algorithm.replace_params` shifts them by the same amount,
+:meth:`mpiml.algorithms.Replica.replace_params` shifts them by the same amount,
 so momentum stays each rank's own (as velocity-form momentum buffers do when only
 the parameters are averaged).
 """

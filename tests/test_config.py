@@ -110,11 +110,24 @@ def test_to_toml_round_trips(tmp_path: Path) -> None:
     assert load_config(p) == cfg
 
 
-def test_codec_names_match_the_registry() -> None:
-    from mpiml.compress import REGISTRY
-    from mpiml.config import CODECS
+def test_choices_come_from_the_registries() -> None:
+    """config.py names no algorithm, codec or progress mode: the choices are the registries'."""
+    from mpiml.algorithms import REGISTRY as ALGORITHMS
+    from mpiml.compress import REGISTRY as CODECS
+    from mpiml.optim import OPTIMIZERS
+    from mpiml.protocols.progress import MODES
 
-    assert sorted(CODECS) == sorted(REGISTRY)
+    for sec, key, names in [
+        ("algorithm", "name", ALGORITHMS),
+        ("compression", "codec", ["auto", "none", *CODECS]),
+        ("optimizer", "name", OPTIMIZERS),
+        ("algorithm", "progress", MODES),
+    ]:
+        f = SCHEMA[sec][key]
+        assert f.allowed == "one of " + ", ".join(repr(n) for n in names), (sec, key)
+    text = (Path(__file__).parents[1] / "mpiml" / "config.py").read_text()
+    for name in [*(set(ALGORITHMS) - set(OPTIMIZERS)), *CODECS]:
+        assert f"'{name}'" not in text and f'"{name}"' not in text, f"config.py names {name!r}"
 
 
 @pytest.mark.parametrize(
@@ -130,7 +143,7 @@ def test_codec_names_match_the_registry() -> None:
     ],
 )
 def test_auto_codec_is_qsgd_for_the_quantized_algorithms(alg: str, codec: str, want: str) -> None:
-    from mpiml.config import codec_of
+    from mpiml.algorithms.compression import codec_of
 
     cfg = load_config(None, [f"algorithm.name={alg}", f"compression.codec={codec}"])
     assert codec_of(cfg) == want

@@ -81,3 +81,48 @@ def test_async_gossip_trains_and_traces_exchanges(comm: MPI.Comm, shared_tmp) ->
                     problems.append(f"rank {rr}: {len(pushes)} pushes, {len(drains)} drains with mass")
     problems = comm.bcast(problems, root=0)
     assert_all(comm, not problems, "; ".join(problems))
+
+
+def test_evaluation_does_not_synchronise_the_ranks(comm: MPI.Comm, shared_tmp, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Rank 1 stops at step 5 until rank 0 has finished step 15, past its evaluation at
+    step 10: possible only if evaluating an asynchronous run never makes rank 0 wait
+    for rank 1 (a blocking evaluation would wait forever, and the test fail after 60 s)."""
+    from mpiml.algorithms.gossip import AsyncGossipSGD
+
+    marker = shared_tmp / "rank0-past-step-15"
+    step = AsyncGossipSGD.step
+
+    def gated(self, t: int) -> float:  # type: ignore[no-untyped-def]
+        loss = step(self, t)
+        rank = comm.Get_rank()
+        if rank == 0 and t == 14:
+            marker.touch()
+        if rank == 1 and t == 5:
+            deadline = time.monotonic() + 60.0
+            while not marker.exists():
+                comm.Iprobe()  # a slow rank still makes MPI calls (progress), it only does not step
+                if time.monotonic() > deadline:
+                    raise AssertionError("rank 0 never finished step 15: its evaluation waited for rank 1")
+                time.sleep(0.01)
+        return loss
+
+    monkeypatch.setattr(AsyncGossipSGD, "step", gated)
+    cfg = load_config(
+        None,
+        [
+            "run.name=async-eval",
+            "algorithm.name=async_gossip",
+            "run.steps=40",
+            "run.eval_every=10",
+            "checkpoint.every=0",
+        ],
+    )
+    res = train(cfg, comm, out=shared_tmp, stream=NULL)
+    steps = None
+    if comm.Get_rank() == 0:
+        from mpiml.io import load_run
+
+        steps = load_run(shared_tmp / "async-eval").metric("test_loss")[0].tolist()
+    steps = comm.bcast(steps, root=0)
+    assert_all(comm, steps == [10, 20, 30, 40], f"evaluations recorded at steps {steps}")
+    assert_all(comm, np.isfinite(res.test_loss), "no final test loss")

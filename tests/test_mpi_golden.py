@@ -27,5 +27,9 @@ def test_final_parameters_equal_golden(comm: MPI.Comm, shared_tmp, name: str) ->
         res = train(job(name), comm, out=shared_tmp, stream=null)
     want = np.load(GOLDEN / f"{name}.npz")[f"rank{comm.Get_rank()}"]
     same = want.dtype == res.params.dtype and np.array_equal(want, res.params)
-    err = float(np.max(np.abs(want.astype(np.float64) - res.params))) if want.shape == res.params.shape else -1.0
+    err = (
+        float(np.max(np.abs(want.astype(np.float64) - res.params)))
+        if want.shape == res.params.shape
+        else -1.0
+    )
     assert_all(comm, same, f"{name}: final parameters differ from the golden file (max |diff| {err:.3e})")

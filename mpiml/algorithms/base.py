@@ -1,73 +1,262 @@
-"""An algorithm is a composition: optimizer (Delta) + protocol (M_t) + schedule.
+"""An algorithm is a composition: optimizer (Delta) + protocol (M_t) + schedule, over a layout.
 
-Subclasses implement ``step``; the trainer owns the loop, evaluation, traces and
-checkpoints. Algorithms register under their paper's name in ``REGISTRY``.
+Two levels (DESIGN.md "Roles"):
+
+- :class:`Algorithm`, class-level and pure: the paper's name, its job keys (its
+  fragment of the ``[algorithm]`` section), its job rules (:meth:`Algorithm.check`),
+  its layout for a world size (:meth:`Algorithm.layout`, with the rules that need it,
+  :meth:`Algorithm.check_layout`), and the :class:`Program` each role runs
+  (:meth:`Algorithm.program_for`). Registered under the paper's name with
+  :func:`register`; the config and the driver name no algorithm.
+- :class:`Program`: what one rank runs, built from a :class:`Context`. The driver
+  (:mod:`mpiml.run`) calls :meth:`Program.run`, which steps and hands every step to the
+  loop's hooks (evaluate, checkpoint, stop at agreed points); a program may run its
+  own loop instead (a server's service loop, a stage's schedule).
+
+:class:`Replica` is the program of data parallelism (every rank holds the whole model
+and its own data shard): today's algorithms are replicas, and a class that is both an
+:class:`Algorithm` and a :class:`Replica` is its own program.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from mpi4py import MPI
 
 from ..backend import Array, to_host
-from ..data import RankData
-from ..io.trace import Trace
-from ..models import Model
+from ..config import Config, Field, choice, field
+from ..errors import ConfigError
+from ..layout import Layout, Role, data_parallel
 from ..optim import POSITION_STATE, Optimizer
-from ..protocols import AllReduce, CompressedAllReduce
-from .compression import compression_for
 
-__all__ = ["REGISTRY", "Algorithm", "Context", "register"]
+if TYPE_CHECKING:
+    from ..comm import Comms
+    from ..data import RankData
+    from ..models import Model
+    from ..protocols import AllReduce, CompressedAllReduce
+    from ..run.loop import Loop
+    from ..trace import Trace
+    from .compression import Compression
+
+__all__ = [
+    "REGISTRY",
+    "Algorithm",
+    "Context",
+    "EvalSums",
+    "Program",
+    "Replica",
+    "algorithm_section",
+    "check_job",
+    "register",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Context:
+    """What a program is built from (made by the driver for each rank)."""
+
+    cfg: Config  # the whole job
+    comms: Comms  # world, peers (same parameters), role (same kind)
+    layout: Layout
+    role: Role  # this rank's role in the layout
+    model: Model | None  # the model (or stage) this rank computes with; None: no compute
+    data: RankData | None  # this rank's data shard; None: reads no data
+    optimizer: Optimizer
+    trace: Trace
+    xp: Any  # numpy or cupy
+    params: Array | None  # this rank's flat parameters, initialised from the run seed
+    cuda_aware: bool = False
+
+    @property
+    def options(self) -> Any:
+        """This algorithm's own keys (the job's ``[algorithm]`` section)."""
+        return self.cfg.algorithm
+
+    @property
+    def rank(self) -> int:
+        """This rank in ``comms.world``."""
+        return int(self.comms.world.Get_rank())
 
 
 @dataclass
-class Context:
-    """What every algorithm is built from."""
+class EvalSums:
+    """One rank's contribution to an evaluation: sums, added over the ranks of its role.
 
-    comm: MPI.Comm
-    cfg: Any
-    model: Model
-    data: RankData
-    optimizer: Optimizer
-    trace: Trace
-    xp: Any
-    params: Array  # this rank's flat parameters x_i
-    cuda_aware: bool = False
+    test_loss, correct, test_rows: of the evaluated model on this rank's test slice;
+    loss, loss_steps: training minibatch losses since the last evaluation; distance:
+    sum over the ranks holding the same parameters of ||x_i - x_bar||^2 (each adds its
+    own term), holders: how many such ranks (each adds 1).
+    """
+
+    test_loss: float = 0.0
+    correct: float = 0.0
+    test_rows: float = 0.0
+    distance: float = 0.0
+    holders: float = 0.0
 
 
-class Algorithm(ABC):
-    """One rank's share of a training algorithm."""
+class Program(ABC):
+    """What one rank runs. Subclasses implement :meth:`step` (or override :meth:`run`).
 
-    name = "algorithm"
+    ``synchronous``: the program's ranks step in lock-step anyway, so the driver may
+    evaluate with blocking collectives. An asynchronous program (False) is evaluated
+    split-phase (:meth:`start_evaluate`, :meth:`evaluate_ready`), so that evaluating
+    never makes a fast rank wait for a slow one.
+    """
+
+    synchronous: ClassVar[bool] = True
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.comm = ctx.comm
-        self.model = ctx.model
         self.trace = ctx.trace
+        self._eval: EvalSums | None = None
+
+    def run(self, start: int, stop: int, loop: Loop) -> None:
+        """Steps ``start .. stop - 1``, each followed by the loop's hooks; returns early
+        when a hook says stop."""
+        for t in range(start, stop):
+            if loop.after_step(t, self.step(t)):
+                return
+
+    @abstractmethod
+    def step(self, t: int) -> float | None:
+        """Training step ``t`` (0-based); this rank's minibatch loss (None: no loss here)."""
+
+    def evaluate(self) -> EvalSums:
+        """This rank's evaluation sums (collective over the ranks the program evaluates
+        with, if any). Default: nothing to contribute."""
+        return EvalSums()
+
+    def start_evaluate(self) -> None:
+        """Split-phase :meth:`evaluate`: start it (default: evaluate at once)."""
+        self._eval = self.evaluate()
+
+    def evaluate_ready(self, wait: bool = False) -> EvalSums | None:
+        """The sums of the evaluation started last, or None while it is still under
+        way (``wait``: block until it is done). Default: the sums :meth:`start_evaluate` made."""
+        out, self._eval = self._eval, None
+        return out
+
+    @property
+    def params(self) -> Array | None:
+        """The parameters this rank holds (None when it holds none)."""
+        return None
+
+    def quiesce(self) -> None:  # noqa: B027 - a hook: synchronous programs have nothing in flight
+        """Complete everything in flight (before a checkpoint and at the end): nothing
+        lost, nothing half-applied. Asynchronous programs may communicate here."""
+
+    def close(self) -> None:  # noqa: B027 - a hook: most programs hold no MPI objects
+        """Collective over the program's communicators, once at the very end (after
+        :meth:`quiesce`): free MPI objects (windows)."""
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Everything this rank's checkpoint needs to resume bit for bit (host copies)."""
+        return {}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:  # noqa: B027 - nothing to restore
+        """Restore what :meth:`state_arrays` saved."""
+
+
+class Algorithm:
+    """The class-level description of an algorithm (never instantiated as such).
+
+    Subclasses set ``name`` (the paper's), ``keys`` (their ``[algorithm]`` keys; a key
+    shared by several algorithms is the same :class:`~mpiml.config.Field` object, see
+    :mod:`mpiml.algorithms.keys`), and override the pure class methods they need.
+    ``codec`` says what ``compression.codec = 'auto'`` means for it; ``compressible``
+    whether any codec applies; ``plain`` / ``compressed`` name the algorithm to use
+    instead when a job asks the opposite (for the error message).
+    """
+
+    name: ClassVar[str] = "algorithm"
+    keys: ClassVar[Mapping[str, Field]] = {}
+    codec: ClassVar[str] = "none"
+    compressible: ClassVar[bool] = False
+    plain: ClassVar[str] = ""
+    compressed: ClassVar[str] = ""
+
+    @classmethod
+    def check(cls, cfg: Config) -> None:
+        """Pure rules on the job alone (no world size); raise ConfigError naming the keys."""
+
+    @classmethod
+    def layout(cls, cfg: Config, world_size: int) -> Layout:
+        """The rank -> role map for ``world_size`` ranks (pure; ConfigError when it does
+        not fit). Default: every rank a replica."""
+        return data_parallel(world_size)
+
+    @classmethod
+    def check_layout(cls, cfg: Config, layout: Layout) -> None:
+        """Pure rules that need the layout (a topology's size, ...). Run on every rank
+        under :func:`mpiml.comm.agree`, before any collective."""
+
+    @classmethod
+    def program_for(cls, role: Role) -> type[Program]:
+        """The program ``role`` runs. Default: the class itself, for replicas."""
+        if role.kind == "replica" and issubclass(cls, Program):
+            return cls
+        raise ConfigError(f"algorithm.name = {cls.name!r} has no program for a {role.kind} rank")
+
+
+class Replica(Program):
+    """Data parallelism: this rank holds the whole model ``x`` and samples its own shard.
+
+    Provides the pieces every replica algorithm composes: the local gradient, the
+    optimizer's update, moving ``x`` by a communication event without disturbing the
+    optimizer's position state, the job's codec, and the evaluation of the replicas'
+    average model.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        if ctx.params is None or ctx.model is None or ctx.data is None:
+            raise ValueError(f"{type(self).__name__}: a replica needs a model, parameters and data")
+        from .compression import compression_for
+
+        self.comm = ctx.comms.peers  # the replicas: the algorithm's protocols run here
+        self.model = ctx.model
+        self.data = ctx.data
         self.x = ctx.params
         self.grad = ctx.xp.empty_like(self.x)
         self.opt_state = ctx.optimizer.init(self.x)
         self._position_keys = POSITION_STATE[type(ctx.optimizer)]  # looked up per call: buffers swap
         # the job's codec ([compression]); None when messages are plain buffers
-        self.compression = compression_for(ctx.cfg, ctx.comm.Get_rank())
+        self.compression: Compression | None = compression_for(ctx.cfg, ctx.rank)
+        self._evaluator: _AverageEvaluator | None = None
+
+    @property
+    def replicas(self) -> int:
+        """Number of data-parallel replicas (the ranks averaging with this one)."""
+        return int(self.comm.Get_size())
+
+    @property
+    def params(self) -> Array:
+        return self.x
 
     def averager(self, op: str, progress: str = "test") -> AllReduce | CompressedAllReduce:
-        """An AllReduce (``op`` "sum" or "mean") of buffers like ``self.x``: compressed with
-        the job's codec when it has one, plain otherwise."""
+        """An AllReduce over the replicas (``op`` "sum" or "mean") of buffers like
+        ``self.x``: compressed with the job's codec when it has one, plain otherwise."""
+        from ..protocols import AllReduce, CompressedAllReduce
+
         ctx = self.ctx
         if self.compression is not None:
-            codec = self.compression.codec
             return CompressedAllReduce(
-                ctx.comm, self.x.size, self.x.dtype, codec, ctx.xp, op=op, trace=ctx.trace, progress=progress
+                self.comm,
+                self.x.size,
+                self.x.dtype,
+                self.compression.codec,
+                ctx.xp,
+                op=op,
+                trace=ctx.trace,
+                progress=progress,
             )
         return AllReduce(
-            ctx.comm,
+            self.comm,
             self.x.size,
             self.x.dtype,
             ctx.xp,
@@ -83,17 +272,16 @@ class Algorithm(ABC):
         if self.compression is not None:
             self.compression.reseed(counter)
 
-    @abstractmethod
-    def step(self, t: int) -> float:
-        """Run training step ``t`` (0-based); return this rank's minibatch loss."""
-
-    def local_gradient(self, t: int, scale: float | None = None) -> float:
+    def local_gradient(
+        self, t: int, scale: float | None = None, poll: Callable[[], Any] | None = None
+    ) -> float:
         """Sample a minibatch and write its gradient at ``self.x`` into ``self.grad``
-        (times ``scale`` per row; the batch mean's gradient by default)."""
+        (times ``scale`` per row; the batch mean's gradient by default). ``poll`` is
+        called between layers (progress of communication in flight)."""
         tr = self.trace
         t0 = tr.now()
-        xb, yb = self.ctx.data.sampler.next()
-        loss = self.model.loss_and_grad(self.x, xb, yb, self.grad, scale)
+        xb, yb = self.data.sampler.next()
+        loss = self.model.loss_and_grad(self.x, xb, yb, self.grad, scale, poll=poll)
         tr.record(t, "compute", t0, tr.now())
         return loss
 
@@ -113,14 +301,26 @@ class Algorithm(ABC):
         for k in self._position_keys:
             self.opt_state[k] += self.x
 
-    def finalize(self) -> None:  # noqa: B027 - a hook: synchronous algorithms have nothing in flight
-        """Complete any communication still in flight (end of run, before a checkpoint)."""
+    def evaluate(self) -> EvalSums:
+        """The replicas' average x_bar (float64, collective over the replicas) evaluated
+        on this rank's test slice, and this rank's term ||x_i - x_bar||^2 of the
+        consensus distance (MixML §6)."""
+        return self._average_evaluator().blocking()
 
-    def close(self) -> None:  # noqa: B027 - a hook: most algorithms hold no MPI objects
-        """Collective, once at the very end (after ``finalize``): free MPI objects (windows)."""
+    def start_evaluate(self) -> None:
+        """Start averaging a snapshot of x over the replicas (MPI_Iallreduce)."""
+        self._average_evaluator().start()
+
+    def evaluate_ready(self, wait: bool = False) -> EvalSums | None:
+        ev = self._average_evaluator()
+        return ev.finish() if wait or ev.average.test() else None
+
+    def _average_evaluator(self) -> _AverageEvaluator:
+        if self._evaluator is None:
+            self._evaluator = _AverageEvaluator(self)
+        return self._evaluator
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        """Everything a checkpoint needs to resume bit for bit (host copies)."""
         out = {"params": to_host(self.x).copy()}
         for k, v in self.opt_state.items():
             if not k.startswith("_"):
@@ -139,9 +339,72 @@ class Algorithm(ABC):
             self.compression.load_state(arrays, self.x)
 
 
+class _AverageEvaluator:
+    """x_bar by an untraced float64 AllReduce over the replicas (evaluation is not the
+    algorithm's communication), split-phase: ``start`` snapshots x into its own buffer
+    and starts the average, ``finish`` completes it and evaluates; buffers allocated once."""
+
+    def __init__(self, rep: Replica) -> None:
+        from ..protocols import AllReduce
+
+        xp, x = rep.ctx.xp, rep.x
+        self.rep = rep
+        self.x64 = xp.empty(x.size, dtype=np.float64)
+        self.xbar = xp.empty_like(x)
+        self.average = AllReduce(rep.comm, x.size, np.float64, xp, op="mean", cuda_aware=rep.ctx.cuda_aware)
+
+    def blocking(self) -> EvalSums:
+        self.x64[...] = self.rep.x
+        return self._sums(self.average.run(self.x64))
+
+    def start(self) -> None:
+        self.x64[...] = self.rep.x
+        self.average.start(self.x64)
+
+    def finish(self) -> EvalSums:
+        return self._sums(self.average.finish())
+
+    def _sums(self, avg64: Array) -> EvalSums:
+        rep = self.rep
+        self.x64 -= avg64
+        dist = float(self.x64 @ self.x64)
+        self.xbar[...] = avg64
+        data = rep.data
+        tl, correct = rep.model.eval_sums(self.xbar, data.x_test, data.y_test)
+        return EvalSums(tl, 0.0 if np.isnan(correct) else correct, data.n_test_local, dist, 1.0)
+
+
 REGISTRY: dict[str, type[Algorithm]] = {}
 
 
 def register(cls: type[Algorithm]) -> type[Algorithm]:
+    """Register ``cls`` under ``cls.name`` (a class decorator)."""
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"algorithm {cls.name!r} is registered twice")
     REGISTRY[cls.name] = cls
     return cls
+
+
+def algorithm_section() -> dict[str, Field]:
+    """The ``[algorithm]`` section: ``name`` (one of the registered algorithms) and every
+    algorithm's keys, each documented with the algorithms that read it."""
+    fields: dict[str, Field] = {}
+    owners: dict[str, list[str]] = {}
+    for name, cls in REGISTRY.items():
+        for key, f in cls.keys.items():
+            if key in fields and fields[key] is not f:
+                raise ValueError(
+                    f"algorithm key {key!r} is declared differently by {owners[key][0]!r} and {name!r}; "
+                    "share one Field (mpiml.algorithms.keys)"
+                )
+            fields.setdefault(key, f)
+            owners.setdefault(key, []).append(name)
+    out = {"name": field("str", "sgd", choice(*REGISTRY), "the training algorithm")}
+    for key, f in fields.items():
+        out[key] = replace(f, doc=f"{', '.join(owners[key])}: {f.doc}")
+    return out
+
+
+def check_job(cfg: Config) -> None:
+    """The job's algorithm's own rules (registered with the ``[algorithm]`` section)."""
+    REGISTRY[cfg.algorithm.name].check(cfg)

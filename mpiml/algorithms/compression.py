@@ -1,5 +1,11 @@
-"""The job's ``[compression]`` section turned into a codec, its random streams and its
-checkpointed state (shared by every algorithm that compresses).
+"""The job's ``[compression]`` section: its keys and rules, and the codec it makes, with
+its random streams and its checkpointed state (shared by every algorithm that compresses).
+
+The section belongs to the codecs, not to the config: it is registered here
+(:func:`mpiml.config.register_section`) with the codec names of
+:data:`mpiml.compress.REGISTRY`. What ``codec = "auto"`` means is the algorithm's
+(:attr:`mpiml.algorithms.Algorithm.codec`): qsgd for the algorithms that exist to
+quantize, none for the others.
 
 Random streams: before each encode the codec is reseeded with
 ``(run.seed, STREAM, rank, counter)``, ``counter`` the step or round that sends, so the
@@ -15,10 +21,67 @@ from typing import Any
 import numpy as np
 
 from ..backend import to_host
+from ..compress import REGISTRY as CODECS
 from ..compress import Codec, ErrorFeedback, build_codec
-from ..config import codec_of
+from ..config import Config, at_least, choice, field
+from ..errors import ConfigError
 
-__all__ = ["STREAM", "Compression", "codec_from_config", "compression_for"]
+__all__ = ["KEYS", "STREAM", "Compression", "check", "codec_from_config", "codec_of", "compression_for"]
+
+KEYS = {
+    "codec": field(
+        "str",
+        "auto",
+        choice("auto", "none", *CODECS),
+        "what crosses the wire (docs/compression.md): 'auto' is qsgd for qsgd, qpr_sgd and "
+        "dqpr_sgd, 'none' for the others; any codec works with sgd (gradients), local_sgd "
+        "and dasgd (differences from the last average), dpsgd and gossip (DCD differences)",
+    ),
+    "s": field("int", 0, at_least(0), "qsgd, qsgd_fixed: levels s (0: ceil(sqrt(bucket length)), §6.1)"),
+    "bucket": field("int", 0, at_least(0), "qsgd, qsgd_fixed: coordinates per norm (0: one bucket)"),
+    "k": field("int", 0, at_least(0), "topk, randk: coordinates kept (0: use ratio)"),
+    "ratio": field(
+        "float", 0.01, (lambda v: 0.0 < v <= 1.0, "in (0, 1]"), "topk, randk: share of coordinates kept"
+    ),
+    "error_feedback": field(
+        "bool", False, None, "keep what the codec dropped and add it to the next message (EF-SGD)"
+    ),
+}
+
+
+def codec_of(cfg: Config) -> str:
+    """The codec a job uses: compression.codec with 'auto' resolved by the job's
+    algorithm ('none': uncompressed)."""
+    from .base import REGISTRY
+
+    c = cfg.compression.codec
+    return REGISTRY[cfg.algorithm.name].codec if c == "auto" else str(c)
+
+
+def check(cfg: Config) -> None:
+    """The job's codec against its algorithm (pure; ConfigError naming the keys)."""
+    from .base import REGISTRY
+
+    alg = REGISTRY[cfg.algorithm.name]
+    name, c, codec = alg.name, cfg.compression.codec, codec_of(cfg)
+    if alg.codec != "none" and c == "none":
+        raise ConfigError(
+            f"compression.codec = 'none' contradicts algorithm.name = {name!r}, which quantizes; "
+            f"use algorithm.name = {alg.plain!r} to train uncompressed"
+        )
+    if codec != "none" and not alg.compressible and alg.codec == "none":
+        if alg.compressed:
+            raise ConfigError(
+                f"compression.codec = {c!r} with algorithm.name = {name!r} (it is uncompressed): use "
+                f"algorithm.name = {alg.compressed!r} for compressed messages"
+            )
+        able = [n for n, a in REGISTRY.items() if a.compressible or a.codec != "none"]
+        raise ConfigError(
+            f"compression.codec = {c!r} does not apply to algorithm.name = {name!r}; it works with {', '.join(able)}"
+        )
+    if cfg.compression.error_feedback and codec == "none":
+        raise ConfigError("compression.error_feedback = true needs a codec (compression.codec is 'none')")
+
 
 STREAM = 0x5153  # "QS": keeps the codec's streams apart from the data samplers' (seed, rank)
 

@@ -9,7 +9,7 @@ Update rule, eq. (2) (and eq. 7 in matrix form), for worker m of M:
 How the indices map to the code: paper iteration k is training step ``t`` (0-based).
 Step t computes the gradient at x_t and applies the local update, giving
 y_t = x_t - eta g(x_t) (any optimizer in place of the plain step; its state stays
-local: position-form momentum moves with x, ``Algorithm.replace_params``). At a step with (t + 1) mod tau = 0 the average of y_t over the ranks is
+local: position-form momentum moves with x, ``Replica.replace_params``). At a step with (t + 1) mod tau = 0 the average of y_t over the ranks is
 *started* (a snapshot of y_t goes into MPI_Iallreduce) and the rank goes on. d
 steps later, at t' = t + d (so (t' + 1 - d) mod tau = 0, the appendix's form of
 the condition), the rank first computes its own update y_t', then finishes the
@@ -45,20 +45,40 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import to_host
-from .base import Algorithm, Context, register
+from ..config import Config
+from ..errors import ConfigError
+from ..layout import Layout
+from ..protocols.progress import check_mode
+from .base import Algorithm, Context, Replica, register
+from .keys import DELAY, PROGRESS, TAU, XI
 
 __all__ = ["DaSGD"]
 
 
 @register
-class DaSGD(Algorithm):
+class DaSGD(Algorithm, Replica):
     name = "dasgd"
+    keys = {"tau": TAU, "delay": DELAY, "xi": XI, "progress": PROGRESS}
+    compressible = True
+
+    @classmethod
+    def check(cls, cfg: Config) -> None:
+        a = cfg.algorithm
+        if a.delay >= a.tau:
+            raise ConfigError(
+                f"algorithm.delay must be < algorithm.tau (got delay={a.delay}, tau={a.tau}): "
+                "an average must be merged before the next one starts (DaSGD's bounded age, d < tau)"
+            )
+
+    @classmethod
+    def check_layout(cls, cfg: Config, layout: Layout) -> None:
+        problem = check_mode(cfg.algorithm.progress)  # this process's MPI thread level
+        if problem:
+            raise ConfigError(problem)
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        a = ctx.cfg.algorithm
-        if not 0 <= a.delay < a.tau:  # validated in the job; kept for direct use
-            raise ValueError(f"algorithm.delay must be in [0, tau) (got delay={a.delay}, tau={a.tau})")
+        a = ctx.options
         self.tau: int = a.tau
         self.delay: int = a.delay
         self.xi: float = a.xi
@@ -70,11 +90,11 @@ class DaSGD(Algorithm):
             self.delta = ctx.xp.empty_like(self.x)
         self.merge_at = -1  # the step whose update the pending average is merged into
         self.pending = False  # an average was started (or restored) and is not merged yet
-        if self.progress == "test":
-            self.model.progress = self.average.test  # between layers / compute chunks
+        # 'test': MPI_Test between layers / compute chunks of every gradient
+        self.poll = self.average.test if self.progress == "test" else None
 
     def step(self, t: int) -> float:
-        loss = self.local_gradient(t)
+        loss = self.local_gradient(t, poll=self.poll)
         self.apply(t, self.grad)  # self.x is now y_t = x_t - eta g(x_t)
         if self.pending and t == self.merge_at:
             self._merge(t, self.average.finish(t) if self.average.in_flight else self.average.recvbuf)
@@ -113,7 +133,7 @@ class DaSGD(Algorithm):
         avg *= 1.0 - self.xi
         self.x += avg
 
-    def finalize(self) -> None:
+    def quiesce(self) -> None:
         """Complete an average in flight (it stays pending until its merge step)."""
         if self.average.in_flight:
             self.average.finish()

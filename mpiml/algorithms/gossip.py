@@ -12,7 +12,7 @@ MixML's slack-matrix variant x_i + gamma sum_j W_ij (y_j - y_i).
 Round r (the r-th gossip, from 0) uses ``schedule.at(r)``, so a time-varying
 topology (one-peer exponential) cycles through its matrices in the same order on
 every rank; r is (t + 1) / period at step t and needs no checkpointing of its own.
-Optimizer position state moves with the parameters (``Algorithm.replace_params``).
+Optimizer position state moves with the parameters (``Replica.replace_params``).
 
 With a ``compression.codec`` the round is Algorithm 2's (D-Quantized-PR-SGD, the
 DCD-PSGD form, :class:`mpiml.protocols.CompressedGossip`): neighbours exchange
@@ -25,28 +25,75 @@ local steps. The public copies are checkpointed (``dcd/own``, ``dcd/copies``).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
+from ..config import Config
+from ..errors import ConfigError
+from ..layout import Layout
 from ..protocols import CompressedGossip, Gossip
 from ..protocols.async_gossip import AsyncGossip
-from ..topology import build_schedule
-from .base import Algorithm, Context, register
+from ..topology import Schedule, TopologyError, build_schedule
+from .base import Algorithm, Context, Replica, register
+from .compression import codec_of
+from .keys import GAMMA, GOSSIP_METHOD, PERIOD, TAU, TOPOLOGY
 
-__all__ = ["AsyncGossipSGD", "DPSGD", "DQuantizedPRSGD", "PeriodicGossip"]
+__all__ = ["AsyncGossipSGD", "DPSGD", "DQuantizedPRSGD", "PeriodicGossip", "schedule_of"]
 
 
-class _GossipBase(Algorithm):
+@lru_cache(maxsize=8)
+def _schedule(topology: str, n: int) -> Schedule:
+    return build_schedule(topology, n)
+
+
+def schedule_of(cfg: Config, replicas: int) -> Schedule:
+    """The job's gossip schedule over ``replicas`` ranks (pure; built once per
+    (topology, n) and shared by the check and the program). ConfigError if W is not
+    a valid mixing matrix for that many ranks."""
+    try:
+        return _schedule(cfg.algorithm.topology, replicas)
+    except TopologyError as exc:
+        raise ConfigError(f"algorithm.topology = {cfg.algorithm.topology!r}: {exc}") from None
+
+
+class _Decentralized(Algorithm):
+    """Rules every gossip algorithm shares: its topology must fit the replicas."""
+
+    keys = {"topology": TOPOLOGY}
+
+    @classmethod
+    def check_layout(cls, cfg: Config, layout: Layout) -> None:
+        schedule = schedule_of(cfg, len(layout.ranks("replica")))  # checks W before any collective
+        if codec_of(cfg) != "none" and not schedule.static:
+            raise ConfigError(
+                f"algorithm.topology = {cfg.algorithm.topology!r} changes every round; compressed "
+                "gossip (Algorithm 2, DCD) keeps copies of its neighbours' models and needs a static one"
+            )
+
+
+class _GossipBase(_Decentralized, Replica):
+    keys = {"topology": TOPOLOGY, "period": PERIOD, "gamma": GAMMA, "gossip_method": GOSSIP_METHOD}
+    compressible = True
+
+    @classmethod
+    def check(cls, cfg: Config) -> None:
+        if codec_of(cfg) != "none" and cfg.algorithm.gossip_method != "p2p":
+            raise ConfigError(
+                "algorithm.gossip_method must be 'p2p' for compressed gossip (payloads differ in length "
+                f"per rank; got {cfg.algorithm.gossip_method!r})"
+            )
+
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        a = ctx.cfg.algorithm
+        a = ctx.options
         self.period: int = self._period(a)
-        self.schedule = build_schedule(a.topology, ctx.comm.Get_size())
+        self.schedule = schedule_of(ctx.cfg, self.replicas)
         self.gossip: Gossip | CompressedGossip
         if self.compression is not None:
             self.gossip = CompressedGossip(
-                ctx.comm,
+                self.comm,
                 self.x,
                 self.schedule,
                 self.compression.codec,
@@ -56,7 +103,7 @@ class _GossipBase(Algorithm):
             )
             return
         self.gossip = Gossip(
-            ctx.comm,
+            self.comm,
             self.x.size,
             self.x.dtype,
             self.schedule,
@@ -98,6 +145,7 @@ class _GossipBase(Algorithm):
 @register
 class DPSGD(_GossipBase):
     name = "dpsgd"
+    keys = {"topology": TOPOLOGY, "gamma": GAMMA, "gossip_method": GOSSIP_METHOD}
 
     def _period(self, a: Any) -> int:
         return 1
@@ -114,13 +162,16 @@ class DQuantizedPRSGD(_GossipBase):
     compressed (DCD) gossip round."""
 
     name = "dqpr_sgd"
+    keys = {"tau": TAU, "topology": TOPOLOGY, "gamma": GAMMA, "gossip_method": GOSSIP_METHOD}
+    codec = "qsgd"
+    plain = "dpsgd or gossip"
 
     def _period(self, a: Any) -> int:
         return int(a.tau)
 
 
 @register
-class AsyncGossipSGD(Algorithm):
+class AsyncGossipSGD(_Decentralized, Replica):
     """``async_gossip``: local steps; every ``algorithm.period`` steps one push-sum
     exchange with a random out-neighbour (MixML §6 AsyncDR; AD-PSGD / SGP style), no
     global barrier (:class:`mpiml.protocols.AsyncGossip`). ``self.x`` is the
@@ -129,14 +180,29 @@ class AsyncGossipSGD(Algorithm):
     quiesces (barrier, last drain), so it holds all the mass: (z, w) per rank."""
 
     name = "async_gossip"
+    keys = {"topology": TOPOLOGY, "period": PERIOD}
+    synchronous = False  # evaluated split-phase: an evaluation never waits for a slow rank
+
+    @classmethod
+    def check(cls, cfg: Config) -> None:
+        if cfg.backend.device != "cpu":
+            raise ConfigError(
+                "backend.device must be 'cpu' for algorithm.name = 'async_gossip' (its RMA windows are host memory)"
+            )
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        a = ctx.cfg.algorithm
+        a = ctx.options
         self.period = int(a.period)
-        self.schedule = build_schedule(a.topology, ctx.comm.Get_size())
+        self.schedule = schedule_of(ctx.cfg, self.replicas)
         self.gossip = AsyncGossip(
-            ctx.comm, self.x.size, self.x.dtype, self.schedule, ctx.xp, seed=ctx.cfg.run.seed, trace=ctx.trace
+            self.comm,
+            self.x.size,
+            self.x.dtype,
+            self.schedule,
+            ctx.xp,
+            seed=ctx.cfg.run.seed,
+            trace=ctx.trace,
         )
         self._t = 0
 
@@ -149,11 +215,12 @@ class AsyncGossipSGD(Algorithm):
             self.gossip.push(self.x, t)
         return loss
 
-    def finalize(self) -> None:
-        """Collective: every push lands and is drained (a checkpoint then holds all mass)."""
-        self.ctx.comm.Barrier()
+    def quiesce(self) -> None:
+        """Collective over the replicas: every push lands and is drained (a checkpoint
+        then holds all the mass)."""
+        self.comm.Barrier()
         self.replace_params(lambda: self.gossip.drain(self.x, self._t))
-        self.ctx.comm.Barrier()
+        self.comm.Barrier()
 
     def close(self) -> None:
         self.gossip.close(self.x, self._t)

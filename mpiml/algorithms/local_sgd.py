@@ -21,7 +21,7 @@ the shared anchor does. The anchor is the same on every rank bit for bit (all de
 the same payloads and add them in rank order), and is checkpointed (``prsgd/anchor``).
 
 Optimizer state (momentum, Adam moments) stays local: only the parameters are
-averaged (position-form momentum moves with them, ``Algorithm.replace_params``).
+averaged (position-form momentum moves with them, ``Replica.replace_params``).
 With tau = 1 and plain SGD ``local_sgd`` is minibatch SGD up to rounding.
 """
 
@@ -30,19 +30,22 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import to_host
-from .base import Algorithm, Context, register
+from .base import Algorithm, Context, Replica, register
+from .keys import TAU
 
 __all__ = ["LocalSGD", "PRSGD", "QuantizedPRSGD"]
 
 
 @register
-class LocalSGD(Algorithm):
+class LocalSGD(Algorithm, Replica):
     name = "local_sgd"
+    keys = {"tau": TAU}
+    compressible = True
     differences = False  # average the models themselves (when uncompressed)
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.tau: int = ctx.cfg.algorithm.tau
+        self.tau: int = ctx.options.tau
         self.average = self.averager("mean")
         self.anchor = None
         if self.differences or self.compression is not None:
@@ -82,6 +85,8 @@ class PRSGD(LocalSGD):
     """Algorithm 1 without quantization: the mean of the differences x_{n;0} - x_{n;K}."""
 
     name = "pr_sgd"
+    compressible = False  # PR-SGD is uncompressed: a codec means qpr_sgd
+    compressed = "qpr_sgd"
     differences = True
 
 
@@ -90,4 +95,6 @@ class QuantizedPRSGD(LocalSGD):
     """Algorithm 1: Quantize(x_{n;0} - x_{n;K}), averaged by a compressed AllReduce."""
 
     name = "qpr_sgd"
+    codec = "qsgd"
+    plain = "pr_sgd"
     differences = True

@@ -15,20 +15,21 @@ compresses its gradients the same way (with ``compression.error_feedback``, EF-S
 
 from __future__ import annotations
 
-from .base import Algorithm, Context, register
+from .base import Algorithm, Context, Replica, register
 
 __all__ = ["AllReduceSGD", "QSGD"]
 
 
 @register
-class AllReduceSGD(Algorithm):
+class AllReduceSGD(Algorithm, Replica):
     name = "sgd"
+    compressible = True
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        # op="sum" on gradients already scaled by 1/(batch * n): the sum is the global
-        # batch's mean gradient, with no extra pass over the parameters to divide by n
-        self.scale = 1.0 / (ctx.cfg.data.batch_size * ctx.comm.Get_size())
+        # op="sum" on gradients already scaled by 1/(batch * n), n the replicas: the sum
+        # is the global batch's mean gradient, with no extra pass over the parameters
+        self.scale = 1.0 / (self.data.sampler.batch_size * self.replicas)
         self.allreduce = self.averager("sum")
 
     def step(self, t: int) -> float:
@@ -44,3 +45,5 @@ class QSGD(AllReduceSGD):
     """Quantized gradients every step (compression.codec 'auto' is qsgd)."""
 
     name = "qsgd"
+    codec = "qsgd"
+    plain = "sgd"

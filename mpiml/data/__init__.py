@@ -26,14 +26,15 @@ __all__ = [
 
 
 class RankData:
-    """What one rank trains and evaluates on: its shard, its sampler, its test slice."""
+    """What one rank trains and evaluates on: its shard of the training rows, its
+    sampler, and its slice of the test set (slice ``shard`` of ``n_shards``)."""
 
     def __init__(
         self,
         ds: Dataset,
-        shard: np.ndarray | None,
-        rank: int,
-        size: int,
+        rows: np.ndarray | None,
+        shard: int,
+        n_shards: int,
         batch_size: int,
         seed: int,
         dtype: str,
@@ -42,35 +43,40 @@ class RankData:
         self.n_classes = ds.n_classes
         self.n_features = ds.n_features
         self.name = ds.name
-        x = ds.x_train if shard is None else ds.x_train[shard]
-        y = ds.y_train if shard is None else ds.y_train[shard]
+        x = ds.x_train if rows is None else ds.x_train[rows]
+        y = ds.y_train if rows is None else ds.y_train[rows]
         ydt = np.int64 if ds.n_classes else np.dtype(dtype)
         self.x_train = xp.asarray(x.astype(dtype))
         self.y_train = xp.asarray(y.astype(ydt))
         if ds.presharded:
             xte, yte = ds.x_test, ds.y_test
         else:  # contiguous slice of the shared test set
-            lo, hi = _slice(len(ds.x_test), rank, size)
+            lo, hi = _slice(len(ds.x_test), shard, n_shards)
             xte, yte = ds.x_test[lo:hi], ds.y_test[lo:hi]
         self.x_test = xp.asarray(xte.astype(dtype))
         self.y_test = xp.asarray(yte.astype(ydt))
         self.n_test_local = int(len(xte))
-        self.sampler = ShardSampler(self.x_train, self.y_train, batch_size, seed_rng(seed, 1, rank))
+        self.sampler = ShardSampler(self.x_train, self.y_train, batch_size, seed_rng(seed, 1, shard))
 
 
-def _slice(n: int, rank: int, size: int) -> tuple[int, int]:
-    base, extra = divmod(n, size)
-    lo = rank * base + min(rank, extra)
-    return lo, lo + base + (1 if rank < extra else 0)
+def _slice(n: int, part: int, parts: int) -> tuple[int, int]:
+    base, extra = divmod(n, parts)
+    lo = part * base + min(part, extra)
+    return lo, lo + base + (1 if part < extra else 0)
 
 
-def build_data(cfg: Any, rank: int, size: int, xp: Any = np) -> RankData:
-    """Load, split, standardize, shard and wrap the job's data for this rank.
+def build_data(cfg: Any, shard: int, n_shards: int, xp: Any = np) -> RankData:
+    """Load, split, standardize and wrap data shard ``shard`` of ``n_shards`` (the
+    shard a rank's role reads, :attr:`mpiml.layout.Role.shard`; in data parallelism
+    shard = rank, n_shards = ranks). Its sampler is seeded by (run.seed, shard).
 
     Pure per rank (no MPI); every rank computes the same split. Raises ConfigError
     naming the field when the data cannot serve this job (missing file, a shard
     smaller than one batch, ...).
     """
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"build_data: shard must be in [0, {n_shards}) (got {shard})")
+    rank, size = shard, n_shards
     d = cfg.data
     seed = cfg.run.seed
     if d.name == "digits":
@@ -91,28 +97,29 @@ def build_data(cfg: Any, rank: int, size: int, xp: Any = np) -> RankData:
         )
     if d.standardize and not ds.presharded:
         standardize(ds)
-    shard = None
+    rows = None
     if not ds.presharded:
         n = len(ds.x_train)
         if n < size:
-            raise ConfigError(f"run.world_size: {size} ranks but only {n} training rows in {ds.name!r}")
+            raise ConfigError(f"run.world_size: {size} data shards but only {n} training rows in {ds.name!r}")
         if d.partition == "dirichlet":
             if not ds.n_classes:
                 raise ConfigError("data.partition = 'dirichlet' needs class labels")
             shards = dirichlet_shards(ds.y_train, size, d.alpha, seed)
         else:
             shards = iid_shards(n, size, seed)
-        shard = shards[rank]
+        rows = shards[rank]
         smallest = min(len(s) for s in shards)
         if d.batch_size > smallest:
             raise ConfigError(
                 f"data.batch_size = {d.batch_size} is larger than the smallest shard ({smallest} rows of "
-                f"{n} over {size} ranks, partition {d.partition!r}); allowed: 1..{smallest}"
+                f"{n} over {size} shards, partition {d.partition!r}); allowed: 1..{smallest}"
             )
     else:
-        rows = len(ds.x_train)
-        if d.batch_size > rows:
+        n_rows = len(ds.x_train)
+        if d.batch_size > n_rows:
             raise ConfigError(
-                f"data.batch_size = {d.batch_size} is larger than this rank's shard ({rows} rows); allowed: 1..{rows}"
+                f"data.batch_size = {d.batch_size} is larger than this rank's shard ({n_rows} rows); "
+                f"allowed: 1..{n_rows}"
             )
-    return RankData(ds, shard, rank, size, d.batch_size, seed, cfg.model.dtype, xp)
+    return RankData(ds, rows, shard, n_shards, d.batch_size, seed, cfg.model.dtype, xp)

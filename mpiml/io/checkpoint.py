@@ -1,8 +1,9 @@
 """Checkpoints: one HDF5 file per rank per step, written atomically, checked by SHA-256.
 
 Layout: ``<run>/checkpoints/step-<step:09d>/rank-<r:05d>.h5`` plus ``COMPLETE``
-(JSON: step, world size), which rank 0 writes only after every rank's file is on
-disk. A rank file holds its arrays as datasets and its metadata (RNG states, data
+(JSON: step, world size, and the job's layout of roles, :class:`mpiml.layout.Layout`
+as JSON; markers written before layouts existed have none and mean data
+parallelism), which rank 0 writes only after every rank's file is on disk. A rank file holds its arrays as datasets and its metadata (RNG states, data
 position, config) as JSON in the attribute ``meta``; the attribute ``sha256`` is the
 digest of every dataset's name, dtype, shape and bytes and of ``meta``. Writes go to
 a temporary name, are fsync'd, then renamed, and the folder is fsync'd: a crash
@@ -82,12 +83,16 @@ def write_rank(root: Path, step: int, rank: int, arrays: dict[str, np.ndarray], 
     return final
 
 
-def write_complete(root: Path, step: int, world_size: int) -> None:
-    """Mark ``step`` complete (rank 0, after every rank has written its file)."""
+def write_complete(root: Path, step: int, world_size: int, layout: str = "") -> None:
+    """Mark ``step`` complete (rank 0, after every rank has written its file);
+    ``layout`` is the job's :meth:`mpiml.layout.Layout.to_json`."""
     d = step_dir(root, step)
     tmp = d / ".COMPLETE.tmp"
+    marker: dict[str, Any] = {"step": step, "world_size": world_size}
+    if layout:
+        marker["layout"] = json.loads(layout)
     with open(tmp, "w") as fh:
-        json.dump({"step": step, "world_size": world_size}, fh)
+        json.dump(marker, fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, d / "COMPLETE")

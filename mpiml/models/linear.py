@@ -6,6 +6,7 @@ Its size d is set by the data, so it serves as a workload of any size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,6 @@ class LinearRegression:
         self.dtype = np.dtype(dtype)
         self.layout = ParamLayout(("w", "b"), ((d,), (1,)))
         self._r: dict[tuple[int, int], Array] = {}
-        self.progress = None  # one matrix product per pass: no chunk boundary to progress at
 
     @property
     def size(self) -> int:
@@ -50,14 +50,25 @@ class LinearRegression:
         r -= y
         return r
 
-    def loss_and_grad(self, w: Array, x: Array, y: Array, grad: Array, scale: float | None = None) -> float:
+    def loss_and_grad(
+        self,
+        w: Array,
+        x: Array,
+        y: Array,
+        grad: Array,
+        scale: float | None = None,
+        poll: Callable[[], Any] | None = None,
+    ) -> float:
         """Mean loss of the batch; ``grad`` <- scale * sum of per-row gradients
-        (``scale`` = 1/rows by default: the mean's gradient)."""
+        (``scale`` = 1/rows by default: the mean's gradient). ``poll`` is called once,
+        between the two matrix products (the only chunk boundary)."""
         xp = array_module(w)
         n = x.shape[0]
         r = self._residual(w, x, y)
         loss = 0.5 * float(r @ r) / n
         r *= 1.0 / n if scale is None else scale  # scale the n residuals, not the d gradients
+        if poll is not None:
+            poll()
         g = self.layout.views(grad)
         xp.matmul(x.T, r, out=g["w"])
         g["b"][0] = r.sum()

@@ -48,9 +48,6 @@ class MLP:
         self._cache: dict[tuple[int, int], list[Array]] = {}
         self._back: dict[tuple[int, int], list[Array]] = {}
         self._row_index: dict[tuple[int, int], Array] = {}
-        # called between layers of the forward and backward pass, so that communication
-        # in flight (DaSGD's average) is progressed during compute; None: nothing to do
-        self.progress: Callable[[], Any] | None = None
 
     @property
     def size(self) -> int:
@@ -91,8 +88,10 @@ class MLP:
             rows = self._row_index[key] = xp.arange(n)
         return rows
 
-    def forward(self, w: Array, x: Array) -> list[Array]:
-        """Activations of every layer; the last entry holds the logits."""
+    def forward(self, w: Array, x: Array, poll: Callable[[], Any] | None = None) -> list[Array]:
+        """Activations of every layer; the last entry holds the logits. ``poll`` (if
+        given) is called after each layer: the caller's communication in flight (DaSGD's
+        average) progresses during compute."""
         xp = array_module(w)
         v = self.layout.views(w)
         acts = self._buffers(w, x.shape[0])
@@ -107,24 +106,33 @@ class MLP:
                 else:
                     xp.tanh(out, out=out)
             h = out
-            if self.progress is not None:
-                self.progress()
+            if poll is not None:
+                poll()
         return acts
 
     def predict(self, w: Array, x: Array) -> Array:
         """Predicted class per row of ``x``."""
         return self.forward(w, x)[-1].argmax(axis=1)
 
-    def loss_and_grad(self, w: Array, x: Array, y: Array, grad: Array, scale: float | None = None) -> float:
+    def loss_and_grad(
+        self,
+        w: Array,
+        x: Array,
+        y: Array,
+        grad: Array,
+        scale: float | None = None,
+        poll: Callable[[], Any] | None = None,
+    ) -> float:
         """Mean cross-entropy of the batch; ``grad`` <- scale * sum of per-row gradients.
 
         ``scale`` defaults to 1/rows (the mean's gradient). Data-parallel callers pass
         1/(rows * ranks), so that a plain sum across ranks is the global batch's mean
         gradient and no extra pass over the parameters is needed to divide by n.
+        ``poll`` is called between layers of both passes (see :meth:`forward`).
         """
         xp = array_module(w)
         n = x.shape[0]
-        acts = self.forward(w, x)
+        acts = self.forward(w, x, poll)
         logits = acts[-1]
         # softmax in place, shifted by the row max to avoid overflow
         logits -= logits.max(axis=1, keepdims=True)
@@ -155,8 +163,8 @@ class MLP:
                 else:
                     back *= 1 - h_in * h_in
                 delta = back
-            if self.progress is not None:
-                self.progress()
+            if poll is not None:
+                poll()
         return loss
 
     def eval_sums(self, w: Array, x: Array, y: Array) -> tuple[float, float]:

@@ -3,7 +3,7 @@
 ``TimedModel(d, compute_ms)`` has d parameters and the loss f(w) = ||w||^2 / (2 d);
 each ``loss_and_grad`` writes the gradient (an O(d) pass, like a real backward pass
 writes d numbers) and takes ``compute_ms`` milliseconds in all, in chunks of
-``chunk_ms``, calling ``progress`` between chunks (so split-phase communication can
+``chunk_ms``, calling the caller's ``poll`` between chunks (so split-phase communication can
 be tested while it "computes"). ``compute = "sleep"`` leaves the host CPU idle, as
 while an accelerator runs the forward and backward pass; ``"spin"`` keeps one host
 core busy with small matrix products. The data a step samples is ignored: the model
@@ -40,7 +40,6 @@ class TimedModel:
         self.compute = compute
         self.chunk_s = chunk_ms / 1000.0
         self.dtype = np.dtype(dtype)
-        self.progress: Callable[[], Any] | None = None
         self._spin_a = np.ones((128, 128), dtype=np.float32)
         self._spin_out = np.empty((128, 128), dtype=np.float32)
 
@@ -51,13 +50,13 @@ class TimedModel:
     def init(self, rng: np.random.Generator, xp: Any = np, scale: float = 1.0) -> Array:
         return xp.full(self.d, scale, dtype=self.dtype)
 
-    def _busy_until(self, t_end: float) -> None:
+    def _busy_until(self, t_end: float, poll: Callable[[], Any] | None) -> None:
         while True:
             now = time.perf_counter()
             if now >= t_end:
                 return
-            if self.progress is not None:
-                self.progress()
+            if poll is not None:
+                poll()
             until = min(t_end, now + self.chunk_s)
             if self.compute == "sleep":
                 time.sleep(max(0.0, until - time.perf_counter()))
@@ -65,14 +64,23 @@ class TimedModel:
                 while time.perf_counter() < until:
                     np.matmul(self._spin_a, self._spin_a, out=self._spin_out)
 
-    def loss_and_grad(self, w: Array, x: Array, y: Array, grad: Array, scale: float | None = None) -> float:
-        """Loss ||w||^2/(2d); ``grad`` <- w/d times (rows * scale) (1 by default)."""
+    def loss_and_grad(
+        self,
+        w: Array,
+        x: Array,
+        y: Array,
+        grad: Array,
+        scale: float | None = None,
+        poll: Callable[[], Any] | None = None,
+    ) -> float:
+        """Loss ||w||^2/(2d); ``grad`` <- w/d times (rows * scale) (1 by default);
+        ``poll`` is called between chunks of the compute time."""
         t_end = time.perf_counter() + self.compute_s
         xp = array_module(w)
         factor = 1.0 / self.d if scale is None else x.shape[0] * scale / self.d
         xp.multiply(w, factor, out=grad)
         loss = 0.5 * float(w @ w) / self.d
-        self._busy_until(t_end)
+        self._busy_until(t_end, poll)
         return loss
 
     def eval_sums(self, w: Array, x: Array, y: Array) -> tuple[float, float]:

@@ -8,7 +8,7 @@ Four ways to progress it, chosen by ``algorithm.progress``:
 ``test``
     the protocol's ``test()`` (one ``MPI_Test``) is called between chunks of compute:
     between layers of a model's forward and backward pass and between the chunks of a
-    timed workload (``model.progress``). No extra thread, no extra core.
+    timed workload (the ``poll`` a program passes to ``loss_and_grad``). No extra thread.
 ``thread``
     a Python thread calls ``MPI_Test`` every ``interval`` seconds until the operation
     completes (needs ``MPI_THREAD_MULTIPLE``; mpi4py asks for it by default). The thread

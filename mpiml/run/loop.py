@@ -1,0 +1,365 @@
+"""The SPMD driver: :func:`train` sets up, runs each rank's program, and owns the hooks
+that follow a step (evaluate, checkpoint, flush, stop at agreed points).
+
+Every rank runs :func:`train` with the same job. Set-up problems raise
+:class:`ConfigError` on every rank (through :func:`mpiml.comm.agree`) before the
+first collective of training. The program of each rank's role
+(:meth:`mpiml.algorithms.Algorithm.program_for`) runs its steps and calls
+:meth:`Loop.after_step` after each; the loop decides, at step numbers every rank
+knows, when to evaluate, checkpoint and stop.
+
+Stop requests (``MPIML_STOP_FILE``, what the SLURM scripts use before a requeue) are
+agreed without a lock-step collective on the hot path: at every step t with
+t mod 10 = 5 each rank looks for the file and starts a nonblocking MAX-reduction of
+the answer (MPI_Iallreduce over all ranks), and at t mod 10 = 0 it reads the result,
+long complete by then. Every rank reads the same result at the same step, so all
+stop after the same step, write a checkpoint and exit with status 75.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import comm as _comm
+from ..algorithms import Context, Program
+from ..backend import cuda_aware_from_env, to_host
+from ..clock import sync_clock
+from ..config import Config
+from ..data import RankData
+from ..errors import ConfigError
+from ..io import checkpoint as ckpt
+from ..io.runfile import RankFile, RunFile
+from ..layout import Layout
+from ..optim import build_optimizer
+from ..trace import Trace
+from . import console
+from .evaluate import Evaluator
+from .resume import elapsed_since_start, has_checkpoints, pick_checkpoint, restore, write_checkpoint
+from .setup import Setup, prepare, set_threads
+
+__all__ = ["STOP_CHECK_EVERY", "Loop", "Result", "train"]
+
+STOP_CHECK_EVERY = 10  # steps between agreed stop points (MPIML_STOP_FILE)
+_STOP_LOOK = STOP_CHECK_EVERY // 2  # the file is looked at this many steps before a stop point
+
+
+@dataclass
+class Result:
+    """What :func:`train` returns on every rank."""
+
+    run_dir: Path
+    steps: int
+    accuracy: float
+    test_loss: float
+    params: np.ndarray  # this rank's final parameters (host copy; empty for a rank that holds none)
+    wall: float
+    stopped_at: int | None = None  # step at which MPIML_STOP_FILE stopped the run (after a checkpoint)
+
+
+class _Files:
+    """This rank's event file and, on rank 0, the run file; flushed at the loop's
+    flush points, at checkpoints and (best effort) before an abort."""
+
+    def __init__(self, trace: Trace, rank_file: RankFile, run_file: RunFile | None) -> None:
+        self.trace, self.rank_file, self.run_file = trace, rank_file, run_file
+
+    def flush(self, everything: bool = False) -> None:
+        self.rank_file.append_events(self.trace.take(everything))
+        for name, rows in self.trace.take_tables().items():
+            self.rank_file.append_table(name, rows)
+        self.rank_file.flush()
+        if self.run_file is not None:
+            self.run_file.flush()
+
+    def close(self) -> None:
+        self.flush(everything=True)  # at the end nothing is open; on an abort, keep every row
+        self.rank_file.close()
+        if self.run_file is not None:
+            self.run_file.close()
+
+
+class Loop:
+    """The hooks that follow every step of a program (driver-owned).
+
+    :meth:`after_step` adds the step's loss to the sums, and at the agreed step numbers
+    evaluates (every ``run.eval_every`` steps and at the last), checkpoints (every
+    ``checkpoint.every``), flushes the trace (every ``trace.flush_every``) and agrees
+    on a stop request. Returns True when the program must stop.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        comms: _comm.Comms,
+        layout: Layout,
+        program: Program,
+        data: RankData | None,
+        evaluator: Evaluator,
+        files: _Files,
+        trace: Trace,
+        run_dir: Path,
+        stream: TextIO,
+    ) -> None:
+        self.cfg, self.comms, self.layout, self.program, self.data = cfg, comms, layout, program, data
+        self.evaluate, self.files, self.trace, self.run_dir, self.stream = (
+            evaluator,
+            files,
+            trace,
+            run_dir,
+            stream,
+        )
+        self.rank = comms.world.Get_rank()
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.last: dict[str, float] = {}
+        self.stopped_at: int | None = None
+        self.fail_at = _fault_injection(self.rank)
+        self.stop_file = os.environ.get("MPIML_STOP_FILE", "")
+        self._stop_flag, self._stop_any = np.zeros(1, np.int32), np.zeros(1, np.int32)  # buffers, not pickles
+        self._stop_req: MPI.Request | None = None
+        self.t_loop = time.perf_counter()
+
+    def after_step(self, t: int, loss: float | None) -> bool:
+        cfg = self.cfg
+        if loss is not None:
+            self.loss_sum += loss
+            self.loss_count += 1
+        done = t + 1
+        if not self.program.synchronous:
+            self._report(self.evaluate.poll())
+        if done % cfg.run.eval_every == 0 or done == cfg.run.steps:
+            self.evaluate_now(t)
+        if cfg.checkpoint.every and (done % cfg.checkpoint.every == 0 or done == cfg.run.steps):
+            self.checkpoint(done)
+        elif done % cfg.trace.flush_every == 0:
+            self.files.flush()
+        if self.stop_file and done < cfg.run.steps and self._stop_agreed(done):
+            if not (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
+                self.checkpoint(done)
+            self.stopped_at = done
+            if self.rank == 0:
+                print(
+                    f"mpiml: stopped at step {done} ({self.stop_file} appeared); checkpoint written, "
+                    "resume with --resume",
+                    file=self.stream,
+                    flush=True,
+                )
+            return True
+        if done == self.fail_at:
+            raise RuntimeError(f"MPIML_FAIL_AT: injected failure on rank {self.rank} at step {done}")
+        return False
+
+    def evaluate_now(self, t: int) -> None:
+        """Evaluate after step ``t``: at once for a synchronous program; started here and
+        reported when done for an asynchronous one (never a barrier for its ranks)."""
+        if self.program.synchronous:
+            metrics = self.evaluate(t, self.loss_sum, self.loss_count)
+            self._report([(t, self.trace.now(), metrics)])
+        else:
+            self._report(self.evaluate.start(t, self.loss_sum, self.loss_count))
+        self.loss_sum, self.loss_count = 0.0, 0
+
+    def _report(self, results: list[tuple[int, float, dict[str, float]]]) -> None:
+        for t, when, metrics in results:
+            self.last = metrics
+            run_file = self.files.run_file
+            if run_file is not None:
+                for k, v in metrics.items():
+                    run_file.metric(k, t + 1, when, v)
+                elapsed = time.perf_counter() - self.t_loop
+                console.progress(t + 1, self.cfg.run.steps, metrics, self.trace, elapsed, self.stream)
+
+    def checkpoint(self, done: int) -> None:
+        write_checkpoint(
+            self.program,
+            self.data,
+            self.cfg,
+            self.comms.world,
+            self.layout,
+            self.run_dir,
+            done,
+            self.loss_sum,
+            self.loss_count,
+            self.trace,
+        )
+        self.files.flush()  # a checkpoint is a durable point: the tables up to it are on disk too
+
+    def _stop_agreed(self, done: int) -> bool:
+        """Split-phase agreement on a stop request (see the module docstring)."""
+        phase = done % STOP_CHECK_EVERY
+        if phase == _STOP_LOOK and self._stop_req is None:
+            self._stop_flag[0] = os.path.exists(self.stop_file)
+            self._stop_req = self.comms.world.Iallreduce(self._stop_flag, self._stop_any, op=MPI.MAX)
+        elif phase == 0 and self._stop_req is not None:
+            self._stop_req.Wait()
+            self._stop_req = None
+            return bool(self._stop_any[0])
+        return False
+
+    def finish(self) -> None:
+        """Complete an evaluation and a stop agreement still in flight (every rank
+        started them)."""
+        self._report(self.evaluate.finish())
+        if self._stop_req is not None:
+            self._stop_req.Wait()
+            self._stop_req = None
+
+
+def train(
+    cfg: Config,
+    comm: MPI.Comm | None = None,
+    out: str | Path = "results",
+    resume: bool | str = False,
+    overwrite: bool = False,
+    stream: TextIO | None = None,
+) -> Result:
+    """Train ``cfg`` on ``comm`` (default: mpiml's duplicate of COMM_WORLD).
+
+    Collective over comm. Writes ``<out>/<run.name>/run.h5``, per-rank event files
+    and checkpoints; rank 0 prints progress to ``stream`` (stdout by default).
+    ``resume``: False, True (the newest valid checkpoint; an error if none) or "auto"
+    (resume if there is a checkpoint, else start anew). Raises ConfigError (on every
+    rank) for a job that cannot run here.
+    """
+    world = comm if comm is not None else _comm.default_comm()
+    rank, size = world.Get_rank(), world.Get_size()
+    stream = stream if stream is not None else sys.stdout
+    out = Path(out)
+    wall0 = time.perf_counter()
+    setup: Setup = _comm.agree(world, lambda: prepare(cfg, rank, size, out, bool(resume), overwrite))
+    run_dir, layout = setup.run_dir, setup.layout
+    resume_from = None
+    if resume == "auto" and not has_checkpoints(world, run_dir):
+        if rank == 0:
+            print(
+                f"mpiml: --auto-resume: no checkpoint in {run_dir} yet; starting from scratch",
+                file=stream,
+                flush=True,
+            )
+    elif resume:
+        resume_from = pick_checkpoint(cfg, world, run_dir, layout)  # collective, errors agreed
+    threads = set_threads(world, cfg.run.threads)
+    if (overwrite or resume == "auto") and resume_from is None and rank == 0 and run_dir.exists():
+        for name in ("run.h5", "ranks", "checkpoints"):
+            p = run_dir / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    if rank == 0:
+        (run_dir / "ranks").mkdir(parents=True, exist_ok=True)
+    world.Barrier()
+    comms = _comm.split(world, layout)
+
+    offset = sync_clock(world)
+    # a resumed run continues the run clock: time since the first segment's start
+    elapsed = elapsed_since_start(run_dir / "run.h5") if rank == 0 and resume_from is not None else 0.0
+    t0 = world.bcast(time.perf_counter() + offset - elapsed if rank == 0 else None, root=0)
+    trace = Trace(offset, t0, enabled=cfg.trace.events)
+    xp, model, data = setup.xp, setup.model, setup.data
+    params = None
+    if model is not None:  # every rank that holds parameters starts from the same x_0
+        params = model.init(
+            np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 0])), xp, cfg.model.init_scale
+        )
+    cuda_aware = (
+        cuda_aware_from_env() if cfg.backend.cuda_aware == "auto" else cfg.backend.cuda_aware == "yes"
+    )
+    ctx = Context(
+        cfg=cfg,
+        comms=comms,
+        layout=layout,
+        role=setup.role,
+        model=model,
+        data=data,
+        optimizer=build_optimizer(cfg.optimizer),
+        trace=trace,
+        xp=xp,
+        params=params,
+        cuda_aware=cuda_aware,
+    )
+    program = setup.program(ctx)
+
+    start, meta = 0, None
+    if resume_from is not None:
+        start, _ = resume_from
+        meta = restore(program, data, ckpt.rank_path(run_dir / "checkpoints", start, rank))
+        trace.bytes_sent = meta["bytes_sent"]
+
+    resume_step = start if resume_from is not None else None
+    rank_file = RankFile(run_dir, rank, offset, resume_step)
+    run_file = None
+    if rank == 0:
+        run_file = RunFile(
+            run_dir,
+            size,
+            {
+                "config": cfg.to_json(),
+                "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+                "algorithm": cfg.algorithm.name,
+                "clock": "perf_counter + per-rank offset to rank 0 (Cristian), seconds since run start",
+                "threads_per_rank": threads,
+                "started_unix": time.time() - elapsed,
+                "network": os.environ.get("MPIML_NETWORK", "as launched (no emulation by mpiml)"),
+                "mpi_async_progress": os.environ.get("MPIR_CVAR_ASYNC_PROGRESS", ""),
+            },
+            resume_step,
+            layout=layout.to_json(),
+        )
+    files = _Files(trace, rank_file, run_file)
+    _comm.on_abort(files.close)
+    classification = model is not None and model.task == "classification"
+    evaluator = Evaluator(comms, program, trace, classification)
+    loop = Loop(cfg, comms, layout, program, data, evaluator, files, trace, run_dir, stream)
+    if meta is not None:
+        loop.loss_sum, loop.loss_count = meta["loss_sum"], meta["loss_count"]
+    if rank == 0 and start:
+        print(f"mpiml: resuming {run_dir} at step {start}", file=stream, flush=True)
+    if rank == 0:
+        console.header(cfg, layout, threads, run_dir, stream)
+
+    if start == loop.fail_at:
+        raise RuntimeError(f"MPIML_FAIL_AT: injected failure on rank {rank} at step {start}")
+    loop.t_loop = time.perf_counter()
+    program.run(start, cfg.run.steps, loop)
+    loop.finish()
+    if not loop.last and loop.stopped_at is None:  # resumed at the last step: nothing trained, still report
+        loop.last = loop.evaluate(cfg.run.steps - 1, loop.loss_sum, loop.loss_count)
+    program.quiesce()
+    program.close()
+    files.close()
+    _comm.off_abort(files.close)
+    comms.free()
+    world.Barrier()
+    wall = time.perf_counter() - wall0
+    last = loop.last
+    if rank == 0 and loop.stopped_at is None:
+        console.summary(cfg, last, run_dir, wall, stream)
+    x = program.params
+    return Result(
+        run_dir,
+        cfg.run.steps,
+        last.get("accuracy", float("nan")),
+        last.get("test_loss", float("nan")),
+        to_host(x).copy() if x is not None else np.zeros(0),
+        wall,
+        loop.stopped_at,
+    )
+
+
+def _fault_injection(rank: int) -> int:
+    """Step before which this rank raises, from ``MPIML_FAIL_AT=RANK:STEP`` (for testing
+    crash handling, aborts and resume); -1 when unset or for another rank."""
+    spec = os.environ.get("MPIML_FAIL_AT", "")
+    if not spec:
+        return -1
+    try:
+        r, s = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise ConfigError(f"MPIML_FAIL_AT must be RANK:STEP (got {spec!r})") from None
+    return s if r == rank else -1

@@ -300,3 +300,23 @@ def test_quantized_algorithms_train(comm: MPI.Comm, shared_tmp, alg: str) -> Non
     res = train(cfg, comm, out=shared_tmp, stream=NULL)
     acc = res.accuracy
     assert_all(comm, acc >= 0.9, f"{alg}: test accuracy {acc:.3f} after 300 steps")
+
+
+def test_resume_from_a_checkpoint_written_before_difference_average(comm: MPI.Comm, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    """Checkpoints written before the anchor moved into DifferenceAverage held it as
+    ``prsgd/anchor``; they still resume, bit for bit."""
+    from mpiml.io import checkpoint as ckpt
+
+    extra = ["algorithm.name=qpr_sgd", "algorithm.tau=4", "run.steps=12", "checkpoint.keep=10"]
+    full = train(_cfg("old-full", *extra, "checkpoint.every=6"), comm, out=shared_tmp, stream=NULL)
+    if comm.Get_rank() == 0:
+        shutil.copytree(shared_tmp / "old-full", shared_tmp / "old-cut")
+        shutil.rmtree(shared_tmp / "old-cut" / "checkpoints" / "step-000000012")
+    comm.Barrier()
+    root = shared_tmp / "old-cut" / "checkpoints"
+    arrays, meta = ckpt.read_rank(ckpt.rank_path(root, 6, comm.Get_rank()))
+    arrays["prsgd/anchor"] = arrays.pop("difference/reference")  # the old key
+    ckpt.write_rank(root, 6, comm.Get_rank(), arrays, meta)
+    comm.Barrier()
+    res = train(_cfg("old-cut", *extra, "checkpoint.every=6"), comm, out=shared_tmp, resume=True, stream=NULL)
+    _equal_to(comm, res.params, full.params, "resumed from an old-format checkpoint")

@@ -254,6 +254,7 @@ class Replica(Program):
                 op=op,
                 trace=ctx.trace,
                 progress=progress,
+                stream=self.compression.stream,
             )
         return AllReduce(
             self.comm,
@@ -265,12 +266,6 @@ class Replica(Program):
             cuda_aware=ctx.cuda_aware,
             progress=progress,
         )
-
-    def seed_message(self, counter: int) -> None:
-        """Seed the codec's random stream for the message sent at ``counter`` (a step or
-        a round); nothing to do when uncompressed."""
-        if self.compression is not None:
-            self.compression.reseed(counter)
 
     def local_gradient(
         self, t: int, scale: float | None = None, poll: Callable[[], Any] | None = None

@@ -7,8 +7,9 @@ The section belongs to the codecs, not to the config: it is registered here
 (:attr:`mpiml.algorithms.Algorithm.codec`): qsgd for the algorithms that exist to
 quantize, none for the others.
 
-Random streams: before each encode the codec is reseeded with
-``(run.seed, STREAM, rank, counter)``, ``counter`` the step or round that sends, so the
+Random streams: before each encode the compressed protocol reseeds the codec with
+``(run.seed, STREAM, rank, counter)``, ``counter`` the step or round that sends
+(:mod:`mpiml.protocols.lengths_first`; :attr:`Compression.stream` is the prefix), so the
 stream depends only on the job and the position in the run: a resumed run and a serial
 simulator draw exactly the same numbers, with no generator state to checkpoint. The
 error-feedback residual, when there is one, is checkpointed as ``compression/residual``.
@@ -102,7 +103,7 @@ def codec_from_config(cfg: Any) -> Codec | None:
 
 
 class Compression:
-    """One rank's codec with its seeding rule and checkpoint state."""
+    """One rank's codec, the prefix of its random streams, and its checkpoint state."""
 
     def __init__(self, cfg: Any, rank: int) -> None:
         codec = codec_from_config(cfg)
@@ -111,9 +112,10 @@ class Compression:
         self.codec: Codec = codec
         self.seed, self.rank = int(cfg.run.seed), rank
 
-    def reseed(self, counter: int) -> None:
-        """Seed the codec's stream for the message sent at ``counter`` (a step or round)."""
-        self.codec.reseed([self.seed, STREAM, self.rank, counter])
+    @property
+    def stream(self) -> tuple[int, int, int]:
+        """(run.seed, STREAM, rank): the protocols reseed the codec with (*stream, counter)."""
+        return (self.seed, STREAM, self.rank)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         if isinstance(self.codec, ErrorFeedback) and self.codec.residual is not None:

@@ -30,10 +30,11 @@ Choices where the paper is silent, documented and tested:
 Compression (``compression.codec``, docs/compression.md): every rank keeps the last
 global average r (the *reference*, the same on every rank; x_0 at first) and sends
 Q(y_t - r) instead of y_t, through :class:`mpiml.protocols.CompressedAllReduce`; the
-average is then r + mean_j Q(y_t^(j) - r), and becomes the next reference. This is
-Algorithm 1's difference form of papers/quantized-pr-sgd.txt applied to DaSGD's
-snapshot (compressing the models themselves does not converge: its Lemma 1). The
-reference is checkpointed as ``dasgd/reference``.
+average is then r + mean_j Q(y_t^(j) - r), and becomes the next reference
+(:class:`mpiml.protocols.DifferenceAverage`, sign +1). This is Algorithm 1's difference
+form of papers/quantized-pr-sgd.txt applied to DaSGD's snapshot (compressing the models
+themselves does not converge: its Lemma 1). The reference is checkpointed as
+``difference/reference`` (and, pending, the whole average r + mean as ``dasgd/average``).
 
 Defaults: tau = 4, d = 1 (the paper's Table I), xi = 0.25 (its §IV.C baseline).
 §VI.D recommends tau = d + 1; ``mpiml plan`` computes the smallest d with
@@ -48,6 +49,7 @@ from ..backend import to_host
 from ..config import Config
 from ..errors import ConfigError
 from ..layout import Layout
+from ..protocols import AllReduce, CompressedAllReduce, DifferenceAverage
 from ..protocols.progress import check_mode
 from .base import Algorithm, Context, Replica, register
 from .keys import DELAY, PROGRESS, TAU, XI
@@ -83,11 +85,10 @@ class DaSGD(Algorithm, Replica):
         self.delay: int = a.delay
         self.xi: float = a.xi
         self.progress: str = a.progress
+        self.average: AllReduce | CompressedAllReduce | DifferenceAverage
         self.average = self.averager("mean", progress=a.progress)
-        self.reference = None  # the last average r, kept only when compressing
-        if self.compression is not None:
-            self.reference = ctx.xp.array(self.x, copy=True)
-            self.delta = ctx.xp.empty_like(self.x)
+        if self.compression is not None:  # Q(y_t - r) sent, r <- r + mean: the reference r = x_0 first
+            self.average = DifferenceAverage(self.average, self.x, sign=+1)
         self.merge_at = -1  # the step whose update the pending average is merged into
         self.pending = False  # an average was started (or restored) and is not merged yet
         # 'test': MPI_Test between layers / compute chunks of every gradient
@@ -99,31 +100,18 @@ class DaSGD(Algorithm, Replica):
         if self.pending and t == self.merge_at:
             self._merge(t, self.average.finish(t) if self.average.in_flight else self.average.recvbuf)
         if (t + 1) % self.tau == 0:
-            send = self._message(t)
             if self.delay == 0:
-                self._merge(t, self.average.run(send, t))
+                self._merge(t, self.average.run(self.x, t))
             else:
-                self.average.start(send, t, snapshot=True)
+                self.average.start(self.x, t, snapshot=True)
                 self.merge_at = t + self.delay
                 self.pending = True
         return loss
 
-    def _message(self, t: int) -> np.ndarray:
-        """What goes into the average: y_t, or y_t - r when compressed."""
-        if self.reference is None:
-            return self.x
-        self.seed_message(t)
-        self.ctx.xp.subtract(self.x, self.reference, out=self.delta)
-        return self.delta
-
     def _merge(self, t: int, avg: np.ndarray) -> None:
-        """x <- xi x + (1 - xi) avg, in place (``avg`` is the protocol's buffer, which
-        is free until the next start)."""
+        """x <- xi x + (1 - xi) avg, in place (``avg`` is the protocol's buffer, the
+        caller's until the next start; compressed, it is already r + mean_j Q(y^(j) - r))."""
         t0 = self.trace.now()
-        if self.reference is not None:  # avg is mean_j Q(y^(j) - r): add r back
-            avg += self.reference
-            self.reference[...] = avg
-
         self.replace_params(lambda: self._mix(avg))
         self.pending = False
         self.trace.record(t, "merge", t0, self.trace.now())
@@ -144,8 +132,8 @@ class DaSGD(Algorithm, Replica):
         out["dasgd/average"] = (
             to_host(self.average.recvbuf).copy() if self.pending else np.zeros(0, self.average.dtype)
         )
-        if self.reference is not None:
-            out["dasgd/reference"] = to_host(self.reference).copy()
+        if isinstance(self.average, DifferenceAverage):
+            out.update(self.average.state_arrays())
         return out
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -153,7 +141,16 @@ class DaSGD(Algorithm, Replica):
         merge_at = int(arrays["dasgd/merge_at"][0])
         self.pending = merge_at >= 0
         self.merge_at = merge_at
+        xp = self.ctx.xp
         if self.pending:
-            self.average.recvbuf[...] = self.ctx.xp.asarray(arrays["dasgd/average"])
-        if self.reference is not None:
-            self.reference[...] = self.ctx.xp.asarray(arrays["dasgd/reference"])
+            self.average.recvbuf[...] = xp.asarray(arrays["dasgd/average"])
+        if isinstance(self.average, DifferenceAverage):
+            if "dasgd/reference" in arrays:
+                # a checkpoint from before DifferenceAverage held the old r and, pending, the
+                # mean of the differences: form r + mean now, as its merge would have
+                old = xp.asarray(arrays["dasgd/reference"])
+                if self.pending:
+                    self.average.recvbuf[...] += old
+                    old = self.average.recvbuf
+                arrays = {"difference/reference": old}
+            self.average.load_state(arrays)

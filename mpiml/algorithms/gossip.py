@@ -100,6 +100,7 @@ class _GossipBase(_Decentralized, Replica):
                 ctx.xp,
                 gamma=a.gamma,
                 trace=ctx.trace,
+                stream=self.compression.stream,
             )
             return
         self.gossip = Gossip(
@@ -126,7 +127,6 @@ class _GossipBase(_Decentralized, Replica):
 
     def _mix(self, t: int) -> None:
         r = (t + 1) // self.period - 1
-        self.seed_message(r)
         self.gossip.start(self.x, t, round=r)
         self.x[...] = self.gossip.finish()
 

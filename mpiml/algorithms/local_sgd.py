@@ -18,7 +18,9 @@ through a plain AllReduce. ``local_sgd`` with a ``compression.codec`` is ``qpr_s
 with that codec: compressing whole models does not converge (the paper's Lemma 1
 bounds the error by the norm of what is compressed), compressing the difference from
 the shared anchor does. The anchor is the same on every rank bit for bit (all decode
-the same payloads and add them in rank order), and is checkpointed (``prsgd/anchor``).
+the same payloads and add them in rank order); it is the reference of a
+:class:`mpiml.protocols.DifferenceAverage` (sign -1) and is checkpointed
+(``difference/reference``; checkpoints written before it, with ``prsgd/anchor``, resume).
 
 Optimizer state (momentum, Adam moments) stays local: only the parameters are
 averaged (position-form momentum moves with them, ``Replica.replace_params``).
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import to_host
+from ..protocols import AllReduce, CompressedAllReduce, DifferenceAverage
 from .base import Algorithm, Context, Replica, register
 from .keys import TAU
 
@@ -46,11 +48,10 @@ class LocalSGD(Algorithm, Replica):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.tau: int = ctx.options.tau
-        self.average = self.averager("mean")
-        self.anchor = None
+        self.average: AllReduce | CompressedAllReduce | DifferenceAverage = self.averager("mean")
         if self.differences or self.compression is not None:
-            self.anchor = ctx.xp.array(self.x, copy=True)  # x~_1: every rank starts from it
-            self.g = ctx.xp.empty_like(self.x)
+            # the anchor x~_1 = x_0: every rank starts from it (sign -1: g = x~ - x, x~ -= mean g)
+            self.average = DifferenceAverage(self.average, self.x, sign=-1)
 
     def step(self, t: int) -> float:
         loss = self.local_gradient(t)
@@ -60,24 +61,22 @@ class LocalSGD(Algorithm, Replica):
         return loss
 
     def _average(self, t: int) -> None:
-        if self.anchor is None:
-            self.x[...] = self.average.run(self.x, t)
-            return
-        self.seed_message(t)
-        self.ctx.xp.subtract(self.anchor, self.x, out=self.g)  # g = x_{n;0} - x_{n;K}
-        self.anchor -= self.average.run(self.g, t)  # x~_{n+1} = x~_n - Delta
-        self.x[...] = self.anchor
+        # plain: x <- mean_j x^(j); with the anchor: g = x~_n - x_{n;K} (line 7),
+        # x~_{n+1} = x~_n - mean_j g^(j) (line 10), and x <- x~_{n+1}
+        self.x[...] = self.average.run(self.x, t)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         out = super().state_arrays()
-        if self.anchor is not None:
-            out["prsgd/anchor"] = to_host(self.anchor).copy()
+        if isinstance(self.average, DifferenceAverage):
+            out.update(self.average.state_arrays())
         return out
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         super().load_state(arrays)
-        if self.anchor is not None:
-            self.anchor[...] = self.ctx.xp.asarray(arrays["prsgd/anchor"])
+        if isinstance(self.average, DifferenceAverage):
+            if "prsgd/anchor" in arrays:  # a checkpoint from before DifferenceAverage: the same r
+                arrays = {"difference/reference": arrays["prsgd/anchor"]}
+            self.average.load_state(arrays)
 
 
 @register

@@ -34,7 +34,6 @@ class AllReduceSGD(Algorithm, Replica):
 
     def step(self, t: int) -> float:
         loss = self.local_gradient(t, self.scale)
-        self.seed_message(t)
         g = self.allreduce.run(self.grad, t)
         self.apply(t, g)
         return loss

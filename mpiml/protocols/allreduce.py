@@ -52,15 +52,10 @@ class AllReduce(Protocol):
         cuda_aware: bool | None = None,
         progress: str = "test",
     ) -> None:
-        super().__init__(trace, progress)
+        super().__init__(comm, size, dtype, xp, trace, progress)
         if op not in ("sum", "mean"):
             raise ValueError(f"op must be 'sum' or 'mean' (got {op!r})")
-        self.comm = comm
-        self.n = comm.Get_size()
         self.op = op
-        self.size = size
-        self.dtype = np.dtype(dtype)
-        self.xp = xp
         self.recvbuf = xp.empty(size, dtype=self.dtype)
         self.sendbuf: Array | None = None  # allocated on the first snapshot, then kept
         self.staging = Staging(cuda_aware)

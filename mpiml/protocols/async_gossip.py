@@ -56,7 +56,12 @@ EXCHANGE_DTYPE = np.dtype([("step", "<i8"), ("peer", "<i4"), ("pushes", "<i4"), 
 class AsyncGossip:
     """Push-sum gossip of a flat buffer of ``size`` ``dtype`` values over ``schedule``
     (``schedule.at(t)``: the topology at this rank's step t). Collective over ``comm``
-    at construction and in :meth:`close` only."""
+    at construction and in :meth:`close` only.
+
+    Not a split-phase :class:`~mpiml.protocols.Protocol`: nothing starts and finishes.
+    It is a one-sided channel: :meth:`push` (half the mass into a peer's window),
+    :meth:`drain` (take what was pushed here), :meth:`step` (drain, then push), and the
+    collective :meth:`close`."""
 
     name = "async_gossip"
 

@@ -5,11 +5,20 @@ with computation); a blocking call is start followed by finish. Between the two,
 ``test()`` makes progress (MPI libraries progress a nonblocking operation only
 inside MPI calls unless told otherwise) and says whether the operation is done.
 Time spent blocked in ``finish`` is traced as a ``wait`` event, never assumed zero.
+
+**Who owns a returned buffer.** What ``finish`` (or ``run``) returns is a buffer the
+protocol owns (allocated once, in the constructor): the caller may read it, and modify it
+in place, until the next ``start`` (or ``run``) of the same protocol, which overwrites it.
+To keep a result longer, copy it. What ``start`` is given is the caller's: with
+``snapshot=False`` it must stay untouched until ``finish`` (as with MPI); with
+``snapshot=True`` (implied by protocols that encode or copy in ``start``) it may change
+at once.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
@@ -67,20 +76,32 @@ class Messages:
 class Protocol(ABC):
     """Base of every protocol. Subclasses implement ``start`` and ``finish``.
 
-    The split-phase bookkeeping every protocol shares lives here: a subclass's
-    ``start`` posts its nonblocking requests and calls :meth:`_posted`; its ``finish``
-    calls :meth:`_stop_thread` (then waits its own way, or with :meth:`_wait_all`)
-    and :meth:`_done`. ``test`` and the ``progress`` modes
-    (:mod:`mpiml.protocols.progress`) then work the same for every protocol.
+    What every protocol's constructor shares is set here: ``comm`` (collective over it),
+    ``n`` and ``rank`` in it, ``size`` and ``dtype`` of the flat buffers it moves, the
+    array module ``xp``, the ``trace`` (an untraced one when None) and the ``progress``
+    mode. The split-phase bookkeeping lives here too: a subclass's ``start`` posts its
+    nonblocking requests and calls :meth:`_posted`; its ``finish`` calls
+    :meth:`_stop_thread` (then waits its own way, or with :meth:`_wait_all`) and
+    :meth:`_done`. ``test`` and the ``progress`` modes (:mod:`mpiml.protocols.progress`)
+    then work the same for every protocol.
     """
 
     name = "protocol"
-    size: int  # elements of the flat buffers the protocol moves
-    dtype: np.dtype
 
-    def __init__(self, trace: Trace | None = None, progress: str = "test") -> None:
+    def __init__(
+        self,
+        comm: MPI.Comm,
+        size: int,
+        dtype: Any,
+        xp: Any = np,
+        trace: Trace | None = None,
+        progress: str = "test",
+    ) -> None:
         if progress not in MODES:
             raise ValueError(f"progress must be one of {', '.join(map(repr, MODES))} (got {progress!r})")
+        self.comm = comm
+        self.n, self.rank = comm.Get_size(), comm.Get_rank()
+        self.size, self.dtype, self.xp = int(size), np.dtype(dtype), xp
         self.trace = trace if trace is not None else Trace(enabled=False)
         self.progress = progress
         self.step = 0
@@ -172,9 +193,9 @@ class Protocol(ABC):
 
     @abstractmethod
     def finish(self, step: int | None = None) -> Array:
-        """Wait for completion and return the result (owned by the protocol; valid until
-        the next ``start``). The time blocked is traced at ``step`` (default: the step
-        that started the operation)."""
+        """Wait for completion and return the result (the protocol's buffer: the caller
+        may use and modify it until the next ``start``). The time blocked is traced at
+        ``step`` (default: the step that started the operation)."""
 
     def run(self, x: Array, step: int = 0) -> Array:
         """Blocking form: start, then finish."""

@@ -33,6 +33,7 @@ other ranks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -69,15 +70,12 @@ class CompressedAllReduce(LengthsFirst):
         op: str = "mean",
         trace: Trace | None = None,
         progress: str = "test",
+        stream: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(trace, progress)
+        super().__init__(comm, size, dtype, codec, xp, trace, progress, stream)
         if op not in ("sum", "mean"):
             raise ValueError(f"op must be 'sum' or 'mean' (got {op!r})")
-        if not isinstance(codec, Codec):
-            raise ValueError(f"codec must be a mpiml.compress.Codec (got {type(codec).__name__})")
-        self.comm, self.n, self.op = comm, comm.Get_size(), op
-        self.size, self.dtype, self.xp = size, np.dtype(dtype), xp
-        self.codec = codec
+        self.op = op
         self.recvbuf = xp.empty(size, dtype=self.dtype)
         self._acc = self.recvbuf if xp is np else np.empty(size, dtype=self.dtype)
         self._tmp = np.empty(size, dtype=self.dtype)
@@ -89,11 +87,12 @@ class CompressedAllReduce(LengthsFirst):
         self._phase = 0
 
     def start(self, x: Array, step: int = 0, *, snapshot: bool = False) -> None:
-        """Encode ``x`` and post the exchange of lengths (``snapshot`` is implied)."""
+        """Encode ``x`` (the codec reseeded for message ``step``) and post the exchange
+        of lengths (``snapshot`` is implied)."""
         self._check(x)
         self._begin(step)  # refuses a second operation before the codec's state moves
         t0 = self.trace.now()
-        self._payload = self.codec.encode(x)
+        self._payload = self._encode(x, step)
         t1 = self.trace.now()
         self.trace.record(step, ENCODE, t0, t1, int(self._payload.size))
         self._t_start = t1
@@ -118,7 +117,7 @@ class CompressedAllReduce(LengthsFirst):
 
     def finish(self, step: int | None = None) -> Array:
         """Wait, decode the M payloads in rank order and return their mean (or sum), in
-        a buffer the protocol owns (valid until the next ``finish``)."""
+        the protocol's buffer (the caller's until the next ``start``)."""
         t0 = self.trace.now()
         self._stop_thread()
         self._wait_all()

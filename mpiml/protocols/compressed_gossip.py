@@ -44,6 +44,7 @@ uncompressed exchange at construction is not traced.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -87,19 +88,16 @@ class CompressedGossip(LengthsFirst):
         gamma: float = 1.0,
         trace: Trace | None = None,
         progress: str = "test",
+        stream: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(trace, progress)
+        super().__init__(comm, int(x0.size), x0.dtype, codec, xp, trace, progress, stream)
         if not schedule.static:
             raise ValueError(
                 "compressed gossip needs a static topology (a time-varying W would need copies "
                 "of every model any round mixes)"
             )
-        if not isinstance(codec, Codec):
-            raise ValueError(f"codec must be a mpiml.compress.Codec (got {type(codec).__name__})")
         check_workers(schedule, comm)
-        rank = comm.Get_rank()
-        self.comm, self.rank, self.codec, self.xp = comm, rank, codec, xp
-        self.size, self.dtype = int(x0.size), np.dtype(x0.dtype)
+        rank = self.rank
         top = schedule.at(0)
         self.self_weight, self.w_in = mixing_row(top, rank, gamma)
         self.peers = [j for j, _ in self.w_in]
@@ -146,12 +144,13 @@ class CompressedGossip(LengthsFirst):
 
     def start(self, x: Array, step: int = 0, *, snapshot: bool = False, round: int | None = None) -> None:
         """Compute g^(m) = Q(x~^(m) - x_half) from the local model ``x`` and post the
-        round (``snapshot`` is implied: ``x`` is not read after ``start``; ``round`` is
-        accepted as :class:`Gossip` takes it, and unused: the topology is static)."""
+        round (``snapshot`` is implied: ``x`` is not read after ``start``). The codec is
+        reseeded for message ``round`` (``step`` when no round is given); the topology is
+        static, so the round picks no matrix."""
         self._check(x)
         self._begin(step)
         t0 = self.trace.now()
-        payload = self.codec.encode(self.difference(x))
+        payload = self._encode(self.difference(x), step if round is None else round)
         self.codec.decode(payload, out=self._g)  # what every copy of x~^(m) will subtract
         self._payload = payload
         t1 = self.trace.now()

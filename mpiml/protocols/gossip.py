@@ -95,13 +95,12 @@ class Gossip(Protocol):
         cuda_aware: bool | None = None,
         progress: str = "test",
     ) -> None:
-        super().__init__(trace, progress)
+        super().__init__(comm, size, dtype, xp, trace, progress)
         if method not in ("p2p", "neighbor"):
             raise ValueError(f"method must be 'p2p' or 'neighbor' (got {method!r})")
         check_workers(schedule, comm)
-        rank = comm.Get_rank()
-        self.comm, self.rank, self.schedule = comm, rank, schedule
-        self.size, self.dtype, self.xp = size, np.dtype(dtype), xp
+        rank = self.rank
+        self.schedule = schedule
         self.method, self.gamma = method, gamma
         self.period = 1 if schedule.static else schedule.period
         # per round of the period: (self weight, [(peer, weight)] ascending, out-neighbours)

@@ -8,16 +8,29 @@ sets ``_phase = 0``; when step 1's requests complete, in ``test`` (so the ``test
 :meth:`_post_payloads` posts step 2 into buffers sized from the lengths and replaces
 ``_reqs``. Receive buffers come from :func:`grow`: allocated once, grown only when a
 larger total arrives, reused after that.
+
+**Codec seeding.** A compressed protocol owns its codec's random stream: given a
+``stream`` at construction (a seed prefix, e.g. (run seed, stream id, rank)), every
+encode in ``start`` first reseeds the codec with ``(*stream, counter)``, the counter
+being the gossip round when ``start`` gets one and the step otherwise. A message's random
+draws then depend only on the job and its position in the run (a resumed run and a serial
+simulator draw the same numbers), and no caller can forget to seed. ``stream=None``
+leaves the codec's stream to the caller.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
+from ..backend import Array
+from ..compress import Codec
 from ..kinds import register_kind
+from ..trace import Trace
 from .base import Protocol
 
 __all__ = ["DECODE", "ENCODE", "LengthsFirst", "grow"]
@@ -36,9 +49,33 @@ def grow(buf: np.ndarray, nbytes: int) -> np.ndarray:
 
 
 class LengthsFirst(Protocol):
-    """A protocol whose operation is lengths (``_phase`` 0), then payloads (1)."""
+    """A protocol whose operation is lengths (``_phase`` 0), then payloads (1), of
+    messages encoded by ``codec`` (seeded from ``stream``, see the module docstring)."""
 
     _phase = 0
+
+    def __init__(
+        self,
+        comm: MPI.Comm,
+        size: int,
+        dtype: Any,
+        codec: Codec,
+        xp: Any = np,
+        trace: Trace | None = None,
+        progress: str = "test",
+        stream: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(comm, size, dtype, xp, trace, progress)
+        if not isinstance(codec, Codec):
+            raise ValueError(f"codec must be a mpiml.compress.Codec (got {type(codec).__name__})")
+        self.codec = codec
+        self.stream = None if stream is None else [int(v) for v in stream]
+
+    def _encode(self, x: Array, counter: int) -> np.ndarray:
+        """The codec's payload of ``x``, the codec reseeded first for message ``counter``."""
+        if self.stream is not None:
+            self.codec.reseed([*self.stream, counter])
+        return self.codec.encode(x)
 
     @abstractmethod
     def _post_payloads(self) -> None:

@@ -3,13 +3,15 @@
 Importing this package registers every algorithm (:data:`REGISTRY`) and the job
 sections they own: ``[algorithm]`` (``name`` plus every algorithm's keys) and
 ``[compression]``. Adding an algorithm: one module with an :class:`Algorithm`
-subclass decorated with :func:`register`, and its import below.
+subclass decorated with :func:`register`, and its name in :data:`MODULES`.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from ..config import register_section
-from . import compression, dasgd, gossip, local_sgd, sgd  # noqa: F401, I001  (register the algorithms, in this order)
+from . import compression
 from .base import (
     REGISTRY,
     Algorithm,
@@ -23,6 +25,11 @@ from .base import (
 )
 
 __all__ = ["REGISTRY", "Algorithm", "Context", "EvalSums", "Program", "Replica", "register"]
+
+# the modules whose import registers their algorithms, in the order the docs list them
+MODULES = ("sgd", "local_sgd", "dasgd", "gossip")
+for _module in MODULES:
+    import_module(f"{__name__}.{_module}")
 
 register_section("algorithm", algorithm_section(), after="run", check=check_job)
 register_section("compression", compression.KEYS, after="algorithm", check=compression.check)

@@ -12,17 +12,8 @@ from importlib import import_module
 
 from ..config import register_section
 from . import compression
-from .base import (
-    REGISTRY,
-    Algorithm,
-    Context,
-    EvalSums,
-    Program,
-    Replica,
-    algorithm_section,
-    check_job,
-    register,
-)
+from .base import REGISTRY, Algorithm, Context, EvalSums, Program, algorithm_section, check_job, register
+from .replica import Replica
 
 __all__ = ["REGISTRY", "Algorithm", "Context", "EvalSums", "Program", "Replica", "register"]
 

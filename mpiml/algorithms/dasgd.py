@@ -51,8 +51,9 @@ from ..errors import ConfigError
 from ..layout import Layout
 from ..protocols import AllReduce, CompressedAllReduce, DifferenceAverage
 from ..protocols.progress import check_mode
-from .base import Algorithm, Context, Replica, register
+from .base import Algorithm, Context, register
 from .keys import DELAY, PROGRESS, TAU, XI
+from .replica import Replica
 
 __all__ = ["DaSGD"]
 

@@ -36,9 +36,10 @@ from ..layout import Layout
 from ..protocols import CompressedGossip, Gossip
 from ..protocols.async_gossip import AsyncGossip
 from ..topology import Schedule, TopologyError, build_schedule
-from .base import Algorithm, Context, Replica, register
+from .base import Algorithm, Context, register
 from .compression import codec_of
 from .keys import GAMMA, GOSSIP_METHOD, PERIOD, TAU, TOPOLOGY
+from .replica import Replica
 
 __all__ = ["AsyncGossipSGD", "DPSGD", "DQuantizedPRSGD", "PeriodicGossip", "schedule_of"]
 

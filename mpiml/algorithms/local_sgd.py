@@ -32,8 +32,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..protocols import AllReduce, CompressedAllReduce, DifferenceAverage
-from .base import Algorithm, Context, Replica, register
+from .base import Algorithm, Context, register
 from .keys import TAU
+from .replica import Replica
 
 __all__ = ["LocalSGD", "PRSGD", "QuantizedPRSGD"]
 

@@ -15,7 +15,8 @@ compresses its gradients the same way (with ``compression.error_feedback``, EF-S
 
 from __future__ import annotations
 
-from .base import Algorithm, Context, Replica, register
+from .base import Algorithm, Context, register
+from .replica import Replica
 
 __all__ = ["AllReduceSGD", "QSGD"]
 

@@ -30,9 +30,11 @@ knows how to classify. Readers group events by ``category(kind)`` (or, for a run
 file, by the file's own ``/kinds`` table: :attr:`mpiml.io.Run.kinds`), never by lists
 of names.
 
-The trainer's kinds (``compute``, ``update``, ``merge``, ``eval``, ``checkpoint``,
-``flush``) are the **core** kinds, registered here; every protocol module registers
-its own (``allreduce``, ``gossip``, ``send``, ``wait``, ...).
+Every owner registers its own: the replica program ``compute`` and ``update``
+(:mod:`mpiml.algorithms.replica`), DaSGD ``merge``, the driver ``eval`` and
+``checkpoint`` (:mod:`mpiml.run`), every protocol module its own (``allreduce``,
+``gossip``, ``send``, ``wait``, ...). A reader of a run file needs none of them
+imported: the file carries its own ``/kinds`` table.
 
 **Width.** A kind name is at most :data:`KIND_WIDTH` = 32 bytes: lowercase ASCII
 letters, digits, ``_``, ``.`` and ``-``, starting with a letter. The event table's
@@ -151,14 +153,3 @@ def table() -> np.ndarray:
     rows = [(k.name.encode(), k.category.encode(), k.doc.encode()) for k in _KINDS.values()]
     width = max((len(r[2]) for r in rows), default=1)
     return np.array(rows, dtype=table_dtype(width))
-
-
-# the core kinds: the driver's (trainer's) own events
-COMPUTE = register_kind("compute", "compute", "sampling a minibatch and computing its gradient")
-UPDATE = register_kind("update", "compute", "the optimizer's update of the local parameters")
-MERGE = register_kind("merge", "compute", "DaSGD's merge x <- xi x + (1 - xi) average")
-EVAL = register_kind("eval", "bookkeeping", "evaluation of the average model (two small AllReduces)")
-CHECKPOINT = register_kind(
-    "checkpoint", "bookkeeping", "writing this rank's checkpoint, including the barrier before COMPLETE"
-)
-FLUSH = register_kind("flush", "bookkeeping", "appending pending events and metrics to the run files")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import mpiml.plan.model as plan_model
+import mpiml.run  # noqa: F401  (the owners register their kinds: replicas, DaSGD, the driver)
 from mpiml.io import SCHEMA, load_run
 from mpiml.kinds import table, table_dtype
 from mpiml.plan import (

@@ -48,6 +48,7 @@ import numpy as np
 from ..backend import to_host
 from ..config import Config
 from ..errors import ConfigError
+from ..kinds import register_kind
 from ..layout import Layout
 from ..protocols import AllReduce, CompressedAllReduce, DifferenceAverage
 from ..protocols.progress import check_mode
@@ -55,7 +56,9 @@ from .base import Algorithm, Context, register
 from .keys import DELAY, PROGRESS, TAU, XI
 from .replica import Replica
 
-__all__ = ["DaSGD"]
+__all__ = ["MERGE", "DaSGD"]
+
+MERGE = register_kind("merge", "compute", "DaSGD's merge x <- xi x + (1 - xi) average")
 
 
 @register
@@ -115,7 +118,7 @@ class DaSGD(Algorithm, Replica):
         t0 = self.trace.now()
         self.replace_params(lambda: self._mix(avg))
         self.pending = False
-        self.trace.record(t, "merge", t0, self.trace.now())
+        self.trace.record(t, MERGE, t0, self.trace.now())
 
     def _mix(self, avg: np.ndarray) -> None:
         self.x *= self.xi

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..backend import Array, to_host
+from ..kinds import register_kind
 from ..optim import POSITION_STATE
 from .base import Context, EvalSums, Program
 
@@ -22,7 +23,10 @@ if TYPE_CHECKING:
     from ..protocols import AllReduce, CompressedAllReduce
     from .compression import Compression
 
-__all__ = ["Replica"]
+__all__ = ["COMPUTE", "UPDATE", "Replica"]
+
+COMPUTE = register_kind("compute", "compute", "sampling a minibatch and computing its gradient")
+UPDATE = register_kind("update", "compute", "the optimizer's update of the local parameters")
 
 
 class Replica(Program):
@@ -99,14 +103,14 @@ class Replica(Program):
         t0 = tr.now()
         xb, yb = self.data.sampler.next()
         loss = self.model.loss_and_grad(self.x, xb, yb, self.grad, scale, poll=poll)
-        tr.record(t, "compute", t0, tr.now())
+        tr.record(t, COMPUTE, t0, tr.now())
         return loss
 
     def apply(self, t: int, g: Array) -> None:
         """The optimizer's sequential update of ``self.x`` with gradient ``g``."""
         t0 = self.trace.now()
         self.ctx.optimizer.step(self.x, g, self.opt_state)
-        self.trace.record(t, "update", t0, self.trace.now())
+        self.trace.record(t, UPDATE, t0, self.trace.now())
 
     def replace_params(self, fn: Callable[[], None]) -> None:
         """Run ``fn``, which moves ``self.x`` in place (an average, a merge), and move

@@ -23,9 +23,12 @@ from mpi4py import MPI
 
 from ..algorithms import EvalSums, Program
 from ..comm import Comms
+from ..kinds import register_kind
 from ..trace import Trace
 
-__all__ = ["BYTES_DTYPE", "Evaluator"]
+__all__ = ["BYTES_DTYPE", "EVAL", "Evaluator"]
+
+EVAL = register_kind("eval", "bookkeeping", "an evaluation: the program's part and the AllReduce of the sums")
 
 BYTES_DTYPE = np.dtype([("step", "<i8"), ("bytes", "<i8")])  # /ranks/<r>/bytes_sent
 
@@ -55,7 +58,7 @@ class Evaluator:
         bytes_sent = self._bytes(step)
         self._fill(e, loss_sum, loss_count, bytes_sent)
         self.comm.Allreduce(self.sums, self.out, op=MPI.SUM)
-        self.trace.record(step, "eval", t0, self.trace.now())
+        self.trace.record(step, EVAL, t0, self.trace.now())
         return self._metrics()
 
     def start(self, step: int, loss_sum: float, loss_count: int) -> list[tuple[int, float, dict[str, float]]]:
@@ -82,7 +85,7 @@ class Evaluator:
         elif not self._req.Test():
             return []
         self._req, self._pending = None, None
-        self.trace.record(step, "eval", t0, self.trace.now())
+        self.trace.record(step, EVAL, t0, self.trace.now())
         return [(step, t0, self._metrics())]
 
     def finish(self) -> list[tuple[int, float, dict[str, float]]]:

@@ -22,10 +22,15 @@ from ..config import Config
 from ..data import RankData
 from ..errors import CheckpointError
 from ..io import checkpoint as ckpt
+from ..kinds import register_kind
 from ..layout import Layout, data_parallel
 from ..trace import Trace
 
-__all__ = ["elapsed_since_start", "has_checkpoints", "pick_checkpoint", "restore", "write_checkpoint"]
+__all__ = ["CHECKPOINT", "elapsed_since_start", "has_checkpoints", "pick_checkpoint", "restore", "write_checkpoint"]
+
+CHECKPOINT = register_kind(
+    "checkpoint", "bookkeeping", "writing this rank's checkpoint, including the barriers around it"
+)
 
 
 def has_checkpoints(comm: MPI.Comm, run_dir: Path) -> bool:
@@ -177,4 +182,4 @@ def write_checkpoint(
     if comm.Get_rank() == 0:
         ckpt.write_complete(root, step, comm.Get_size(), layout.to_json())
         ckpt.prune(root, cfg.checkpoint.keep)
-    trace.record(step - 1, "checkpoint", t0, trace.now())
+    trace.record(step - 1, CHECKPOINT, t0, trace.now())

@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--print-layout", action="store_true", help="print every rank's role on this many ranks and exit"
     )
-    lay = sub.add_parser("layout", help="every rank's role for a job on N ranks (no MPI needed)")
+    lay = sub.add_parser("layout", help="every rank's role for a job on N ranks (no mpiexec needed)")
     lay.add_argument("job", nargs="?", help="job file (TOML); the embedded default job when omitted")
     lay.add_argument("-n", type=int, required=True, metavar="N", help="number of ranks")
     lay.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")

@@ -178,15 +178,22 @@ _SECTIONS: dict[str, dict[str, Field]] = {  # noqa: RUF012 - filled by register_
 # Packages whose import registers plug-in sections ([algorithm], [compression]).
 _PLUGINS = ("mpiml.algorithms",)
 _CHECKS: list[Callable[[Config], None]] = []
+_RELEVANT: dict[str, Callable[[Config], Iterable[str]]] = {}
 _loaded = False
 
 
 def register_section(
-    name: str, fields: dict[str, Field], *, after: str, check: Callable[[Config], None] | None = None
+    name: str,
+    fields: dict[str, Field],
+    *,
+    after: str,
+    check: Callable[[Config], None] | None = None,
+    relevant: Callable[[Config], Iterable[str]] | None = None,
 ) -> None:
     """Add section ``[name]`` after section ``after`` (its owner calls this once, at
     import); ``check`` is a pure rule on the whole validated job, run after the fields
-    are checked (it raises ConfigError naming the fields)."""
+    are checked (it raises ConfigError naming the fields); ``relevant`` names the keys of
+    the section a given job reads (the others may differ on ``--resume``; default: all)."""
     if name in _SECTIONS:
         raise ValueError(f"section [{name}] is registered twice")
     items = list(_SECTIONS.items())
@@ -196,6 +203,8 @@ def register_section(
     _SECTIONS.update(items)
     if check is not None:
         _CHECKS.append(check)
+    if relevant is not None:
+        _RELEVANT[name] = relevant
 
 
 def schema() -> dict[str, dict[str, Field]]:
@@ -255,11 +264,14 @@ class Config(dict[str, Any]):
         return validate(json.loads(text))
 
     def differences(self, other: Config) -> list[str]:
-        """``section.key`` names whose values differ, except those a resume may change."""
+        """``section.key`` names whose values differ, except those a resume may change
+        (resumable fields, and keys that neither job reads)."""
         out = []
         for sec, fields in schema().items():
+            read = _RELEVANT.get(sec)
+            used = set(fields) if read is None else {*read(self), *read(other)}
             for key, f in fields.items():
-                if f.resumable:
+                if f.resumable or key not in used:
                     continue
                 if self[sec][key] != other[sec][key]:
                     out.append(f"{sec}.{key} ({other[sec][key]!r} in the checkpoint, {self[sec][key]!r} now)")

@@ -16,7 +16,7 @@ Every event a :class:`mpiml.trace.Trace` records has a kind (``compute``,
     observed completion; the rank did other work meanwhile, so these spans overlap
     the other categories (the blocked part of them is recorded apart as ``wait``)
 ``bookkeeping``
-    driver work that is not training: evaluation, checkpoints, flushes
+    driver work that is not training: evaluation, checkpoints
 
 A module registers its kinds once, at import time, with :func:`register_kind`, and
 keeps the name it returns::

@@ -67,7 +67,8 @@ class Role:
             )
 
     def describe(self) -> str:
-        """``replica (shard 2)``, ``stage 1 of pipeline 0 (reads y of shard 0)``, ``server 1``, ..."""
+        """``replica (shard 2)``, ``stage 1 of pipeline 0 (reads y of shard 0)``, ``server of
+        shard 1``, ``scheduler``."""
         if self.kind == "stage":
             head = f"stage {self.stage} of pipeline {self.group}"
         elif self.kind == "server":
@@ -150,7 +151,9 @@ class Layout:
     def describe(self) -> str:
         """A table of ranks and roles (``mpiml layout`` prints it)."""
         counts = ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in self.counts.items())
-        lines = [f"layout {self.name}: {self.size} ranks ({counts}), {self.n_shards} data shards"]
+        ranks = f"{self.size} rank{'s' if self.size > 1 else ''}"
+        shards = f"{self.n_shards} data shard{'s' if self.n_shards != 1 else ''}"
+        lines = [f"layout {self.name}: {ranks} ({counts}), {shards}"]
         lines += [f"  rank {r:>4}: {role.describe()}" for r, role in enumerate(self.roles)]
         return "\n".join(lines)
 

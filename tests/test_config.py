@@ -147,3 +147,22 @@ def test_auto_codec_is_qsgd_for_the_quantized_algorithms(alg: str, codec: str, w
 
     cfg = load_config(None, [f"algorithm.name={alg}", f"compression.codec={codec}"])
     assert codec_of(cfg) == want
+
+
+def test_resume_compares_only_the_keys_the_job_reads() -> None:
+    """A key no algorithm of either job reads (dasgd has no topology; without a codec, no
+    qsgd levels) may differ on --resume; one it reads may not."""
+    base = ["algorithm.name=dasgd"]
+    a = load_config(None, base)
+    assert a.differences(load_config(None, [*base, "algorithm.topology=torus", "compression.s=7"])) == []
+    assert [d.split(" ")[0] for d in a.differences(load_config(None, [*base, "algorithm.tau=8"]))] == [
+        "algorithm.tau"
+    ]
+    assert [d.split(" ")[0] for d in a.differences(load_config(None, ["algorithm.name=sgd"]))] == [
+        "algorithm.name"
+    ]
+    q = load_config(None, ["algorithm.name=qsgd"])
+    assert [
+        d.split(" ")[0] for d in q.differences(load_config(None, ["algorithm.name=qsgd", "compression.s=3"]))
+    ] == ["compression.s"]
+    assert q.differences(load_config(None, ["algorithm.name=qsgd", "compression.ratio=0.5"])) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 from mpi4py import MPI
 from reference import small_job  # tests/reference.py
@@ -64,3 +65,41 @@ def test_run_file_and_marker_record_the_layout_and_resume_refuses_another(comm: 
         train(cfg, comm, out=shared_tmp, resume=True, stream=null)
     msg = str(info.value)
     assert_all(comm, "the layout (parameter_server" in msg and "data_parallel" in msg, msg)
+
+
+def test_a_marker_with_a_broken_layout_is_skipped_like_a_damaged_checkpoint(
+    comm: MPI.Comm, shared_tmp
+) -> None:  # type: ignore[no-untyped-def]
+    """A COMPLETE whose layout (or world size) is not valid is a damaged checkpoint: it is
+    skipped for the older one, never a crash."""
+    cfg = small_job("badlay", "checkpoint.every=10", "checkpoint.keep=5", steps=30)
+    with open(os.devnull, "w") as null:
+        full = train(cfg, comm, out=shared_tmp, stream=null)
+    run_dir = shared_tmp / "badlay"
+    if comm.Get_rank() == 0:
+        for step, bad in ((30, {"roles": [{"kind": "bogus"}]}), (20, "garbage")):
+            marker = run_dir / "checkpoints" / f"step-{step:09d}" / "COMPLETE"
+            m = json.loads(marker.read_text())
+            m["layout"] = bad
+            marker.write_text(json.dumps(m))
+        (run_dir / "run.h5").rename(run_dir / "run.h5.full")
+    comm.Barrier()
+    with open(os.devnull, "w") as null:
+        res = train(cfg, comm, out=shared_tmp, resume=True, stream=null)  # from step 10
+    assert_all(comm, np.array_equal(res.params, full.params), "resumed from step 10: not the same end")
+
+
+def test_auto_resume_with_only_a_partial_checkpoint_starts_anew(comm: MPI.Comm, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    """A job killed while writing its first checkpoint leaves a step folder without
+    COMPLETE: a requeued --auto-resume starts from scratch instead of failing forever."""
+    cfg = small_job("partial", "checkpoint.every=10", steps=20)
+    with open(os.devnull, "w") as null:
+        fresh = train(
+            small_job("partial-ref", "checkpoint.every=10", steps=20), comm, out=shared_tmp, stream=null
+        )
+    if comm.Get_rank() == 0:
+        (shared_tmp / "partial" / "checkpoints" / "step-000000010").mkdir(parents=True)
+    comm.Barrier()
+    with open(os.devnull, "w") as null:
+        res = train(cfg, comm, out=shared_tmp, resume="auto", stream=null)
+    assert_all(comm, np.array_equal(res.params, fresh.params), "auto-resume did not start anew")

@@ -110,3 +110,27 @@ def test_resume_at_every_checkpoint_ends_bit_for_bit(comm: MPI.Comm, shared_tmp,
     a, b = load_run(shared_tmp / "full"), load_run(shared_tmp / "resume-10")
     same = all(np.array_equal(a.metrics[k]["value"], b.metrics[k]["value"]) for k in ("loss", "accuracy"))
     assert_all(comm, same, "metrics of the resumed run differ from the uninterrupted run")
+
+
+def test_reported_metrics_are_the_average_model_on_the_whole_test_set(comm: MPI.Comm, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    """Each replica evaluates its own slice of the test set: together, the whole set once.
+    The reported test loss and accuracy equal a serial evaluation of the (here common)
+    model on all test rows."""
+    from mpiml.data import build_data
+
+    cfg = _cfg("metrics", "data.partition=dirichlet")
+    res = train(cfg, comm, out=shared_tmp, stream=open("/dev/null", "w"))
+    n = comm.Get_size()
+    datas = [build_data(cfg, r, n) for r in range(n)]
+    x = np.concatenate([d.x_test for d in datas])
+    y = np.concatenate([d.y_test for d in datas])
+    _, model, _ = workers(cfg, n)
+    loss, correct = model.eval_sums(res.params, x, y)
+    want_loss, want_acc = loss / len(y), correct / len(y)
+    full = build_data(cfg, 0, 1)  # one shard: the whole test set, in order
+    assert_all(comm, np.array_equal(x, full.x_test), "the replicas' test slices are not the test set")
+    assert_all(
+        comm,
+        abs(res.test_loss - want_loss) <= 1e-12 * abs(want_loss) and res.accuracy == want_acc,
+        f"reported ({res.test_loss!r}, {res.accuracy!r}) != serial ({want_loss!r}, {want_acc!r})",
+    )

@@ -298,6 +298,10 @@ def test_resuming_a_schema_1_run_upgrades_its_tables(tmp_path: Path) -> None:
     assert list(run.events[0]["kind"]) == ["compute", "callreduce", "wait"] and set(run.events[0]["msg"]) == {
         -1
     }
+    # the old kinds keep their category in the rewritten /kinds (their events keep their names)
+    assert run.kinds["callreduce"] == run.kinds["cgossip"] == "in_flight" and run.kinds["send"] == "in_flight"
+    RunFile(tmp_path, 2, {}, resume_step=1).close()  # a second segment keeps them too
+    assert load_run(tmp_path).kinds["callreduce"] == "in_flight"
 
 
 def test_a_missing_rank_file_is_missing_and_a_damaged_one_says_why(tmp_path: Path) -> None:

@@ -12,7 +12,17 @@ from importlib import import_module
 
 from ..config import register_section
 from . import compression
-from .base import REGISTRY, Algorithm, Context, EvalSums, Program, algorithm_section, check_job, register
+from .base import (
+    REGISTRY,
+    Algorithm,
+    Context,
+    EvalSums,
+    Program,
+    algorithm_keys,
+    algorithm_section,
+    check_job,
+    register,
+)
 from .replica import Replica
 
 __all__ = ["REGISTRY", "Algorithm", "Context", "EvalSums", "Program", "Replica", "register"]
@@ -22,5 +32,7 @@ MODULES = ("sgd", "local_sgd", "dasgd", "gossip")
 for _module in MODULES:
     import_module(f"{__name__}.{_module}")
 
-register_section("algorithm", algorithm_section(), after="run", check=check_job)
-register_section("compression", compression.KEYS, after="algorithm", check=compression.check)
+register_section("algorithm", algorithm_section(), after="run", check=check_job, relevant=algorithm_keys)
+register_section(
+    "compression", compression.KEYS, after="algorithm", check=compression.check, relevant=compression.relevant
+)

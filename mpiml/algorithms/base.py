@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..backend import Array
-from ..config import Config, Field, choice, field
+from ..config import Config, Field, Section, choice, field
 from ..errors import ConfigError
 from ..layout import Layout, Role, data_parallel
 from ..optim import Optimizer
@@ -46,6 +46,7 @@ __all__ = [
     "Context",
     "EvalSums",
     "Program",
+    "algorithm_keys",
     "algorithm_section",
     "check_job",
     "register",
@@ -69,9 +70,9 @@ class Context:
     cuda_aware: bool = False
 
     @property
-    def options(self) -> Any:
-        """This algorithm's own keys (the job's ``[algorithm]`` section)."""
-        return self.cfg.algorithm
+    def options(self) -> Section:
+        """This algorithm's own keys of the job's ``[algorithm]`` section (and ``name``)."""
+        return Section({k: v for k, v in self.cfg.algorithm.items() if k in algorithm_keys(self.cfg)})
 
     @property
     def rank(self) -> int:
@@ -229,6 +230,12 @@ def algorithm_section() -> dict[str, Field]:
     for key, f in fields.items():
         out[key] = replace(f, doc=f"{', '.join(owners[key])}: {f.doc}")
     return out
+
+
+def algorithm_keys(cfg: Config) -> set[str]:
+    """The ``[algorithm]`` keys the job's algorithm reads: ``name`` and its own keys
+    (the others, which another algorithm reads, may differ on ``--resume``)."""
+    return {"name", *REGISTRY[cfg.algorithm.name].keys}
 
 
 def check_job(cfg: Config) -> None:

@@ -27,7 +27,16 @@ from ..compress import Codec, ErrorFeedback, build_codec
 from ..config import Config, at_least, choice, field
 from ..errors import ConfigError
 
-__all__ = ["KEYS", "STREAM", "Compression", "check", "codec_from_config", "codec_of", "compression_for"]
+__all__ = [
+    "KEYS",
+    "STREAM",
+    "Compression",
+    "check",
+    "codec_from_config",
+    "codec_of",
+    "compression_for",
+    "relevant",
+]
 
 KEYS = {
     "codec": field(
@@ -57,6 +66,20 @@ def codec_of(cfg: Config) -> str:
 
     c = cfg.compression.codec
     return REGISTRY[cfg.algorithm.name].codec if c == "auto" else str(c)
+
+
+def relevant(cfg: Config) -> set[str]:
+    """The ``[compression]`` keys a job reads: the codec's own parameters only."""
+    codec = codec_of(cfg)
+    if codec == "none":
+        return {"codec"}
+    own = {
+        "qsgd": {"s", "bucket"},
+        "qsgd_fixed": {"s", "bucket"},
+        "topk": {"k", "ratio"},
+        "randk": {"k", "ratio"},
+    }
+    return {"codec", "error_feedback", *own.get(codec, set())}
 
 
 def check(cfg: Config) -> None:

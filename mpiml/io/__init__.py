@@ -13,30 +13,10 @@ import numpy as np
 
 from ..kinds import KIND_WIDTH, KINDS
 from ..trace import EVENT_DTYPE, Trace
-from .runfile import EVENT_DEFAULTS, METRIC_DTYPE, SCHEMA, SCHEMAS
+from .runfile import EVENT_DEFAULTS, METRIC_DTYPE, SCHEMA, SCHEMAS, V1_KINDS
 
 __all__ = ["EVENT_DTYPE", "METRIC_DTYPE", "SCHEMA", "SCHEMAS", "Run", "Trace", "load_run"]
 
-# every kind schema 1 wrote, with its category: a schema-1 file has no /kinds, and its
-# compressed protocols' kinds had short names that are registered no more
-V1_KINDS = {
-    "compute": "compute",
-    "update": "compute",
-    "merge": "compute",
-    "eval": "bookkeeping",
-    "checkpoint": "bookkeeping",
-    "flush": "bookkeeping",
-    "allreduce": "communication",
-    "iallreduce": "in_flight",
-    "wait": "wait",
-    "encode": "compute",
-    "decode": "compute",
-    "callreduce": "in_flight",  # now compressed_allreduce
-    "cgossip": "in_flight",  # now compressed_gossip
-    "gossip": "in_flight",
-    "push": "communication",
-    "drain": "communication",
-}
 
 # events as read: kind decoded to str
 READ_DTYPE = np.dtype(

@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from ..kinds import KINDS, table
+from ..kinds import KINDS, table, table_dtype
 from ..trace import EVENT_DTYPE
 
 __all__ = [
@@ -66,13 +66,46 @@ def upgrade_events(rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _write_kinds(f: h5py.File) -> int:
-    """(Re)write ``/kinds`` from the registry; the number of kinds written."""
+# every kind schema 1 wrote, with its category: a schema-1 file has no /kinds, and its
+# compressed protocols' kinds had short names that are registered no more
+V1_KINDS = {
+    "compute": "compute",
+    "update": "compute",
+    "merge": "compute",
+    "eval": "bookkeeping",
+    "checkpoint": "bookkeeping",
+    "flush": "bookkeeping",
+    "allreduce": "communication",
+    "iallreduce": "in_flight",
+    "wait": "wait",
+    "encode": "compute",
+    "decode": "compute",
+    "callreduce": "in_flight",  # now compressed_allreduce
+    "cgossip": "in_flight",  # now compressed_gossip
+    "gossip": "in_flight",
+    "push": "communication",
+    "drain": "communication",
+}
+
+
+def _write_kinds(f: h5py.File, schema_1: bool = False) -> int:
+    """(Re)write ``/kinds`` from the registry, keeping the rows of kinds the file already
+    named that nobody registers now (and, for a schema-1 file being continued, its old
+    kinds: its events keep their names); returns how many registered kinds it wrote."""
     rows = table()
+    known = {bytes(n).decode() for n in rows["name"]}
+    extra: list[tuple[bytes, bytes, bytes]] = []
     if "kinds" in f:
+        extra = [(bytes(r["name"]), bytes(r["category"]), bytes(r["doc"])) for r in f["kinds"][()]]
         del f["kinds"]
+    elif schema_1:
+        extra = [(k.encode(), c.encode(), b"a schema-1 kind, recorded no more") for k, c in V1_KINDS.items()]
+    extra = [r for r in extra if r[0].decode() not in known]
+    if extra:
+        width = max(rows.dtype["doc"].itemsize, *(len(r[2]) for r in extra))
+        rows = np.concatenate([rows.astype(table_dtype(width)), np.array(extra, dtype=table_dtype(width))])
     f.create_dataset("kinds", data=rows)
-    return len(rows)
+    return len(known)
 
 
 def rank_file_name(rank: int) -> str:
@@ -218,9 +251,10 @@ class RunFile:
             for k, v in attrs.items():  # config etc. describe the latest segment (run.steps may grow)
                 if k != "started_unix":
                     f.attrs[k] = v
+            schema_1 = f.attrs.get("schema") == "mpiml-run/1"
             f.attrs["schema"] = SCHEMA  # a resumed schema-1 run: its rank files are upgraded too
             f.attrs["layout"] = layout
-            self._n_kinds = _write_kinds(f)
+            self._n_kinds = _write_kinds(f, schema_1)
             metrics = f.require_group("metrics")
             ranks = f.require_group("ranks")
             for r in range(world_size):

@@ -9,11 +9,16 @@ first collective of training. The program of each rank's role
 knows, when to evaluate, checkpoint and stop.
 
 Stop requests (``MPIML_STOP_FILE``, what the SLURM scripts use before a requeue) are
-agreed without a lock-step collective on the hot path: at every step t with
-t mod 10 = 5 each rank looks for the file and starts a nonblocking MAX-reduction of
-the answer (MPI_Iallreduce over all ranks), and at t mod 10 = 0 it reads the result,
-long complete by then. Every rank reads the same result at the same step, so all
-stop after the same step, write a checkpoint and exit with status 75.
+agreed without a lock-step collective on the hot path: after every step whose count
+of finished steps is 5 mod 10 each rank looks for the file and starts a nonblocking
+MAX-reduction of the answer (MPI_Iallreduce over all ranks), and after the next count
+that is 0 mod 10 it reads the result, long complete by then for ranks in step. Every
+rank reads the same result at the same step, so all stop after the same step, write a
+checkpoint and exit with status 75. The variable must be set on every rank or none.
+For an asynchronous algorithm this is a loose coupling: a rank reading the result
+waits until every rank has reached the step 5 before it, so with a stop file set no
+rank runs more than 5 steps ahead of the slowest at the agreed points (without one,
+nothing couples them).
 """
 
 from __future__ import annotations

@@ -26,7 +26,14 @@ from ..kinds import register_kind
 from ..layout import Layout, data_parallel
 from ..trace import Trace
 
-__all__ = ["CHECKPOINT", "elapsed_since_start", "has_checkpoints", "pick_checkpoint", "restore", "write_checkpoint"]
+__all__ = [
+    "CHECKPOINT",
+    "elapsed_since_start",
+    "has_checkpoints",
+    "pick_checkpoint",
+    "restore",
+    "write_checkpoint",
+]
 
 CHECKPOINT = register_kind(
     "checkpoint", "bookkeeping", "writing this rank's checkpoint, including the barriers around it"
@@ -34,8 +41,12 @@ CHECKPOINT = register_kind(
 
 
 def has_checkpoints(comm: MPI.Comm, run_dir: Path) -> bool:
-    """Collective: does the run folder hold any checkpoint step (rank 0 looks)?"""
-    found = bool(ckpt.checkpoint_dirs(run_dir / "checkpoints")) if comm.Get_rank() == 0 else None
+    """Collective: does the run folder hold a checkpoint marked complete (rank 0 looks)?
+    A step folder without its COMPLETE marker (a job killed while writing its first
+    checkpoint) does not count: there is nothing to resume from."""
+    found = None
+    if comm.Get_rank() == 0:
+        found = any(not problem for _, _, problem in ckpt.checkpoint_dirs(run_dir / "checkpoints"))
     return bool(comm.bcast(found, root=0))
 
 
@@ -102,12 +113,22 @@ def _check_candidate(
     marker = _read_marker(d)
     if marker is None:
         return f"{d}/COMPLETE cannot be read", None, []
-    if marker.get("world_size") != size:
-        return "", int(marker.get("world_size", -1)), []
+    n = marker.get("world_size")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        return f"{d}/COMPLETE holds no world size (got {n!r})", None, []
+    if n != size:
+        return "", n, []
     # markers from before layouts existed: data parallelism on world_size ranks
-    old = Layout.from_json(json.dumps(marker["layout"])) if "layout" in marker else data_parallel(size)
+    try:
+        old = Layout.from_json(json.dumps(marker["layout"])) if "layout" in marker else data_parallel(size)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return f"{d}/COMPLETE holds no valid layout ({type(exc).__name__}: {exc})", None, []
     if old != layout:
-        return "", size, [f"the layout ({_counts(old)} in the checkpoint, {_counts(layout)} now)"]
+        return (
+            "",
+            size,
+            [f"the layout ({_describe(old, layout)} in the checkpoint; {_describe(layout, old)} now)"],
+        )
     path = ckpt.rank_path(root, step, rank)
     try:
         _, meta = ckpt.read_rank(path)
@@ -120,8 +141,14 @@ def _check_candidate(
     return "", size, cfg.differences(job)
 
 
-def _counts(layout: Layout) -> str:
-    return f"{layout.name}: " + ", ".join(f"{n} {k}" for k, n in layout.counts.items())
+def _describe(layout: Layout, other: Layout) -> str:
+    """``layout`` in a few words: its kind and counts, or, where those equal ``other``'s,
+    the first rank whose role differs."""
+    text = f"{layout.name}: " + ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in layout.counts.items())
+    if (layout.name, layout.counts) == (other.name, other.counts):
+        r = next(r for r in range(layout.size) if layout.roles[r] != other.roles[r])
+        text += f", rank {r} {layout.roles[r].describe()}"
+    return text
 
 
 def _read_marker(d: Path) -> dict[str, Any] | None:

@@ -4,7 +4,9 @@ One small job per algorithm (and sgd/dasgd with a codec and error feedback). The
 final parameters on every rank were recorded on 4 ranks with the MPICH wheel before
 the roles refactoring (issue 11) and are kept as ``tests/golden/<job>.npz``
 (``rank0`` .. ``rank3``); ``tests/test_mpi_golden.py`` retrains them and compares
-bit for bit. To record them again (only when a change of results is intended, and
+bit for bit. The bits also depend on numpy, its BLAS and the MPI library: their
+versions at recording are in ``tests/golden/versions.json``, and a failure names both
+those and the ones in use. To record them again (only when a change of results is intended, and
 say so in the commit)::
 
     mpiexec -n 4 python tests/golden.py
@@ -78,6 +80,16 @@ def job(name: str) -> Config:
     return load_config(None, [f"run.name={name}", *_COMMON, *JOBS[name]])
 
 
+def versions() -> dict[str, str]:
+    """What the golden bits depend on besides mpiml: numpy, its BLAS, the MPI library."""
+    import numpy as np
+    import threadpoolctl
+    from mpi4py import MPI
+
+    blas = ", ".join(f"{i['internal_api']} {i['version']}" for i in threadpoolctl.threadpool_info())
+    return {"numpy": np.__version__, "blas": blas, "mpi": MPI.Get_library_version().splitlines()[0].strip()}
+
+
 def main() -> None:
     import os
     import tempfile
@@ -92,6 +104,10 @@ def main() -> None:
         raise SystemExit(f"record the golden files on {RANKS} ranks (mpiexec -n {RANKS})")
     out = comm.bcast(tempfile.mkdtemp(prefix="mpiml-golden-") if comm.Get_rank() == 0 else None)
     GOLDEN.mkdir(exist_ok=True)
+    if comm.Get_rank() == 0:
+        import json
+
+        (GOLDEN / "versions.json").write_text(json.dumps(versions(), indent=1, sort_keys=True) + "\n")
     with open(os.devnull, "w") as null:
         for name in JOBS:
             res = train(job(name), comm, out=out, stream=null)

@@ -7,11 +7,12 @@ with the same MPI and rank count.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import pytest
-from golden import GOLDEN, JOBS, RANKS, job  # tests/golden.py
+from golden import GOLDEN, JOBS, RANKS, job, versions  # tests/golden.py
 from mpi4py import MPI
 
 from mpiml.testing import assert_all
@@ -32,4 +33,9 @@ def test_final_parameters_equal_golden(comm: MPI.Comm, shared_tmp, name: str) ->
         if want.shape == res.params.shape
         else -1.0
     )
-    assert_all(comm, same, f"{name}: final parameters differ from the golden file (max |diff| {err:.3e})")
+    recorded = json.loads((GOLDEN / "versions.json").read_text())
+    now = versions()
+    why = "" if recorded == now else f"; the golden files were recorded with {recorded}, this is {now}"
+    assert_all(
+        comm, same, f"{name}: final parameters differ from the golden file (max |diff| {err:.3e}){why}"
+    )

@@ -108,3 +108,43 @@ def test_layout_properties(lay: Layout) -> None:
         assert all(lay.peers(p) == peers for p in peers)  # "holds the same parameters" is an equivalence
     assert sum(lay.counts.values()) == lay.size
     assert lay.describe().count("\n") == lay.size
+
+
+def test_a_world_size_that_does_not_fit_the_algorithms_layout_is_a_config_error(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The driver turns a layout constructor's refusal into a ConfigError naming the
+    algorithm and the numbers (raised on every rank, before any collective)."""
+    from mpiml.algorithms import REGISTRY
+    from mpiml.config import load_config
+    from mpiml.errors import ConfigError
+    from mpiml.run import job_layout
+
+    class ThreeStages(REGISTRY["sgd"]):  # type: ignore[misc,valid-type]
+        @classmethod
+        def layout(cls, cfg, world_size):  # type: ignore[no-untyped-def]
+            return pipelines(world_size, stages=3)
+
+    monkeypatch.setitem(REGISTRY, "sgd", ThreeStages)
+    cfg = load_config(None, ["algorithm.name=sgd"])
+    assert job_layout(cfg, 6)[1] == pipelines(6, stages=3)
+    with pytest.raises(
+        ConfigError, match=r"algorithm.name = 'sgd' on 4 ranks: .*P \* K ranks for some P >= 1 \(got 4\)"
+    ):
+        job_layout(cfg, 4)
+    with pytest.raises(ConfigError, match=r"run.world_size = 6 but the job runs on 3 ranks"):
+        job_layout(load_config(None, ["algorithm.name=sgd", "run.world_size=6"]), 3)
+
+
+def test_mpiml_layout_command() -> None:
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "mpiml.cli", "layout"]
+    ok = subprocess.run([*run, "-n", "3"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.splitlines()[0].startswith("layout data_parallel: 3 ranks"), ok
+    assert "rank    2: replica (shard 2)" in ok.stdout
+    bad = subprocess.run(
+        [*run, "-n", "2", "--set", "algorithm.tau=0"], capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2 and bad.stderr.strip() == "mpiml: error: algorithm.tau must be >= 1 (got 0)", (
+        bad
+    )

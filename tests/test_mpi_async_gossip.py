@@ -153,3 +153,37 @@ def test_a_checkpoint_holds_all_the_mass(comm: MPI.Comm, shared_tmp, monkeypatch
     )
     train(cfg, comm, out=shared_tmp, stream=NULL)
     assert_all(comm, len(left) == 6 and not any(left), f"mass left in the windows at checkpoints: {left}")
+
+
+def test_an_async_evaluation_completes_while_the_ranks_go_on(comm: MPI.Comm, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    """The driver polls an asynchronous evaluation after every step, so it completes
+    soon after every rank has started it, not only when the next one begins. Steps of
+    20 ms of (sleeping) compute keep the ranks within a few steps of each other: the
+    evaluation after step 10 must be over before step 16 begins."""
+    from mpiml.io import load_run
+
+    cfg = load_config(
+        None,
+        [
+            "run.name=async-poll",
+            "algorithm.name=async_gossip",
+            "model.name=timed",
+            "model.params=1000",
+            "model.compute_ms=20",
+            "run.steps=30",
+            "run.eval_every=10",
+            "checkpoint.every=0",
+        ],
+    )
+    train(cfg, comm, out=shared_tmp, stream=NULL)
+    verdict = None
+    if comm.Get_rank() == 0:
+        ev = load_run(shared_tmp / "async-poll").events[0]
+        eval_end = float(ev[(ev["kind"] == "eval") & (ev["step"] == 9)]["t_end"][0])
+        step15 = float(ev[(ev["kind"] == "compute") & (ev["step"] == 15)]["t_start"][0])
+        verdict = (
+            eval_end < step15,
+            f"evaluation of step 10 ended at {eval_end:.3f}s, step 16 began at {step15:.3f}s",
+        )
+    ok, msg = comm.bcast(verdict, root=0)
+    assert_all(comm, ok, msg)

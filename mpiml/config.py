@@ -53,9 +53,6 @@ def choice(*names: str) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in names), "one of " + ", ".join(repr(n) for n in names)
 
 
-_choice = choice
-
-
 def at_least(lo: float, strict: bool = False) -> tuple[Callable[[Any], bool], str]:
     if strict:
         return (lambda v: v > lo), f"> {lo}"
@@ -83,15 +80,12 @@ def field(
     return Field(type_, default, rule[0], rule[1], doc, resumable)
 
 
-_f, _min, _range = field, at_least, within
-
-
 # Sections every job has. Sections that belong to a plug-in ([algorithm] from the
 # registered algorithms, [compression] from the codecs) are added by their owners
 # with register_section() when the packages in _PLUGINS are imported.
 _SECTIONS: dict[str, dict[str, Field]] = {  # noqa: RUF012 - filled by register_section
     "run": {
-        "name": _f(
+        "name": field(
             "str",
             "default",
             (
@@ -101,77 +95,85 @@ _SECTIONS: dict[str, dict[str, Field]] = {  # noqa: RUF012 - filled by register_
             "run folder under --out",
             resumable=True,
         ),
-        "seed": _f("int", 0, _min(0), "run seed; rank r uses (seed, r)"),
-        "steps": _f("int", 600, _min(1), "training steps per rank", resumable=True),
-        "eval_every": _f("int", 50, _min(1), "steps between evaluations and progress lines", resumable=True),
-        "world_size": _f("int", 0, _min(0), "required number of ranks (0: any)"),
-        "threads": _f("int", 0, _min(0), "BLAS threads per rank (0: cores on the node / ranks on the node)"),
+        "seed": field("int", 0, at_least(0), "run seed; rank r uses (seed, r)"),
+        "steps": field("int", 600, at_least(1), "training steps per rank", resumable=True),
+        "eval_every": field(
+            "int", 50, at_least(1), "steps between evaluations and progress lines", resumable=True
+        ),
+        "world_size": field("int", 0, at_least(0), "required number of ranks (0: any)"),
+        "threads": field(
+            "int", 0, at_least(0), "BLAS threads per rank (0: cores on the node / ranks on the node)"
+        ),
     },
     "model": {
-        "name": _f(
+        "name": field(
             "str",
             "mlp",
-            _choice("softmax", "mlp", "linear", "timed"),
+            choice("softmax", "mlp", "linear", "timed"),
             "model (linear: least squares, for regression data; timed: a synthetic workload of "
             "model.params parameters and model.compute_ms of compute per step, for benchmarks)",
         ),
-        "hidden": _f(
+        "hidden": field(
             "int_list", [64], (lambda v: all(h >= 1 for h in v), "a list of widths >= 1"), "MLP hidden widths"
         ),
-        "activation": _f("str", "relu", _choice("relu", "tanh"), "MLP activation"),
-        "dtype": _f("str", "float32", _choice("float32", "float64"), "parameter and compute dtype"),
-        "init_scale": _f("float", 1.0, _min(0.0, strict=True), "multiplier on He/Glorot init"),
-        "params": _f("int", 1_000_000, _min(1), "timed: number of parameters d"),
-        "compute_ms": _f("float", 100.0, _min(0.0), "timed: compute time of one step, milliseconds"),
-        "compute": _f(
+        "activation": field("str", "relu", choice("relu", "tanh"), "MLP activation"),
+        "dtype": field("str", "float32", choice("float32", "float64"), "parameter and compute dtype"),
+        "init_scale": field("float", 1.0, at_least(0.0, strict=True), "multiplier on He/Glorot init"),
+        "params": field("int", 1_000_000, at_least(1), "timed: number of parameters d"),
+        "compute_ms": field("float", 100.0, at_least(0.0), "timed: compute time of one step, milliseconds"),
+        "compute": field(
             "str",
             "sleep",
-            _choice("sleep", "spin"),
+            choice("sleep", "spin"),
             "timed: 'sleep' (the host is idle, as while an accelerator computes) or 'spin' (host CPU busy)",
         ),
     },
     "data": {
-        "name": _f("str", "digits", _choice("digits", "synthetic", "hdf5"), "data set"),
-        "batch_size": _f("int", 32, _min(1), "per-rank minibatch size"),
-        "partition": _f(
-            "str", "iid", _choice("iid", "dirichlet"), "how training samples are sharded over ranks"
+        "name": field("str", "digits", choice("digits", "synthetic", "hdf5"), "data set"),
+        "batch_size": field("int", 32, at_least(1), "per-rank minibatch size"),
+        "partition": field(
+            "str", "iid", choice("iid", "dirichlet"), "how training samples are sharded over ranks"
         ),
-        "alpha": _f(
-            "float", 0.5, _min(0.0, strict=True), "Dirichlet concentration for partition = 'dirichlet'"
+        "alpha": field(
+            "float", 0.5, at_least(0.0, strict=True), "Dirichlet concentration for partition = 'dirichlet'"
         ),
-        "test_fraction": _f("float", 0.2, _range(0.05, 0.95), "held-out share of the samples"),
-        "standardize": _f(
+        "test_fraction": field("float", 0.2, within(0.05, 0.95), "held-out share of the samples"),
+        "standardize": field(
             "bool", True, None, "scale features to zero mean, unit variance (train statistics)"
         ),
-        "path": _f("str", "", None, "HDF5 file with /x and /y for name = 'hdf5'"),
-        "samples": _f("int", 4096, _min(2), "synthetic: number of samples"),
-        "features": _f("int", 32, _min(1), "synthetic: input size d"),
-        "noise": _f("float", 0.1, _min(0.0), "synthetic: label noise std"),
+        "path": field("str", "", None, "HDF5 file with /x and /y for name = 'hdf5'"),
+        "samples": field("int", 4096, at_least(2), "synthetic: number of samples"),
+        "features": field("int", 32, at_least(1), "synthetic: input size d"),
+        "noise": field("float", 0.1, at_least(0.0), "synthetic: label noise std"),
     },
     "optimizer": {
-        "name": _f("str", "sgd", _choice(*OPTIMIZERS), "sequential update"),
-        "lr": _f("float", 0.1, _min(0.0, strict=True), "learning rate alpha"),
-        "momentum": _f("float", 0.9, _range(0.0, 1.0, hi_open=True), "beta in SUM (DSP eq. 3)"),
-        "s": _f("float", 1.0, _min(0.0), "interpolation s of SUM (0: heavy ball, 1: Nesterov)"),
-        "beta1": _f("float", 0.9, _range(0.0, 1.0, hi_open=True), "beta_1 of MixML eq. 11"),
-        "beta2": _f("float", 0.999, _range(0.0, 1.0, hi_open=True), "beta_2 of MixML eq. 11"),
-        "p": _f(
+        "name": field("str", "sgd", choice(*OPTIMIZERS), "sequential update"),
+        "lr": field("float", 0.1, at_least(0.0, strict=True), "learning rate alpha"),
+        "momentum": field("float", 0.9, within(0.0, 1.0, hi_open=True), "beta in SUM (DSP eq. 3)"),
+        "s": field("float", 1.0, at_least(0.0), "interpolation s of SUM (0: heavy ball, 1: Nesterov)"),
+        "beta1": field("float", 0.9, within(0.0, 1.0, hi_open=True), "beta_1 of MixML eq. 11"),
+        "beta2": field("float", 0.999, within(0.0, 1.0, hi_open=True), "beta_2 of MixML eq. 11"),
+        "p": field(
             "float", 0.25, (lambda v: 0.0 < v <= 0.5, "in (0, 0.5]"), "exponent p of MixML eq. 11 for 'padam'"
         ),
-        "eps": _f("float", 1e-8, _min(0.0), "added to v_t before the power in eq. 11"),
-        "weight_decay": _f("float", 0.0, _min(0.0), "L2 penalty folded into the gradient"),
+        "eps": field("float", 1e-8, at_least(0.0), "added to v_t before the power in eq. 11"),
+        "weight_decay": field("float", 0.0, at_least(0.0), "L2 penalty folded into the gradient"),
     },
     "checkpoint": {
-        "every": _f("int", 0, _min(0), "steps between checkpoints (0: none)", resumable=True),
-        "keep": _f("int", 3, _min(1), "newest checkpoints kept", resumable=True),
+        "every": field("int", 0, at_least(0), "steps between checkpoints (0: none)", resumable=True),
+        "keep": field("int", 3, at_least(1), "newest checkpoints kept", resumable=True),
     },
     "trace": {
-        "flush_every": _f("int", 100, _min(1), "steps between flushes of the run file", resumable=True),
-        "events": _f("bool", True, None, "record per-rank events", resumable=True),
+        "flush_every": field(
+            "int", 100, at_least(1), "steps between flushes of the run file", resumable=True
+        ),
+        "events": field("bool", True, None, "record per-rank events", resumable=True),
     },
     "backend": {
-        "device": _f("str", "cpu", _choice("cpu", "gpu"), "where arrays live"),
-        "cuda_aware": _f("str", "auto", _choice("auto", "yes", "no"), "hand device buffers to MPI directly"),
+        "device": field("str", "cpu", choice("cpu", "gpu"), "where arrays live"),
+        "cuda_aware": field(
+            "str", "auto", choice("auto", "yes", "no"), "hand device buffers to MPI directly"
+        ),
     },
 }
 

@@ -23,7 +23,7 @@ from mpi4py import MPI
 from ..backend import Array, Staging
 from ..kinds import register_kind
 from ..trace import Trace
-from .base import Protocol
+from .base import FLOATS, INTEGERS, Protocol
 
 __all__ = ["AllReduce"]
 
@@ -36,7 +36,11 @@ IALLREDUCE = register_kind(
 class AllReduce(Protocol):
     """AllReduce of a flat buffer of ``size`` elements of ``dtype``; collective over ``comm``.
 
-    ``op`` is "sum" or "mean" (sum, then multiplied by 1/n in place).
+    ``op`` is "sum" or "mean" (sum, then divided by n in place). ``dtype``: float16,
+    float32 or float64; a sum also carries integers (int8 ... uint64), a mean does not
+    (its in-place division has no integer result). ``size`` >= 1. Both are checked at
+    construction, before any communication (``ValueError`` / ``TypeError`` naming the
+    argument, :func:`mpiml.protocols.base.check_spec`).
     """
 
     name = "allreduce"
@@ -52,13 +56,16 @@ class AllReduce(Protocol):
         cuda_aware: bool | None = None,
         progress: str = "test",
     ) -> None:
-        super().__init__(comm, size, dtype, xp, trace, progress)
         if op not in ("sum", "mean"):
             raise ValueError(f"op must be 'sum' or 'mean' (got {op!r})")
-        self.op = op
+        self.op = op  # before the base checks dtype: what is allowed depends on it
+        super().__init__(comm, size, dtype, xp, trace, progress)
         self.recvbuf = xp.empty(size, dtype=self.dtype)
         self.sendbuf: Array | None = None  # allocated on the first snapshot, then kept
         self.staging = Staging(cuda_aware)
+
+    def _allowed(self) -> tuple[str, ...]:
+        return FLOATS + INTEGERS if self.op == "sum" else FLOATS
 
     def _scale(self) -> None:
         if self.op == "mean" and self.n > 1:

@@ -13,6 +13,15 @@ To keep a result longer, copy it. What ``start`` is given is the caller's: with
 ``snapshot=False`` it must stay untouched until ``finish`` (as with MPI); with
 ``snapshot=True`` (implied by protocols that encode or copy in ``start``) it may change
 at once.
+
+**What a protocol carries** is checked where it is built, before any communication:
+``size`` must be an int >= 1 (a zero-length buffer is refused, not sent), ``dtype``
+one of the protocol's ``dtypes`` (:func:`check_spec`; a ``TypeError`` or ``ValueError``
+naming the argument and what is allowed). The buffer given to ``start`` or ``run`` is
+checked before anything is posted (:meth:`Protocol._check`): a C-contiguous 1-D array of
+``size`` values of ``dtype``. These are local checks that raise on every rank given the
+same arguments; a rank given a different buffer than the others raises alone, and
+``python -m mpi4py`` turns that into an abort of the job, never a hang.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from ..kinds import register_kind
 from ..trace import Trace
 from .progress import MODES, ProgressThread
 
-__all__ = ["RECV", "SEND", "WAIT", "Messages", "Protocol"]
+__all__ = ["FLOATS", "INTEGERS", "RECV", "SEND", "WAIT", "Messages", "Protocol", "check_spec"]
 
 WAIT = register_kind("wait", "wait", "time blocked in a split-phase finish, at the step that finished it")
 # a posted Isend/Irecv is under way while the rank does other work, from its post to its
@@ -39,6 +48,31 @@ SEND = register_kind(
 RECV = register_kind(
     "recv", "in_flight", "one point-to-point message received: post to observed completion; peer = source"
 )
+
+FLOATS = ("float16", "float32", "float64")
+"""The dtypes every protocol carries unless it says otherwise (``Protocol.dtypes``)."""
+INTEGERS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+def check_spec(name: str, size: Any, dtype: Any, allowed: tuple[str, ...]) -> tuple[int, np.dtype]:
+    """``(size, dtype)`` of the flat buffers protocol ``name`` will move, as (int, numpy
+    dtype), checked before anything is allocated or sent.
+
+    Raises ``ValueError`` unless ``size`` is an integer >= 1, and ``TypeError`` unless
+    ``dtype`` is one of ``allowed`` (numpy dtype names); both messages name the argument,
+    the value and what is allowed. Local: no MPI call.
+    """
+    if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(
+            f"{name}: size must be an integer >= 1, the number of buffer elements (got {size!r})"
+        )
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in allowed or not dt.isnative:
+        raise TypeError(f"{name}: dtype must be one of {', '.join(allowed)} (got {dtype!r})")
+    return int(size), dt
 
 
 class Messages:
@@ -87,6 +121,7 @@ class Protocol(ABC):
     """
 
     name = "protocol"
+    dtypes: tuple[str, ...] = FLOATS  # what the protocol carries (a subclass narrows or widens it)
 
     def __init__(
         self,
@@ -99,9 +134,10 @@ class Protocol(ABC):
     ) -> None:
         if progress not in MODES:
             raise ValueError(f"progress must be one of {', '.join(map(repr, MODES))} (got {progress!r})")
+        self.size, self.dtype = check_spec(self.name, size, dtype, self._allowed())
         self.comm = comm
         self.n, self.rank = comm.Get_size(), comm.Get_rank()
-        self.size, self.dtype, self.xp = int(size), np.dtype(dtype), xp
+        self.xp = xp
         self.trace = trace if trace is not None else Trace(enabled=False)
         self.progress = progress
         self.step = 0
@@ -112,11 +148,22 @@ class Protocol(ABC):
         self._thread: ProgressThread | None = None
         self._span = 0
 
+    def _allowed(self) -> tuple[str, ...]:
+        """The dtypes this instance carries (``dtypes``; a subclass may decide per option,
+        as AllReduce does per ``op``). Called first in ``__init__``, before any state is set."""
+        return self.dtypes
+
     def _check(self, x: Array) -> None:
-        """``x`` must be a flat array of ``size`` values of ``dtype``."""
-        if x.shape != (self.size,) or x.dtype != self.dtype:
+        """``x`` must be a C-contiguous flat array of ``size`` values of ``dtype``
+        (``ValueError`` otherwise, before anything is posted)."""
+        shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+        if shape != (self.size,) or dtype != self.dtype:
             raise ValueError(
-                f"{self.name} expects a flat array of {self.size} {self.dtype} values (got {x.shape} {x.dtype})"
+                f"{self.name} expects a flat array of {self.size} {self.dtype} values (got {shape} {dtype})"
+            )
+        if not x.flags.c_contiguous:
+            raise ValueError(
+                f"{self.name} expects a contiguous buffer (got a strided view: pass a contiguous copy)"
             )
 
     @property

@@ -78,7 +78,11 @@ def check_workers(schedule: Any, comm: MPI.Comm) -> None:
 
 class Gossip(Protocol):
     """Gossip rounds of a flat buffer over ``schedule`` (``schedule.at(r)`` is the
-    topology of round r); collective over ``comm`` at construction and per round."""
+    topology of round r); collective over ``comm`` at construction and per round.
+
+    ``size`` >= 1 elements of ``dtype`` float16, float32 or float64 (the mixing weights
+    are real: integers cannot carry W x), checked at construction before any
+    communication (:func:`mpiml.protocols.base.check_spec`)."""
 
     name = "gossip"
 

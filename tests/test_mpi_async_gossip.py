@@ -187,3 +187,44 @@ def test_an_async_evaluation_completes_while_the_ranks_go_on(comm: MPI.Comm, sha
         )
     ok, msg = comm.bcast(verdict, root=0)
     assert_all(comm, ok, msg)
+
+
+@pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("fast", [(0, 1), (0, 2)], ids=["neighbours", "apart"])
+def test_extreme_skew_stays_finite_and_keeps_the_mass(comm: MPI.Comm, fast: tuple[int, int]) -> None:
+    """Two ranks make 6000 exchanges while the others make one (in training: two ranks
+    stopped for minutes). Halving the fast ranks' weights 6000 times underflows to 0.0
+    (2^-1075) unless a rank never pushes weight it does not have: then z / w was NaN, and
+    close() spread it to every rank. Every value stays finite, the weights still sum to
+    n and the numerators to the initial sum; then balanced exchanges reach the mean."""
+    n, r, d = comm.Get_size(), comm.Get_rank(), 32
+    g = AsyncGossip(comm, d, np.float64, build_schedule("ring", n), seed=11)
+    z = np.random.default_rng([17, r]).standard_normal(d) + 4.0 * r
+    total0 = comm.allreduce(z)
+    mean = total0 / n
+    e0 = comm.allreduce(float(np.sum((z - mean) ** 2)))
+    t = 0
+    for _ in range(6000 if r in fast else 1):
+        g.step(z, t)
+        t += 1
+    comm.Barrier()  # a slow rank waits here, serving the fast ranks' pushes (passive target)
+    g.drain(z, t)
+    finite = bool(np.all(np.isfinite(z))) and np.isfinite(g.w) and g.w > 0.0
+    assert_all(comm, finite, f"after the skew: w = {g.w!r}, {int(np.sum(~np.isfinite(z)))} non-finite values")
+    wsum = comm.allreduce(g.w)
+    total = comm.allreduce(z * g.w)
+    err = float(np.max(np.abs(total - total0)))
+    assert_all(comm, abs(wsum - n) <= 1e-12 * n, f"weights sum to {wsum!r}, not {n}")
+    assert_all(comm, err <= 1e-9 * float(np.max(np.abs(total0))), f"sum drifted by {err:.3e}")
+    skipped = comm.allreduce(g.skipped)
+    assert_all(comm, skipped > 0, "no push was skipped: the skew did not reach the weight floor")
+    for _ in range(300):  # balanced exchanges after the skew (the test's barriers pace the ranks)
+        g.step(z, t)
+        t += 1
+        comm.Barrier()
+    g.close(z, t)
+    e = comm.allreduce(float(np.sum((z - mean) ** 2)))
+    wsum = comm.allreduce(g.w)
+    assert_all(comm, bool(np.all(np.isfinite(z))) and np.isfinite(e), "non-finite model after close")
+    assert_all(comm, abs(wsum - n) <= 1e-12 * n, f"weights sum to {wsum!r}, not {n} after close")
+    assert_all(comm, e <= 1e-6 * e0, f"consensus error {e:.3e} of {e0:.3e} after the skew and 300 exchanges")

@@ -145,6 +145,8 @@ def test_async_gossip_refuses_float16(comm: MPI.Comm) -> None:
     n, r = comm.Get_size(), comm.Get_rank()
     got = AllReduce(comm, 4, np.float16, op="sum").run(np.full(4, r + 1, dtype=np.float16))
     assert_all(comm, bool(np.all(got == n * (n + 1) // 2)), f"float16 sum gave {got}")
+    mixed = Gossip(comm, 4, np.float16, ring(comm)).run(np.full(4, 2.0, dtype=np.float16))
+    assert_all(comm, bool(np.all(np.abs(mixed - 2.0) <= 1e-2)), f"float16 gossip of 2.0 gave {mixed}")
 
 
 # -- buffers given to start / run ------------------------------------------------------
@@ -183,3 +185,13 @@ def test_a_buffer_of_the_wrong_size_or_dtype_is_refused(comm: MPI.Comm) -> None:
     z = np.zeros(8)
     ag.close(z, 0)
     assert_all(comm, ag.w == 1.0 and not np.any(z), "a refused push or drain moved mass")
+
+
+def test_difference_average_refuses_what_its_inner_average_cannot_carry(comm: MPI.Comm) -> None:
+    from mpiml.protocols import DifferenceAverage
+
+    ar = AllReduce(comm, 8, np.float64)
+    g = Gossip(comm, 8, np.float64, ring(comm))
+    refused_everywhere(comm, lambda: DifferenceAverage(g, np.zeros(8)), TypeError, "inner", "Gossip")  # type: ignore[arg-type]
+    refused_everywhere(comm, lambda: DifferenceAverage(ar, np.zeros(16)[::2]), ValueError, "contiguous")
+    refused_everywhere(comm, lambda: DifferenceAverage(ar, np.zeros(8, np.float32)), ValueError, "8 float64")

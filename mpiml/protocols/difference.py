@@ -37,11 +37,20 @@ class DifferenceAverage:
     """r <- r + sign * mean_j(sign * (x_j - r)) over ``inner``'s communicator, with
     ``inner`` a mean AllReduce (plain or compressed) of buffers like ``x0``, and r
     starting at ``x0`` (copied). Collective over ``inner.comm``; split-phase like a
-    :class:`~mpiml.protocols.Protocol` (``start``, ``test``, ``finish``, ``run``)."""
+    :class:`~mpiml.protocols.Protocol` (``start``, ``test``, ``finish``, ``run``).
+
+    Raises, before any communication: ``TypeError`` for another ``inner``, ``ValueError``
+    for a ``sign`` other than +-1, a sum ``inner``, or an ``x0`` that is not a contiguous
+    flat array of ``inner``'s size and dtype (the inner protocol checked its own size
+    and dtype when it was built)."""
 
     name = "difference_average"
 
     def __init__(self, inner: AllReduce | CompressedAllReduce, x0: Array, sign: int = 1) -> None:
+        if not isinstance(inner, (AllReduce, CompressedAllReduce)):
+            raise TypeError(
+                f"inner must be an AllReduce or a CompressedAllReduce (got {type(inner).__name__})"
+            )
         if sign not in (1, -1):
             raise ValueError(f"sign must be +1 (send x - r) or -1 (send r - x) (got {sign!r})")
         if inner.op != "mean":

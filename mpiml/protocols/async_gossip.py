@@ -14,7 +14,8 @@ the topology, with no global barrier and without waiting for the peer:
 
 Push-sum (Kempe et al.; Assran et al.'s SGP) keeps sum_i s_i + (mass in windows)
 equal to the sum of the initial models, and sum_i w_i + (weights in windows) = n,
-both up to rounding (halving is exact; adding weights far apart in exponent is not); every z_i converges to the average.
+both up to rounding (halving is exact; adding weights far apart in exponent is not);
+every z_i converges to the average.
 
 **The weight floor.** A rank that pushes k times while nothing reaches it halves its
 weight k times: under extreme skew (two ranks make 6000 exchanges while their
@@ -46,8 +47,9 @@ drains have raised its weight. Why this one:
   with (almost) nothing drained in between; above it the arithmetic is the same as
   without the floor. It is also far from float64's underflow (2^-1022) and keeps the
   pushed numerators z w / 2 normal in float32 for |z| >= 2^-96. A rank at the floor
-  keeps its own model (it computes and drains) and holds w_min / n of the total
-  weight; its pushes resume with the first mass that arrives.
+  keeps its own model (it computes and drains) and holds at least w_min of the
+  total weight n; its pushes resume with the first push it drains (every push
+  carries a weight >= w_min, so afterwards w >= 2 w_min).
 
 Deadlock-freedom by design: a rank never waits for a peer to act; locks are taken
 on one rank at a time (its own, or one target; always the x window, then the
@@ -60,10 +62,16 @@ barrier, where its MPI library keeps serving the others' pushes.
 
 Trace: ``push`` (peer, nbytes) and ``drain`` events (``msg`` -1: a push is one-sided,
 and a drain takes the sum of every push since the last, so no receive pairs with a
-push); per exchange a row in the
-``exchanges`` table: (step, peer, age) where the age of a drain is this rank's step
-minus the mean step at which the drained pushes were sent (how old the peers'
-copies were), and -1 when nothing had arrived.
+push); per exchange a row in the ``exchanges`` table: (step, peer, pushes, age). A
+push row has the peer (>= 0); a skipped push peer -2 (``SKIPPED``); a drain row peer
+-1, the number of pushes it took, and its age: this rank's step minus the mean step at
+which the drained pushes were sent (how old the peers' copies were), -1 when nothing
+had arrived.
+
+Buffers: ``size`` >= 1 values of float32 or float64, the same on every rank (checked
+at construction, on every rank, before any window exists). float16 is refused: MPICH's
+one-sided ``MPI_SUM`` on float16 is wrong (5 + 1 + 1 gave -1.25), and a halved float16
+numerator (11-bit mantissa) would lose mass; pass a float32 copy.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ class Results:
 
     def __init__(self, path: Path | None, doc: dict[str, Any]) -> None:
         self.path = path
-        self.doc = {"complete": False, **doc}
+        self.doc = doc  # the caller's dict: what it adds later is saved too
+        doc["complete"] = False
         self.save()
 
     def save(self) -> None:

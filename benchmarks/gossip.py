@@ -95,13 +95,20 @@ def timed(comm: MPI.Comm, ops: dict[str, Callable[[], None]], target: float, rep
 def main() -> None:
     _bench.abort_on_error()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="4K,64K,1M,16M,64M")
-    ap.add_argument("--repeats", type=int, default=9, help="timed repeats per size (median reported)")
-    ap.add_argument("--target", type=float, default=0.05, help="seconds per operation per repeat")
+    ap.add_argument("--sizes", help="comma list (default 4K,64K,1M,16M,64M; --quick: 4K,64K,1M)")
+    ap.add_argument(
+        "--repeats", type=int, help="timed repeats per size, median reported (default 9; --quick 7)"
+    )
+    ap.add_argument(
+        "--target", type=float, help="seconds per operation per repeat (default 0.05; --quick 0.01)"
+    )
     _bench.add_output_args(ap, "gossip", "sizes 4K,64K,1M, 7 repeats of 0.01 s: under a minute on 4 ranks")
     a = ap.parse_args()
-    if a.quick:
-        a.sizes, a.repeats, a.target = "4K,64K,1M", 7, 0.01
+    quick = {"sizes": "4K,64K,1M", "repeats": 7, "target": 0.01}
+    full = {"sizes": "4K,64K,1M,16M,64M", "repeats": 9, "target": 0.05}
+    for k, v in (quick if a.quick else full).items():  # what is given explicitly wins
+        if getattr(a, k) is None:
+            setattr(a, k, v)
     comm = MPI.COMM_WORLD.Dup()
     n, r = comm.Get_size(), comm.Get_rank()
     path = _bench.output_path(a.out, "gossip", a.quick)

@@ -85,3 +85,49 @@ def test_gossip_quick_writes_its_out_and_never_replaces_a_file(tmp_path: Path) -
     again = run_ranks(2, cmd, 120, cwd=str(tmp_path))
     assert again.returncode != 0 and not again.timed_out
     assert f"{out} (and 1 more) exists: pass --overwrite" in again.stderr and _sha(out) == before
+
+
+# ---------------------------------------------------------------- tests/gpu_check.sh
+
+GPU_CHECK = Path(__file__).resolve().parent / "gpu_check.sh"
+
+
+def _no_gpu() -> bool:
+    from mpiml.backend import cupy_available
+
+    return not cupy_available()
+
+
+@pytest.mark.skipif(not _no_gpu(), reason="a GPU is here: tests/gpu_check.sh runs for real")
+def test_gpu_check_without_a_gpu_says_skipped_and_exits_0(tmp_path: Path) -> None:
+    import subprocess
+
+    res = subprocess.run(
+        ["bash", str(GPU_CHECK), "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0 and res.stdout.startswith("no GPU: skipped"), res.stdout + res.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing measured, nothing written
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _no_gpu(), reason="a GPU is here: tests/gpu_check.sh runs for real")
+def test_gpu_check_plumbing_runs_every_step_and_keeps_existing_files(tmp_path: Path) -> None:
+    """--plumbing: every step on host arrays (the script's own check, no GPU numbers)."""
+    import subprocess
+
+    (tmp_path / "gpu_allreduce.json").write_text("kept")
+    res = subprocess.run(
+        ["bash", str(GPU_CHECK), "--plumbing", "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (tmp_path / "gpu_allreduce.json").read_text() == "kept"
+    (new,) = tmp_path.glob("gpu_allreduce-*.json")
+    doc = json.loads(new.read_text())
+    assert doc["complete"] is True and doc["cuda_aware_probe"]["probe"] is True
+    assert {"host", "staged", "cuda_aware"} <= set(doc["results"][0])
+    (summary,) = tmp_path.glob("gpu_check-*.txt")
+    text = summary.read_text()
+    assert text.count(": passed in") == 4 and "staged / CUDA-aware time" in text

@@ -131,3 +131,20 @@ def test_gpu_check_plumbing_runs_every_step_and_keeps_existing_files(tmp_path: P
     (summary,) = tmp_path.glob("gpu_check-*.txt")
     text = summary.read_text()
     assert text.count(": passed in") == 4 and "staged / CUDA-aware time" in text
+
+
+def test_a_benchmark_rank_that_raises_ends_the_job(tmp_path: Path) -> None:
+    """Every benchmark calls _bench.abort_on_error() first (#16.8): one rank's exception
+    aborts the job instead of leaving the other rank in a collective."""
+    script = tmp_path / "bench.py"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(BENCH)!r})\nimport _bench\n_bench.abort_on_error()\n"
+        "from mpi4py import MPI\n"
+        "if MPI.COMM_WORLD.Get_rank() == 1:\n    raise RuntimeError('injected on rank 1')\n"
+        "MPI.COMM_WORLD.Barrier()\n"
+    )
+    res = run_ranks(2, [sys.executable, str(script)], 30, cwd=str(tmp_path))  # plain python: no -m mpi4py
+    assert not res.timed_out, "the job hung instead of aborting"
+    assert res.returncode != 0 and "[mpiml rank 1]" in res.stderr and "injected on rank 1" in res.stderr
+    for name in ("allreduce", "compress", "gossip", "loop_overhead", "overlap", "quantized"):
+        assert "_bench.abort_on_error()" in (BENCH / f"{name}.py").read_text(), name

@@ -40,7 +40,7 @@ drift: add ``--rounds``/``--repeats``).
 
 Run (not under mpiexec; it launches everything itself)::
 
-    python benchmarks/allreduce.py --quick    # up to 4 MiB, 1 round of 7 short repeats: ~30 s here
+    python benchmarks/allreduce.py --quick    # up to 4 MiB, 1 round of 7 short repeats: 10-25 s here
     python benchmarks/allreduce.py            # 2 ranks; results/benchmarks/allreduce.{json,md}
     python benchmarks/allreduce.py -n 4       # 4 ranks (oversubscribed on a 2-core machine)
     python benchmarks/allreduce.py --thread-level single   # allreduce_single.{json,md}
@@ -231,11 +231,13 @@ def gpu_worker(target: float, repeats: int, max_bytes: int, variants: list[str],
         n = nbytes // 4
         host = np.ones(n, dtype=np.float32)
         dx = xp.ones(n, dtype=xp.float32)
-        ars = {
-            "host": AllReduce(comm, n, np.float32, op="sum"),
-            "staged": AllReduce(comm, n, np.float32, op="sum", xp=xp, cuda_aware=False),
-            "cuda_aware": AllReduce(comm, n, np.float32, op="sum", xp=xp, cuda_aware=True),
+        # only the variants asked for: a CUDA-aware one is built only after its probe passed
+        options: dict[str, dict[str, Any]] = {
+            "host": {},
+            "staged": {"xp": xp, "cuda_aware": False},
+            "cuda_aware": {"xp": xp, "cuda_aware": True},
         }
+        ars = {name: AllReduce(comm, n, np.float32, op="sum", **options[name]) for name in variants}
 
         def batch(ar: Any, x: Any) -> Batch:
             def fn(k: int) -> None:
@@ -397,7 +399,7 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--target", type=float, default=0.35, help="seconds of timed calls per size and impl")
     ap.add_argument("--repeats", type=int, default=7, help="timed repeats per size (median reported)")
     ap.add_argument("--max-bytes", type=int, default=64 << 20)
-    _bench.add_output_args(ap, "allreduce", "up to 4 MiB, 1 round of 7 repeats, 0.1 s per size: ~30 s here")
+    _bench.add_output_args(ap, "allreduce", "up to 4 MiB, 1 round of 7 repeats, 0.1 s per size: 10-25 s here")
     ap.add_argument("--worker", metavar="LIB", help=argparse.SUPPRESS)  # the C shared library
     ap.add_argument("--gpu-worker", metavar="VARIANTS", help=argparse.SUPPRESS)
     ap.add_argument("--gpu-probe", action="store_true", help=argparse.SUPPRESS)

@@ -18,9 +18,12 @@ calls after one untimed call (numba compiles, or loads its cache, there). Wall t
 and the thread's CPU time are both recorded: on a shared machine the CPU time is the
 steadier one; the load average is recorded too.
 
-    python benchmarks/compress.py [--repeats 5] [--quick]
+    python benchmarks/compress.py --quick     # d <= 1e5: a few seconds
+    python benchmarks/compress.py [--repeats 5] [--out PATH] [--overwrite]
 
-Writes results/benchmarks/compress.{json,md}.
+Writes the JSON (``--out``; default results/benchmarks/compress.json, or a fresh
+temporary file with ``--quick``) after every row, ``"complete": false`` until the end,
+and the .md beside it; an existing file is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_
     os.environ[_v] = "1"  # before numpy: one core, as one rank of several would have
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -43,7 +45,9 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+import _bench  # noqa: E402
 
 from mpiml.compress import _kernels, build_codec  # noqa: E402
 from mpiml.compress.qsgd import bits_per_coordinate  # noqa: E402
@@ -226,8 +230,12 @@ def markdown(res: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="small d only (a smoke run; writes nothing)")
+    _bench.add_output_args(ap, "compress", "d <= 1e5 only: a few seconds")
     args = ap.parse_args()
+    _bench.abort_on_error()
+    path = _bench.output_path(args.out, "compress", args.quick)
+    _bench.claim_or_exit(path, overwrite=args.overwrite, prog="benchmarks/compress.py")
+    print(f"writing {path} as it goes", flush=True)
     import numba
 
     machine = {
@@ -242,30 +250,31 @@ def main() -> None:
     }
     gauss = [d for d in D_GAUSS if not args.quick or d <= 100_000]
     hidden = [h for h in MLP_HIDDEN if not args.quick or h <= 1_333]
-    bits = []
+    bits: list[dict[str, Any]] = []
+    speed: list[dict[str, Any]] = []
+    res = _bench.Results(path, {"machine": machine, "bits": bits, "speed": speed, "quick": args.quick})
     for d in gauss:
         bits.append(bits_row("gaussian", np.random.default_rng(d).standard_normal(d).astype(np.float32)))
+        res.save()
         print(bits[-1], flush=True)
     for h in hidden:
         bits.append(bits_row(f"MLP [64, {h}, 10] x_0 - x_4", mlp_difference(h)))
+        res.save()
         print(bits[-1], flush=True)
-    speed = []
     for d in [1_000_000, D_BIG] if not args.quick else [100_000]:
         speed += speed_rows(d, args.repeats)
+        res.save()
         for r in speed[-len(CODECS) - 1 :]:
             print(r, flush=True)
     machine["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     t = dict(PAPER_TABLE1)
     t["ratio"] = t["uncompressed_MB"] / t["quantized_MB"]
     t["bits_per_coord"] = 32 / t["ratio"]
-    res = {"machine": machine, "bits": bits, "speed": speed, "paper_table1": t}
-    md = markdown(res)
+    res.doc["paper_table1"] = t
+    md = markdown(res.doc)
     print(md)
-    if not args.quick:
-        out = ROOT / "results" / "benchmarks"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "compress.json").write_text(json.dumps(res, indent=2) + "\n")
-        (out / "compress.md").write_text(md)
+    res.finish()
+    print(f"wrote {path} and {res.write_beside('.md', md)}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,12 @@ SGD, the same seeds, data and initial model) trained by each algorithm on the ra
 one ``mpiexec``, side by side, and the bytes sent until the test accuracy of the
 average model first reaches ``--target``:
 
+    mpiexec -n 4 python benchmarks/quantized.py --quick     # 1 seed, hidden 64, 200 steps: < 1 min
     mpiexec -n 4 python benchmarks/quantized.py [--steps 600] [--target 0.95] \\
-        [--seeds 0,...,9] [--hidden 64,512] [--out results/benchmarks]
+        [--seeds 0,...,9] [--hidden 64,512] [--out PATH] [--overwrite]
+
+The full run is 140 trainings (7 algorithms x 10 seeds x 2 models): 95 s on an idle
+2-core machine with 4 ranks (wall_s in the committed JSON), several times that when loaded.
 
 Algorithms (docs/algorithms.md), K = ``algorithm.tau`` = 4 as in the paper's §6.1, the
 QSGD levels s = ceil(sqrt(d)) (``compression.codec = "auto"``):
@@ -27,7 +31,11 @@ a contribution count, not link traffic; the report adds a modelled "delivered" c
 beside it (see ``delivered_factor``). Accuracy is evaluated every ``--eval-every`` steps on
 the held-out 20 % of digits (359 samples, so one sample is 0.28 %).
 
-Rank 0 writes results/benchmarks/quantized.{json,md,svg}.
+Rank 0 writes the JSON (``--out``; default results/benchmarks/quantized.json, or a
+fresh temporary file with ``--quick``) after every training, ``"complete": false``
+until the end, then the .md and .svg beside it; an existing file is replaced only with
+``--overwrite`` (checked before any rank trains). Reductions are given as the median
+over seeds with its 95 % order-statistic interval (NaN with fewer than 6 seeds).
 """
 
 from __future__ import annotations
@@ -50,7 +58,9 @@ import numpy as np
 from mpi4py import MPI
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+import _bench  # noqa: E402
 
 from mpiml.config import load_config  # noqa: E402
 from mpiml.io import load_run  # noqa: E402
@@ -205,8 +215,10 @@ def summarize(runs: list[dict[str, Any]], target: float) -> dict[str, Any]:
             if ha and hb:
                 per_seed.append(1 - ha[1] / hb[1])
                 per_seed_deliv.append(1 - ha[1] * ra["delivered_factor"] / (hb[1] * rb["delivered_factor"]))
+        ci = _bench.median_ci(per_seed) if per_seed else (None, None, None)
         reductions[pair] = {
             "per_seed": per_seed,
+            "ci95": [ci[1], ci[2]],
             "median": float(np.median(per_seed)) if per_seed else None,
             "min": min(per_seed) if per_seed else None,
             "max": max(per_seed) if per_seed else None,
@@ -322,10 +334,17 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8,9")
     ap.add_argument("--hidden", default="64,512", help="MLP hidden widths, one model each (comma-separated)")
     ap.add_argument("--algorithms", default=",".join(ALGORITHMS))
-    ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
+    _bench.add_output_args(
+        ap, "quantized", "seed 0, hidden 64, 200 steps, target 0.9: under a minute on 4 ranks"
+    )
+    _bench.abort_on_error()
     a = ap.parse_args()
+    if a.quick:
+        a.seeds, a.hidden, a.steps, a.target = "0", "64", 200, 0.9
     comm = MPI.COMM_WORLD.Dup()
     rank, n = comm.Get_rank(), comm.Get_size()
+    path = _bench.output_path(a.out, "quantized", a.quick)
+    _bench.claim_or_exit(path, (".md", ".svg"), a.overwrite, comm, "benchmarks/quantized.py")
     seeds = [int(s) for s in a.seeds.split(",")]
     labels = a.algorithms.split(",")
     if unknown := [x for x in labels if x not in ALGORITHMS]:
@@ -333,7 +352,12 @@ def main() -> None:
     levels = sorted({*LEVELS, a.target})
     tmp = Path(comm.bcast(tempfile.mkdtemp(prefix="mpiml-quantized-") if rank == 0 else None))
     t_all = time.perf_counter()
-    models = []
+    models: list[dict[str, Any]] = []
+    res = _bench.Results(
+        path if rank == 0 else None, {**_meta(n, 0.0), "config": _config(a, seeds, labels), "models": models}
+    )
+    if rank == 0:
+        print(f"writing {path} as it goes", flush=True)
     for hidden in (int(h) for h in a.hidden.split(",")):
         common = [
             f"run.steps={a.steps}",
@@ -345,13 +369,18 @@ def main() -> None:
             f"model.hidden=[{hidden}]",
             "checkpoint.every=0",
         ]
-        runs = []
+        runs: list[dict[str, Any]] = []
+        if rank == 0:
+            models.append({"hidden": hidden, "common": common, "runs": runs})
         for seed in seeds:
             for label in labels:
                 r = one_run(comm, tmp, label, [*common, f"run.seed={seed}"], a.tau, levels)
                 if r is not None:
                     r["seed"] = seed
                     runs.append(r)
+                    models[-1].update(d=runs[0]["d"], **summarize(runs, a.target))
+                    res.doc["wall_s"] = time.perf_counter() - t_all
+                    res.save()
                     hit = r["crossings"][f"{a.target:g}"]
                     print(
                         f"hidden {hidden} seed {seed} {label:>9}: {r['wall_s']:5.1f} s, final acc "
@@ -359,32 +388,13 @@ def main() -> None:
                         + (f"step {hit[0]}, {_bytes(hit[1])}" if hit else "not reached"),
                         flush=True,
                     )
-        if rank == 0:
-            models.append(
-                {
-                    "hidden": hidden,
-                    "d": runs[0]["d"],
-                    "common": common,
-                    "runs": runs,
-                    **summarize(runs, a.target),
-                }
-            )
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        write(models, n, a, seeds, labels, time.perf_counter() - t_all)
+        write(res, models, n, a, seeds, labels, time.perf_counter() - t_all)
 
 
-def write(
-    models: list[dict[str, Any]],
-    n: int,
-    a: argparse.Namespace,
-    seeds: list[int],
-    labels: list[str],
-    wall: float,
-) -> None:
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {
+def _meta(n: int, wall: float) -> dict[str, Any]:
+    return {
         "ranks": n,
         "mpi": MPI.Get_library_version().splitlines()[0],
         "machine": platform.node(),
@@ -395,7 +405,10 @@ def write(
         "command": " ".join(["mpiexec", "-n", str(n), "python", *sys.argv]),
         "wall_s": wall,
     }
-    config = {
+
+
+def _config(a: argparse.Namespace, seeds: list[int], labels: list[str]) -> dict[str, Any]:
+    return {
         "steps": a.steps,
         "target": a.target,
         "lr": a.lr,
@@ -408,17 +421,29 @@ def write(
         "data": "digits",
         "model": "mlp, relu, float32",
         "codec": "auto (qsgd, s = ceil(sqrt(d)), one bucket)",
+        "quick": a.quick,
     }
-    (out / "quantized.json").write_text(
-        _compact(json.dumps({**meta, "config": config, "models": models}, indent=1)) + "\n"
-    )
+
+
+def write(
+    res: _bench.Results,
+    models: list[dict[str, Any]],
+    n: int,
+    a: argparse.Namespace,
+    seeds: list[int],
+    labels: list[str],
+    wall: float,
+) -> None:
+    meta = _meta(n, wall)
+    res.doc.update(meta)
+    res.finish()
     panels = []
     for m in models:
         first = {r["label"]: r["series"] for r in m["runs"] if r["seed"] == seeds[0]}
         panels.append(
             (f"MLP hidden {m['hidden']} on digits, d = {m['d']}, {n} ranks, seed {seeds[0]}", first)
         )
-    (out / "quantized.svg").write_text(svg_panels(panels, a.target))
+    res.write_beside(".svg", svg_panels(panels, a.target))
 
     t = f"{a.target:g}"
     lines = [
@@ -462,12 +487,13 @@ def write(
             f"Reductions in bytes to {t}, 1 - bytes(a) / bytes(b), median over the seeds [min, max]; "
             "*delivered*: the same with the delivery model.",
             "",
-            "| a vs b | counted | [min, max] | delivered | paper |",
-            "|---|---:|---|---:|---|",
+            "| a vs b | counted | 95 % CI of the median | [min, max] | delivered | paper |",
+            "|---|---:|---|---|---:|---|",
         ]
         for pair, r in m["reductions"].items():
             lines.append(
-                f"| {pair} | {_pct(r['median'])} | [{_pct(r['min'])}, {_pct(r['max'])}] | "
+                f"| {pair} | {_pct(r['median'])} | [{_pct(r['ci95'][0])}, {_pct(r['ci95'][1])}] | "
+                f"[{_pct(r['min'])}, {_pct(r['max'])}] | "
                 f"{_pct(r['median_delivered'])} | {r['paper']} |"
             )
         lines += [
@@ -508,7 +534,7 @@ def write(
             ]
         lines.append("")
     lines += [
-        "![test accuracy against bytes sent](quantized.svg)",
+        f"![test accuracy against bytes sent]({Path(str(res.path)).with_suffix('.svg').name})",
         "",
         "## How bytes are counted, and caveats",
         "",
@@ -546,8 +572,9 @@ def write(
         "",
     ]
     text = "\n".join(lines)
-    (out / "quantized.md").write_text(text)
+    md = res.write_beside(".md", text)
     print(text)
+    print(f"wrote {res.path}, {md} and the .svg")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ checkpointed) and ``step(x, g, state)`` updates ``x`` in place from the gradient
 ``g`` (which it may overwrite). numpy or cupy: ``xp`` comes from ``x``.
 
 - ``SGD``: x <- x - alpha * g.
-- ``SUM`` (papers/dsp-diversely-stale-parameters.txt eq. 3, stochastic unified momentum):
+- ``SUM`` (DSP (Xu, Huo & Huang, CVPR 2020, arXiv:1909.02625), eq. 3, stochastic unified momentum):
   y^{n+1} = x^n - alpha G,  y^{s,n+1} = x^n - s alpha G,
   x^{n+1} = y^{n+1} + beta (y^{s,n+1} - y^{s,n}),  with y^{s,0} = x^0.
   s = 0 is the heavy ball ("momentum"), s = 1 Nesterov's accelerated gradient ("nesterov").
-- ``SAM`` (papers/mixml-mixing-time.txt eq. 11, stochastic adaptive methods):
+- ``SAM`` (MixML (Lu, Nash & De Sa, arXiv:2005.06706), eq. 11, stochastic adaptive methods):
   m_t = beta1 m_{t-1} + (1 - beta1) g_t,
   v_t = max(beta2 v_{t-1} + (1 - beta2) g_t^2, v_{t-1})   [the max only for AMSGrad/RMSProp],
   x_{t+1} = x_t - alpha (v_t + eps)^{-p} m_t,  with m_0 = v_0 = 0.

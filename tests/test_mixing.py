@@ -310,3 +310,87 @@ def test_cli_options_belong_to_their_protocol() -> None:
         _params(p.parse_args(["--protocol", "gossip", "--m", "3"]))
     with pytest.raises(SystemExit):
         p.parse_args(["--protocol", "hogwild"])
+
+
+# ----------------------------------------------------------------- no file replaced unless told (#17.4)
+
+
+def _sha(path) -> str:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_write_result_never_replaces_without_overwrite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "gossip-ring-n4.h5"
+    write_result(path, _result())
+    before = _sha(path)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_result(path, _result("async_gossip", {"topology": "ring", "every": 2}))
+    assert _sha(path) == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    write_result(path, _result("async_gossip", {"topology": "ring", "every": 2}), overwrite=True)
+    assert read_attrs(path)["protocol"] == "async_gossip"
+
+
+def _mixing(n: int, cwd, *args: str):  # type: ignore[no-untyped-def]
+    from mpiml.testing import python_command, run_ranks
+
+    res = run_ranks(n, python_command("-m", "mpiml.mixing", *args), 120, cwd=str(cwd))
+    assert not res.timed_out, f"hung: {res.stdout[-2000:]} {res.stderr[-2000:]}"
+    return res
+
+
+def test_mixing_refuses_to_replace_a_result_it_did_not_create(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The issue's case: `mpiml mixing --protocol gossip --topology ring` with the default
+    --out replaced the committed 200-trial file. A copy of the committed file stands in for
+    it here (cwd = tmp_path, so the default results/mixing/ is the copy's folder)."""
+    import shutil
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "results" / "mixing" / "gossip-ring-n2.h5"
+    target = tmp_path / "results" / "mixing" / "gossip-ring-n2.h5"
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(committed, target)
+    before = _sha(target)
+    res = _mixing(2, tmp_path, "--protocol", "gossip", "--topology", "ring", "--trials", "2")
+    assert res.returncode == 2, res.stdout + res.stderr
+    # (python -m mpi4py adds an "Abort(2)" line per rank for a non-zero exit: #16.13's business)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("Abort(")]
+    assert len(lines) == 1 and "results/mixing/gossip-ring-n2.h5" in lines[0] and "--overwrite" in lines[0], (
+        lines
+    )
+    assert "--out" in lines[0] and "Traceback" not in res.stderr
+    assert _sha(target) == before
+    # a second run into a fresh --out creates its file; a third into the same --out refuses
+    out = tmp_path / "mine"
+    first = _mixing(2, tmp_path, "--protocol", "allreduce", "--trials", "2", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    mine = out / "allreduce-n2.h5"
+    made = _sha(mine)
+    again = _mixing(2, tmp_path, "--protocol", "allreduce", "--trials", "3", "--out", str(out))
+    assert again.returncode == 2 and str(mine) in again.stderr and _sha(mine) == made
+    # with --overwrite it replaces (3 trials now)
+    over = _mixing(2, tmp_path, "--protocol", "allreduce", "--trials", "3", "--out", str(out), "--overwrite")
+    assert over.returncode == 0, over.stderr
+    assert read_attrs(mine)["trials"] == 3 and sorted(p.name for p in out.iterdir()) == [mine.name]
+
+
+def test_sweep_checks_every_output_before_launching(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from mpiml.mixing import sweep as sweep_mod
+
+    (tmp_path / "figure3.md").write_text("kept")
+    (tmp_path / "allreduce-n3.h5").write_text("kept too")
+    assert sweep_mod.existing_outputs([2, 3], ["allreduce"], tmp_path) == [
+        tmp_path / "allreduce-n3.h5",
+        tmp_path / "figure3.md",
+    ]
+    launched: list[tuple[str, int]] = []
+    monkeypatch.setattr(sweep_mod, "run_one", lambda p, n, *a, **k: launched.append((p, n)))  # records only
+    with pytest.raises(FileExistsError, match=r"allreduce-n3.h5 \(and 1 more\) exists: pass --overwrite"):
+        sweep_mod.sweep([2, 3], ["allreduce"], tmp_path, trials=2)
+    assert launched == [] and (tmp_path / "figure3.md").read_text() == "kept"
+    assert sweep_mod.main(["--n", "2", "3", "--protocols", "allreduce", "--out", str(tmp_path)]) == 2
+    assert launched == []
+    monkeypatch.setenv("PMI_SIZE", "4")  # one rank of four: the sweep launches its own ranks
+    with pytest.raises(SystemExit):
+        sweep_mod.main(["--n", "2", "--out", str(tmp_path / "new")])

@@ -1,4 +1,4 @@
-"""``dasgd``: local SGD with delayed averaging (DaSGD, papers/dasgd-delayed-averaging.txt).
+"""``dasgd``: local SGD with delayed averaging (DaSGD: Zhou et al., arXiv:2006.00441).
 
 Update rule, eq. (2) (and eq. 7 in matrix form), for worker m of M:
 
@@ -32,7 +32,7 @@ global average r (the *reference*, the same on every rank; x_0 at first) and sen
 Q(y_t - r) instead of y_t, through :class:`mpiml.protocols.CompressedAllReduce`; the
 average is then r + mean_j Q(y_t^(j) - r), and becomes the next reference
 (:class:`mpiml.protocols.DifferenceAverage`, sign +1). This is Algorithm 1's difference
-form of papers/quantized-pr-sgd.txt applied to DaSGD's snapshot (compressing the models
+form of Quantized-PR-SGD (Wu et al., arXiv:2004.09125) applied to DaSGD's snapshot (compressing the models
 themselves does not converge: its Lemma 1). The reference is checkpointed as
 ``difference/reference`` (and, pending, the whole average r + mean as ``dasgd/average``).
 

@@ -2,7 +2,7 @@
 
 Each rank takes a local step y_i = x_i - eta g_i(x_i) (any optimizer); then, every
 ``algorithm.period`` steps, one synchronous gossip round over ``algorithm.topology``
-mixes the models: x_i = sum_j W_ij y_j (papers/quantized-pr-sgd.txt §5 and its
+mixes the models: x_i = sum_j W_ij y_j (Quantized-PR-SGD (Wu et al., arXiv:2004.09125) §5 and its
 Algorithm 2 without quantization; MixML §6: "SyncDR" is this on a ring with period 1,
 a local-step protocol with period m). ``dpsgd`` is D-PSGD, a round every step
 (period 1, in the adapt-then-combine order: local step, then gossip); ``gossip``
@@ -159,7 +159,7 @@ class PeriodicGossip(_GossipBase):
 
 @register
 class DQuantizedPRSGD(_GossipBase):
-    """Algorithm 2 of papers/quantized-pr-sgd.txt: K = tau local steps, then a
+    """Algorithm 2 of Quantized-PR-SGD (Wu et al., arXiv:2004.09125): K = tau local steps, then a
     compressed (DCD) gossip round."""
 
     name = "dqpr_sgd"

@@ -3,7 +3,7 @@
 ``local_sgd`` (K-AVG): after every ``tau``-th local update (steps t with
 (t + 1) mod tau = 0) the ranks replace their models by the average (1/M) sum_j x^(j).
 
-``pr_sgd`` and ``qpr_sgd`` are Algorithm 1 of papers/quantized-pr-sgd.txt (PR-SGD and
+``pr_sgd`` and ``qpr_sgd`` are Algorithm 1 of Quantized-PR-SGD (Wu et al., arXiv:2004.09125) (PR-SGD and
 Quantized-PR-SGD, K = ``algorithm.tau``): every rank holds the last global model
 x~_n (the *anchor*), starts each period from it (line 2: x_{n;0} = x~_n), takes K
 local steps, and then

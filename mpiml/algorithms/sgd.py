@@ -5,7 +5,7 @@ minibatch of ``data.batch_size`` rows: the update of serial SGD on the global ba
 of ``batch_size * n`` rows (any optimizer in place of the plain step). In MixML's
 terms, M_t is the averaging matrix (1/n) 1 1^T applied to the updates.
 
-``qsgd`` (Alistarh et al.; the "QSGD" baseline of papers/quantized-pr-sgd.txt §6)
+``qsgd`` (Alistarh et al.; the "QSGD" baseline of Quantized-PR-SGD (Wu et al., arXiv:2004.09125) §6)
 sends every rank's gradient quantized, Q_s(g_i) by eqs. (2)-(3) with the §6.1 Elias
 code, through :class:`mpiml.protocols.CompressedAllReduce`, and steps with the mean
 of the decoded gradients: x_{t+1} = x_t - alpha (1/n) sum_i Q_s(g_i). It is ``sgd``

@@ -1,4 +1,4 @@
-"""Mixing time (MixML, papers/mixml-mixing-time.txt): measure t_mix of a protocol on real ranks.
+"""Mixing time (MixML (Lu, Nash & De Sa, arXiv:2005.06706)): measure t_mix of a protocol on real ranks.
 
 - :mod:`~mpiml.mixing.tmix`: t_mix from a consensus-distance curve (Assumption 2, worst start);
 - :mod:`~mpiml.mixing.spectral`: gossip's spectral bound n ceil(log(1/2) / log(rho));

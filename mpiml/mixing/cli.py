@@ -4,7 +4,9 @@
     mpiexec -n 8 python -m mpi4py -m mpiml.mixing.cli --protocol local_step --m 3
 
 Every rank measures (the measurement is collective); rank 0 prints the table and
-writes ``<out>/<protocol>-<variant>-n<N>.h5`` (:mod:`mpiml.mixing.store`).
+writes ``<out>/<protocol>-<variant>-n<N>.h5`` (:mod:`mpiml.mixing.store`). An existing
+file of that name is never replaced unless ``--overwrite`` is given: every rank checks
+before the measurement starts, and all refuse with one line naming the file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .measure import PARAMS, PROTOCOLS, measure
 from .store import format_table, result_name, write_result
@@ -57,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-time", type=_positive, help="time steps per trial at most (default 10000 n)")
     p.add_argument("--out", default="results/mixing", help="folder of the .h5 file (default results/mixing)")
     p.add_argument("--no-write", action="store_true", help="print the table only")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing result file of the same name"
+    )
     return p
 
 
@@ -79,8 +85,10 @@ def _params(args: argparse.Namespace) -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> int:
     from mpi4py import MPI
 
-    from ..comm import default_comm, install_abort_handler
+    from ..comm import agree, default_comm, install_abort_handler
+    from ..errors import ConfigError
 
+    install_abort_handler()  # an exception on one rank ends the job, never a hang (#16.8)
     args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     comm = default_comm()
     rank = comm.Get_rank()
@@ -96,7 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rank == 0:
             print(f"mpiml mixing: error: {exc}", file=sys.stderr, flush=True)
         return 2
-    install_abort_handler()
+    path = Path(args.out) / result_name(args.protocol, comm.Get_size(), params)
+    try:
+        agree(comm, lambda: _check_out(path, args))  # before any rank starts measuring
+    except ConfigError as exc:
+        if rank == 0:
+            print(f"mpiml mixing: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     t0 = MPI.Wtime()
     res = measure(
         comm,
@@ -114,10 +128,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (res.censored > 0).any():
             print(f"note: {int(res.censored.sum())} start(s) never halved before --max-time; left out")
         if not args.no_write:
-            path = write_result(f"{args.out}/{result_name(res.protocol, res.n, res.params)}", res)
-            print(f"wrote {path} ({wall:.2f} s)")
+            written = write_result(path, res, overwrite=args.overwrite)
+            print(f"wrote {written} ({wall:.2f} s)")
         sys.stdout.flush()
     return 0
+
+
+def _check_out(path: Path, args: argparse.Namespace) -> None:
+    """Refuse to replace a file this run did not create (ConfigError naming it)."""
+    from ..errors import ConfigError
+
+    if not args.no_write and not args.overwrite and path.exists():
+        raise ConfigError(f"{path} exists: pass --overwrite to replace it, or --out DIR to write elsewhere")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,37 @@ def _nan(v: float | None) -> float:
     return math.nan if v is None else float(v)
 
 
-def write_result(path: str | Path, r: MixingResult) -> Path:
-    """Write ``r`` to ``path`` (replacing it); returns the path."""
+def write_result(path: str | Path, r: MixingResult, overwrite: bool = False) -> Path:
+    """Write ``r`` to ``path``; returns the path.
+
+    The file is written under a temporary name beside ``path`` and moved into place, so
+    a reader never sees half a file. An existing ``path`` is replaced only with
+    ``overwrite=True``; otherwise :class:`FileExistsError` is raised and the existing file
+    is left as it was (the move is a hard link, which fails if the name exists, so a
+    file that appeared meanwhile is not clobbered either). Not collective: one rank writes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: pass --overwrite to replace it, or --out to write elsewhere")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        _write_h5(tmp, r)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if path exists: never clobbers
+            except FileExistsError:
+                raise FileExistsError(
+                    f"{path} exists: pass --overwrite to replace it, or --out to write elsewhere"
+                ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_h5(path: Path, r: MixingResult) -> None:
     s, s0 = r.summary(), r.summary(from_zero=True)
     with h5py.File(path, "w") as f:
         a = f.attrs
@@ -73,7 +101,6 @@ def write_result(path: str | Path, r: MixingResult) -> Path:
         dists = g.create_dataset("distance", (r.trials,), dtype=h5py.vlen_dtype(np.float64))
         for i, (t, d) in enumerate(r.curves):
             times[i], dists[i] = t, d
-    return path
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:

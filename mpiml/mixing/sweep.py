@@ -7,13 +7,20 @@ For every protocol and n, one ``mpiexec -n N python -m mpi4py -m mpiml.mixing ..
 (:func:`mpiml.testing.run_ranks`, so an oversubscribed workstation works and a stuck
 run is killed) writes its .h5 file; then :func:`write_figure` reads the files back and
 writes ``figure3.svg`` (:func:`mpiml.mixing.svg.line_plot`) and ``figure3.md``. The
-sweep process itself never initialises MPI.
+sweep process itself never initialises MPI (it launches the ranks; run it without
+mpiexec); each launched measurement installs mpiml's abort handler, so an exception on
+one of its ranks ends that launch at once.
+
+No file is replaced unless ``--overwrite`` is given: every file the sweep would write is
+checked before the first launch, and an existing one stops the sweep with one line
+naming it (the committed results/mixing/ files stay as they are; use ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -24,7 +31,7 @@ from ..testing import python_command, run_ranks
 from .store import read_attrs, result_name
 from .svg import Series, line_plot
 
-__all__ = ["LABELS", "TRIALS", "main", "run_one", "sweep", "write_figure"]
+__all__ = ["LABELS", "TRIALS", "existing_outputs", "main", "run_one", "sweep", "write_figure"]
 
 # MixML §6 names
 LABELS = {
@@ -44,11 +51,24 @@ def _params(protocol: str, topology: str, m: int) -> dict[str, Any]:
 
 
 def run_one(
-    protocol: str, n: int, out: Path, trials: int, topology: str = "ring", m: int = 2, timeout: float = 300.0
+    protocol: str,
+    n: int,
+    out: Path,
+    trials: int,
+    topology: str = "ring",
+    m: int = 2,
+    timeout: float = 300.0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Measure one protocol on n ranks; returns the result file's attributes (+ 'wall_s')."""
+    """Measure one protocol on n ranks; returns the result file's attributes (+ 'wall_s').
+
+    Raises RuntimeError when the launch fails or times out (its output attached), which
+    includes the launch refusing to replace an existing file without ``overwrite``.
+    """
     params = _params(protocol, topology, m)
     args = ["--protocol", protocol, "--trials", str(trials), "--out", str(out)]
+    if overwrite:
+        args.append("--overwrite")
     for k, v in params.items():
         args += [f"--{k}", str(v)]
     t0 = time.perf_counter()
@@ -64,6 +84,15 @@ def run_one(
     return attrs
 
 
+def existing_outputs(
+    ns: Sequence[int], protocols: Sequence[str], out: str | Path, topology: str = "ring", m: int = 2
+) -> list[Path]:
+    """The files a sweep would write (one .h5 per protocol and n, figure3.svg/.md) that exist."""
+    out = Path(out)
+    names = [result_name(p, n, _params(p, topology, m)) for p in protocols for n in ns]
+    return [out / name for name in [*names, "figure3.svg", "figure3.md"] if (out / name).exists()]
+
+
 def sweep(
     ns: Sequence[int],
     protocols: Sequence[str],
@@ -72,13 +101,23 @@ def sweep(
     topology: str = "ring",
     m: int = 2,
     log: Any = print,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every protocol at every n (``trials`` for all, or :data:`TRIALS`)."""
+    """Run every protocol at every n (``trials`` for all, or :data:`TRIALS`).
+
+    Raises FileExistsError, before launching anything, when a file it would write exists
+    and ``overwrite`` is false.
+    """
     out = Path(out)
+    if not overwrite and (there := existing_outputs(ns, protocols, out, topology, m)):
+        more = f" (and {len(there) - 1} more)" if len(there) > 1 else ""
+        raise FileExistsError(
+            f"{there[0]}{more} exists: pass --overwrite to replace, or --out DIR to write elsewhere"
+        )
     rows = []
     for protocol in protocols:
         for n in ns:
-            a = run_one(protocol, n, out, trials or TRIALS[protocol], topology, m)
+            a = run_one(protocol, n, out, trials or TRIALS[protocol], topology, m, overwrite=overwrite)
             log(
                 f"{protocol:<13} n={n}  t_mix {a['t_mix']:g} (mean {a['t_mix_mean']:.1f}, "
                 f"estimate {a['estimate']:g})  {a['wall_s']:.1f} s"
@@ -145,6 +184,17 @@ def write_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixi
     return svg, md
 
 
+def _under_mpiexec() -> bool:
+    """True when this process is one rank of several (MPICH/Hydra, srun with PMI, Open MPI)."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        try:
+            if int(os.environ.get(var, "1")) > 1:
+                return True
+        except ValueError:
+            pass
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mpiml.mixing.sweep", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, nargs="+", default=list(range(2, 9)), help="rank counts (default 2..8)")
@@ -152,12 +202,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--trials", type=int, help=f"trials per run for every protocol (default {TRIALS})")
     p.add_argument("--topology", default="ring")
     p.add_argument("--m", type=int, default=2)
-    p.add_argument("--out", default="results/mixing")
+    p.add_argument("--out", default="results/mixing", help="result folder (default results/mixing)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing result files")
     args = p.parse_args(argv)
     if min(args.n) < 1:
         p.error(f"--n: rank counts must be >= 1 (got {min(args.n)})")
+    if _under_mpiexec():
+        p.error("run the sweep without mpiexec: it launches the ranks of each measurement itself")
     t0 = time.perf_counter()
-    rows = sweep(args.n, args.protocols, args.out, args.trials, args.topology, args.m)
+    try:
+        rows = sweep(
+            args.n, args.protocols, args.out, args.trials, args.topology, args.m, overwrite=args.overwrite
+        )
+    except FileExistsError as exc:
+        print(f"python -m mpiml.mixing.sweep: error: {exc}", file=sys.stderr)
+        return 2
     svg, md = write_figure(rows, args.out)
     print(f"wrote {svg} and {md} ({time.perf_counter() - t0:.0f} s)")
     return 0

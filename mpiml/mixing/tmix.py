@@ -1,4 +1,4 @@
-"""t_mix from a consensus-distance curve (MixML, papers/mixml-mixing-time.txt, Assumption 2).
+"""t_mix from a consensus-distance curve (MixML (Lu, Nash & De Sa, arXiv:2005.06706), Assumption 2).
 
 Assumption 2: t_mix is a constant such that for any state X and any start t >= 0,
 

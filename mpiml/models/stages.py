@@ -2,7 +2,7 @@
 
 A pipeline (GPipe, 1F1B, DSP) trains a model cut into K consecutive blocks, one per rank.
 In the notation of DSP (Xu, Huo & Huang, "On the Acceleration of Deep Learning Model
-Parallelism with Staleness", §2; papers/dsp-diversely-stale-parameters.txt) the parameters
+Parallelism with Staleness", CVPR 2020, arXiv:1909.02625, §2) the parameters
 are ``x = (x_0, ..., x_{K-1})``; block k computes ``h_{k+1} = f_k(h_k; x_k)`` from its input
 ``h_k`` (``h_0`` is the data), and backpropagation, Eq. (2), maps the error gradient
 ``G_{h_{k+1}}`` of its output to the gradient ``G_{x_k}`` of its parameters and the error

@@ -1,7 +1,7 @@
 """The DaSGD paper's analytic planner: t_p, t_c, the delay d, tau, and time per epoch.
 
 From "DaSGD: Squeezing SGD Parallelization Performance in Distributed Training Using
-Delayed Averaging" (shared/papers/dasgd-delayed-averaging.txt):
+Delayed Averaging" (Zhou et al., arXiv:2006.00441):
 
 - eq. (3), §III.D: t_p = B_l FLOP / FLOPS; the averaging is hidden when t_c < d t_p, so
   the delay is the smallest integer d >= 1 with t_c < d t_p (strict);

@@ -1,5 +1,5 @@
 """AllReduce of compressed payloads: every rank ends with the mean (or sum) of all
-ranks' *decoded* messages (papers/quantized-pr-sgd.txt, Algorithm 1 lines 7-9:
+ranks' *decoded* messages (Quantized-PR-SGD (Wu et al., arXiv:2004.09125), Algorithm 1 lines 7-9:
 "Send g to all other nodes; receive g^(j) for all j; Delta <- (1/M) sum_j g^(j)").
 
 Payloads differ in length from rank to rank (QSGD's Elias code, top-k of a varying

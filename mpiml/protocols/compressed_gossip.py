@@ -1,7 +1,7 @@
 """Compressed gossip: neighbours exchange quantized differences, DCD-PSGD style.
 
 One round is lines 6-10 of Algorithm 2 (D-Quantized-PR-SGD) of
-papers/quantized-pr-sgd.txt, for worker m with weights W (row m: W_mm and W_mj over
+Quantized-PR-SGD (Wu et al., arXiv:2004.09125), for worker m with weights W (row m: W_mm and W_mj over
 its in-neighbours j). Every rank keeps public copies: ``own`` = x~^(m) and
 ``copies[j]`` = x~^(j) for each in-neighbour j, identical to what j holds as its own
 (all start from the same point, exchanged once uncompressed at construction). Given

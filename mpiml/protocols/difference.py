@@ -1,6 +1,6 @@
 """Averaging models as differences from a reference every rank holds identically.
 
-Compressing a whole model does not converge (papers/quantized-pr-sgd.txt, Lemma 1 bounds
+Compressing a whole model does not converge (Quantized-PR-SGD (Wu et al., arXiv:2004.09125), Lemma 1 bounds
 the error by the norm of what is compressed); compressing its difference from the last
 global model does. Every rank keeps that model, the *reference* r (the same on every
 rank, bit for bit: each decodes the same payloads and adds them in rank order), sends a

@@ -1,6 +1,6 @@
 """Synchronous gossip averaging over a topology: x_i <- sum_j W_ij x_j.
 
-One round (papers/quantized-pr-sgd.txt §5, eq. of its Algorithm 2 without
+One round (Quantized-PR-SGD (Wu et al., arXiv:2004.09125) §5, eq. of its Algorithm 2 without
 quantization; MixML §6 "SyncDR" on a ring): every rank sends its buffer to its
 out-neighbours (j with W_ji != 0), receives its in-neighbours' buffers, and mixes
 

@@ -3,7 +3,7 @@
 A :class:`Topology` is a gossip matrix W with the convention x_i <- sum_j W[i, j] x_j
 (row i: the weights rank i gives to what it receives); a :class:`Schedule` gives the
 topology of every round t (static, or time-varying and periodic). From
-papers/quantized-pr-sgd.txt §5: W doubly stochastic, and Assumption 2's spectral gap
+Quantized-PR-SGD (Wu et al., arXiv:2004.09125) §5: W doubly stochastic, and Assumption 2's spectral gap
 rho = max(|lambda_2(W)|, |lambda_n(W)|) < 1, the factor by which one round shrinks the
 consensus error ||X - mean||; MixML §6 gossips on a ring ("SyncDR").
 

@@ -1,7 +1,7 @@
 """The two objects of the package: a gossip matrix W (:class:`Topology`) and a sequence of
 them over time (:class:`Schedule`).
 
-Convention (papers/quantized-pr-sgd.txt §5, eq. 9 with models as rows): one gossip round
+Convention (Quantized-PR-SGD (Wu et al., arXiv:2004.09125) §5, eq. 9 with models as rows): one gossip round
 is x_i <- sum_j W[i, j] x_j, so row i holds the weights rank i gives to what it
 receives; rank i receives from its in-neighbours (j != i with W[i, j] != 0) and sends
 to its out-neighbours (j != i with W[j, i] != 0).

@@ -1,0 +1,150 @@
+"""benchmarks/: output files that are never replaced unless asked, JSON written as it goes,
+and verdicts only from a confidence interval (issue #17.4, #17.7). The benchmarks' numbers
+are never asserted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from mpiml.testing import python_command, run_ranks
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import _bench  # noqa: E402
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+def test_median_interval_needs_six_samples_and_covers_95_percent() -> None:
+    assert all(v != v for v in _bench.median_ci([1.0, 2.0, 3.0, 4.0, 5.0])[1:])  # NaN: no 95 % interval
+    med, lo, hi = _bench.median_ci([5.0, 1.0, 4.0, 2.0, 3.0, 6.0])
+    assert (med, lo, hi) == (3.5, 1.0, 6.0)  # n = 6: [min, max] covers 1 - 2/64 = 96.9 %
+    med, lo, hi = _bench.median_ci(list(range(20)))
+    assert (lo, hi) == (5.0, 14.0)  # k = 6 for n = 20 (coverage 95.9 %; k = 7 would be 88.5 %)
+
+
+@pytest.mark.parametrize(
+    ("values", "word"),
+    [
+        ([1.0, 1.01, 0.99, 1.02, 0.98, 1.0, 1.01], "meets"),  # interval above 0.95
+        ([0.5, 0.52, 0.51, 0.49, 0.5, 0.53], "MISSES"),  # interval below
+        ([0.9, 1.0, 0.92, 1.05, 0.97, 0.93, 0.99], "inconclusive"),  # interval holds 0.95: noise
+        ([1.2, 1.3, 1.25], "inconclusive"),  # too few samples, however good the median
+    ],
+)
+def test_verdict_only_when_the_interval_excludes_the_target(values: list[float], word: str) -> None:
+    line = _bench.verdict(_bench.median_ci(values), 0.95, True, "x")
+    assert _bench.verdict_word(line) == word, line
+    assert "CI" in line or "too few samples" in line
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def test_results_file_is_claimed_and_rewritten_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "b.json"
+    assert _bench.claim(path) is None and path.exists()  # claimed (created) at once
+    res = _bench.Results(path, {"rows": []})
+    res.doc["rows"].append({"size": 1})
+    res.save()
+    assert json.loads(path.read_text()) == {"rows": [{"size": 1}], "complete": False}
+    res.finish()
+    assert json.loads(path.read_text())["complete"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]  # no temporary left
+    before = _sha(path)
+    error = _bench.claim(path)
+    assert error is not None and str(path) in error and "--overwrite" in error and _sha(path) == before
+    (tmp_path / "c.md").write_text("kept")
+    assert "c.md exists" in (_bench.claim(tmp_path / "c.json") or "")  # a companion counts too
+    assert _bench.claim(path, overwrite=True) is None
+
+
+@pytest.mark.slow
+def test_gossip_quick_writes_its_out_and_never_replaces_a_file(tmp_path: Path) -> None:
+    out = tmp_path / "g.json"
+    cmd = [*python_command(str(BENCH / "gossip.py")), "--quick", "--sizes", "4K,16K", "--out", str(out)]
+    res = run_ranks(2, cmd, 120, cwd=str(tmp_path))
+    assert res.returncode == 0 and not res.timed_out, res.stdout + res.stderr
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is True and [r["size"] for r in doc["rows"]] == ["4K", "16K"]
+    for row in doc["rows"]:
+        assert len(row["ratio_ring_p2p"]["ci95"]) == 2 and "target" in row["verdict"]
+    assert out.with_suffix(".md").exists()
+    before = _sha(out)
+    again = run_ranks(2, cmd, 120, cwd=str(tmp_path))
+    assert again.returncode != 0 and not again.timed_out
+    assert f"{out} (and 1 more) exists: pass --overwrite" in again.stderr and _sha(out) == before
+
+
+# ---------------------------------------------------------------- tests/gpu_check.sh
+
+GPU_CHECK = Path(__file__).resolve().parent / "gpu_check.sh"
+
+
+def _no_gpu() -> bool:
+    from mpiml.backend import cupy_available
+
+    return not cupy_available()
+
+
+@pytest.mark.skipif(not _no_gpu(), reason="a GPU is here: tests/gpu_check.sh runs for real")
+def test_gpu_check_without_a_gpu_says_skipped_and_exits_0(tmp_path: Path) -> None:
+    import subprocess
+
+    res = subprocess.run(
+        ["bash", str(GPU_CHECK), "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0 and res.stdout.startswith("no GPU: skipped"), res.stdout + res.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing measured, nothing written
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _no_gpu(), reason="a GPU is here: tests/gpu_check.sh runs for real")
+def test_gpu_check_plumbing_runs_every_step_and_keeps_existing_files(tmp_path: Path) -> None:
+    """--plumbing: every step on host arrays (the script's own check, no GPU numbers)."""
+    import subprocess
+
+    (tmp_path / "gpu_allreduce.json").write_text("kept")
+    res = subprocess.run(
+        ["bash", str(GPU_CHECK), "--plumbing", "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (tmp_path / "gpu_allreduce.json").read_text() == "kept"
+    (new,) = tmp_path.glob("gpu_allreduce-*.json")
+    doc = json.loads(new.read_text())
+    assert doc["complete"] is True and doc["cuda_aware_probe"]["probe"] is True
+    assert {"host", "staged", "cuda_aware"} <= set(doc["results"][0])
+    (summary,) = tmp_path.glob("gpu_check-*.txt")
+    text = summary.read_text()
+    assert text.count(": passed in") == 4 and "staged / CUDA-aware time" in text
+
+
+def test_a_benchmark_rank_that_raises_ends_the_job(tmp_path: Path) -> None:
+    """Every benchmark calls _bench.abort_on_error() first (#16.8): one rank's exception
+    aborts the job instead of leaving the other rank in a collective."""
+    script = tmp_path / "bench.py"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(BENCH)!r})\nimport _bench\n_bench.abort_on_error()\n"
+        "from mpi4py import MPI\n"
+        "if MPI.COMM_WORLD.Get_rank() == 1:\n    raise RuntimeError('injected on rank 1')\n"
+        "MPI.COMM_WORLD.Barrier()\n"
+    )
+    res = run_ranks(2, [sys.executable, str(script)], 30, cwd=str(tmp_path))  # plain python: no -m mpi4py
+    assert not res.timed_out, "the job hung instead of aborting"
+    assert res.returncode != 0 and "[mpiml rank 1]" in res.stderr and "injected on rank 1" in res.stderr
+    for name in ("allreduce", "compress", "gossip", "loop_overhead", "overlap", "quantized"):
+        assert "_bench.abort_on_error()" in (BENCH / f"{name}.py").read_text(), name

@@ -166,7 +166,15 @@ def test_writing_a_step_moves_a_planted_link_aside(tmp_path: Path) -> None:
     assert (root / "step-000000010.foreign-0").is_symlink()
 
 
-def test_run_id_is_created_once(tmp_path: Path) -> None:
-    assert ckpt.read_run_id(tmp_path) == ""
-    first = ckpt.ensure_run_id(tmp_path)
-    assert len(first) == 32 and ckpt.ensure_run_id(tmp_path) == first == ckpt.read_run_id(tmp_path)
+def test_the_run_id_is_handed_on_from_the_checkpoint_before(tmp_path: Path) -> None:
+    assert ckpt.latest_run_id(tmp_path, 100) == ""
+    _write(tmp_path, 10)
+    ckpt.write_complete(tmp_path, 10, 1)  # before run ids
+    assert ckpt.latest_run_id(tmp_path, 100) == ""
+    first = ckpt.new_run_id()
+    assert len(first) == 32 and first != ckpt.new_run_id()
+    for step in (20, 30):
+        _write(tmp_path, step)
+        ckpt.write_complete(tmp_path, step, 1, run_id=first)
+    _write(tmp_path, 40)  # partial: not a checkpoint, its id does not count
+    assert ckpt.latest_run_id(tmp_path, 100) == first and ckpt.latest_run_id(tmp_path, 20) == ""

@@ -2,12 +2,11 @@
 bound to their slot and versioned.
 
 Layout: ``<run>/checkpoints/step-<step:09d>/rank-<r:05d>.h5`` plus ``COMPLETE``, which
-rank 0 writes only after every rank's file (and every rank's trace tables) is on disk,
-and ``<run>/checkpoints/RUN``, the run's identity (JSON ``{"run_id": ...}``, created
-with the run's first checkpoint and kept across resumes).
+rank 0 writes only after every rank's file (and every rank's trace tables) is on disk.
 
 ``COMPLETE`` is JSON: step, world size, the job's layout of roles
-(:class:`mpiml.layout.Layout` as JSON), the run id, the checkpoint format
+(:class:`mpiml.layout.Layout` as JSON), the run id (random, made at the run's first
+checkpoint and handed on from marker to marker, across resumes), the checkpoint format
 (:data:`FORMAT`) and the mpiml version that wrote it. Markers written before layouts
 existed have no layout and mean data parallelism; markers and rank files written before
 formats existed have none and are format 1.
@@ -50,14 +49,14 @@ __all__ = [
     "NewerCheckpointError",
     "checkpoint_dirs",
     "clear_complete",
-    "ensure_run_id",
     "fsync_path",
     "is_newer",
+    "latest_run_id",
+    "new_run_id",
     "prune",
     "rank_path",
     "read_marker",
     "read_rank",
-    "read_run_id",
     "regular_file_problem",
     "step_dir",
     "verify_rank",
@@ -68,7 +67,6 @@ __all__ = [
 FORMAT = 2  # 1: before versions (no format, run id or role JSON); 2: bound to its slot, versioned
 _STEP_DIR = re.compile(r"step-(\d{9})")
 _MAX_MARKER = 1 << 20  # bytes: a marker is a few hundred; anything larger is not ours
-RUN_FILE = "RUN"
 
 
 class NewerCheckpointError(CheckpointError):
@@ -188,7 +186,7 @@ def write_rank(root: Path, step: int, rank: int, arrays: dict[str, np.ndarray], 
 def write_complete(root: Path, step: int, world_size: int, layout: str = "", run_id: str = "") -> None:
     """Mark ``step`` complete (rank 0, after every rank has written its file);
     ``layout`` is the job's :meth:`mpiml.layout.Layout.to_json`, ``run_id`` the run's
-    identity (:func:`ensure_run_id`)."""
+    identity (:func:`latest_run_id`, or :func:`new_run_id` for a run's first)."""
     d = step_dir(root, step)
     marker: dict[str, Any] = {
         "step": step,
@@ -237,22 +235,21 @@ def read_marker(d: Path) -> dict[str, Any] | None:
     return _read_json(d / "COMPLETE")
 
 
-def read_run_id(root: Path) -> str:
-    """The run id recorded in ``root/RUN``; '' when there is none (a run whose
-    checkpoints predate run ids) or it is unreadable."""
-    value = _read_json(root / RUN_FILE)
-    run_id = value.get("run_id") if value else None
-    return run_id if isinstance(run_id, str) else ""
+def new_run_id() -> str:
+    """A fresh run id (random, 128 bits, hex)."""
+    return secrets.token_hex(16)
 
 
-def ensure_run_id(root: Path) -> str:
-    """The run id in ``root/RUN``, created (random, 128 bits) if there is none yet (rank 0)."""
-    run_id = read_run_id(root)
-    if not run_id:
-        root.mkdir(parents=True, exist_ok=True)
-        run_id = secrets.token_hex(16)
-        _write_json(root / RUN_FILE, {"run_id": run_id})
-    return run_id
+def latest_run_id(root: Path, before: int) -> str:
+    """The run id in the marker of the newest complete checkpoint of a step < ``before``
+    ('' if there is none, or it predates run ids): the id a run that resumed from that
+    checkpoint keeps (rank 0, when it writes the next one)."""
+    for step, d, problem in checkpoint_dirs(root):
+        if step < before and not problem:
+            run_id = (read_marker(d) or {}).get("run_id")
+            if isinstance(run_id, str) and run_id:
+                return run_id
+    return ""
 
 
 def clear_complete(root: Path, step: int) -> None:

@@ -87,8 +87,8 @@ def pick_checkpoint(
     """Newest checkpoint (of a step < ``before``, when given) that every rank can read;
     reports and skips damaged ones.
 
-    Collective over comm (every rank of the job): rank 0 lists the candidates and the
-    run id and broadcasts them (ranks may see a folder differently); then one allgather
+    Collective over comm (every rank of the job): rank 0 lists the candidates and
+    broadcasts them (ranks may see a folder differently); then one allgather
     per candidate, newest first. Each rank checks its own file, and every decision is
     taken from the broadcast list and the gathered verdicts, so all ranks return the
     same step or raise the same error. Damage (a partial folder, an unreadable marker or
@@ -99,8 +99,7 @@ def pick_checkpoint(
     """
     rank, size = comm.Get_rank(), comm.Get_size()
     root = run_dir / "checkpoints"
-    listing = (ckpt.checkpoint_dirs(root), ckpt.read_run_id(root)) if rank == 0 else None
-    candidates, run_id = comm.bcast(listing, root=0)
+    candidates = comm.bcast(ckpt.checkpoint_dirs(root) if rank == 0 else None, root=0)
     if before is not None:
         candidates = [c for c in candidates if c[0] < before]
     if not candidates:
@@ -117,7 +116,7 @@ def pick_checkpoint(
     candidates = [c for c in candidates if c[0] <= cfg.run.steps]
     for step, d, partial in candidates:
         verdict: _Verdict = (
-            _check_candidate(cfg, root, step, d, rank, size, layout, run_id)
+            _check_candidate(cfg, root, step, d, rank, size, layout)
             if not partial
             else (partial, None, [], "")
         )
@@ -151,7 +150,7 @@ def _report_skipped(comm: MPI.Comm, problems: list[str]) -> None:
 
 
 def _check_candidate(
-    cfg: Config, root: Path, step: int, d: Path, rank: int, size: int, layout: Layout, run_id: str
+    cfg: Config, root: Path, step: int, d: Path, rank: int, size: int, layout: Layout
 ) -> _Verdict:
     """This rank's verdict on the checkpoint of ``step`` in folder ``d``."""
     marker = ckpt.read_marker(d)
@@ -171,13 +170,6 @@ def _check_candidate(
     marker_id = marker.get("run_id", "")
     if fmt >= 2 and (not isinstance(marker_id, str) or not marker_id):
         return f"{d}/COMPLETE holds no run id (got {marker_id!r})", None, [], ""
-    if run_id and marker_id and marker_id != run_id:
-        return (
-            f"{d} belongs to another run (run id {_short(marker_id)}, this run's is {_short(run_id)})",
-            None,
-            [],
-            "",
-        )
     if n != size:
         return "", n, [], ""
     # markers from before layouts existed: data parallelism on world_size ranks
@@ -370,7 +362,7 @@ def write_checkpoint(
     run_id = ""
     if rank == 0:
         ckpt.clear_complete(root, step)  # rewriting a step: no rank file may sit under an old marker
-        run_id = ckpt.ensure_run_id(root)
+        run_id = ckpt.latest_run_id(root, step) or ckpt.new_run_id()  # kept from the checkpoint before
     verdicts = comm.allgather((bad, run_id))  # also the barrier: nobody writes before the old marker is gone
     for r, (problem, _) in enumerate(verdicts):
         if problem:

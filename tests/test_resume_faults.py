@@ -120,3 +120,36 @@ def test_a_non_finite_model_never_becomes_a_checkpoint(tmp_path: Path) -> None:
     assert code != 0 and "non-finite" in err and "at step 10 on rank" in err, err
     root = tmp_path / "results" / "default" / "checkpoints"
     assert not list(root.rglob("COMPLETE")) and not list(root.rglob("rank-*"))  # nothing written
+
+
+def test_a_checkpoint_from_before_versions_still_resumes(tmp_path: Path) -> None:
+    """Format 1 (no format, version or run id; the role as its description) resumes."""
+    import json
+
+    from mpiml.layout import data_parallel
+
+    job = ["--set", "run.steps=20", "--set", "run.eval_every=10", "--set", "checkpoint.every=10"]
+    assert _train(tmp_path, *job)[0] == 0
+    root = tmp_path / "results" / "default" / "checkpoints"
+    for step in (10, 20):
+        marker = ckpt.step_dir(root, step) / "COMPLETE"
+        m = json.loads(marker.read_text())
+        marker.write_text(json.dumps({k: m[k] for k in ("step", "world_size", "layout")}))
+        for r in (0, 1):
+            with h5py.File(ckpt.rank_path(root, step, r), "a") as f:
+                meta = json.loads(f.attrs["meta"])
+                for k in ("format", "mpiml_version", "run_id"):
+                    del meta[k]
+                meta["role"] = data_parallel(2).roles[r].describe()
+                arrays = {name: f[name][()] for name in _datasets(f)}
+                text = json.dumps(meta, sort_keys=True)
+                f.attrs["meta"], f.attrs["sha256"] = text, ckpt._digest(arrays, text)
+                del f.attrs["format"], f.attrs["mpiml_version"]
+    code, out, err = _train(tmp_path, *job, "--set", "run.steps=30", "--resume")
+    assert code == 0 and "at step 20" in out and "skipping" not in err, err
+
+
+def _datasets(f: h5py.File) -> list[str]:
+    names: list[str] = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return names

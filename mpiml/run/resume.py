@@ -202,7 +202,7 @@ def _check_candidate(
 
 
 def _short(run_id: Any) -> str:
-    return f"{str(run_id)[:8]}..."
+    return f"{run_id[:8]}..." if isinstance(run_id, str) and run_id else repr(run_id)
 
 
 def _binding_problems(

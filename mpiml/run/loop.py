@@ -41,14 +41,13 @@ from ..clock import sync_clock
 from ..config import Config
 from ..data import RankData
 from ..errors import ConfigError
-from ..io import checkpoint as ckpt
 from ..io.runfile import RankFile, RunFile
 from ..layout import Layout
 from ..optim import build_optimizer
 from ..trace import Trace
 from . import console
 from .evaluate import Evaluator
-from .resume import elapsed_since_start, has_checkpoints, pick_checkpoint, restore, write_checkpoint
+from .resume import elapsed_since_start, has_checkpoints, pick_checkpoint, resume_state, write_checkpoint
 from .setup import Setup, prepare, set_threads
 
 __all__ = ["STOP_CHECK_EVERY", "Loop", "Result", "train"]
@@ -194,8 +193,8 @@ class Loop:
             self.loss_sum,
             self.loss_count,
             self.trace,
+            flush=self.files.flush,  # the tables up to the step are on disk before its COMPLETE marker
         )
-        self.files.flush()  # a checkpoint is a durable point: the tables up to it are on disk too
 
     def _stop_agreed(self, done: int) -> bool:
         """Split-phase agreement on a stop request (see the module docstring)."""
@@ -292,8 +291,7 @@ def train(
 
     start, meta = 0, None
     if resume_from is not None:
-        start, _ = resume_from
-        meta = restore(program, data, ckpt.rank_path(run_dir / "checkpoints", start, rank))
+        start, meta = resume_state(program, data, cfg, world, layout, run_dir, resume_from[0])  # collective
         trace.bytes_sent = meta["bytes_sent"]
 
     resume_step = start if resume_from is not None else None

@@ -214,6 +214,7 @@ def test_readers_of_a_live_run_never_stop_it(tmp_path: Path) -> None:
         got, rerr = reader.communicate(timeout=60)
     assert code == 0, err[-3000:]
     rows, dumps, frames = (int(v) for v in got.split())
+    print(f"reader: up to {rows} rows held open, {dumps} h5dump runs, up to {frames} events via load_run")
     assert rows > 0 and frames > 0, (got, rerr)
     if subprocess.run(["which", "h5dump"], capture_output=True).returncode == 0:
         assert dumps > 0

@@ -75,7 +75,10 @@ def claim_folder(
         job_layout(cfg, comm.Get_size())
         _check_writable(out)
         if rank == 0:
-            held.append(folder.resolve(cfg.run.name, out, resume, overwrite))
+            try:
+                held.append(folder.resolve(cfg.run.name, out, resume, overwrite))
+            except OSError as exc:  # a file system that refuses: one line, not a traceback
+                raise ConfigError(f"--out {str(out)!r}: cannot claim the run folder ({exc})") from None
 
     try:
         _comm.agree(comm, check)

@@ -125,7 +125,7 @@ def test_bad_job_fails_cleanly_on_every_rank(
 
 
 def test_existing_run_needs_resume_or_overwrite(tmp_path: Path) -> None:
-    args = ["--set", "run.steps=20", "--set", "run.eval_every=10", "--set", "checkpoint.every=0"]
+    args = ["--set", "run.name=x", "--set", "run.steps=20", "--set", "checkpoint.every=0"]
     assert _train(tmp_path, *args)[0] == 0
     code, _, err = _train(tmp_path, *args)
     assert code == 2 and "already holds a run; use --resume" in err

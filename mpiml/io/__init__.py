@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
@@ -16,6 +20,8 @@ from ..trace import EVENT_DTYPE, Trace
 from .runfile import EVENT_DEFAULTS, METRIC_DTYPE, SCHEMA, SCHEMAS, V1_KINDS
 
 __all__ = ["EVENT_DTYPE", "METRIC_DTYPE", "SCHEMA", "SCHEMAS", "Run", "Trace", "load_run"]
+
+T = TypeVar("T")
 
 
 # events as read: kind decoded to str
@@ -60,8 +66,12 @@ class Run:
         return m["step"], m["value"]
 
     def to_pandas(self) -> tuple[dict[str, Any], Any]:
-        """(metrics as {name: DataFrame}, all events as one DataFrame with a rank column)."""
-        import pandas as pd
+        """(metrics as {name: DataFrame}, all events as one DataFrame with a rank column).
+        ImportError (one line, naming the extra to install) without pandas."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Run.to_pandas() needs pandas: pip install 'mpiml[pandas]'") from None
 
         metrics = {k: pd.DataFrame(v) for k, v in self.metrics.items()}
         frames = []
@@ -91,20 +101,72 @@ def _kinds(f: h5py.File) -> dict[str, str]:
     return {**V1_KINDS, **{k.name: k.category for k in KINDS.values()}}
 
 
+READ_TRIES = 5  # a read that overlaps a writer's flush can fail; it succeeds when tried again
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _retry(read: Callable[[], T], path: Path) -> T:
+    """``read()`` of ``path``, tried again (up to READ_TRIES times) while a failure
+    comes with the file changing: a reader that opens a file while its writer flushes
+    may see a half-written end ("truncated file", "addr overflow"; h5py raises KeyError
+    when that happens behind a link), and the next try sees a whole one. A file that
+    does not change (damaged for good) fails at once."""
+    for k in range(READ_TRIES):
+        before = _stamp(path)
+        try:
+            return read()
+        except FileNotFoundError:
+            raise
+        except (OSError, KeyError):
+            time.sleep(0.05 * (k + 1))
+            if k == READ_TRIES - 1 or _stamp(path) == before:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _read_events(ranks: h5py.Group, name: str) -> np.ndarray:
+    return np.asarray(ranks[name]["events"][()])
+
+
+def _why(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if "lock file" in str(exc) or "locking" in str(exc):
+        text += (
+            " (another process holds the file with HDF5's file lock: open it with locking=False, "
+            "as load_run does, or set HDF5_USE_FILE_LOCKING=FALSE)"
+        )
+    return text
+
+
 def load_run(path: str | Path) -> Run:
     """Read ``run.h5`` (or the run folder holding it), following links to rank files.
 
     Reads schema ``mpiml-run/1`` and ``mpiml-run/2``. Safe to call while the run is
-    going: it reads what has been flushed so far. A rank file that does not exist (a
-    run that crashed before that rank wrote one) is listed in ``missing_ranks``, and
-    one that exists but cannot be read (damaged, say) in ``unreadable_ranks`` with the
-    error, each with a warning, rather than failing the read.
+    going: it reads what has been flushed so far, without HDF5's file lock, and tries
+    again a read that overlapped a flush. A rank file that does not exist (a run that
+    crashed before that rank wrote one) is listed in ``missing_ranks``; one that exists
+    but cannot be read (damaged, locked, not readable by you, a link loop) in
+    ``unreadable_ranks`` with the error; each with a warning, rather than failing the
+    read. Raises OSError when ``run.h5`` itself cannot be read, and ValueError for a
+    file of another schema.
     """
     p = Path(path)
     if p.is_dir():
         p = p / "run.h5"
+    return _retry(lambda: _read(p), p)
+
+
+def _read(p: Path) -> Run:
     # locking=False: a run file may be read while its run is still writing it (or while
-    # the processes of a run that was just killed are still being torn down)
+    # the processes of a run that was just killed are still being torn down); the
+    # external links to the rank files are opened with the same setting
     with h5py.File(p, "r", locking=False) as f:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         if attrs.get("schema") not in SCHEMAS:
@@ -124,21 +186,26 @@ def load_run(path: str | Path) -> Run:
         for name in sorted(ranks, key=int):
             r = int(name)
             link = ranks.get(name, getlink=True)
-            where = f"ranks/{name}"
+            where, target = f"ranks/{name}", p
             if isinstance(link, h5py.ExternalLink):
                 target = p.parent / link.filename
                 where = str(target)
-                if not target.exists():
+                try:
+                    os.stat(target)
+                except FileNotFoundError:
                     missing.append(r)
                     continue
+                except OSError as exc:  # a link loop, no permission on the folder...
+                    unreadable[r] = f"{where}: {_why(exc)}"
+                    continue
             try:
-                ev = ranks[name]["events"][()]
+                ev = _retry(partial(_read_events, ranks, name), target)
             except (KeyError, OSError) as exc:
-                unreadable[r] = f"{where}: {type(exc).__name__}: {exc}"
+                unreadable[r] = f"{where}: {_why(exc)}"
                 continue
             events[r] = _events(ev)
     if missing:
-        warnings.warn(f"{p}: no events for ranks {missing} (their files are missing)", stacklevel=2)
+        warnings.warn(f"{p}: no events for ranks {missing} (their files are missing)", stacklevel=5)
     for r, err in unreadable.items():
-        warnings.warn(f"{p}: no events for rank {r}: its file could not be read ({err})", stacklevel=2)
+        warnings.warn(f"{p}: no events for rank {r}: its file could not be read ({err})", stacklevel=5)
     return Run(p, attrs, config, metrics, events, missing, layout, kinds, unreadable)

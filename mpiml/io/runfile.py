@@ -21,6 +21,16 @@ crash of one rank cannot corrupt another's table; h5py follows the external
 links, so ``run.h5`` reads as one file. Tables are chunked and grow on append;
 ``flush()`` opens the file, appends the pending rows and closes it again, so between
 flushes every file is closed and consistent on disk.
+
+Readers never stop the writer: the writer opens its files without HDF5's file lock
+(``locking=False``), so a reader holding ``run.h5`` or a rank file open (h5py, h5dump,
+pandas) cannot make a flush fail. One writer per file is ensured instead by the run
+folder's claim (:mod:`mpiml.run.folder`), held for the job's lifetime. A reader sees a
+file as it was when it opened it (reopen to see newer rows); one that opens it while
+a flush writes may get an OSError, and reading again succeeds (docs/run-file.md,
+"Reading it"). A new file is created under a name unlinked first, never truncated in
+place: a reader holding the old one keeps reading it, and no link is written through
+(:mod:`mpiml.io.fs`).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import numpy as np
 from .. import __version__
 from ..kinds import KINDS, table, table_dtype
 from ..trace import EVENT_DTYPE
+from .fs import own_copy, refuse_link
 
 __all__ = [
     "METRIC_DTYPE",
@@ -126,13 +137,30 @@ def _append(ds: h5py.Dataset, rows: np.ndarray) -> None:
     ds[n:] = rows
 
 
+def _h5(path: Path, mode: str) -> h5py.File:
+    """``path`` opened by its one writer: without HDF5's file lock, so that no reader
+    can make the writer fail (the run folder's claim keeps other writers out)."""
+    return h5py.File(path, mode, locking=False)
+
+
+def _create(path: Path) -> h5py.File:
+    """A new, empty file at ``path``: the old name unlinked first (a reader holding the
+    old file keeps it; a hard link keeps its content), then created exclusively."""
+    refuse_link(path)
+    path.unlink(missing_ok=True)
+    return _h5(path, "w-")
+
+
 def _open(path: Path, resume: bool) -> h5py.File:
-    """Open for a new run ("w") or to continue one ("a"). A file that a crash left
-    damaged is moved aside (``<name>.damaged-<k>``, nothing is deleted) and started anew."""
+    """Open for a new run or to continue one. A file that a crash left damaged is moved
+    aside (``<name>.damaged-<k>``, nothing is deleted) and started anew. A symbolic
+    link at ``path`` is a ConfigError (the driver checks the folder before any
+    collective; this guards against one planted since)."""
     if not resume:
-        return h5py.File(path, "w")
+        return _create(path)
+    own_copy(path)
     try:
-        return h5py.File(path, "a")
+        return _h5(path, "a")
     except OSError as exc:
         k = 0
         while path.with_name(f"{path.name}.damaged-{k}").exists():
@@ -144,7 +172,7 @@ def _open(path: Path, resume: bool) -> h5py.File:
             file=sys.stderr,
             flush=True,
         )
-        return h5py.File(path, "w")
+        return _create(path)
 
 
 def _truncate_after(ds: h5py.Dataset, step: int) -> None:
@@ -163,6 +191,7 @@ class RankFile:
     The file is open only while a flush writes to it: between flushes it is closed and
     consistent on disk, so a process killed between flushes loses only the rows it had
     not flushed yet (HDF5 without SWMR gives no such promise for a file left open).
+    Opened without HDF5's file lock: a reader holding it open never fails a flush.
     """
 
     def __init__(self, run_dir: Path, rank: int, clock_offset: float, resume_step: int | None) -> None:
@@ -204,7 +233,7 @@ class RankFile:
             return
         rows = np.concatenate(self._pending) if self._pending else None
         tables, self._pending, self._tables = self._tables, [], {}
-        with h5py.File(self.path, "a") as f:
+        with _h5(self.path, "a") as f:
             if rows is not None:
                 _append(f["events"], rows)
             for name, chunks in tables.items():
@@ -276,7 +305,7 @@ class RunFile:
         if not self._pending and not grew:
             return
         pending, self._pending = self._pending, {}
-        with h5py.File(self.path, "a") as f:
+        with _h5(self.path, "a") as f:
             if grew:
                 self._n_kinds = _write_kinds(f)
             for name, rows in pending.items():

@@ -24,7 +24,6 @@ nothing couples them).
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -47,8 +46,9 @@ from ..optim import build_optimizer
 from ..trace import Trace
 from . import console
 from .evaluate import Evaluator
+from .folder import clear_run
 from .resume import elapsed_since_start, has_checkpoints, pick_checkpoint, resume_state, write_checkpoint
-from .setup import Setup, prepare, set_threads
+from .setup import Setup, claim_folder, prepare, set_threads
 
 __all__ = ["STOP_CHECK_EVERY", "Loop", "Result", "train"]
 
@@ -228,18 +228,39 @@ def train(
     """Train ``cfg`` on ``comm`` (default: mpiml's duplicate of COMM_WORLD).
 
     Collective over comm. Writes ``<out>/<run.name>/run.h5``, per-rank event files
-    and checkpoints; rank 0 prints progress to ``stream`` (stdout by default).
-    ``resume``: False, True (the newest valid checkpoint; an error if none) or "auto"
-    (resume if there is a checkpoint, else start anew). Raises ConfigError (on every
-    rank) for a job that cannot run here.
+    and checkpoints (a job that does not name its run gets a fresh folder,
+    :mod:`mpiml.run.folder`, which ``Result.run_dir`` names); rank 0 prints progress
+    to ``stream`` (stdout by default) and holds the run folder's lock until it
+    returns or raises. ``resume``: False, True (the newest valid checkpoint; an
+    error if none) or "auto" (resume if there is a checkpoint, else start anew).
+    Raises ConfigError (on every rank) for a job that cannot run here, and for a run
+    folder in use by another job or holding a link mpiml did not make.
     """
     world = comm if comm is not None else _comm.default_comm()
-    rank, size = world.Get_rank(), world.Get_size()
     stream = stream if stream is not None else sys.stdout
-    out = Path(out)
     wall0 = time.perf_counter()
-    setup: Setup = _comm.agree(world, lambda: prepare(cfg, rank, size, out, bool(resume), overwrite))
-    run_dir, layout = setup.run_dir, setup.layout
+    run_dir, claim = claim_folder(cfg, world, Path(out), resume, overwrite)  # agreed; no data needed
+    try:
+        if claim is not None and claim.note:
+            print(claim.note, file=stream, flush=True)
+        return _train(cfg, world, run_dir, resume, overwrite, stream, wall0)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _train(
+    cfg: Config,
+    world: MPI.Comm,
+    run_dir: Path,
+    resume: bool | str,
+    overwrite: bool,
+    stream: TextIO,
+    wall0: float,
+) -> Result:
+    rank, size = world.Get_rank(), world.Get_size()
+    setup: Setup = _comm.agree(world, lambda: prepare(cfg, rank, size, run_dir))
+    layout = setup.layout
     resume_from = None
     if resume == "auto" and not has_checkpoints(world, run_dir):
         if rank == 0:
@@ -251,10 +272,8 @@ def train(
     elif resume:
         resume_from = pick_checkpoint(cfg, world, run_dir, layout)  # collective, errors agreed
     threads = set_threads(world, cfg.run.threads)
-    if (overwrite or resume == "auto") and resume_from is None and rank == 0 and run_dir.exists():
-        for name in ("run.h5", "ranks", "checkpoints"):
-            p = run_dir / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    if (overwrite or resume == "auto") and resume_from is None and rank == 0:
+        clear_run(run_dir)  # checks every path before deleting any; follows no link
     if rank == 0:
         (run_dir / "ranks").mkdir(parents=True, exist_ok=True)
     world.Barrier()

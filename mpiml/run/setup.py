@@ -1,9 +1,13 @@
 """Set-up: everything a rank builds before training, checked before any collective.
 
-:func:`prepare` runs on every rank under :func:`mpiml.comm.agree`: it makes no MPI
-call, so a problem on any rank (a bad job for this world size, an unreadable data
-file, a run folder that already holds a run) becomes the same ConfigError on every
-rank before anyone enters a collective.
+Two steps, each under :func:`mpiml.comm.agree` (so a problem on any rank becomes the
+same ConfigError on every rank before anyone enters a collective of training):
+
+1. :func:`claim_folder`: the checks that need no data, which take well under a
+   second (the job against the world size, a writable ``--out``), then rank 0
+   chooses and claims the run folder (:mod:`mpiml.run.folder`: a link in it, a live
+   job holding it, a run already in it) and tells every rank which it is;
+2. :func:`prepare`: this rank's data and model (seconds: reading and sharding data).
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ from ..backend import get_xp
 from ..config import Config
 from ..data import RankData, build_data
 from ..errors import ConfigError
+from ..io.fs import refuse_link
+from ..io.runfile import rank_file_name
 from ..layout import Layout, Role
 from ..models import Model, build_model
+from . import folder
 
-__all__ = ["Setup", "job_layout", "prepare", "set_threads"]
+__all__ = ["Setup", "claim_folder", "job_layout", "prepare", "set_threads"]
 
 
 def job_layout(cfg: Config, world_size: int) -> tuple[type[Algorithm], Layout]:
@@ -55,10 +62,39 @@ class Setup:
     model: Model | None  # None: this role computes nothing
 
 
-def prepare(cfg: Config, rank: int, world_size: int, out: Path, resume: bool, overwrite: bool) -> Setup:
-    """Check the job against the world size, the output folder, and build this rank's
-    data and model. No collective inside (run it under ``agree``)."""
+def claim_folder(
+    cfg: Config, comm: MPI.Comm, out: Path, resume: bool | str, overwrite: bool
+) -> tuple[Path, folder.Claim | None]:
+    """Check what needs no data, then claim the run folder: (its path on every rank,
+    rank 0's claim or None on the others). Collective over comm (one allgather, one
+    bcast of the path); raises the same ConfigError on every rank, holding no claim."""
+    rank = comm.Get_rank()
+    held: list[folder.Claim] = []
+
+    def check() -> None:
+        job_layout(cfg, comm.Get_size())
+        _check_writable(out)
+        if rank == 0:
+            try:
+                held.append(folder.resolve(cfg.run.name, out, resume, overwrite))
+            except OSError as exc:  # a file system that refuses: one line, not a traceback
+                raise ConfigError(f"--out {str(out)!r}: cannot claim the run folder ({exc})") from None
+
+    try:
+        _comm.agree(comm, check)
+        run_dir = Path(comm.bcast(str(held[0].run_dir) if rank == 0 else None, root=0))
+    except BaseException:
+        for c in held:
+            c.release()
+        raise
+    return run_dir, held[0] if held else None
+
+
+def prepare(cfg: Config, rank: int, world_size: int, run_dir: Path) -> Setup:
+    """This rank's role, data and model, after :func:`claim_folder`. No collective
+    inside (run it under ``agree``)."""
     alg, layout = job_layout(cfg, world_size)
+    refuse_link(run_dir / rank_file_name(rank))  # rank 0 checked the folder; this rank's own view
     role = layout.roles[rank]
     program = alg.program_for(role)
     try:
@@ -83,13 +119,6 @@ def prepare(cfg: Config, rank: int, world_size: int, out: Path, resume: bool, ov
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    run_dir = out / cfg.run.name
-    _check_writable(out)
-    if (run_dir / "run.h5").exists() and not resume and not overwrite:
-        raise ConfigError(
-            f"{run_dir} already holds a run; use --resume to continue it, --overwrite to "
-            "replace it, or another run.name"
-        )
     return Setup(run_dir, alg, program, layout, role, xp, data, model)
 
 

@@ -234,3 +234,43 @@ def test_handlers_are_restored_and_not_installed_off_the_main_thread() -> None:
     th.start()
     th.join()
     assert seen == [False] and signal.getsignal(signal.SIGINT) is before
+
+
+API_SCRIPT = """
+import sys
+import mpiml
+from mpiml.config import load_config
+
+cfg = load_config(None, ["run.steps=60", "run.eval_every=30", "checkpoint.every=0", *sys.argv[2:]])
+mpiml.train(cfg, out=sys.argv[1])
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("sets", "env", "status"),
+    [([], {"MPIML_FAIL_AT": "1:20"}, None), (["optimizer.lr=1e4", "run.name=d"], {}, 3)],
+    ids=["exception-on-rank-1", "diverged"],
+)
+def test_the_python_api_ends_the_job_on_one_ranks_exception(
+    tmp_path: Path, sets: list[str], env: dict[str, str], status: int | None
+) -> None:
+    """``mpiexec -n 2 python script.py`` calling mpiml.train, no ``-m mpi4py``: one
+    rank's exception aborts both (one traceback); an agreed error is one line."""
+    script = tmp_path / "script.py"
+    script.write_text(API_SCRIPT)
+    res = run_ranks(
+        2,
+        [sys.executable, str(script), str(tmp_path), *sets],
+        TIMEOUT,
+        cwd=str(tmp_path),
+        env=dict(os.environ, PYTHONPATH=str(REPO), **env),
+    )
+    assert not res.timed_out, f"the job hung: {res.stdout[-2000:]} {res.stderr[-2000:]}"
+    assert res.returncode != 0 and "finished" not in res.stdout, (res.stdout, res.stderr)
+    if status is None:
+        assert res.stderr.count("Traceback") == 1, res.stderr
+        assert res.stderr.count("injected failure on rank 1 at step 20") == 1, res.stderr
+    else:
+        assert res.returncode == status and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.count("mpiml: error: non-finite loss at step 30") == 1, res.stderr

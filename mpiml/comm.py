@@ -172,8 +172,11 @@ def install_abort_handler() -> None:
         if getattr(exc, "agreed", False) or issubclass(exc_type, KeyboardInterrupt):
             status = exit_status(exc)
             if rank == 0:
-                text = "interrupted (KeyboardInterrupt)" if status == 130 else f"error: {exc}"
-                sys.stderr.write(f"mpiml: {text}\n")
+                lines = {
+                    130: "interrupted (KeyboardInterrupt)",
+                    EX_DIVERGED: f"error: training diverged: {exc}",
+                }
+                sys.stderr.write(f"mpiml: {lines.get(status, f'error: {exc}')}\n")
             leave(status)
         text = "".join(traceback.format_exception(exc_type, exc, tb))
         sys.stderr.write(f"[mpiml rank {rank}] unhandled exception, aborting the job:\n{text}")

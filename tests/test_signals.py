@@ -273,4 +273,6 @@ def test_the_python_api_ends_the_job_on_one_ranks_exception(
         assert res.stderr.count("injected failure on rank 1 at step 20") == 1, res.stderr
     else:
         assert res.returncode == status and "Traceback" not in res.stderr, res.stderr
-        assert res.stderr.count("mpiml: error: non-finite loss at step 30") == 1, res.stderr
+        assert res.stderr.count("mpiml: error: training diverged: non-finite loss at step 30 on rank") == 1, (
+            res.stderr
+        )

@@ -15,9 +15,10 @@ rank's traceback once and aborts the whole job (MPI_Abort), exit status 1.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 __all__ = ["main"]
@@ -97,9 +98,63 @@ def _fail(message: str) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .comm import agree, default_comm, install_abort_handler
+    """``mpiml train``. Exit status, the same on every rank: 0 done; 2 a job error (one
+    line); 3 the run diverged (one line, no checkpoint of it); 75 stopped after a
+    checkpoint by SIGTERM or MPIML_STOP_FILE; 130 stopped after a checkpoint by SIGINT
+    (a signal before training started: 128 + signal, nothing written); 1 a crash
+    (the traceback of the rank that failed, MPI_Abort). A non-zero status leaves
+    through :func:`mpiml.comm.leave`, so ``python -m mpi4py`` adds no "Abort(N)" lines."""
+    import signal
+
+    # a plain handler first: a KeyboardInterrupt inside numpy's import becomes an ImportError
+    old = {s: signal.signal(s, _interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        from .run.signals import StartupSignals  # imports the driver (numpy, mpi4py, h5py)
+
+        with StartupSignals(_launcher_rank()):  # until the loop (even inside an MPI call)
+            status = _train_job(args)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if status:
+        from .comm import leave
+
+        leave(status)
+    return 0
+
+
+def _interrupted(
+    signum: int, frame: object = None, when: str = " during start-up; nothing was trained"
+) -> None:
+    """Leave at once with 128 + signal; rank 0 says so in one line."""
+    import signal
+
+    if _launcher_rank() == 0:
+        print(f"mpiml: interrupted by {signal.Signals(signum).name}{when}", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+def _quiet_interrupt(fn: Callable[..., int]) -> Callable[..., int]:
+    """A Ctrl-C that nothing else handles (arguments, imports; a command other than
+    ``train``): one line from rank 0, no traceback, status 130 on every rank."""
+
+    @functools.wraps(fn)
+    def wrapped(argv: Sequence[str] | None = None) -> int:
+        try:
+            return fn(argv)
+        except KeyboardInterrupt:
+            _interrupted(2, when="")  # SIGINT
+            raise
+
+    return wrapped
+
+
+def _train_job(args: argparse.Namespace) -> int:
+    from .comm import EX_DIVERGED, agree, default_comm, install_abort_handler
     from .config import load_config
-    from .errors import ConfigError
+    from .errors import ConfigError, DivergenceError
+    from .run.signals import EX_INTERRUPTED, EX_STOPPED
 
     install_abort_handler()
     comm = default_comm()
@@ -120,12 +175,16 @@ def _train(args: argparse.Namespace) -> int:
 
         resume: bool | str = "auto" if args.auto_resume else args.resume
         result = train(cfg, comm, out=args.out, resume=resume, overwrite=args.overwrite)
-        if result.stopped_at is not None:
-            return 75  # EX_TEMPFAIL: stopped on request (MPIML_STOP_FILE) after a checkpoint
+        if result.stopped_at is not None:  # after a checkpoint; resume with --resume
+            return EX_INTERRUPTED if result.stopped_by == "SIGINT" else EX_STOPPED
     except ConfigError as exc:
         if not getattr(exc, "agreed", False):
             raise  # seen on this rank only: abort the job rather than leave others waiting
         return _fail(str(exc))  # raised on every rank by agree(): a clean exit everywhere
+    except DivergenceError as exc:  # agreed by the loop on every rank
+        if comm.Get_rank() == 0:
+            print(f"mpiml: error: training diverged: {exc}", file=sys.stderr, flush=True)
+        return EX_DIVERGED
     return 0
 
 
@@ -157,6 +216,7 @@ def _info() -> int:
     return 0
 
 
+@_quiet_interrupt
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["plan"]:  # its own parser (mpiml.plan); no MPI needed

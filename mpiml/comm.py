@@ -23,7 +23,18 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .layout import Layout
 
-__all__ = ["Comms", "ConfigError", "agree", "default_comm", "install_abort_handler", "local_size", "split"]
+__all__ = [
+    "EX_DIVERGED",
+    "Comms",
+    "ConfigError",
+    "agree",
+    "default_comm",
+    "exit_status",
+    "install_abort_handler",
+    "leave",
+    "local_size",
+    "split",
+]
 
 T = TypeVar("T")
 
@@ -142,15 +153,31 @@ def off_abort(fn: Callable[[], None]) -> None:
 
 
 def install_abort_handler() -> None:
-    """Make an unhandled exception on any rank abort the whole job.
+    """Make an unhandled exception on any rank abort the whole job (idempotent).
 
     Prints that rank's traceback once (prefixed with the rank), runs the
     registered cleanups (flushing trace files), then calls MPI_Abort, so the
-    other ranks never hang in a collective or in finalize.
+    other ranks never hang in a collective or in finalize. Two exceptions that are
+    not crashes get one line and no traceback: an error that every rank raised alike
+    (``agreed``: a job error, status 2; a diverged run, :class:`DivergenceError`,
+    status 3), printed by rank 0, each rank then leaving with that status; and a
+    KeyboardInterrupt, status 130. :func:`mpiml.train` and the ``mpiml`` command
+    install it; call it first in your own scripts run under mpiexec.
     """
+    if getattr(sys.excepthook, "_mpiml_abort", False):
+        return
 
     def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-        rank = MPI.COMM_WORLD.Get_rank()
+        rank = MPI.COMM_WORLD.Get_rank() if MPI.Is_initialized() and not MPI.Is_finalized() else 0
+        if getattr(exc, "agreed", False) or issubclass(exc_type, KeyboardInterrupt):
+            status = exit_status(exc)
+            if rank == 0:
+                lines = {
+                    130: "interrupted (KeyboardInterrupt)",
+                    EX_DIVERGED: f"error: training diverged: {exc}",
+                }
+                sys.stderr.write(f"mpiml: {lines.get(status, f'error: {exc}')}\n")
+            leave(status)
         text = "".join(traceback.format_exception(exc_type, exc, tb))
         sys.stderr.write(f"[mpiml rank {rank}] unhandled exception, aborting the job:\n{text}")
         sys.stderr.flush()
@@ -165,4 +192,37 @@ def install_abort_handler() -> None:
         MPI.COMM_WORLD.Abort(1)
         os._exit(1)  # not reached with a conforming MPI
 
+    hook._mpiml_abort = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+EX_DIVERGED = 3  # a run whose loss or model stopped being finite
+
+
+def exit_status(exc: BaseException) -> int:
+    """The process status for an exception mpiml reports in one line: 2 for a job
+    error, 3 for a diverged run, 130 for a KeyboardInterrupt, 1 otherwise."""
+    from .errors import DivergenceError
+
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, DivergenceError):
+        return EX_DIVERGED
+    if isinstance(exc, ConfigError):
+        return 2
+    return 1
+
+
+def leave(status: int) -> None:
+    """End this process with ``status`` when every rank leaves alike (an agreed
+    error, a stop): flush stdio, then ``os._exit``, so that neither finalize nor
+    ``python -m mpi4py``'s exit hook (which turns a non-zero SystemExit into
+    MPI_Abort, one "Abort(N)" line per rank) runs. No collective: ranks that are not
+    in step (an asynchronous program) cannot hang here; the launcher reports the
+    status."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(status)

@@ -9,13 +9,16 @@ job file fails the job with a message that says so.
 
 Skipped, with the reason, where no cluster can be started (not root, slurm-wlm not
 installed: ``apt-get install -y --no-install-recommends slurm-wlm``); set
-``MPIML_REQUIRE_SLURM=1`` to turn that skip into a failure.
+``MPIML_REQUIRE_SLURM=1`` to turn that skip into a failure. The launch line that
+train.sbatch builds from ``MPIML_SET`` is tested without SLURM too: stand-in
+``scontrol`` and ``mpiexec`` commands record what the script would run.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -33,11 +36,13 @@ JOB_TIMEOUT = 150.0  # seconds for one job to finish (the VM has 2 cores; jobs a
 _WHY = why_no_slurm()
 if _WHY and os.environ.get("MPIML_REQUIRE_SLURM") == "1":
     raise RuntimeError(f"MPIML_REQUIRE_SLURM=1 but no SLURM test cluster can run here: {_WHY}")
-pytestmark = [pytest.mark.skipif(bool(_WHY), reason=_WHY or "-"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    if _WHY:
+        pytest.skip(_WHY)
+
     # SIGTERM (a CI runner giving up) ends the session like Ctrl-C: the daemons are stopped on the way out
     def on_term(signum: int, frame: object) -> None:
         pytest.exit(f"signal {signum}: stopping the SLURM test cluster", returncode=128 + signum)
@@ -94,6 +99,7 @@ def _has_checkpoint(run_dir: Path) -> bool:
     return any((run_dir / "checkpoints").glob("step-*/COMPLETE"))
 
 
+@pytest.mark.slow
 def test_cluster_runs_a_four_task_mpi_job(cluster: SlurmCluster, work: Path) -> None:
     """The cluster itself: 4 tasks fit on the node and mpiexec starts 4 ranks in the allocation."""
     code = "from mpi4py import MPI; c = MPI.COMM_WORLD; open(f'rank-{c.rank}-of-{c.size}', 'w').close()"
@@ -103,6 +109,7 @@ def test_cluster_runs_a_four_task_mpi_job(cluster: SlurmCluster, work: Path) -> 
     assert sorted(p.name for p in work.glob("rank-*")) == [f"rank-{r}-of-4" for r in range(4)]
 
 
+@pytest.mark.slow
 def test_train_sbatch_completes_a_four_task_job(cluster: SlurmCluster, work: Path) -> None:
     from mpiml.io import load_run
 
@@ -122,6 +129,7 @@ def test_train_sbatch_completes_a_four_task_job(cluster: SlurmCluster, work: Pat
     assert (run_dir / "checkpoints" / "step-000000200" / "COMPLETE").exists()
 
 
+@pytest.mark.slow
 def test_sweep_sbatch_gives_one_run_per_override_line(cluster: SlurmCluster, work: Path) -> None:
     from mpiml.io import load_run
 
@@ -152,6 +160,7 @@ def test_sweep_sbatch_gives_one_run_per_override_line(cluster: SlurmCluster, wor
     ]
 
 
+@pytest.mark.slow
 def test_warning_signal_requeues_and_resumes_to_the_uninterrupted_result(
     cluster: SlurmCluster, work: Path
 ) -> None:
@@ -205,6 +214,7 @@ def test_warning_signal_requeues_and_resumes_to_the_uninterrupted_result(
     print(f"requeue: signal to COMPLETED in {t_done - t_signal:.1f}s, resumed at {resumed}")
 
 
+@pytest.mark.slow
 def test_missing_job_file_fails_the_job_and_says_so(cluster: SlurmCluster, work: Path) -> None:
     job = _submit(cluster, work, TRAIN, ["-n", "4", "-J", "bad"], MPIML_JOB="/nonexistent.toml")
     _wait(cluster, job, work, f"bad-{job}.out", want="FAILED")
@@ -212,3 +222,65 @@ def test_missing_job_file_fails_the_job_and_says_so(cluster: SlurmCluster, work:
     assert "job file '/nonexistent.toml' does not exist" in log, log
     assert cluster.show_job(job)[0].get("ExitCode") == "2:0"
     assert not (work / "results" / f"bad-{job}").exists()
+
+
+def _launch_line(tmp_path: Path, mpiml_set: str) -> tuple[subprocess.CompletedProcess[str], list[str] | None]:
+    """Run train.sbatch outside SLURM with stand-in ``scontrol`` and ``mpiexec`` that
+    record their arguments; returns the script's result and mpiexec's argv (None when
+    the script stopped before launching)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    argv = tmp_path / "mpiexec.argv"
+    argv.unlink(missing_ok=True)
+    (bin_dir / "scontrol").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "mpiexec").write_text(f'#!/bin/sh\nprintf "%s\\0" "$@" > "{argv}"\nexit 0\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    (tmp_path / "model.hidden=3").touch()  # what an unquoted [32] would glob to
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MPIML_", "SLURM_"))}
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        PYTHON=sys.executable,
+        PYTHONPATH=str(REPO),
+        SLURM_JOB_ID="7",
+        SLURM_NTASKS="2",
+        MPIML_LAUNCHER="mpiexec",
+        MPIML_OUT=str(tmp_path / "results"),
+        MPIML_SET=mpiml_set,
+    )
+    res = subprocess.run(
+        ["bash", str(TRAIN)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    return res, (argv.read_text().split("\0")[:-1] if argv.exists() else None)
+
+
+def _sets(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+
+
+def test_train_sbatch_passes_values_with_spaces_intact_and_unglobbed(tmp_path: Path) -> None:
+    res, argv = _launch_line(tmp_path, "model.hidden=[32, 32] run.steps=20\n  model.init_scale=0.5")
+    assert res.returncode == 0 and argv is not None, (res.stdout, res.stderr)
+    assert _sets(argv) == [
+        "model.hidden=[32, 32]",
+        "run.steps=20",
+        "model.init_scale=0.5",
+        "run.name=mpiml-7",
+    ]
+    assert argv[:3] == ["-n", "2", sys.executable], argv
+    res, argv = _launch_line(tmp_path, "model.hidden=[32]")  # a glob pattern that matches a file here
+    assert res.returncode == 0 and argv is not None and _sets(argv)[0] == "model.hidden=[32]", (
+        argv,
+        res.stderr,
+    )
+
+
+def test_train_sbatch_names_mpiml_set_when_a_value_cannot_be_parsed(tmp_path: Path) -> None:
+    res, argv = _launch_line(tmp_path, "run.steps=20 model.hidden=[32,")
+    assert res.returncode == 2 and argv is None, (res.stdout, res.stderr)
+    assert res.stderr.strip() == (
+        "train.sbatch: MPIML_SET: model.hidden must be a list of integers (got '[32,', a str)"
+    ), res.stderr
+    res, argv = _launch_line(tmp_path, "[32] run.steps=2")
+    assert res.returncode == 2 and argv is None, (res.stdout, res.stderr)
+    assert res.stderr.strip() == "train.sbatch: MPIML_SET must start with section.key=value (got '[32]')"

@@ -18,6 +18,8 @@ with the step they belong to and the time the evaluation started).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from mpi4py import MPI
 
@@ -42,6 +44,11 @@ class Evaluator:
     step until it returns ``(step, t_start, metrics)``; :meth:`finish` waits for an
     evaluation still under way. One evaluation at a time: starting the next one first
     completes the previous one.
+
+    :attr:`diverged` tells whether the metrics last returned come from non-finite sums
+    (the training loss, or the test loss of the evaluated model): the same verdict on
+    every rank of the role. Their accuracy is then NaN, never a number computed from a
+    NaN model (whose argmax picks class 0).
     """
 
     def __init__(self, comms: Comms, program: Program, trace: Trace, classification: bool) -> None:
@@ -51,6 +58,7 @@ class Evaluator:
         self.out = np.zeros(8, dtype=np.float64)
         self._pending: tuple[int, float, float, int, int] | None = None  # step, t0, loss sums, bytes
         self._req: MPI.Request | None = None  # the sums' Iallreduce, once the program's part is done
+        self.diverged = False  # the last metrics: loss sums or the evaluated model not finite
 
     def __call__(self, step: int, loss_sum: float, loss_count: int) -> dict[str, float]:
         t0 = self.trace.now()
@@ -111,6 +119,7 @@ class Evaluator:
 
     def _metrics(self) -> dict[str, float]:
         tl, correct, rows, ls, lc, dist, holders, total_bytes = self.out
+        self.diverged = bool(not math.isfinite(ls) or (rows > 0 and not math.isfinite(tl)))
         res = {
             "test_loss": tl / rows if rows else float("nan"),
             "loss": ls / max(lc, 1),
@@ -118,5 +127,5 @@ class Evaluator:
             "bytes_sent": float(total_bytes),
         }
         if self.classification:
-            res["accuracy"] = correct / rows if rows else float("nan")
+            res["accuracy"] = correct / rows if rows and not self.diverged else float("nan")
         return res

@@ -8,22 +8,33 @@ first collective of training. The program of each rank's role
 :meth:`Loop.after_step` after each; the loop decides, at step numbers every rank
 knows, when to evaluate, checkpoint and stop.
 
-Stop requests (``MPIML_STOP_FILE``, what the SLURM scripts use before a requeue) are
-agreed without a lock-step collective on the hot path: after every step whose count
-of finished steps is 5 mod 10 each rank looks for the file and starts a nonblocking
-MAX-reduction of the answer (MPI_Iallreduce over all ranks), and after the next count
-that is 0 mod 10 it reads the result, long complete by then for ranks in step. Every
-rank reads the same result at the same step, so all stop after the same step, write a
-checkpoint and exit with status 75. The variable must be set on every rank or none.
-For an asynchronous algorithm this is a loose coupling: a rank reading the result
-waits until every rank has reached the step 5 before it, so with a stop file set no
-rank runs more than 5 steps ahead of the slowest at the agreed points (without one,
-nothing couples them).
+Stop requests (a SIGINT or SIGTERM on any rank, :mod:`mpiml.run.signals`; the file
+``MPIML_STOP_FILE``, what the SLURM scripts create before a requeue) are agreed without
+a lock-step collective on the hot path: after every step whose count of finished
+steps is 5 mod 10 each rank sets a flag (bit 0: the stop file exists; bit 1: SIGTERM
+arrived here; bit 2: SIGINT arrived here) and starts a nonblocking OR-reduction of it
+(MPI_Iallreduce over all ranks), and after the next count that is 0 mod 10 it reads
+the result, long complete by then for ranks in step. Every rank reads the same result
+at the same step, so all stop after the same step, write a checkpoint (also when
+``checkpoint.every = 0``) and :func:`train` returns with ``Result.stopped_by`` set
+(the ``mpiml`` command exits with 130 after a SIGINT, 75 otherwise). The stop-file
+variable must be set on every rank or none. For an asynchronous algorithm this is a
+loose coupling: a rank reading the result waits until every rank has reached the
+step 5 before it, so no rank runs more than 5 steps ahead of the slowest at the
+agreed points.
+
+Divergence: at every evaluation the reduced loss sums and the test loss must be
+finite, and before every checkpoint each rank's parameters and loss sums (one small
+MIN-reduction per checkpoint); otherwise :class:`mpiml.errors.DivergenceError` is
+raised on every rank, naming the step and the lowest rank whose values are not
+finite, and nothing of it is checkpointed.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -39,7 +50,7 @@ from ..backend import cuda_aware_from_env, to_host
 from ..clock import sync_clock
 from ..config import Config
 from ..data import RankData
-from ..errors import ConfigError
+from ..errors import ConfigError, DivergenceError
 from ..io.runfile import RankFile, RunFile
 from ..layout import Layout
 from ..optim import build_optimizer
@@ -49,11 +60,13 @@ from .evaluate import Evaluator
 from .folder import clear_run
 from .resume import elapsed_since_start, has_checkpoints, pick_checkpoint, resume_state, write_checkpoint
 from .setup import Setup, claim_folder, prepare, set_threads
+from .signals import StopSignals
 
 __all__ = ["STOP_CHECK_EVERY", "Loop", "Result", "train"]
 
 STOP_CHECK_EVERY = 10  # steps between agreed stop points (MPIML_STOP_FILE)
-_STOP_LOOK = STOP_CHECK_EVERY // 2  # the file is looked at this many steps before a stop point
+_STOP_LOOK = STOP_CHECK_EVERY // 2  # the flag is set this many steps before a stop point
+_STOP_FILE, _STOP_SIGTERM, _STOP_SIGINT = 1, 2, 4  # bits of the stop flag (OR-reduced)
 
 
 @dataclass
@@ -66,7 +79,8 @@ class Result:
     test_loss: float
     params: np.ndarray  # this rank's final parameters (host copy; empty for a rank that holds none)
     wall: float
-    stopped_at: int | None = None  # step at which MPIML_STOP_FILE stopped the run (after a checkpoint)
+    stopped_at: int | None = None  # step at which a stop request stopped the run (after a checkpoint)
+    stopped_by: str | None = None  # what stopped it: "SIGINT", "SIGTERM" or "stop file"
 
 
 class _Files:
@@ -112,6 +126,7 @@ class Loop:
         trace: Trace,
         run_dir: Path,
         stream: TextIO,
+        signals: StopSignals | None = None,
     ) -> None:
         self.cfg, self.comms, self.layout, self.program, self.data = cfg, comms, layout, program, data
         self.evaluate, self.files, self.trace, self.run_dir, self.stream = (
@@ -125,10 +140,13 @@ class Loop:
         self.loss_sum, self.loss_count = 0.0, 0
         self.last: dict[str, float] = {}
         self.stopped_at: int | None = None
+        self.stopped_by: str | None = None
+        self.signals = signals
         self.fail_at = _fault_injection(self.rank)
         self.stop_file = os.environ.get("MPIML_STOP_FILE", "")
         self._stop_flag, self._stop_any = np.zeros(1, np.int32), np.zeros(1, np.int32)  # buffers, not pickles
         self._stop_req: MPI.Request | None = None
+        self._local_bad = False  # this rank's own loss sums or model were not finite at the last evaluation
         self.t_loop = time.perf_counter()
 
     def after_step(self, t: int, loss: float | None) -> bool:
@@ -145,14 +163,14 @@ class Loop:
             self.checkpoint(done)
         elif done % cfg.trace.flush_every == 0:
             self.files.flush()
-        if self.stop_file and done < cfg.run.steps and self._stop_agreed(done):
+        if done < cfg.run.steps and self._stop_agreed(done):
             if not (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
-                self.checkpoint(done)
+                self.checkpoint(done)  # a stop checkpoint, also when checkpoint.every = 0
             self.stopped_at = done
+            why = self.stopped_by if self.stopped_by != "stop file" else f"{self.stop_file} appeared"
             if self.rank == 0:
                 print(
-                    f"mpiml: stopped at step {done} ({self.stop_file} appeared); checkpoint written, "
-                    "resume with --resume",
+                    f"mpiml: stopped at step {done} ({why}); checkpoint written; resume with --resume",
                     file=self.stream,
                     flush=True,
                 )
@@ -164,6 +182,7 @@ class Loop:
     def evaluate_now(self, t: int) -> None:
         """Evaluate after step ``t``: at once for a synchronous program; started here and
         reported when done for an asynchronous one (never a barrier for its ranks)."""
+        self._local_bad = not math.isfinite(self.loss_sum) or not self._params_finite()
         if self.program.synchronous:
             metrics = self.evaluate(t, self.loss_sum, self.loss_count)
             self._report([(t, self.trace.now(), metrics)])
@@ -180,8 +199,34 @@ class Loop:
                     run_file.metric(k, t + 1, when, v)
                 elapsed = time.perf_counter() - self.t_loop
                 console.progress(t + 1, self.cfg.run.steps, metrics, self.trace, elapsed, self.stream)
+            if self.evaluate.diverged:  # the reduced sums: the same verdict on every rank of the role
+                self._diverged(t + 1, self._local_bad, self.comms.role, "loss")
+
+    def _params_finite(self) -> bool:
+        x = self.program.params
+        if x is None:
+            return True
+        xp = getattr(x, "__array_namespace__", None)
+        return bool((xp() if xp is not None else np).isfinite(x).all())
+
+    def _diverged(self, done: int, bad_here: bool, comm: MPI.Comm, what: str) -> None:
+        """Raise DivergenceError on every rank of ``comm`` (which agreed that the run
+        diverged), naming the lowest world rank whose own values were not finite. One
+        small collective, on this error path only."""
+        size = self.comms.world.Get_size()
+        lowest = comm.allreduce(self.rank if bad_here else size, op=MPI.MIN)
+        err = DivergenceError(done, lowest if lowest < size else 0, "try a smaller optimizer.lr", what=what)
+        err.agreed = True  # type: ignore[attr-defined]  # raised on every rank: one line, no abort
+        raise err
 
     def checkpoint(self, done: int) -> None:
+        """Write the checkpoint of step ``done`` (collective over world), unless some
+        rank's model or loss sums are not finite: then DivergenceError on every rank."""
+        self.program.quiesce()  # what the checkpoint would hold: nothing in flight
+        bad = not math.isfinite(self.loss_sum) or not self._params_finite()
+        world = self.comms.world
+        if world.allreduce(int(bad), op=MPI.MAX):  # one small reduction per checkpoint
+            self._diverged(done, bad, world, "model")
         write_checkpoint(
             self.program,
             self.data,
@@ -197,15 +242,28 @@ class Loop:
         )
 
     def _stop_agreed(self, done: int) -> bool:
-        """Split-phase agreement on a stop request (see the module docstring)."""
+        """Split-phase agreement on a stop request (see the module docstring); sets
+        :attr:`stopped_by` when the ranks agreed to stop."""
         phase = done % STOP_CHECK_EVERY
         if phase == _STOP_LOOK and self._stop_req is None:
-            self._stop_flag[0] = os.path.exists(self.stop_file)
-            self._stop_req = self.comms.world.Iallreduce(self._stop_flag, self._stop_any, op=MPI.MAX)
+            flag = _STOP_FILE if self.stop_file and os.path.exists(self.stop_file) else 0
+            signum = self.signals.signum if self.signals is not None else 0
+            if signum:
+                flag |= _STOP_SIGINT if signum == signal.SIGINT else _STOP_SIGTERM
+            self._stop_flag[0] = flag
+            self._stop_req = self.comms.world.Iallreduce(self._stop_flag, self._stop_any, op=MPI.BOR)
         elif phase == 0 and self._stop_req is not None:
             self._stop_req.Wait()
             self._stop_req = None
-            return bool(self._stop_any[0])
+            got = int(self._stop_any[0])
+            for bit, name in (
+                (_STOP_SIGINT, "SIGINT"),
+                (_STOP_SIGTERM, "SIGTERM"),
+                (_STOP_FILE, "stop file"),
+            ):
+                if got & bit:
+                    self.stopped_by = name
+                    return True
         return False
 
     def finish(self) -> None:
@@ -234,8 +292,19 @@ def train(
     returns or raises. ``resume``: False, True (the newest valid checkpoint; an
     error if none) or "auto" (resume if there is a checkpoint, else start anew).
     Raises ConfigError (on every rank) for a job that cannot run here, and for a run
-    folder in use by another job or holding a link mpiml did not make.
+    folder in use by another job or holding a link mpiml did not make; and
+    DivergenceError (on every rank, nothing of it checkpointed) when the loss or the
+    model stops being finite.
+
+    Installs :func:`mpiml.comm.install_abort_handler` (idempotent): an unhandled
+    exception on one rank aborts the whole job instead of leaving the others waiting.
+    Called from the main thread, it also installs :class:`mpiml.run.signals.StopSignals`
+    around the training loop (the previous handlers are restored on return): a SIGINT
+    or SIGTERM on any rank stops every rank after the same step, with a checkpoint,
+    and the result says so (``stopped_at``, ``stopped_by``); a second one ends the
+    job at once.
     """
+    _comm.install_abort_handler()
     world = comm if comm is not None else _comm.default_comm()
     stream = stream if stream is not None else sys.stdout
     wall0 = time.perf_counter()
@@ -337,7 +406,8 @@ def _train(
     _comm.on_abort(files.close)
     classification = model is not None and model.task == "classification"
     evaluator = Evaluator(comms, program, trace, classification)
-    loop = Loop(cfg, comms, layout, program, data, evaluator, files, trace, run_dir, stream)
+    signals = StopSignals(rank)
+    loop = Loop(cfg, comms, layout, program, data, evaluator, files, trace, run_dir, stream, signals)
     if meta is not None:
         loop.loss_sum, loop.loss_count = meta["loss_sum"], meta["loss_count"]
     if rank == 0 and start:
@@ -348,16 +418,25 @@ def _train(
     if start == loop.fail_at:
         raise RuntimeError(f"MPIML_FAIL_AT: injected failure on rank {rank} at step {start}")
     loop.t_loop = time.perf_counter()
-    program.run(start, cfg.run.steps, loop)
-    loop.finish()
-    if not loop.last and loop.stopped_at is None:  # resumed at the last step: nothing trained, still report
-        loop.last = loop.evaluate(cfg.run.steps - 1, loop.loss_sum, loop.loss_count)
-    program.quiesce()
-    program.close()
-    files.close()
-    _comm.off_abort(files.close)
-    comms.free()
-    world.Barrier()
+    with signals:  # until the end of train: a signal while finishing stops nothing more, a second aborts
+        try:
+            # divergence is detected and reported once (Loop); numpy's overflow warnings
+            # on the way there, from every rank and layer, would only bury that line
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                program.run(start, cfg.run.steps, loop)
+        except DivergenceError:
+            files.close()  # the tables up to the divergence are kept; no checkpoint of it
+            _comm.off_abort(files.close)
+            raise
+        loop.finish()
+        if not loop.last and loop.stopped_at is None:  # resumed at the last step: nothing trained
+            loop.last = loop.evaluate(cfg.run.steps - 1, loop.loss_sum, loop.loss_count)
+        program.quiesce()
+        program.close()
+        files.close()
+        _comm.off_abort(files.close)
+        comms.free()
+        world.Barrier()
     wall = time.perf_counter() - wall0
     last = loop.last
     if rank == 0 and loop.stopped_at is None:
@@ -371,6 +450,7 @@ def _train(
         to_host(x).copy() if x is not None else np.zeros(0),
         wall,
         loop.stopped_at,
+        loop.stopped_by,
     )
 
 

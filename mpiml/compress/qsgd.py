@@ -237,9 +237,9 @@ class _QSGDBase(Codec):
         y = np.empty(d, dtype) if out is None else check_out(out, dtype, d, self.name)
         return d, s, b, norms, raw[16 + 4 * nb :], y
 
-    def _run(self, fn: Any, *args: Any) -> Any:
+    def _run(self, kernel: str, *args: Any) -> Any:
         try:
-            return fn(*args)
+            return _kernels.run(kernel, *args)
         except ValueError as e:  # the kernels' messages name length or code; add whose
             raise ValueError(f"{self.name}: {e}") from None
 
@@ -252,12 +252,12 @@ class QSGD(_QSGDBase):
 
     def encode(self, x: Any) -> np.ndarray:
         head, x, norms, s, b = self._prepare(x)
-        stream = _kernels.backend().gamma_encode(x, _scale(norms, s), s, b, self.rng)
+        stream = _kernels.run("gamma_encode", x, _scale(norms, s), s, b, rng=self.rng)
         return self._assemble(head, norms, stream)
 
     def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         d, s, b, norms, raw, y = self._read(payload, out)
-        return self._run(_kernels.backend().gamma_decode, raw, d, s, b, norms, y)
+        return self._run("gamma_decode", raw, d, s, b, norms, y)
 
 
 @register
@@ -275,9 +275,9 @@ class QSGDFixed(_QSGDBase):
 
     def encode(self, x: Any) -> np.ndarray:
         head, x, norms, s, b = self._prepare(x)
-        stream = _kernels.backend().fixed_encode(x, _scale(norms, s), s, b, self._width(s), self.rng)
+        stream = _kernels.run("fixed_encode", x, _scale(norms, s), s, b, self._width(s), rng=self.rng)
         return self._assemble(head, norms, stream)
 
     def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         d, s, b, norms, raw, y = self._read(payload, out)
-        return self._run(_kernels.backend().fixed_decode, raw, d, s, b, self._width(s), norms, y)
+        return self._run("fixed_decode", raw, d, s, b, self._width(s), norms, y)

@@ -112,6 +112,8 @@ def test_importing_config_and_algorithms_imports_no_numba() -> None:
         "print(sorted(m for m in sys.modules if m == 'numba' or m.startswith('numba.')))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]", res.stdout

@@ -38,7 +38,8 @@ import numpy as np
 
 from mpiml.compress import _qsgd_numpy
 
-__all__ = ["KERNELS", "available", "backend", "run", "set_kernels", "warm_up"]
+# KERNELS is served by the module's __getattr__ (chosen on first read)
+__all__ = ["KERNELS", "available", "backend", "run", "set_kernels", "warm_up"]  # noqa: F822
 
 _MODULES: dict[str, ModuleType] = {"numpy": _qsgd_numpy}
 _chosen: str | None = None  # None: not chosen yet (see _choose)
@@ -95,6 +96,7 @@ def _choice() -> str:
             raise ImportError(f"MPIML_COMPRESS_KERNELS=numba, but numba does not work here ({_numba_error})")
         else:
             _fall_back(None)
+    assert _chosen is not None
     return _chosen
 
 
@@ -137,7 +139,7 @@ def run(name: str, *args: Any, rng: np.random.Generator | None = None) -> Any:
         raise
     except Exception as e:  # noqa: BLE001 - a numba typing/lowering/cache error
         _fall_back(e)
-    if rng is not None:
+    if rng is not None and state is not None:
         rng.bit_generator.state = state
     return getattr(_qsgd_numpy, name)(*call_args)
 
@@ -174,4 +176,3 @@ def set_kernels(name: str) -> str:
         raise ValueError(f"kernels must be one of {available()} (got {name!r})")
     prev, _chosen = _choice(), name
     return prev
-

@@ -74,9 +74,12 @@ Seed = int | Sequence[int]
 
 
 class Codec:
-    """Base of every codec: ``name`` (in CODEC_IDS), ``encode``, ``decode``, ``reseed``."""
+    """Base of every codec: ``name`` (in CODEC_IDS), ``encode``, ``decode``, ``reseed``;
+    ``kernels`` names the compiled kernels it runs ("gamma", "fixed"; None for the codecs
+    that are plain numpy) and :meth:`warm_up` readies them."""
 
     name = "codec"
+    kernels: str | None = None
 
     def encode(self, x: Any) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -87,6 +90,18 @@ class Codec:
     def reseed(self, seed: Seed) -> None:
         """Reset the random stream as if built with ``seed``; a no-op for deterministic codecs."""
         rng_from_seed(seed, self.name)  # validate all the same, so a bad seed fails everywhere
+
+    def warm_up(self, dtype: Any) -> bool:
+        """Compile (or load from numba's cache) the kernels that encoding and decoding
+        arrays of ``dtype`` need, so that the first real encode does not; True if it did
+        any work. A numba failure falls back to the numpy kernels (one line on stderr),
+        never raises. Pure: no MPI (the protocols order it per node,
+        :mod:`mpiml.protocols.lengths_first`)."""
+        if self.kernels is None:
+            return False
+        from . import _kernels
+
+        return _kernels.warm_up(self.kernels, dtype)
 
 
 def rng_from_seed(seed: Seed, codec: str) -> np.random.Generator:

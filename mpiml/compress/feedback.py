@@ -36,6 +36,7 @@ class ErrorFeedback(Codec):
             raise ValueError(f"ErrorFeedback.codec must be a Codec (got {type(codec).__name__})")
         self.codec = codec
         self.name = codec.name
+        self.kernels = codec.kernels
         self._e: Any = None
         self._acc: Any = None
 
@@ -87,3 +88,6 @@ class ErrorFeedback(Codec):
 
     def reseed(self, seed: Seed) -> None:
         self.codec.reseed(seed)
+
+    def warm_up(self, dtype: Any) -> bool:
+        return self.codec.warm_up(dtype)

@@ -249,6 +249,7 @@ class QSGD(_QSGDBase):
     """QSGD with the Elias-gamma coded levels (see the module docstring for the layout)."""
 
     name = "qsgd"
+    kernels = "gamma"
 
     def encode(self, x: Any) -> np.ndarray:
         head, x, norms, s, b = self._prepare(x)
@@ -265,6 +266,7 @@ class QSGDFixed(_QSGDBase):
     """QSGD with fixed-width levels: ceil(log2(s+1)) level bits + 1 sign bit per coordinate."""
 
     name = "qsgd_fixed"
+    kernels = "fixed"
 
     def width(self, d: int) -> int:
         return self._width(self.levels(d))

@@ -34,7 +34,7 @@ The contract every codec keeps:
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ __all__ = [
     "Codec",
     "check_finite",
     "check_out",
+    "int_param",
     "rng_from_seed",
     "pack_header",
     "read_header",
@@ -81,6 +82,15 @@ class Codec:
     name = "codec"
     kernels: str | None = None
 
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any], d: int | None = None) -> None:
+        """The codec's own rules for its parameters (the keyword arguments of its
+        constructor), and, with ``d`` (the length of the vectors it will encode), the
+        rules that need it: ``ValueError`` naming the first bad one, as "k must be ..."
+        (the constructor prefixes the codec's name, the job check ``compression.``).
+        Pure: the constructor and the job check (:mod:`mpiml.algorithms.compression`)
+        ask the same rules. Codecs without parameters accept none."""
+
     def encode(self, x: Any) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -102,6 +112,16 @@ class Codec:
         from . import _kernels
 
         return _kernels.warm_up(self.kernels, dtype)
+
+
+def int_param(name: str, value: Any, lo: int, hi: int | None = None, what: str = "") -> None:
+    """ValueError "``name`` must be an integer in lo..hi (got value)" unless ``value`` is an
+    integer (not a bool) in [lo, hi] (no upper bound when ``hi`` is None)."""
+    ok = not isinstance(value, bool) and isinstance(value, int | np.integer)
+    ok = ok and lo <= value and (hi is None or value <= hi)
+    if not ok:
+        span = f">= {lo}" if hi is None else f"in {lo}..{what or hi}"
+        raise ValueError(f"{name} must be an integer {span} (got {value!r})")
 
 
 def rng_from_seed(seed: Seed, codec: str) -> np.random.Generator:

@@ -31,6 +31,7 @@ terabytes); the dense bodies' length already pins d.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ from mpiml.compress.base import (
     Seed,
     check_finite,
     check_out,
+    int_param,
     pack_header,
     read_header,
     register,
@@ -136,11 +138,26 @@ def _resolve_k(codec: str, k: int | None, ratio: float, d: int) -> int:
     return min(k, d)
 
 
-def _check_k_ratio(codec: str, k: int | None, ratio: float) -> None:
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0):
-        raise ValueError(f"{codec}.k must be a non-negative integer or None (got {k!r})")
-    if not (isinstance(ratio, int | float) and 0.0 < float(ratio) <= 1.0):
-        raise ValueError(f"{codec}.ratio must be in (0, 1] (got {ratio!r})")
+def _check_k_ratio(params: Mapping[str, Any], d: int | None) -> None:
+    """The sparse codecs' rules: ``k`` None or an integer >= 0, at most d when d is known
+    (a larger k sends everything: no compression); ``ratio`` in (0, 1]."""
+    k, ratio = params.get("k"), params.get("ratio", 0.01)
+    if k is not None:
+        int_param("k", k, 0)
+        if d is not None and k > d:
+            raise ValueError(
+                f"k must be at most the model's {d} coordinates (got {k}: that sends all of them, "
+                "uncompressed); lower it, or set k = 0 and use ratio"
+            )
+    if isinstance(ratio, bool) or not (isinstance(ratio, int | float) and 0.0 < float(ratio) <= 1.0):
+        raise ValueError(f"ratio must be in (0, 1] (got {ratio!r})")
+
+
+def _checked(codec: str, params: Mapping[str, Any]) -> None:
+    try:
+        _check_k_ratio(params, None)
+    except ValueError as e:
+        raise ValueError(f"{codec}.{e}") from None
 
 
 # ---------------------------------------------------------------------------- codecs
@@ -290,8 +307,12 @@ class TopK(Codec):
 
     name = "topk"
 
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any], d: int | None = None) -> None:
+        _check_k_ratio(params, d)
+
     def __init__(self, k: int | None = None, ratio: float = 0.01) -> None:
-        _check_k_ratio("topk", k, ratio)
+        _checked("topk", {"k": k, "ratio": ratio})
         self.k = None if k is None else int(k)
         self.ratio = float(ratio)
 
@@ -359,10 +380,14 @@ class RandomK(Codec):
 
     name = "randk"
 
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any], d: int | None = None) -> None:
+        _check_k_ratio(params, d)
+
     def __init__(
         self, k: int | None = None, ratio: float = 0.01, seed: int = 0, unbiased: bool = False
     ) -> None:
-        _check_k_ratio("randk", k, ratio)
+        _checked("randk", {"k": k, "ratio": ratio})
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**64:
             raise ValueError(f"randk.seed must be an integer in [0, 2**64) (got {seed!r})")
         self.k = None if k is None else int(k)

@@ -67,6 +67,7 @@ level in a bucket of norm 0, nonzero reserved header bytes.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,7 @@ from mpiml.compress.base import (
     Seed,
     check_finite,
     check_out,
+    int_param,
     pack_header,
     read_header,
     register,
@@ -123,11 +125,21 @@ def _scale(norms: np.ndarray, s: int) -> np.ndarray:
 class _QSGDBase(Codec):
     name = "qsgd_base"
 
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any], d: int | None = None) -> None:
+        """``s``: None (ceil(sqrt(bucket length))) or an integer in 1..2**32-1 (levels + 1
+        must fit the 33-bit gamma codes); ``bucket``: an integer >= 0 (0: one bucket; a
+        bucket longer than d is one bucket too)."""
+        s = params.get("s")
+        if s is not None:
+            int_param("s", s, 1, S_MAX, "2**32-1")
+        int_param("bucket", params.get("bucket", 0), 0)
+
     def __init__(self, s: int | None = None, bucket: int = 0, seed: Seed = 0) -> None:
-        if s is not None and (int(s) != s or not 1 <= s <= S_MAX):
-            raise ValueError(f"{self.name}: s must be an integer in [1, 2**32 - 1] (got {s})")
-        if int(bucket) != bucket or bucket < 0:
-            raise ValueError(f"{self.name}: bucket must be a non-negative integer (got {bucket})")
+        try:
+            self.check_params({"s": s, "bucket": bucket})
+        except ValueError as e:
+            raise ValueError(f"{self.name}: {e}") from None
         self.s = None if s is None else int(s)
         self.bucket = int(bucket)
         self.rng = rng_from_seed(seed, self.name)

@@ -1,5 +1,5 @@
 """Codecs for what protocols send: pure array functions, ``encode(x) -> payload``
-(one uint8 buffer with a 16-byte header, see :mod:`mpiml.compress.base`) and
+(one uint8 buffer with a 24-byte header, see :mod:`mpiml.compress.base`) and
 ``decode(payload) -> x``. State (residuals, RNG) stays on the rank.
 
 - ``qsgd`` (Quantized-PR-SGD eqs. 2-3, §6.1 Elias-gamma bitstream) and ``qsgd_fixed``;

@@ -83,8 +83,10 @@ class ErrorFeedback(Codec):
             xp.subtract(self._acc, xp.asarray(self.codec.decode(payload)), out=self._e)
         return payload
 
-    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        return self.codec.decode(payload, out=out)
+    def decode(
+        self, payload: np.ndarray, out: np.ndarray | None = None, *, d: int | None = None, dtype: Any = None
+    ) -> np.ndarray:
+        return self.codec.decode(payload, out=out, d=d, dtype=dtype)
 
     def reseed(self, seed: Seed) -> None:
         self.codec.reseed(seed)

@@ -14,7 +14,7 @@ within an ulp of it) and ``r <= s`` holds. The RNG (``np.random.default_rng(seed
 each rank its own seed, or :meth:`~mpiml.compress.base.Codec.reseed` it before each
 encode.
 
-Wire layout of ``QSGD`` ("qsgd"), after the 16-byte header of :mod:`.base`::
+Wire layout of ``QSGD`` ("qsgd"), after the 24-byte header of :mod:`.base`::
 
     s  (uint64, little endian), the number of levels, 1 <= s <= 2**32 - 1
     b  (uint64), the bucket length used: d for one bucket, 0 when d = 0, else 1..d
@@ -79,11 +79,13 @@ from mpiml.compress.base import (
     Seed,
     check_finite,
     check_out,
+    expected,
     int_param,
     pack_header,
     read_header,
     register,
     rng_from_seed,
+    seal,
 )
 
 __all__ = ["S_MAX", "QSGD", "QSGDFixed", "bits_per_coordinate"]
@@ -212,20 +214,20 @@ class _QSGDBase(Codec):
         sc = np.ldexp(a, -np.repeat(e, b)[:d])
         return np.ldexp(np.sqrt(np.add.reduceat(sc * sc, np.arange(0, d, b))), e)
 
-    @staticmethod
-    def _assemble(head: bytes, norms: np.ndarray, stream: np.ndarray) -> np.ndarray:
+    def _assemble(self, head: bytes, norms: np.ndarray, stream: np.ndarray) -> np.ndarray:
         out = np.empty(len(head) + 4 * norms.size + stream.size, np.uint8)
         out[: len(head)] = np.frombuffer(head, np.uint8)
         out[len(head) : len(head) + 4 * norms.size] = norms.astype("<f4").view(np.uint8)
         out[len(head) + 4 * norms.size :] = stream
-        return out
+        return seal(out, self.name)
 
     # -- decode -------------------------------------------------------------------
     def _read(
-        self, payload: np.ndarray, out: np.ndarray | None
+        self, payload: np.ndarray, out: np.ndarray | None, d_exp: int | None, dt_exp: Any
     ) -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
-        """(d, s, b, float64 norms, stream bytes, target) of a payload, header and fields checked."""
-        dtype, d, body = read_header(payload, self.name)
+        """(d, s, b, float64 norms, stream bytes, target) of a payload, header and fields
+        checked, d and dtype against the caller's ``out`` or ``d_exp`` and ``dt_exp``."""
+        dtype, d, body = read_header(payload, self.name, *expected(out, d_exp, dt_exp, self.name))
         if np.any(payload[5:8]):
             raise ValueError(f"{self.name}: bad header: reserved bytes 5-7 are not zero")
         raw = np.frombuffer(body, dtype=np.uint8)
@@ -246,6 +248,11 @@ class _QSGDBase(Codec):
         norms = raw[16 : 16 + 4 * nb].view("<f4").astype(np.float64)
         if not np.isfinite(norms).all() or np.any(norms < 0):
             raise ValueError(f"{self.name}: bad code: a norm is negative, NaN or Inf")
+        stream_bits = 8 * (raw.size - 16 - 4 * nb)
+        if d > stream_bits:  # every coordinate costs at least one bit: d is confirmed before allocating
+            raise ValueError(
+                f"{self.name}: bad length: d = {d} coordinates need at least {d} bits, the code has {stream_bits}"
+            )
         y = np.empty(d, dtype) if out is None else check_out(out, dtype, d, self.name)
         return d, s, b, norms, raw[16 + 4 * nb :], y
 
@@ -268,8 +275,12 @@ class QSGD(_QSGDBase):
         stream = _kernels.run("gamma_encode", x, _scale(norms, s), s, b, rng=self.rng)
         return self._assemble(head, norms, stream)
 
-    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        d, s, b, norms, raw, y = self._read(payload, out)
+    def decode(
+        self, payload: np.ndarray, out: np.ndarray | None = None, *, d: int | None = None, dtype: Any = None
+    ) -> np.ndarray:
+        """x of a payload (see :class:`mpiml.compress.base.Codec`: ``out``, ``d`` and ``dtype``
+        are what the receiver expects)."""
+        d, s, b, norms, raw, y = self._read(payload, out, d, dtype)
         return self._run("gamma_decode", raw, d, s, b, norms, y)
 
 
@@ -292,6 +303,10 @@ class QSGDFixed(_QSGDBase):
         stream = _kernels.run("fixed_encode", x, _scale(norms, s), s, b, self._width(s), rng=self.rng)
         return self._assemble(head, norms, stream)
 
-    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        d, s, b, norms, raw, y = self._read(payload, out)
+    def decode(
+        self, payload: np.ndarray, out: np.ndarray | None = None, *, d: int | None = None, dtype: Any = None
+    ) -> np.ndarray:
+        """x of a payload (see :class:`mpiml.compress.base.Codec`: ``out``, ``d`` and ``dtype``
+        are what the receiver expects)."""
+        d, s, b, norms, raw, y = self._read(payload, out, d, dtype)
         return self._run("fixed_decode", raw, d, s, b, self._width(s), norms, y)

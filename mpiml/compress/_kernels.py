@@ -39,7 +39,7 @@ import numpy as np
 from mpiml.compress import _qsgd_numpy
 
 # KERNELS is served by the module's __getattr__ (chosen on first read)
-__all__ = ["KERNELS", "available", "backend", "run", "set_kernels", "warm_up"]  # noqa: F822
+__all__ = ["KERNELS", "available", "backend", "cached", "run", "set_kernels", "warm_up"]  # noqa: F822
 
 _MODULES: dict[str, ModuleType] = {"numpy": _qsgd_numpy}
 _chosen: str | None = None  # None: not chosen yet (see _choose)
@@ -167,6 +167,21 @@ def warm_up(family: str, dtype: Any) -> bool:
         run("fixed_decode", stream, x.size, 4, x.size, 3, norms, out)
     _warm.add((family, dt.str))
     return True
+
+
+def cached(family: str) -> bool:
+    """Whether readying the ``family`` kernels is only a load: the numpy kernels run (there
+    is nothing to compile), or numba's cache already has a fresh index (same numba, same
+    source) for each of the family's compiled functions. False when unsure (then the
+    protocols let one rank per node compile first). Reads numba's cache index through its
+    internals, guarded: any surprise answers False."""
+    if _choice() != "numba":
+        return True
+    try:
+        points = _MODULES["numba"].ENTRY_POINTS[family]
+        return all(bool(f._cache._cache_file._load_index()) for f in points)
+    except Exception:  # noqa: BLE001 - numba's cache internals moved: assume a compile
+        return False
 
 
 def set_kernels(name: str) -> str:

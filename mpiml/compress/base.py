@@ -144,6 +144,15 @@ class Codec:
 
         return _kernels.warm_up(self.kernels, dtype)
 
+    def kernels_cached(self) -> bool:
+        """Whether :meth:`warm_up` would only load compiled code (numba's cache holds the
+        kernels, or there is nothing to compile), so ranks may do it at once."""
+        if self.kernels is None:
+            return True
+        from . import _kernels
+
+        return _kernels.cached(self.kernels)
+
 
 def int_param(name: str, value: Any, lo: int, hi: int | None = None, what: str = "") -> None:
     """ValueError "``name`` must be an integer in lo..hi (got value)" unless ``value`` is an

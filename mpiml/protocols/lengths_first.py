@@ -21,9 +21,10 @@ leaves the codec's stream to the caller.
 compile them, or load them from numba's cache, inside its first encode: up to tens of
 seconds on a fresh install, about a second from a warm cache, counted in step 1. So the
 constructor readies them instead (collective over ``comm``): the ranks of each node
-(``comm.Split_type(MPI.COMM_TYPE_SHARED)``) let their first rank compile and write
-numba's cache, wait for it on a node-local barrier, then load from the cache, so a node
-compiles once rather than once per rank. Each rank traces the span as
+(``comm.Split_type(MPI.COMM_TYPE_SHARED)``) ask their first rank whether numba's cache
+already holds the kernels; if so they all load them at once, if not the first rank
+compiles and writes the cache while the others wait on a node-local barrier, then load
+from it, so a node compiles once rather than once per rank. Each rank traces the span as
 ``codec_compile`` (category bookkeeping, step -1: before the first step), the
 time spent waiting for the node's first rank included. Encode and decode are traced as
 ``encode`` and ``decode``, category ``codec``: neither compute nor communication.
@@ -66,17 +67,26 @@ def warm_up(comm: MPI.Comm, codec: Codec, dtype: Any, trace: Trace) -> None:
     t0 = trace.now()
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
+        first = node.Get_rank() == 0
         err: Exception | None = None
-        if node.Get_rank() == 0:
+        cached = True
+        if first:
             try:
-                codec.warm_up(dtype)
-            except Exception as e:  # noqa: BLE001 - re-raised below, after the barrier
+                cached = codec.kernels_cached()
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the node agreed
                 err = e
-        node.Barrier()
+        cached = bool(node.bcast(cached, root=0))  # a one-bool control message, at set-up
+        if not cached:  # a compile: the node's first rank alone, the others then load it
+            if first and err is None:
+                try:
+                    codec.warm_up(dtype)
+                except Exception as e:  # noqa: BLE001 - re-raised below, after the barrier
+                    err = e
+            node.Barrier()
         if err is not None:
             raise err
-        if node.Get_rank() != 0:
-            codec.warm_up(dtype)  # from the cache the node's first rank wrote
+        if cached or not first:
+            codec.warm_up(dtype)  # a load from numba's cache: every rank at once
     finally:
         node.Free()
     if codec.kernels is not None:

@@ -50,6 +50,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import _bench  # noqa: E402
 
 from mpiml.compress import _kernels, build_codec  # noqa: E402
+from mpiml.compress.base import HEADER  # noqa: E402
 from mpiml.compress.qsgd import bits_per_coordinate  # noqa: E402
 from mpiml.data.sources import load_digits, standardize  # noqa: E402
 from mpiml.models import MLP  # noqa: E402
@@ -101,7 +102,7 @@ def bits_row(kind: str, x: np.ndarray) -> dict[str, Any]:
     s = q.levels(d)  # type: ignore[attr-defined]
     gamma = bits_per_coordinate(q.encode(x), d)
     fixed = bits_per_coordinate(build_codec("qsgd_fixed", seed=1).encode(x), d)
-    overhead = 8 * (16 + 16 + 4)  # header, s and b, one norm
+    overhead = 8 * (HEADER.size + 16 + 4)  # header, s and b, one norm
     return {
         "input": kind,
         "d": d,

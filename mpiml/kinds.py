@@ -4,8 +4,10 @@ Every event a :class:`mpiml.trace.Trace` records has a kind (``compute``,
 ``allreduce``, ``send``, ...) and every kind has one **category**:
 
 ``compute``
-    local work of the rank: gradients, optimizer updates, DaSGD's merge, a codec's
-    encode and decode (the rank computes; no message moves meanwhile)
+    local work of the rank: gradients, optimizer updates, DaSGD's merge
+``codec``
+    a codec's encode and decode of what a protocol sends and receives (local work too,
+    shown apart so that compression's cost is neither compute nor communication)
 ``communication``
     time the rank spends inside communication it waits for: a blocking collective, a
     one-sided push or drain
@@ -16,7 +18,8 @@ Every event a :class:`mpiml.trace.Trace` records has a kind (``compute``,
     observed completion; the rank did other work meanwhile, so these spans overlap
     the other categories (the blocked part of them is recorded apart as ``wait``)
 ``bookkeeping``
-    driver work that is not training: evaluation, checkpoints
+    work that is not training: evaluation, checkpoints, compiling a codec's kernels at
+    set-up
 
 A module registers its kinds once, at import time, with :func:`register_kind`, and
 keeps the name it returns::
@@ -70,7 +73,7 @@ __all__ = [
 
 KIND_WIDTH = 32  # bytes of a kind name; the event table's kind column is S32
 CATEGORY_WIDTH = 16
-CATEGORIES = ("compute", "communication", "wait", "in_flight", "bookkeeping")
+CATEGORIES = ("compute", "codec", "communication", "wait", "in_flight", "bookkeeping")
 
 _NAME = re.compile(r"[a-z][a-z0-9_.\-]*")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mpiml.compress import ErrorFeedback, build_codec
-from mpiml.compress.base import Codec
+from mpiml.compress.base import HEADER, Codec, seal
 from mpiml.compress.codecs import RandomK
 from mpiml.compress.qsgd import QSGD, QSGDFixed
 
@@ -105,7 +105,7 @@ def test_randk_reseed() -> None:
     seed = int(np.random.SeedSequence([1, 2, 3]).generate_state(1, np.uint64)[0])
     assert (c.seed, c.counter) == (seed, 0)
     p = c.encode(x)
-    assert np.frombuffer(p[16:32].tobytes(), "<u8").tolist() == [seed, 0]
+    assert np.frombuffer(p[HEADER.size : HEADER.size + 16].tobytes(), "<u8").tolist() == [seed, 0]
     # any RandomK decodes it: the indices come from the payload
     np.testing.assert_array_equal(RandomK(k=10).decode(p), c.decode(p))
 
@@ -139,7 +139,7 @@ def test_s_and_b_on_the_wire(cls: type, s: int | None, bucket: int) -> None:
     x = np.random.default_rng(4).standard_normal(97).astype(np.float32)
     enc = cls(s=s, bucket=bucket, seed=2)
     p = enc.encode(x)
-    s_wire, b_wire = np.frombuffer(p[16:32].tobytes(), "<u8").tolist()
+    s_wire, b_wire = np.frombuffer(p[HEADER.size : HEADER.size + 16].tobytes(), "<u8").tolist()
     assert s_wire == enc.levels(97)
     assert b_wire == (bucket or 97)
     # a decoder built with other s and bucket decodes it the same
@@ -152,8 +152,8 @@ def test_bad_s_and_b_fields(cls: type) -> None:
 
     def with_fields(s: int, b: int) -> np.ndarray:
         q = p.copy()
-        q[16:32] = np.frombuffer(np.array([s, b], "<u8").tobytes(), np.uint8)
-        return q
+        q[HEADER.size : HEADER.size + 16] = np.frombuffer(np.array([s, b], "<u8").tobytes(), np.uint8)
+        return seal(q, cls.name)  # a consistent payload: the check recomputed
 
     for s, b, field in [(0, 10, "field s"), (2**32, 10, "field s"), (10, 0, "field b"), (10, 98, "field b")]:
         with pytest.raises(ValueError, match=field):

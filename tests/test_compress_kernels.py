@@ -130,3 +130,35 @@ def test_env_forces_numpy() -> None:
             check=True,
         )
         assert out.stdout.strip() == want
+
+
+def test_a_numba_failure_at_call_time_falls_back_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kernel that fails inside numba (here: after drawing its first uniforms, as a
+    compile error on the first chunk would) makes the encode fall back to numpy from the
+    same random state: the payload is the numpy reference's; one line on stderr."""
+    import types
+
+    from mpiml.compress import _numba_kernels, _qsgd_numpy
+
+    def broken(*args: object) -> None:
+        rng = args[-1]
+        assert isinstance(rng, np.random.Generator)
+        rng.bit_generator.random_raw(7)  # the draw moved on before the failure
+        raise RuntimeError("LLVM ERROR: pretend compile failure\nsecond line")
+
+    fake = types.ModuleType("fake_numba_kernels")
+    fake.gamma_encode = broken  # type: ignore[attr-defined]
+    fake.gamma_decode = _numba_kernels.gamma_decode  # type: ignore[attr-defined]
+    monkeypatch.setitem(_kernels._MODULES, "numba", fake)
+    monkeypatch.setattr(_kernels, "_chosen", "numba")
+    x = np.random.default_rng(3).standard_normal(500).astype(np.float32)
+    p = QSGD(seed=11).encode(x)
+    assert _kernels.KERNELS == "numpy"
+    _kernels.set_kernels("numpy")
+    monkeypatch.setitem(_kernels._MODULES, "numba", _numba_kernels)
+    np.testing.assert_array_equal(p, QSGD(seed=11).encode(x))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pretend compile failure" in err[0] and "numpy kernels" in err[0], err
+    assert _qsgd_numpy is _kernels._MODULES["numpy"]

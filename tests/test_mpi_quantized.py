@@ -320,3 +320,48 @@ def test_resume_from_a_checkpoint_written_before_difference_average(comm: MPI.Co
     comm.Barrier()
     res = train(_cfg("old-cut", *extra, "checkpoint.every=6"), comm, out=shared_tmp, resume=True, stream=NULL)
     _equal_to(comm, res.params, full.params, "resumed from an old-format checkpoint")
+
+
+@pytest.mark.parametrize("alg", ["qpr_sgd", "dqpr_sgd"])
+def test_codec_time_has_its_own_kinds_and_compiles_before_step_one(
+    comm: MPI.Comm, shared_tmp, alg: str
+) -> None:
+    """encode and decode are category codec (not compute, not communication), the
+    codec's kernels are readied once per rank at set-up (codec_compile, step -1, ended
+    before the rank's first training event), and the progress columns keep them apart."""
+    from mpiml.kinds import kinds_in
+    from mpiml.run import console
+
+    name = f"codec-kinds-{alg}"
+    train(_cfg(name, f"algorithm.name={alg}"), comm, out=shared_tmp, stream=NULL)
+    problems: list[str] = []
+    if comm.Get_rank() == 0:
+        run = load_run(shared_tmp / name)
+        cats = run.kinds
+        if not (cats["encode"] == cats["decode"] == "codec" and cats["codec_compile"] == "bookkeeping"):
+            problems.append(f"categories {cats}")
+        comm_kinds = kinds_in("communication", kinds=cats)
+        if {"encode", "decode", "codec_compile"} & comm_kinds:
+            problems.append(f"communication kinds {sorted(comm_kinds)} hold codec work")
+        for r, e in run.events.items():
+            kinds = e["kind"].astype(str)
+            compiled = e[kinds == "codec_compile"]
+            train_rows = e[~np.isin(kinds, sorted(kinds_in("bookkeeping", kinds=cats)))]
+            if len(compiled) != 1 or int(compiled["step"][0]) != -1:
+                problems.append(f"rank {r}: codec_compile events {compiled}")
+            elif not compiled["t_end"][0] <= train_rows["t_start"].min():
+                problems.append(f"rank {r}: codec_compile ends after the first training event")
+            if not (np.count_nonzero(kinds == "encode") and np.count_nonzero(kinds == "decode")):
+                problems.append(f"rank {r}: no encode/decode events")
+    # the console's columns: codec apart from compute and comm
+    from mpiml.trace import Trace
+
+    tr = Trace()
+    tr.record(0, "encode", 0.0, 2.0)
+    tr.record(0, "decode", 2.0, 3.0)
+    tr.record(-1, "codec_compile", -5.0, -1.0)
+    t = console.times(tr)
+    if (t["codec"], t["compute"], t["comm"], t["codec_compile"]) != (3.0, 0.0, 0.0, 4.0):
+        problems.append(f"console columns {t}")
+    problems = comm.bcast(problems, root=0)
+    assert_all(comm, not problems, "; ".join(problems))

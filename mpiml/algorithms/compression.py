@@ -32,7 +32,9 @@ __all__ = [
     "STREAM",
     "Compression",
     "check",
+    "check_codec_for_size",
     "codec_from_config",
+    "codec_params",
     "codec_of",
     "compression_for",
     "relevant",
@@ -105,6 +107,35 @@ def check(cfg: Config) -> None:
         )
     if cfg.compression.error_feedback and codec == "none":
         raise ConfigError("compression.error_feedback = true needs a codec (compression.codec is 'none')")
+    if codec != "none":
+        _check_params(cfg, codec, None)
+
+
+def codec_params(cfg: Any) -> dict[str, Any]:
+    """The keyword arguments the job's codec is built with, from ``[compression]``
+    (``s = 0`` and ``k = 0`` mean "not set": None); {} when uncompressed."""
+    name, c = codec_of(cfg), cfg.compression
+    if name in ("qsgd", "qsgd_fixed"):
+        return {"s": c.s or None, "bucket": c.bucket}
+    if name in ("topk", "randk"):
+        return {"k": c.k or None, "ratio": c.ratio}
+    return {}
+
+
+def _check_params(cfg: Any, codec: str, d: int | None) -> None:
+    try:
+        CODECS[codec].check_params(codec_params(cfg), d)  # type: ignore[attr-defined]
+    except ValueError as e:
+        raise ConfigError(f"compression.{e} (compression.codec = {codec!r})") from None
+
+
+def check_codec_for_size(cfg: Config, d: int) -> None:
+    """The rules of the job's codec that need the model's size ``d`` (e.g. ``compression.k``
+    at most d); ConfigError naming the key. Pure: call it where d is known, before any
+    collective (the driver's set-up, under ``agree``). A no-op when uncompressed."""
+    codec = codec_of(cfg)
+    if codec != "none":
+        _check_params(cfg, codec, int(d))
 
 
 STREAM = 0x5153  # "QS": keeps the codec's streams apart from the data samplers' (seed, rank)
@@ -115,14 +146,8 @@ def codec_from_config(cfg: Any) -> Codec | None:
     name = codec_of(cfg)
     if name == "none":
         return None
-    c = cfg.compression
-    params: dict[str, Any] = {}
-    if name in ("qsgd", "qsgd_fixed"):
-        params = {"s": c.s or None, "bucket": c.bucket}
-    elif name in ("topk", "randk"):
-        params = {"k": c.k or None, "ratio": c.ratio}
-    codec = build_codec(name, **params)
-    return ErrorFeedback(codec) if c.error_feedback else codec
+    codec = build_codec(name, **codec_params(cfg))
+    return ErrorFeedback(codec) if cfg.compression.error_feedback else codec
 
 
 class Compression:

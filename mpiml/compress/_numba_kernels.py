@@ -407,3 +407,11 @@ def fixed_decode(
         _fixed_decode(raw, d, s, b, w, nf, nf / s, out, err)
     _raise(err)
     return out
+
+
+# the compiled functions each kernel family calls from Python: numba caches each of them
+# under its own index file, so the family is cached when all of their index files exist
+ENTRY_POINTS = {
+    "gamma": (_levels, _gamma_chunk, _concat, _gamma_decode, _check_tail),
+    "fixed": (_levels, _fixed_chunk, _concat, _fixed_decode, _check_tail),
+}

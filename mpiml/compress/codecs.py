@@ -1,7 +1,7 @@
 """Gradient codecs: identity, fp16, bf16, scaled sign, top-k, random-k.
 
 Each codec is a small stateless-on-the-wire object (GRACE's compressor): ``encode(x)``
-turns a flat float32/float64 array into one ``uint8`` payload (16-byte header from
+turns a flat float32/float64 array into one ``uint8`` payload (24-byte header from
 :mod:`mpiml.compress.base`, then the body described in each class), ``decode(payload)``
 turns it back into a numpy array of x's dtype and length. Error feedback lives apart,
 in :mod:`mpiml.compress.feedback`; communication lives apart too.
@@ -31,6 +31,7 @@ terabytes); the dense bodies' length already pins d.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -38,14 +39,18 @@ import numpy as np
 from mpiml.backend import array_module, to_host
 from mpiml.compress.base import (
     REGISTRY,
+    UNCONFIRMED_D_MAX,
     Codec,
     Seed,
     check_finite,
     check_out,
+    expected,
+    int_param,
     pack_header,
     read_header,
     register,
     rng_from_seed,
+    seal,
 )
 
 __all__ = [
@@ -82,8 +87,9 @@ def _check_input(x: Any, codec: str) -> bytes:
     return header
 
 
-def _assemble(header: bytes, *parts: np.ndarray) -> np.ndarray:
-    """One contiguous uint8 payload: header then each part's bytes, copied once."""
+def _assemble(codec: str, header: bytes, *parts: np.ndarray) -> np.ndarray:
+    """One contiguous uint8 payload: header then each part's bytes, copied once; sealed
+    (the header's check field written)."""
     views = [np.ascontiguousarray(p).reshape(-1).view(np.uint8) for p in parts]
     out = np.empty(len(header) + sum(v.size for v in views), dtype=np.uint8)
     out[: len(header)] = np.frombuffer(header, dtype=np.uint8)
@@ -91,11 +97,16 @@ def _assemble(header: bytes, *parts: np.ndarray) -> np.ndarray:
     for v in views:
         out[pos : pos + v.size] = v
         pos += v.size
-    return out
+    return seal(out, codec)
 
 
-def _body(payload: np.ndarray, codec: str) -> tuple[np.dtype, int, np.ndarray]:
-    dtype, d, body = read_header(payload, codec)
+def _body(
+    payload: np.ndarray, codec: str, out: Any = None, d: int | None = None, dtype: Any = None
+) -> tuple[np.dtype, int, np.ndarray]:
+    """(dtype, d, body bytes) of a payload, checked against what the caller expects
+    (``out``'s or the given ``d`` and ``dtype``)."""
+    d_exp, dt_exp = expected(out, d, dtype, codec)
+    dtype, d, body = read_header(payload, codec, d_exp, dt_exp)
     if payload[5:8].any():  # struct's pad bytes are skipped by unpack; the format says zero
         raise ValueError(f"{codec}: bad header: reserved bytes 5-7 are {payload[5:8].tolist()}, not zero")
     return dtype, d, np.frombuffer(body, dtype=np.uint8)
@@ -116,9 +127,20 @@ def _finite_result(y: np.ndarray, codec: str) -> np.ndarray:
     return y
 
 
-def _target(out: np.ndarray | None, dtype: np.dtype, d: int, codec: str) -> np.ndarray:
-    """Where decode writes: ``out`` (checked) or a new array."""
-    return np.empty(d, dtype=dtype) if out is None else check_out(out, dtype, d, codec)
+def _target(
+    out: np.ndarray | None, dtype: np.dtype, d: int, codec: str, confirmed: bool = True
+) -> np.ndarray:
+    """Where decode writes: ``out`` (checked) or a new array. ``confirmed``: whether the
+    caller or the body vouches for d; if not, d > UNCONFIRMED_D_MAX is refused rather than
+    allocated on the header's word alone."""
+    if out is not None:
+        return check_out(out, dtype, d, codec)
+    if not confirmed and d > UNCONFIRMED_D_MAX:
+        raise ValueError(
+            f"{codec}: bad header: d = {d} is more than the {UNCONFIRMED_D_MAX} coordinates decode "
+            "allocates unless the receiver says how many it expects (decode(..., d=...) or out=...)"
+        )
+    return np.empty(d, dtype=dtype)
 
 
 def index_dtype(d: int) -> np.dtype:
@@ -136,11 +158,26 @@ def _resolve_k(codec: str, k: int | None, ratio: float, d: int) -> int:
     return min(k, d)
 
 
-def _check_k_ratio(codec: str, k: int | None, ratio: float) -> None:
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0):
-        raise ValueError(f"{codec}.k must be a non-negative integer or None (got {k!r})")
-    if not (isinstance(ratio, int | float) and 0.0 < float(ratio) <= 1.0):
-        raise ValueError(f"{codec}.ratio must be in (0, 1] (got {ratio!r})")
+def _check_k_ratio(params: Mapping[str, Any], d: int | None) -> None:
+    """The sparse codecs' rules: ``k`` None or an integer >= 0, at most d when d is known
+    (a larger k sends everything: no compression); ``ratio`` in (0, 1]."""
+    k, ratio = params.get("k"), params.get("ratio", 0.01)
+    if k is not None:
+        int_param("k", k, 0)
+        if d is not None and k > d:
+            raise ValueError(
+                f"k must be at most the model's {d} coordinates (got {k}: that sends all of them, "
+                "uncompressed); lower it, or set k = 0 and use ratio"
+            )
+    if isinstance(ratio, bool) or not (isinstance(ratio, int | float) and 0.0 < float(ratio) <= 1.0):
+        raise ValueError(f"ratio must be in (0, 1] (got {ratio!r})")
+
+
+def _checked(codec: str, params: Mapping[str, Any]) -> None:
+    try:
+        _check_k_ratio(params, None)
+    except ValueError as e:
+        raise ValueError(f"{codec}.{e}") from None
 
 
 # ---------------------------------------------------------------------------- codecs
@@ -154,10 +191,12 @@ class Identity(Codec):
 
     def encode(self, x: Any) -> np.ndarray:
         header = _check_input(x, self.name)
-        return _assemble(header, to_host(x).astype(_le(x.dtype), copy=False))
+        return _assemble(self.name, header, to_host(x).astype(_le(x.dtype), copy=False))
 
-    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        dtype, d, body = _body(payload, self.name)
+    def decode(
+        self, payload: np.ndarray, out: np.ndarray | None = None, *, d: int | None = None, dtype: Any = None
+    ) -> np.ndarray:
+        dtype, d, body = _body(payload, self.name, out, d, dtype)
         _check_length(self.name, body, d * dtype.itemsize, f"d = {d} values of {dtype}")
         y = _target(out, dtype, d, self.name)
         np.copyto(y, np.frombuffer(body, dtype=_le(dtype)))
@@ -186,10 +225,12 @@ class FP16(Codec):
             raise ValueError(
                 f"fp16: value out of float16 range (max |x| = {big:g} > {_FP16_MAX:g}); scale x before encoding"
             )
-        return _assemble(header, to_host(h).astype("<f2", copy=False))
+        return _assemble(self.name, header, to_host(h).astype("<f2", copy=False))
 
-    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        dtype, d, body = _body(payload, self.name)
+    def decode(
+        self, payload: np.ndarray, out: np.ndarray | None = None, *, d: int | None = None, dtype: Any = None
+    ) -> np.ndarray:
+        dtype, d, body = _body(payload, self.name, out, d, dtype)
         _check_length(self.name, body, 2 * d, f"d = {d} float16 values")
         y = _target(out, dtype, d, self.name)
         with np.errstate(invalid="ignore"):
@@ -220,10 +261,12 @@ class BF16(Codec):
             raise ValueError(
                 f"bf16: value out of bfloat16 range (max |x| = {big:g}); scale x before encoding"
             )
-        return _assemble(header, to_host(bits).astype("<u2", copy=False))
+        return _assemble(self.name, header, to_host(bits).astype("<u2", copy=False))
 
-    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        dtype, d, body = _body(payload, self.name)
+    def decode(
+        self, payload: np.ndarray, out: np.ndarray | None = None, *, d: int | None = None, dtype: Any = None
+    ) -> np.ndarray:
+        dtype, d, body = _body(payload, self.name, out, d, dtype)
         _check_length(self.name, body, 2 * d, f"d = {d} bfloat16 values")
         y = _target(out, dtype, d, self.name)
         h = np.frombuffer(body, dtype="<u2")
@@ -257,10 +300,12 @@ class ScaledSign(Codec):
         if not np.isfinite(scale[0]):
             raise ValueError(f"sign: scale mean|x| = {mean:g} overflows float32; scale x before encoding")
         bits = np.packbits(to_host(x < 0))
-        return _assemble(header, scale, bits)
+        return _assemble(self.name, header, scale, bits)
 
-    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        dtype, d, body = _body(payload, self.name)
+    def decode(
+        self, payload: np.ndarray, out: np.ndarray | None = None, *, d: int | None = None, dtype: Any = None
+    ) -> np.ndarray:
+        dtype, d, body = _body(payload, self.name, out, d, dtype)
         nbytes = (d + 7) // 8
         _check_length(self.name, body, 4 + nbytes, f"scale + {d} sign bits")
         scale = np.frombuffer(body, dtype=_F32, count=1)[0]
@@ -290,8 +335,12 @@ class TopK(Codec):
 
     name = "topk"
 
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any], d: int | None = None) -> None:
+        _check_k_ratio(params, d)
+
     def __init__(self, k: int | None = None, ratio: float = 0.01) -> None:
-        _check_k_ratio("topk", k, ratio)
+        _checked("topk", {"k": k, "ratio": ratio})
         self.k = None if k is None else int(k)
         self.ratio = float(ratio)
 
@@ -311,14 +360,18 @@ class TopK(Codec):
             idx = xp.sort(xp.argpartition(xp.abs(x), d - k)[d - k :])
         vals = x[idx]
         return _assemble(
+            self.name,
             header,
             np.array([k, d], dtype=_U64),
             to_host(idx).astype(index_dtype(d)),
             to_host(vals).astype(_le(x.dtype), copy=False),
         )
 
-    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        dtype, d, body = _body(payload, self.name)
+    def decode(
+        self, payload: np.ndarray, out: np.ndarray | None = None, *, d: int | None = None, dtype: Any = None
+    ) -> np.ndarray:
+        confirmed = out is not None or d is not None  # else d is the header's word alone
+        dtype, d, body = _body(payload, self.name, out, d, dtype)
         if body.size < 16:
             raise ValueError(f"topk: bad length: body is {body.size} bytes, shorter than k and d (16)")
         k = _u64(body, 0)
@@ -334,7 +387,7 @@ class TopK(Codec):
         vals = np.frombuffer(body, dtype=_le(dtype), count=k, offset=16 + k * it.itemsize)
         if not np.isfinite(vals).all():
             _finite_result(vals, self.name)
-        y = _target(out, dtype, d, self.name)
+        y = _target(out, dtype, d, self.name, confirmed)
         y.fill(0)
         y[idx] = vals
         return y
@@ -359,10 +412,14 @@ class RandomK(Codec):
 
     name = "randk"
 
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any], d: int | None = None) -> None:
+        _check_k_ratio(params, d)
+
     def __init__(
         self, k: int | None = None, ratio: float = 0.01, seed: int = 0, unbiased: bool = False
     ) -> None:
-        _check_k_ratio("randk", k, ratio)
+        _checked("randk", {"k": k, "ratio": ratio})
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**64:
             raise ValueError(f"randk.seed must be an integer in [0, 2**64) (got {seed!r})")
         self.k = None if k is None else int(k)
@@ -408,13 +465,17 @@ class RandomK(Codec):
         idx = self.indices(self.seed, counter, d, k)
         vals = x[xp.asarray(idx)] if xp is not np else x[idx]
         return _assemble(
+            self.name,
             header,
             np.array([self.seed, counter, k, d], dtype=_U64),
             to_host(vals).astype(_le(x.dtype), copy=False),
         )
 
-    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        dtype, d, body = _body(payload, self.name)
+    def decode(
+        self, payload: np.ndarray, out: np.ndarray | None = None, *, d: int | None = None, dtype: Any = None
+    ) -> np.ndarray:
+        confirmed = out is not None or d is not None  # else d is the header's word alone
+        dtype, d, body = _body(payload, self.name, out, d, dtype)
         if body.size < 32:
             raise ValueError(
                 f"randk: bad length: body is {body.size} bytes, shorter than seed, counter, k, d (32)"
@@ -433,7 +494,7 @@ class RandomK(Codec):
                 vals = vals * dtype.type(d / k)
         if not np.isfinite(vals).all():
             _finite_result(vals, self.name)
-        y = _target(out, dtype, d, self.name)
+        y = _target(out, dtype, d, self.name, confirmed)
         y.fill(0)
         y[self.indices(seed, counter, d, k)] = vals
         return y

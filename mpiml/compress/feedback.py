@@ -36,6 +36,7 @@ class ErrorFeedback(Codec):
             raise ValueError(f"ErrorFeedback.codec must be a Codec (got {type(codec).__name__})")
         self.codec = codec
         self.name = codec.name
+        self.kernels = codec.kernels
         self._e: Any = None
         self._acc: Any = None
 
@@ -82,8 +83,13 @@ class ErrorFeedback(Codec):
             xp.subtract(self._acc, xp.asarray(self.codec.decode(payload)), out=self._e)
         return payload
 
-    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        return self.codec.decode(payload, out=out)
+    def decode(
+        self, payload: np.ndarray, out: np.ndarray | None = None, *, d: int | None = None, dtype: Any = None
+    ) -> np.ndarray:
+        return self.codec.decode(payload, out=out, d=d, dtype=dtype)
 
     def reseed(self, seed: Seed) -> None:
         self.codec.reseed(seed)
+
+    def warm_up(self, dtype: Any) -> bool:
+        return self.codec.warm_up(dtype)

@@ -14,7 +14,7 @@ within an ulp of it) and ``r <= s`` holds. The RNG (``np.random.default_rng(seed
 each rank its own seed, or :meth:`~mpiml.compress.base.Codec.reseed` it before each
 encode.
 
-Wire layout of ``QSGD`` ("qsgd"), after the 16-byte header of :mod:`.base`::
+Wire layout of ``QSGD`` ("qsgd"), after the 24-byte header of :mod:`.base`::
 
     s  (uint64, little endian), the number of levels, 1 <= s <= 2**32 - 1
     b  (uint64), the bucket length used: d for one bucket, 0 when d = 0, else 1..d
@@ -67,6 +67,7 @@ level in a bucket of norm 0, nonzero reserved header bytes.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -78,10 +79,13 @@ from mpiml.compress.base import (
     Seed,
     check_finite,
     check_out,
+    expected,
+    int_param,
     pack_header,
     read_header,
     register,
     rng_from_seed,
+    seal,
 )
 
 __all__ = ["S_MAX", "QSGD", "QSGDFixed", "bits_per_coordinate"]
@@ -123,11 +127,21 @@ def _scale(norms: np.ndarray, s: int) -> np.ndarray:
 class _QSGDBase(Codec):
     name = "qsgd_base"
 
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any], d: int | None = None) -> None:
+        """``s``: None (ceil(sqrt(bucket length))) or an integer in 1..2**32-1 (levels + 1
+        must fit the 33-bit gamma codes); ``bucket``: an integer >= 0 (0: one bucket; a
+        bucket longer than d is one bucket too)."""
+        s = params.get("s")
+        if s is not None:
+            int_param("s", s, 1, S_MAX, "2**32-1")
+        int_param("bucket", params.get("bucket", 0), 0)
+
     def __init__(self, s: int | None = None, bucket: int = 0, seed: Seed = 0) -> None:
-        if s is not None and (int(s) != s or not 1 <= s <= S_MAX):
-            raise ValueError(f"{self.name}: s must be an integer in [1, 2**32 - 1] (got {s})")
-        if int(bucket) != bucket or bucket < 0:
-            raise ValueError(f"{self.name}: bucket must be a non-negative integer (got {bucket})")
+        try:
+            self.check_params({"s": s, "bucket": bucket})
+        except ValueError as e:
+            raise ValueError(f"{self.name}: {e}") from None
         self.s = None if s is None else int(s)
         self.bucket = int(bucket)
         self.rng = rng_from_seed(seed, self.name)
@@ -200,20 +214,20 @@ class _QSGDBase(Codec):
         sc = np.ldexp(a, -np.repeat(e, b)[:d])
         return np.ldexp(np.sqrt(np.add.reduceat(sc * sc, np.arange(0, d, b))), e)
 
-    @staticmethod
-    def _assemble(head: bytes, norms: np.ndarray, stream: np.ndarray) -> np.ndarray:
+    def _assemble(self, head: bytes, norms: np.ndarray, stream: np.ndarray) -> np.ndarray:
         out = np.empty(len(head) + 4 * norms.size + stream.size, np.uint8)
         out[: len(head)] = np.frombuffer(head, np.uint8)
         out[len(head) : len(head) + 4 * norms.size] = norms.astype("<f4").view(np.uint8)
         out[len(head) + 4 * norms.size :] = stream
-        return out
+        return seal(out, self.name)
 
     # -- decode -------------------------------------------------------------------
     def _read(
-        self, payload: np.ndarray, out: np.ndarray | None
+        self, payload: np.ndarray, out: np.ndarray | None, d_exp: int | None, dt_exp: Any
     ) -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
-        """(d, s, b, float64 norms, stream bytes, target) of a payload, header and fields checked."""
-        dtype, d, body = read_header(payload, self.name)
+        """(d, s, b, float64 norms, stream bytes, target) of a payload, header and fields
+        checked, d and dtype against the caller's ``out`` or ``d_exp`` and ``dt_exp``."""
+        dtype, d, body = read_header(payload, self.name, *expected(out, d_exp, dt_exp, self.name))
         if np.any(payload[5:8]):
             raise ValueError(f"{self.name}: bad header: reserved bytes 5-7 are not zero")
         raw = np.frombuffer(body, dtype=np.uint8)
@@ -234,12 +248,17 @@ class _QSGDBase(Codec):
         norms = raw[16 : 16 + 4 * nb].view("<f4").astype(np.float64)
         if not np.isfinite(norms).all() or np.any(norms < 0):
             raise ValueError(f"{self.name}: bad code: a norm is negative, NaN or Inf")
+        stream_bits = 8 * (raw.size - 16 - 4 * nb)
+        if d > stream_bits:  # every coordinate costs at least one bit: d is confirmed before allocating
+            raise ValueError(
+                f"{self.name}: bad length: d = {d} coordinates need at least {d} bits, the code has {stream_bits}"
+            )
         y = np.empty(d, dtype) if out is None else check_out(out, dtype, d, self.name)
         return d, s, b, norms, raw[16 + 4 * nb :], y
 
-    def _run(self, fn: Any, *args: Any) -> Any:
+    def _run(self, kernel: str, *args: Any) -> Any:
         try:
-            return fn(*args)
+            return _kernels.run(kernel, *args)
         except ValueError as e:  # the kernels' messages name length or code; add whose
             raise ValueError(f"{self.name}: {e}") from None
 
@@ -249,15 +268,20 @@ class QSGD(_QSGDBase):
     """QSGD with the Elias-gamma coded levels (see the module docstring for the layout)."""
 
     name = "qsgd"
+    kernels = "gamma"
 
     def encode(self, x: Any) -> np.ndarray:
         head, x, norms, s, b = self._prepare(x)
-        stream = _kernels.backend().gamma_encode(x, _scale(norms, s), s, b, self.rng)
+        stream = _kernels.run("gamma_encode", x, _scale(norms, s), s, b, rng=self.rng)
         return self._assemble(head, norms, stream)
 
-    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        d, s, b, norms, raw, y = self._read(payload, out)
-        return self._run(_kernels.backend().gamma_decode, raw, d, s, b, norms, y)
+    def decode(
+        self, payload: np.ndarray, out: np.ndarray | None = None, *, d: int | None = None, dtype: Any = None
+    ) -> np.ndarray:
+        """x of a payload (see :class:`mpiml.compress.base.Codec`: ``out``, ``d`` and ``dtype``
+        are what the receiver expects)."""
+        d, s, b, norms, raw, y = self._read(payload, out, d, dtype)
+        return self._run("gamma_decode", raw, d, s, b, norms, y)
 
 
 @register
@@ -265,6 +289,7 @@ class QSGDFixed(_QSGDBase):
     """QSGD with fixed-width levels: ceil(log2(s+1)) level bits + 1 sign bit per coordinate."""
 
     name = "qsgd_fixed"
+    kernels = "fixed"
 
     def width(self, d: int) -> int:
         return self._width(self.levels(d))
@@ -275,9 +300,13 @@ class QSGDFixed(_QSGDBase):
 
     def encode(self, x: Any) -> np.ndarray:
         head, x, norms, s, b = self._prepare(x)
-        stream = _kernels.backend().fixed_encode(x, _scale(norms, s), s, b, self._width(s), self.rng)
+        stream = _kernels.run("fixed_encode", x, _scale(norms, s), s, b, self._width(s), rng=self.rng)
         return self._assemble(head, norms, stream)
 
-    def decode(self, payload: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        d, s, b, norms, raw, y = self._read(payload, out)
-        return self._run(_kernels.backend().fixed_decode, raw, d, s, b, self._width(s), norms, y)
+    def decode(
+        self, payload: np.ndarray, out: np.ndarray | None = None, *, d: int | None = None, dtype: Any = None
+    ) -> np.ndarray:
+        """x of a payload (see :class:`mpiml.compress.base.Codec`: ``out``, ``d`` and ``dtype``
+        are what the receiver expects)."""
+        d, s, b, norms, raw, y = self._read(payload, out, d, dtype)
+        return self._run("fixed_decode", raw, d, s, b, self._width(s), norms, y)

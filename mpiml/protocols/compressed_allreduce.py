@@ -16,10 +16,11 @@ library's reduction order: with the ``identity`` codec it equals a plain AllRedu
 wherever the sum's association does not matter (2 ranks, or exactly representable
 sums), and a serial reference that adds in rank order everywhere.
 
-Split-phase like every protocol: ``start`` encodes (traced as ``encode``) and posts
+Split-phase like every protocol: ``start`` encodes (traced as ``encode``, category
+``codec``) and posts
 step 1; ``test`` moves step 1 into step 2 when the lengths have arrived (so the
 ``test`` and ``thread`` progress modes drive both); ``finish`` waits and decodes
-(traced as ``decode``). The encode happens in ``start``, so the payload is a snapshot:
+(traced as ``decode``, category ``codec``). The encode happens in ``start``, so the payload is a snapshot:
 the caller may change ``x`` at once. Buffers: the result, one decode scratch and the
 lengths are allocated once; the byte buffer grows to the largest total seen and is
 reused from then on. Device (cupy) arrays are encoded and decoded on the host (the
@@ -56,7 +57,8 @@ COMPRESSED_ALLREDUCE = register_kind(
 
 class CompressedAllReduce(LengthsFirst):
     """Mean (``op="mean"``) or sum of the ranks' ``codec``-decoded buffers of ``size``
-    elements of ``dtype``; collective over ``comm``."""
+    elements of ``dtype``; collective over ``comm``, construction included (the codec's
+    kernels are readied there, one compile per node: :func:`~.lengths_first.warm_up`)."""
 
     name = "compressed_allreduce"
 

@@ -31,7 +31,8 @@ posted its receive yet. Rounds never overlap, so two tags suffice.
 
 Static topologies only (a time-varying W would need copies of every model any round
 ever mixes; mpiml refuses it). Slack gamma works: W' = (1 - gamma) I + gamma W.
-Events: ``encode``, ``compressed_gossip`` (start to observed completion, nbytes =
+Events: ``codec_compile`` (once, at construction: the codec's kernels readied, one
+compile per node, :func:`~.lengths_first.warm_up`), ``encode``, ``compressed_gossip`` (start to observed completion, nbytes =
 bytes sent: out-degree x (payload + 8)), ``decode``, ``wait``, and per message a
 ``send`` per out-neighbour and a ``recv`` per in-neighbour (post to the round's
 observed completion; nbytes = payload + 8: the length and the payload are one

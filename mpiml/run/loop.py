@@ -440,7 +440,7 @@ def _train(
     wall = time.perf_counter() - wall0
     last = loop.last
     if rank == 0 and loop.stopped_at is None:
-        console.summary(cfg, last, run_dir, wall, stream)
+        console.summary(cfg, last, run_dir, wall, stream, trace)
     x = program.params
     return Result(
         run_dir,

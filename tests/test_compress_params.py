@@ -85,3 +85,14 @@ def test_cli_prints_one_line_before_training(tmp_path: Path) -> None:
         len(lines) == 1 and "compression.s must be an integer in 1..2**32-1 (got 4294967296)" in lines[0]
     ), res.stderr
     assert "Traceback" not in res.stderr and "step" not in res.stdout
+
+
+def test_cli_refuses_k_larger_than_the_model_before_training(tmp_path: Path) -> None:
+    """The driver asks the codec's size rules once the model is built (prepare())."""
+    cmd = [sys.executable, "-m", "mpiml.cli", "train", "--out", str(tmp_path), "--set", "algorithm.name=sgd"]
+    cmd += ["--set", "compression.codec=topk", "--set", "compression.k=100000", "--set", "run.steps=2"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("mpiml: note:")]
+    assert res.returncode == 2, res.stderr
+    assert len(lines) == 1 and "compression.k must be at most the model's" in lines[0], res.stderr
+    assert "step" not in res.stdout

@@ -21,6 +21,7 @@ from mpi4py import MPI
 
 from .. import comm as _comm
 from ..algorithms import REGISTRY, Algorithm, Program
+from ..algorithms.compression import check_codec_for_size
 from ..backend import get_xp
 from ..config import Config
 from ..data import RankData, build_data
@@ -119,6 +120,7 @@ def prepare(cfg: Config, rank: int, world_size: int, run_dir: Path) -> Setup:
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        check_codec_for_size(cfg, model.size)  # e.g. compression.k at most the model's size
     return Setup(run_dir, alg, program, layout, role, xp, data, model)
 
 

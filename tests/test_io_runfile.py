@@ -148,3 +148,21 @@ def test_temporary_names_are_unique_per_writer(tmp_path: Path) -> None:
         check=True,
     ).stdout.strip()
     assert f".{os.getpid()}." in names.pop().name and other not in here
+
+
+def test_truncation_drops_every_row_after_the_resume_step_wherever_it_is(tmp_path: Path) -> None:
+    """Two resumed segments: set-up rows (step -1) of the second follow steps of the
+    first; resuming at an older step keeps exactly the rows at or before it, in order."""
+    import h5py
+    import numpy as np
+
+    from mpiml.io.runfile import _truncate_after
+
+    dt = np.dtype([("step", "<i8"), ("value", "<f8")])
+    steps = [-1, 0, 1, 2, 3, -1, 2, 3, 4]  # segment 1: -1, 0..3; resumed at 1: -1, 2..4
+    rows = np.array([(s, i) for i, s in enumerate(steps)], dtype=dt)
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        ds = f.create_dataset("t", data=rows, maxshape=(None,), chunks=True)
+        _truncate_after(ds, 1)
+        got = ds[...]
+    assert got["step"].tolist() == [-1, 0, 1, -1] and got["value"].tolist() == [0, 1, 2, 5]

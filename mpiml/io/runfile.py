@@ -176,13 +176,21 @@ def _open(path: Path, resume: bool) -> h5py.File:
 
 
 def _truncate_after(ds: h5py.Dataset, step: int) -> None:
-    """Drop rows whose step is after ``step`` (a resume replays them)."""
+    """Drop rows whose step is after ``step`` (a resume replays them), wherever they
+    are: set-up rows (step -1) of an earlier resumed segment may follow them."""
     if ds.shape[0] == 0:
         return
     steps = ds["step"]
-    keep = int(np.count_nonzero(steps <= step))
-    if keep < ds.shape[0]:
-        ds.resize((keep,))
+    keep = steps <= step
+    n = int(np.count_nonzero(keep))
+    if n == ds.shape[0]:
+        return
+    if keep[:n].all():  # the usual case: the rows to drop are all at the end
+        ds.resize((n,))
+        return
+    rows = ds[...][keep]
+    ds.resize((n,))
+    ds[...] = rows
 
 
 class RankFile:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .optim import OPTIMIZERS
+from .optim import OPTIMIZERS, build_optimizer
 
 __all__ = [
     "Config",
@@ -28,10 +29,14 @@ __all__ = [
     "choice",
     "default_job_text",
     "field",
+    "ignored_keys",
+    "kind_of",
     "load_config",
     "parse_set",
     "register_section",
     "schema",
+    "show",
+    "widths",
     "within",
 ]
 
@@ -53,16 +58,61 @@ def choice(*names: str) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in names), "one of " + ", ".join(repr(n) for n in names)
 
 
-def at_least(lo: float, strict: bool = False) -> tuple[Callable[[Any], bool], str]:
-    if strict:
-        return (lambda v: v > lo), f"> {lo}"
-    return (lambda v: v >= lo), f">= {lo}"
+class _Bounds:
+    """The predicate of :func:`at_least`: says which bound a value breaks."""
+
+    def __init__(self, lo: float, strict: bool, most: float | None) -> None:
+        self.lo, self.strict, self.most = lo, strict, most
+
+    def __call__(self, v: Any) -> bool:
+        return self.broken(v) is None
+
+    def broken(self, v: Any) -> str | None:
+        """The bound ``v`` breaks, as it reads after "must be", or None."""
+        if (v <= self.lo) if self.strict else (v < self.lo):
+            return f"{'>' if self.strict else '>='} {_num(self.lo)}"
+        if self.most is not None and v > self.most:
+            return f"<= {_num(self.most)}"
+        return None
 
 
-def within(lo: float, hi: float, hi_open: bool = False) -> tuple[Callable[[Any], bool], str]:
-    if hi_open:
-        return (lambda v: lo <= v < hi), f"in [{lo}, {hi})"
-    return (lambda v: lo <= v <= hi), f"in [{lo}, {hi}]"
+def at_least(
+    lo: float, strict: bool = False, *, most: float | None = None
+) -> tuple[Callable[[Any], bool], str]:
+    """A rule: ``v >= lo`` (``v > lo`` if ``strict``) and ``v <= most``. Every key states
+    its largest sensible value (``most``), so that absurd magnitudes are refused with
+    the key's name before they reach an allocation; the message names the bound broken."""
+    low = f"{'>' if strict else '>='} {_num(lo)}"
+    text = low if most is None else f"in {'(' if strict else '['}{_num(lo)}, {_num(most)}]"
+    return _Bounds(lo, strict, most), text
+
+
+def within(
+    lo: float, hi: float, hi_open: bool = False, *, lo_open: bool = False
+) -> tuple[Callable[[Any], bool], str]:
+    """A rule: ``lo <= v <= hi`` (``lo_open``: ``lo < v``; ``hi_open``: ``v < hi``). The
+    bounds read in messages as written: ints as ints, big ones with ``_`` separators."""
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    text = f"in {left}{_num(lo)}, {_num(hi)}{right}"
+
+    def rule(v: Any) -> bool:
+        return (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+
+    return rule, text
+
+
+def widths(lo: int, hi: int, most: int) -> tuple[Callable[[Any], bool], str]:
+    """A rule for an ``int_list``: at most ``most`` entries, each in [lo, hi]."""
+    return (
+        lambda v: len(v) <= most and all(lo <= h <= hi for h in v),
+        f"a list of at most {most} widths, each in [{_num(lo)}, {_num(hi)}]",
+    )
+
+
+def _num(v: float) -> str:
+    if isinstance(v, int) and abs(v) >= 100_000:
+        return f"{v:_}"
+    return str(v)
 
 
 def field(
@@ -80,6 +130,10 @@ def field(
     return Field(type_, default, rule[0], rule[1], doc, resumable)
 
 
+BIG = 10**9  # the most steps (and step intervals) a job may name
+NAME_BYTES = 200  # the longest run.name, in UTF-8 bytes (file systems allow 255)
+TEXT_BYTES = 4096  # the longest string value
+
 # Sections every job has. Sections that belong to a plug-in ([algorithm] from the
 # registered algorithms, [compression] from the codecs) are added by their owners
 # with register_section() when the packages in _PLUGINS are imported.
@@ -89,20 +143,23 @@ _SECTIONS: dict[str, dict[str, Field]] = {  # noqa: RUF012 - filled by register_
             "str",
             "default",
             (
-                lambda v: v != "" and "/" not in v and v not in (".", ".."),
-                "a non-empty folder name without '/'",
+                lambda v: v != "" and "/" not in v and v not in (".", "..") and len(v.encode()) <= NAME_BYTES,
+                f"a non-empty folder name without '/', other than '.' and '..', of at most {NAME_BYTES} bytes",
             ),
             "run folder under --out",
             resumable=True,
         ),
-        "seed": field("int", 0, at_least(0), "run seed; rank r uses (seed, r)"),
-        "steps": field("int", 600, at_least(1), "training steps per rank", resumable=True),
+        "seed": field("int", 0, within(0, 2**32 - 1), "run seed; rank r uses (seed, r)"),
+        "steps": field("int", 600, at_least(1, most=BIG), "training steps per rank", resumable=True),
         "eval_every": field(
-            "int", 50, at_least(1), "steps between evaluations and progress lines", resumable=True
+            "int", 50, at_least(1, most=BIG), "steps between evaluations and progress lines", resumable=True
         ),
-        "world_size": field("int", 0, at_least(0), "required number of ranks (0: any)"),
+        "world_size": field("int", 0, at_least(0, most=2**24), "required number of ranks (0: any)"),
         "threads": field(
-            "int", 0, at_least(0), "BLAS threads per rank (0: cores on the node / ranks on the node)"
+            "int",
+            0,
+            at_least(0, most=4096),
+            "BLAS threads per rank (0: cores on the node / ranks on the node)",
         ),
     },
     "model": {
@@ -113,14 +170,16 @@ _SECTIONS: dict[str, dict[str, Field]] = {  # noqa: RUF012 - filled by register_
             "model (linear: least squares, for regression data; timed: a synthetic workload of "
             "model.params parameters and model.compute_ms of compute per step, for benchmarks)",
         ),
-        "hidden": field(
-            "int_list", [64], (lambda v: all(h >= 1 for h in v), "a list of widths >= 1"), "MLP hidden widths"
-        ),
+        "hidden": field("int_list", [64], widths(1, 2**40, 64), "MLP hidden widths"),
         "activation": field("str", "relu", choice("relu", "tanh"), "MLP activation"),
         "dtype": field("str", "float32", choice("float32", "float64"), "parameter and compute dtype"),
-        "init_scale": field("float", 1.0, at_least(0.0, strict=True), "multiplier on He/Glorot init"),
-        "params": field("int", 1_000_000, at_least(1), "timed: number of parameters d"),
-        "compute_ms": field("float", 100.0, at_least(0.0), "timed: compute time of one step, milliseconds"),
+        "init_scale": field(
+            "float", 1.0, at_least(0.0, strict=True, most=1000), "multiplier on He/Glorot init"
+        ),
+        "params": field("int", 1_000_000, at_least(1, most=2**40), "timed: number of parameters d"),
+        "compute_ms": field(
+            "float", 100.0, at_least(0.0, most=3_600_000), "timed: compute time of one step, milliseconds"
+        ),
         "compute": field(
             "str",
             "sleep",
@@ -130,42 +189,54 @@ _SECTIONS: dict[str, dict[str, Field]] = {  # noqa: RUF012 - filled by register_
     },
     "data": {
         "name": field("str", "digits", choice("digits", "synthetic", "hdf5"), "data set"),
-        "batch_size": field("int", 32, at_least(1), "per-rank minibatch size"),
+        "batch_size": field("int", 32, at_least(1, most=2**24), "per-rank minibatch size"),
         "partition": field(
             "str", "iid", choice("iid", "dirichlet"), "how training samples are sharded over ranks"
         ),
         "alpha": field(
-            "float", 0.5, at_least(0.0, strict=True), "Dirichlet concentration for partition = 'dirichlet'"
+            "float",
+            0.5,
+            at_least(0.0, strict=True, most=1_000_000),
+            "Dirichlet concentration for partition = 'dirichlet'",
         ),
         "test_fraction": field("float", 0.2, within(0.05, 0.95), "held-out share of the samples"),
         "standardize": field(
             "bool", True, None, "scale features to zero mean, unit variance (train statistics)"
         ),
-        "path": field("str", "", None, "HDF5 file with /x and /y for name = 'hdf5'"),
-        "samples": field("int", 4096, at_least(2), "synthetic: number of samples"),
-        "features": field("int", 32, at_least(1), "synthetic: input size d"),
-        "noise": field("float", 0.1, at_least(0.0), "synthetic: label noise std"),
+        "path": field(
+            "str",
+            "",
+            (lambda v: len(v.encode()) <= TEXT_BYTES, f"a path of at most {TEXT_BYTES} bytes"),
+            "HDF5 file with /x and /y for name = 'hdf5'",
+        ),
+        "samples": field("int", 4096, at_least(2, most=2**40), "synthetic: number of samples"),
+        "features": field("int", 32, at_least(1, most=2**40), "synthetic: input size d"),
+        "noise": field("float", 0.1, at_least(0.0, most=1_000_000), "synthetic: label noise std"),
     },
     "optimizer": {
         "name": field("str", "sgd", choice(*OPTIMIZERS), "sequential update"),
-        "lr": field("float", 0.1, at_least(0.0, strict=True), "learning rate alpha"),
+        "lr": field("float", 0.1, at_least(0.0, strict=True, most=1_000_000), "learning rate alpha"),
         "momentum": field("float", 0.9, within(0.0, 1.0, hi_open=True), "beta in SUM (DSP eq. 3)"),
-        "s": field("float", 1.0, at_least(0.0), "interpolation s of SUM (0: heavy ball, 1: Nesterov)"),
+        "s": field(
+            "float", 1.0, at_least(0.0, most=1000), "interpolation s of SUM (0: heavy ball, 1: Nesterov)"
+        ),
         "beta1": field("float", 0.9, within(0.0, 1.0, hi_open=True), "beta_1 of MixML eq. 11"),
         "beta2": field("float", 0.999, within(0.0, 1.0, hi_open=True), "beta_2 of MixML eq. 11"),
         "p": field(
             "float", 0.25, (lambda v: 0.0 < v <= 0.5, "in (0, 0.5]"), "exponent p of MixML eq. 11 for 'padam'"
         ),
-        "eps": field("float", 1e-8, at_least(0.0), "added to v_t before the power in eq. 11"),
-        "weight_decay": field("float", 0.0, at_least(0.0), "L2 penalty folded into the gradient"),
+        "eps": field("float", 1e-8, at_least(0.0, most=1), "added to v_t before the power in eq. 11"),
+        "weight_decay": field("float", 0.0, at_least(0.0, most=1000), "L2 penalty folded into the gradient"),
     },
     "checkpoint": {
-        "every": field("int", 0, at_least(0), "steps between checkpoints (0: none)", resumable=True),
-        "keep": field("int", 3, at_least(1), "newest checkpoints kept", resumable=True),
+        "every": field(
+            "int", 0, at_least(0, most=BIG), "steps between checkpoints (0: none)", resumable=True
+        ),
+        "keep": field("int", 3, at_least(1, most=1_000_000), "newest checkpoints kept", resumable=True),
     },
     "trace": {
         "flush_every": field(
-            "int", 100, at_least(1), "steps between flushes of the run file", resumable=True
+            "int", 100, at_least(1, most=BIG), "steps between flushes of the run file", resumable=True
         ),
         "events": field("bool", True, None, "record per-rank events", resumable=True),
     },
@@ -180,8 +251,43 @@ _SECTIONS: dict[str, dict[str, Field]] = {  # noqa: RUF012 - filled by register_
 # Packages whose import registers plug-in sections ([algorithm], [compression]).
 _PLUGINS = ("mpiml.algorithms",)
 _CHECKS: list[Callable[[Config], None]] = []
-_RELEVANT: dict[str, Callable[[Config], Iterable[str]]] = {}
+_RELEVANT: dict[str, Callable[[Config], Iterable[str]]] = {}  # see register_section
 _loaded = False
+
+
+def _model_keys(cfg: Config) -> set[str]:
+    name = cfg.model.name
+    own = {
+        "mlp": {"hidden", "activation"},
+        "softmax": {"activation"},
+        "timed": {"params", "compute_ms", "compute"},
+    }
+    return {"name", "dtype", "init_scale", *own.get(name, set())}
+
+
+def _data_keys(cfg: Config) -> set[str]:
+    d = cfg.data
+    out = {"name", "batch_size", "test_fraction", "partition"}
+    if d.name != "synthetic":
+        out.add("standardize")  # synthetic rows are drawn standardized
+    if d.partition == "dirichlet":
+        out.add("alpha")
+    out |= {"hdf5": {"path"}, "synthetic": {"samples", "features", "noise"}}.get(d.name, set())
+    return out
+
+
+def _optimizer_keys(cfg: Config) -> set[str]:
+    """The keys :func:`mpiml.optim.build_optimizer` reads for this job (recorded, not listed)."""
+    seen = {"name"}
+    section = cfg.optimizer
+
+    class _Recorder:
+        def __getattr__(self, key: str) -> Any:
+            seen.add(key)
+            return section[key]
+
+    build_optimizer(_Recorder())
+    return seen
 
 
 def register_section(
@@ -207,6 +313,9 @@ def register_section(
         _CHECKS.append(check)
     if relevant is not None:
         _RELEVANT[name] = relevant
+
+
+_RELEVANT.update(model=_model_keys, data=_data_keys, optimizer=_optimizer_keys)
 
 
 def schema() -> dict[str, dict[str, Field]]:
@@ -265,19 +374,95 @@ class Config(dict[str, Any]):
     def from_json(cls, text: str) -> Config:
         return validate(json.loads(text))
 
+    explicit: frozenset[str] = frozenset()  # "section.key" names the user set (load_config)
+
+    def read(self, sec: str) -> set[str]:
+        """The keys of section ``sec`` this job reads (the others change nothing)."""
+        rule = _RELEVANT.get(sec)
+        return set(schema()[sec]) if rule is None else set(rule(self))
+
     def differences(self, other: Config) -> list[str]:
         """``section.key`` names whose values differ, except those a resume may change
         (resumable fields, and keys that neither job reads)."""
         out = []
         for sec, fields in schema().items():
-            read = _RELEVANT.get(sec)
-            used = set(fields) if read is None else {*read(self), *read(other)}
+            used = self.read(sec) | other.read(sec)
             for key, f in fields.items():
                 if f.resumable or key not in used:
                     continue
                 if self[sec][key] != other[sec][key]:
                     out.append(f"{sec}.{key} ({other[sec][key]!r} in the checkpoint, {self[sec][key]!r} now)")
         return out
+
+    def ignored(self) -> list[str]:
+        """``section.key`` names the user set explicitly (in the job file or by ``--set``;
+        :attr:`explicit`) that this job does not read, in schema order. Their values were
+        validated all the same."""
+        out = []
+        for sec, fields in schema().items():
+            read = self.read(sec)
+            out += [f"{sec}.{key}" for key in fields if f"{sec}.{key}" in self.explicit and key not in read]
+        return out
+
+
+# which key decides that a section's key is not read, when it is not the section's first
+_DECIDED_BY = {"data.alpha": "data.partition"}
+
+
+def ignored_keys(cfg: Config) -> list[str]:
+    """One note line per key the user set that the job does not read
+    (:meth:`Config.ignored`), ready to print once (rank 0, at start):
+    ``mpiml: note: algorithm.topology is not used by dasgd (ignored)``."""
+    lines = []
+    for name in cfg.ignored():
+        sec = name.split(".")[0]
+        decider = _DECIDED_BY.get(name, f"{sec}.{next(iter(schema()[sec]))}")
+        dsec, dkey = decider.split(".")
+        value = cfg[dsec][dkey]
+        if decider == "algorithm.name":
+            why = f"by {value}"
+        elif sec == "compression":  # what the codec setting means depends on the algorithm
+            why = f"by {cfg.algorithm.name} with {decider} = {value!r}"
+        else:
+            why = f"with {decider} = {value!r}"
+        lines.append(f"mpiml: note: {name} is not used {why} (ignored)")
+    return lines
+
+
+_KIND = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a float",
+    "bool": "a boolean",
+    "list": "a list",
+    "dict": "a table",
+    "NoneType": "nothing",
+    "datetime": "a date-time",
+    "date": "a date",
+    "time": "a time",
+}
+
+
+def kind_of(value: Any) -> str:
+    """What ``value`` is, with its article, for messages: "an integer", "a table"."""
+    name = type(value).__name__
+    return _KIND.get(name, ("an " if name[:1].lower() in "aeiou" else "a ") + name)
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` on one line, cut to about ``limit`` characters (a message stays
+    one readable line whatever the job holds)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _control(text: str) -> str | None:
+    """The first character of ``text`` that has no place in a job value (a control
+    character, a lone surrogate), as its code point, or None."""
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cs"):
+            return f"U+{ord(ch):04X}"
+    return None
 
 
 def _typed(name: str, field: Field, value: Any) -> Any:
@@ -289,11 +474,22 @@ def _typed(name: str, field: Field, value: Any) -> Any:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         want = "a number"
         if ok:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer beyond the float range
+                raise ConfigError(f"{name} must be a finite number (got {show(value)})") from None
             if not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number (got {value})")
     elif t == "str":
         ok, want = isinstance(value, str), "a string"
+        if ok:
+            bad = _control(value)
+            if bad is not None:
+                raise ConfigError(f"{name} must not hold control characters (got {show(value)}, with {bad})")
+            if len(value.encode("utf-8")) > TEXT_BYTES:
+                raise ConfigError(
+                    f"{name} must be at most {TEXT_BYTES} bytes long (got {len(value.encode())})"
+                )
     elif t == "bool":
         ok, want = isinstance(value, bool), "true or false"
     elif t == "int_list":
@@ -302,9 +498,11 @@ def _typed(name: str, field: Field, value: Any) -> Any:
     else:  # pragma: no cover - schema bug
         raise AssertionError(t)
     if not ok:
-        raise ConfigError(f"{name} must be {want} (got {value!r}, a {type(value).__name__})")
-    if field.rule is not None and not field.rule(value):
-        raise ConfigError(f"{name} must be {field.allowed} (got {value!r})")
+        raise ConfigError(f"{name} must be {want} (got {show(value)}, {kind_of(value)})")
+    rule = field.rule
+    if rule is not None and not rule(value):
+        allowed = rule.broken(value) if isinstance(rule, _Bounds) else field.allowed
+        raise ConfigError(f"{name} must be {allowed} (got {show(value)})")
     return value
 
 
@@ -333,6 +531,7 @@ def validate(raw: dict[str, Any]) -> Config:
             }
         )
     _cross_checks(cfg)
+    cfg.explicit = frozenset(f"{sec}.{key}" for sec, body in raw.items() for key in body)
     return cfg
 
 
@@ -419,12 +618,16 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where} is not valid TOML: {exc}") from None
-    for sec, body in parse_set(overrides).items():
+    sets = parse_set(overrides)
+    for sec, body in sets.items():
         target = raw.setdefault(sec, {})
         if not isinstance(target, dict):
             raise ConfigError(f"[{sec}] must be a table of keys")
         target.update(body)
-    return validate(raw)
+    cfg = validate(raw)
+    if path is None:  # the embedded default job's keys are not the user's: only --set
+        cfg.explicit = frozenset(f"{sec}.{key}" for sec, body in sets.items() for key in body)
+    return cfg
 
 
 if __name__ == "__main__":

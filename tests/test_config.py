@@ -36,7 +36,7 @@ def test_set_overrides_parse_toml_values_and_bare_words() -> None:
         (["run.steps=1.5"], r"run.steps must be an integer"),
         (["run.steps=true"], r"run.steps must be an integer"),
         (["model.hidden=[8, 'a']"], r"model.hidden must be a list of integers"),
-        (["model.hidden=[0]"], r"model.hidden must be a list of widths >= 1"),
+        (["model.hidden=[0]"], r"model.hidden must be a list of at most 64 widths, each in \[1, "),
         (["optimizer.name=lion"], r"optimizer.name must be one of 'sgd', .*'padam' \(got 'lion'\)"),
         (["algorithm.name=nope"], r"algorithm.name must be one of 'sgd'"),
         (["optimizer.momentum=1.0"], r"optimizer.momentum must be in \[0.0, 1.0\)"),

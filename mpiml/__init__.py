@@ -56,6 +56,7 @@ LAYERS: dict[str, str] = {
     "mixing": "MixML mixing time measured by driving a protocol alone; `mpiml mixing`",
     "plan": "DaSGD's analytic model (eqs. 3-6); `mpiml plan`",
     "config": "job files: the schema engine, generic sections, sections registered by plug-ins",
+    "budget": "memory a job needs per rank, estimated before allocation, against the node's",
     "errors": "ConfigError, CheckpointError",
     "info": "what this MPI offers: library, thread level, CUDA-aware, parallel HDF5; `mpiml info`",
     "testing": "helpers to test mpiml programs with pytest and real ranks",

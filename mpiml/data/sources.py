@@ -48,9 +48,16 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tup
 
 
 def standardize(ds: Dataset) -> None:
-    """Zero mean, unit variance per feature, with the training rows' statistics."""
-    mean = ds.x_train.mean(axis=0)
-    std = ds.x_train.std(axis=0)
+    """Zero mean, unit variance per feature, with the training rows' statistics.
+    ConfigError (naming data.standardize) when they overflow float64."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = ds.x_train.mean(axis=0)
+        std = ds.x_train.std(axis=0)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise ConfigError(
+            f"data.standardize = true overflows on {ds.name!r} (its values are too large to square); "
+            "rescale the data or set data.standardize = false"
+        )
     std[std == 0] = 1.0
     ds.x_train = (ds.x_train - mean) / std
     ds.x_test = (ds.x_test - mean) / std

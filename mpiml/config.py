@@ -465,6 +465,15 @@ def _control(text: str) -> str | None:
     return None
 
 
+def _word(name: Any) -> str:
+    """A section or key name as a message shows it: as written when it is a plain word,
+    else quoted (control characters escaped), so that the message stays one line."""
+    text = str(name)
+    if text.isprintable() and text.strip() == text and len(text) <= 60:
+        return text
+    return show(text)
+
+
 def _typed(name: str, field: Field, value: Any) -> Any:
     t = field.type
     if t == "int":
@@ -513,13 +522,13 @@ def validate(raw: dict[str, Any]) -> Config:
     SCHEMA = schema()
     for sec, body in raw.items():
         if sec not in SCHEMA:
-            raise ConfigError(f"unknown section [{sec}]; allowed sections: {', '.join(SCHEMA)}")
+            raise ConfigError(f"unknown section [{_word(sec)}]; allowed sections: {', '.join(SCHEMA)}")
         if not isinstance(body, dict):
-            raise ConfigError(f"[{sec}] must be a table of keys (got {body!r})")
+            raise ConfigError(f"[{sec}] must be a table of keys (got {show(body)}, {kind_of(body)})")
         for key in body:
             if key not in SCHEMA[sec]:
                 raise ConfigError(
-                    f"unknown key {sec}.{key}; allowed keys in [{sec}]: {', '.join(SCHEMA[sec])}"
+                    f"unknown key {sec}.{_word(key)}; allowed keys in [{sec}]: {', '.join(SCHEMA[sec])}"
                 )
     cfg = Config()
     for sec, fields in SCHEMA.items():

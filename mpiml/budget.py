@@ -114,7 +114,7 @@ def _copies(cfg: Config) -> int:
 def _data_key(cfg: Config) -> str:
     d = cfg.data
     if d.name == "hdf5":
-        return f"data.path = {show(d.path)}"
+        return f"data.path = {d.path!r}"
     if d.name == "synthetic":
         return f"data.samples = {d.samples} with data.features = {d.features}"
     return "data.name = 'digits'"

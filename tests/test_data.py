@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import h5py
@@ -306,18 +307,26 @@ def test_hdf5_data_problems_are_one_line_errors(
     tmp_path: Path, content: dict[str, object], message: str
 ) -> None:
     p = _h5(tmp_path / "d.h5", **content)
-    text = _one_line_error(_hdf5_job(p), message)
-    assert f"data.path {str(p)!r}" in text
+    with pytest.raises(ConfigError) as info:
+        build_data(_hdf5_job(p), 0, 1)
+    text = str(info.value)
+    prefix = f"data.path: {message[:2]} in {str(p)!r} "
+    assert text.startswith(prefix) and "\n" not in text, text
+    assert re.match(message[3:], text[len(prefix) :]), text
 
 
 def test_hdf5_values_beyond_the_model_dtype_and_standardize_overflow(tmp_path: Path) -> None:
     big = _h5(tmp_path / "big.h5", x=X5 * 1e300, y=np.zeros(5, np.int64))
     _one_line_error(
-        _hdf5_job(big, "data.standardize=false"), r"/x in data.path .* beyond model.dtype = 'float32'"
+        _hdf5_job(big, "data.standardize=false"),
+        r"data.path: /x in .* holds values beyond model.dtype = 'float32'",
     )
     _one_line_error(_hdf5_job(big, "model.dtype=float64"), "data.standardize = true overflows")
     reg = _h5(tmp_path / "reg.h5", x=X5, y=np.array([1.0, 2.0, 1e300, 0.0, 1.0]))
-    _one_line_error(_hdf5_job(reg, "model.name=linear"), r"/y in data.path .* beyond model.dtype = 'float32'")
+    _one_line_error(
+        _hdf5_job(reg, "model.name=linear"),
+        r"data.path: /y in .* holds values beyond model.dtype = 'float32'",
+    )
     build_data(_hdf5_job(reg, "model.name=linear", "model.dtype=float64"), 0, 1)  # float64 holds it
 
 
@@ -329,13 +338,14 @@ def test_hdf5_links_and_foreign_storage_are_refused(tmp_path: Path) -> None:
         f["x"] = h5py.ExternalLink(str(other), "/x")
         f["y"] = y
     _one_line_error(
-        _hdf5_job(p), r"/x is an external link to .*other.h5:/x; mpiml reads only data stored in the file"
+        _hdf5_job(p),
+        r"data.path: /x in .* is an external link to .*other.h5:/x; mpiml reads only data stored in the file",
     )
 
     with h5py.File(p, "w") as f:
         f["x"] = h5py.SoftLink("/nowhere")
         f["y"] = y
-    _one_line_error(_hdf5_job(p), "/x is a link to /nowhere that leads nowhere")
+    _one_line_error(_hdf5_job(p), "/x in .* is a link to /nowhere that leads nowhere")
 
     with h5py.File(p, "w") as f:
         f["real"] = X5
@@ -346,21 +356,21 @@ def test_hdf5_links_and_foreign_storage_are_refused(tmp_path: Path) -> None:
     with h5py.File(p, "w") as f:
         f.create_group("x")
         f["y"] = y
-    _one_line_error(_hdf5_job(p), "/x is a group, not a dataset")
+    _one_line_error(_hdf5_job(p), "/x in .* is a group, not a dataset")
 
     with h5py.File(p, "w") as f:
         layout = h5py.VirtualLayout(shape=(5, 2), dtype="f8")
         layout[:] = h5py.VirtualSource(str(tmp_path / "missing.h5"), "x", shape=(5, 2))
         f.create_virtual_dataset("x", layout, fillvalue=0.0)
         f["y"] = y
-    _one_line_error(_hdf5_job(p), "/x is a virtual dataset")
+    _one_line_error(_hdf5_job(p), "/x in .* is a virtual dataset")
 
     raw = tmp_path / "raw.bin"
     X5.tofile(raw)
     with h5py.File(p, "w") as f:
         f.create_dataset("x", shape=(5, 2), dtype="f8", external=[(str(raw), 0, h5py.h5f.UNLIMITED)])
         f["y"] = y
-    _one_line_error(_hdf5_job(p), "/x keeps its data in external files")
+    _one_line_error(_hdf5_job(p), "/x in .* keeps its data in external files")
 
 
 def test_hdf5_filter_not_available_and_damaged_chunks(tmp_path: Path) -> None:
@@ -372,7 +382,8 @@ def test_hdf5_filter_not_available_and_damaged_chunks(tmp_path: Path) -> None:
     h5py.h5z.unregister_filter(32000)
     try:
         _one_line_error(
-            _hdf5_job(p), r"/x is compressed with filter 32000 \(lzf\), which this h5py cannot decode"
+            _hdf5_job(p),
+            r"data.path: /x in .* is compressed with filter 32000 \(lzf\), which this h5py cannot decode",
         )
     finally:
         h5py._register_lzf()
@@ -387,7 +398,7 @@ def test_hdf5_filter_not_available_and_damaged_chunks(tmp_path: Path) -> None:
     blob = bytearray(q.read_bytes())
     blob[offset : offset + 64] = bytes(64)  # zero the start of one compressed chunk
     q.write_bytes(bytes(blob))
-    _one_line_error(_hdf5_job(q), r"data.path .*: /x cannot be read \(")
+    _one_line_error(_hdf5_job(q), r"data.path: /x in .* cannot be read \(")
 
 
 def test_an_empty_dirichlet_shard_names_the_shard_its_rank_and_the_remedy() -> None:

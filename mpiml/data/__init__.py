@@ -70,7 +70,7 @@ def _check_range(ds: Dataset, dtype: str, standardized: bool, path: str) -> None
     for name, a in parts:
         if a.size and float(np.abs(a).max()) > top:
             where = (
-                f"{name} in data.path {path!r}"
+                f"data.path: {name} in {path!r}"
                 if path and ds.name != "synthetic"
                 else f"{name} of {ds.name!r}"
             )

@@ -73,7 +73,7 @@ def _datasets(path: str) -> Iterator[tuple[Any, Any]]:
                 raise ConfigError(f"{where} has no dataset /{name} (it needs /x and /y)")
             if isinstance(link, h5py.ExternalLink):
                 raise ConfigError(
-                    f"{where}: /{name} is an external link to {link.filename}:{link.path}; mpiml reads "
+                    f"data.path: /{name} in {path!r} is an external link to {link.filename}:{link.path}; mpiml reads "
                     "only data stored in the file itself (copy it in, e.g. with h5copy)"
                 )
             try:
@@ -81,26 +81,28 @@ def _datasets(path: str) -> Iterator[tuple[Any, Any]]:
             except (KeyError, OSError, ValueError) as exc:
                 target = f" to {link.path}" if isinstance(link, h5py.SoftLink) else ""
                 raise ConfigError(
-                    f"{where}: /{name} is a link{target} that leads nowhere ({_line(exc)})"
+                    f"data.path: /{name} in {path!r} is a link{target} that leads nowhere ({_line(exc)})"
                 ) from None
             if not isinstance(ds, h5py.Dataset):
-                raise ConfigError(f"{where}: /{name} is a group, not a dataset (it needs /x and /y)")
-            _check_storage(where, name, ds)
+                raise ConfigError(
+                    f"data.path: /{name} in {path!r} is a group, not a dataset (it needs /x and /y)"
+                )
+            _check_storage(path, name, ds)
             out.append(ds)
         yield out[0], out[1]
 
 
-def _check_storage(where: str, name: str, ds: Any) -> None:
+def _check_storage(path: str, name: str, ds: Any) -> None:
     import h5py
 
     if ds.is_virtual:
         raise ConfigError(
-            f"{where}: /{name} is a virtual dataset (its data lives in other files); mpiml reads only "
+            f"data.path: /{name} in {path!r} is a virtual dataset (its data lives in other files); mpiml reads only "
             "data stored in the file itself"
         )
     if ds.external:
         raise ConfigError(
-            f"{where}: /{name} keeps its data in external files ({ds.external[0][0]!r}); mpiml reads only "
+            f"data.path: /{name} in {path!r} keeps its data in external files ({ds.external[0][0]!r}); mpiml reads only "
             "data stored in the file itself"
         )
     plist = ds.id.get_create_plist()
@@ -109,70 +111,69 @@ def _check_storage(where: str, name: str, ds: Any) -> None:
         if not h5py.h5z.filter_avail(code):
             text = label.decode(errors="replace") if isinstance(label, bytes) else str(label)
             raise ConfigError(
-                f"{where}: /{name} is compressed with filter {code} ({text or 'unnamed'}), which this h5py "
+                f"data.path: /{name} in {path!r} is compressed with filter {code} ({text or 'unnamed'}), which this h5py "
                 "cannot decode (install its plugin, e.g. hdf5plugin, or rewrite the file without it)"
             )
     if ds.shape is None:
-        raise ConfigError(f"{where}: /{name} is empty (a null dataspace)")
+        raise ConfigError(f"data.path: /{name} in {path!r} is empty (a null dataspace)")
     kind = ds.dtype.kind
     if kind == "c":
         raise ConfigError(
-            f"{where}: /{name} holds complex numbers ({ds.dtype}); mpiml trains on real numbers "
+            f"data.path: /{name} in {path!r} holds complex numbers ({ds.dtype}); mpiml trains on real numbers "
             "(store the real and imaginary parts as separate features)"
         )
     if kind not in "iuf":
         what = "numbers" if name == "x" else "integer class labels or real numbers"
-        raise ConfigError(f"{where}: /{name} must hold {what} (it holds {ds.dtype})")
+        raise ConfigError(f"data.path: /{name} in {path!r} must hold {what} (it holds {ds.dtype})")
 
 
-def _shapes(where: str, x: Any, y: Any) -> tuple[int, int]:
+def _shapes(path: str, x: Any, y: Any) -> tuple[int, int]:
     if len(x.shape) != 2:
-        raise ConfigError(f"{where}: /x must be 2-D (samples x features), got shape {x.shape}")
+        raise ConfigError(f"data.path: /x in {path!r} must be 2-D (samples x features), got shape {x.shape}")
     n, d = int(x.shape[0]), int(x.shape[1])
     if y.shape != (n,):
-        raise ConfigError(f"{where}: /y must have shape ({n},) to match /x, got {y.shape}")
+        raise ConfigError(f"data.path: /y in {path!r} must have shape ({n},) to match /x, got {y.shape}")
     if n < 2:
-        raise ConfigError(f"{where}: /x holds {n} samples; a train/test split needs at least 2")
+        raise ConfigError(f"data.path: /x in {path!r} holds {n} samples; a train/test split needs at least 2")
     if d < 1:
-        raise ConfigError(f"{where}: /x holds no features (shape {x.shape})")
+        raise ConfigError(f"data.path: /x in {path!r} holds no features (shape {x.shape})")
     return n, d
 
 
-def _read(where: str, name: str, ds: Any) -> np.ndarray:
+def _read(path: str, name: str, ds: Any) -> np.ndarray:
     try:
         return np.asarray(ds[()])
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:  # damaged chunks, filters
-        raise ConfigError(f"{where}: /{name} cannot be read ({_line(exc)})") from None
+        raise ConfigError(f"data.path: /{name} in {path!r} cannot be read ({_line(exc)})") from None
 
 
-def _labels(where: str, y: np.ndarray) -> tuple[np.ndarray, int]:
+def _labels(path: str, y: np.ndarray) -> tuple[np.ndarray, int]:
     """(targets, classes): integer labels checked as class indices, or reals checked finite."""
     if y.dtype.kind in "iu":
         if y.dtype.kind == "i" and (y < 0).any():
             i = int(np.argmax(y < 0))
             raise ConfigError(
-                f"{where}: /y holds a negative class label ({y[i]} at row {i}); labels are 0, 1, ..."
+                f"data.path: /y in {path!r} holds a negative class label ({y[i]} at row {i}); labels are 0, 1, ..."
             )
         if (y >= MAX_CLASSES).any():
             i = int(np.argmax(y >= MAX_CLASSES))
             raise ConfigError(
-                f"{where}: /y holds a label that cannot be a class index ({y[i]} at row {i}); labels "
+                f"data.path: /y in {path!r} holds a label that cannot be a class index ({y[i]} at row {i}); labels "
                 f"must be in [0, {MAX_CLASSES - 1}]"
             )
         labels = y.astype(np.int64)
         return labels, max(int(labels.max()) + 1, 2)
     targets = y.astype(np.float64)
     if not np.isfinite(targets).all():
-        raise ConfigError(f"{where}: /y holds NaN or Inf (first at {first_bad(targets)})")
+        raise ConfigError(f"data.path: /y in {path!r} holds NaN or Inf (first at {first_bad(targets)})")
     return targets, 0
 
 
 def hdf5_shape(path: str) -> DataShape:
     """The shape of ``path``'s data, every check but the values' (reads ``/y`` only)."""
-    where = f"data.path {path!r}"
     with _datasets(path) as (x, y):
-        n, d = _shapes(where, x, y)
-        _, classes = _labels(where, _read(where, "y", y))
+        n, d = _shapes(path, x, y)
+        _, classes = _labels(path, _read(path, "y", y))
         return DataShape(n, d, classes, int(x.dtype.itemsize))
 
 
@@ -180,11 +181,10 @@ def read_hdf5(path: str) -> tuple[np.ndarray, np.ndarray, int]:
     """``(x, y, classes)`` of ``path``: x float64 (n x d), y int64 labels (classes >= 2) or
     float64 targets (classes 0). Raises ConfigError (one line naming data.path and the
     dataset) for anything the module docstring lists."""
-    where = f"data.path {path!r}"
     with _datasets(path) as (xds, yds):
-        _shapes(where, xds, yds)
-        y, classes = _labels(where, _read(where, "y", yds))
-        x = _read(where, "x", xds).astype(np.float64)
+        _shapes(path, xds, yds)
+        y, classes = _labels(path, _read(path, "y", yds))
+        x = _read(path, "x", xds).astype(np.float64)
     if not np.isfinite(x).all():
-        raise ConfigError(f"{where}: /x holds NaN or Inf (first at {first_bad(x)})")
+        raise ConfigError(f"data.path: /x in {path!r} holds NaN or Inf (first at {first_bad(x)})")
     return x, y, classes

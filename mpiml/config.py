@@ -593,6 +593,23 @@ def schema_markdown() -> str:
         "generic sections, and those the algorithms and codecs register.",
         "Every key is optional; `--set section.key=value` overrides any of them.",
         "",
+        "Every value is checked before training, on every rank, and a bad one is one line that",
+        "names the key and what is allowed (`mpiml: error: run.steps must be <= 1_000_000_000",
+        "(got 10000000000)`): types, the ranges below (absurd magnitudes included), strings",
+        "without control characters. A key you set that the job does not read (a DaSGD job's",
+        "`algorithm.topology`) is still checked, then reported once as ignored",
+        "(`mpiml: note: algorithm.topology is not used by dasgd (ignored)`). At set-up the memory",
+        "a rank needs (parameters, optimizer state, message buffers, activations, data;",
+        "`mpiml.budget`) is estimated and a job that cannot fit in the node's available memory,",
+        "shared by the ranks on the node, is refused naming the key that makes it large.",
+        "",
+        "An HDF5 data file (`data.name = 'hdf5'`) holds `/x` (samples x features, integers or",
+        "floats) and `/y` (integer class labels 0 .. 16_777_215, or real targets). Refused",
+        "with one line naming `data.path` and the dataset: NaN or Inf (the first bad index is",
+        "named), complex or non-numeric dtypes, negative or huge labels, wrong or empty shapes,",
+        "external links, virtual or external storage, filters this h5py cannot decode, and",
+        "damaged chunks.",
+        "",
     ]
     for sec, fields in schema().items():
         lines += [f"## [{sec}]", "", "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]

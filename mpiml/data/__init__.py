@@ -133,7 +133,9 @@ def build_data(
     if not ds.presharded:
         n = len(ds.x_train)
         if n < size:
-            raise ConfigError(f"run.world_size: {size} data shards but only {n} training rows in {ds.name!r}")
+            raise ConfigError(
+                f"run.world_size: {size} data shards but only {_rows(n)} for training in {ds.name!r}"
+            )
         if d.partition == "dirichlet":
             if not ds.n_classes:
                 raise ConfigError("data.partition = 'dirichlet' needs class labels")
@@ -153,7 +155,7 @@ def build_data(
         if d.batch_size > smallest:
             raise ConfigError(
                 f"data.batch_size = {d.batch_size} is larger than the smallest shard ({_rows(smallest)} of "
-                f"{n} over {size} shards, partition {d.partition!r}); allowed: 1..{smallest}"
+                f"{n} over {size} shard{'s' if size > 1 else ''}, partition {d.partition!r}); allowed: 1..{smallest}"
                 + (" (or raise data.alpha)" if d.partition == "dirichlet" else "")
             )
     else:

@@ -21,8 +21,9 @@ scheduler). The layers, bottom up (:data:`LAYERS`; docs/design.md has the same t
 - ``io``: run files, checkpoints, ``load_run``
 - ``run``: the SPMD driver (set-up, loop hooks, evaluation, checkpoints, console)
 - ``mixing``, ``plan``: mixing time (MixML); DaSGD's analytic model
-- ``cli``, ``info``, ``testing``, ``config``, ``errors``: the ``mpiml`` command, what
-  the MPI offers, test helpers, job files, exceptions
+- ``cli``, ``info``, ``testing``, ``config``, ``fields``, ``budget``, ``errors``: the
+  ``mpiml`` command, what the MPI offers, test helpers, job files, a job key's rule, the
+  memory a job needs, exceptions
 
 Importing :mod:`mpiml` does not initialise MPI: :func:`train` and :func:`load_run`
 are imported on first use.
@@ -55,7 +56,9 @@ LAYERS: dict[str, str] = {
     "run": "the SPMD driver: set-up, loop hooks, evaluation, checkpoints and resume, console",
     "mixing": "MixML mixing time measured by driving a protocol alone; `mpiml mixing`",
     "plan": "DaSGD's analytic model (eqs. 3-6); `mpiml plan`",
+    "fields": "a job key's type, default and rule; the check of one value, in one-line messages",
     "config": "job files: the schema engine, generic sections, sections registered by plug-ins",
+    "budget": "memory a job needs per rank, estimated before allocation, against the node's",
     "errors": "ConfigError, CheckpointError",
     "info": "what this MPI offers: library, thread level, CUDA-aware, parallel HDF5; `mpiml info`",
     "testing": "helpers to test mpiml programs with pytest and real ranks",

@@ -1,23 +1,34 @@
 """Job files: TOML, validated against one schema, with ``--set section.key=value`` overrides.
 
-Every field has a type, a default and a rule; an error names the field and what is
-allowed (``ConfigError``). Validation is pure (no MPI), so every rank reaches the
+Every field has a type, a default and a rule (:mod:`mpiml.fields`); an error names the
+field and what is allowed (``ConfigError``). Validation is pure (no MPI), so every rank reaches the
 same verdict on the same inputs before anyone enters a collective.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .optim import OPTIMIZERS
+from .fields import (
+    TEXT_BYTES,
+    Field,
+    at_least,
+    check_value,
+    choice,
+    field,
+    kind_of,
+    show,
+    widths,
+    within,
+    word,
+)  # noqa: F401 - re-exported
+from .optim import OPTIMIZERS, build_optimizer
 
 __all__ = [
     "Config",
@@ -28,57 +39,20 @@ __all__ = [
     "choice",
     "default_job_text",
     "field",
+    "ignored_keys",
+    "kind_of",
     "load_config",
     "parse_set",
     "register_section",
     "schema",
+    "show",
+    "widths",
     "within",
 ]
 
 
-@dataclass(frozen=True)
-class Field:
-    """One job-file key: its type, default, and an optional rule on the value."""
-
-    type: str  # "int", "float", "str", "bool", "int_list"
-    default: Any
-    rule: Callable[[Any], bool] | None = None
-    allowed: str = ""  # how the rule reads in an error message
-    doc: str = ""
-    resumable: bool = False  # may differ between a checkpoint's job and the job resuming it
-
-
-def choice(*names: str) -> tuple[Callable[[Any], bool], str]:
-    """A rule: the value is one of ``names`` (for :func:`field`)."""
-    return (lambda v: v in names), "one of " + ", ".join(repr(n) for n in names)
-
-
-def at_least(lo: float, strict: bool = False) -> tuple[Callable[[Any], bool], str]:
-    if strict:
-        return (lambda v: v > lo), f"> {lo}"
-    return (lambda v: v >= lo), f">= {lo}"
-
-
-def within(lo: float, hi: float, hi_open: bool = False) -> tuple[Callable[[Any], bool], str]:
-    if hi_open:
-        return (lambda v: lo <= v < hi), f"in [{lo}, {hi})"
-    return (lambda v: lo <= v <= hi), f"in [{lo}, {hi}]"
-
-
-def field(
-    type_: str,
-    default: Any,
-    rule: tuple[Callable[[Any], bool], str] | None = None,
-    doc: str = "",
-    *,
-    resumable: bool = False,
-) -> Field:
-    """A :class:`Field` from a type, a default, a rule made by :func:`choice`,
-    :func:`at_least` or :func:`within` (or any (predicate, text) pair) and a doc line."""
-    if rule is None:
-        return Field(type_, default, None, "", doc, resumable)
-    return Field(type_, default, rule[0], rule[1], doc, resumable)
-
+BIG = 10**9  # the most steps (and step intervals) a job may name
+NAME_BYTES = 200  # the longest run.name, in UTF-8 bytes (file systems allow 255)
 
 # Sections every job has. Sections that belong to a plug-in ([algorithm] from the
 # registered algorithms, [compression] from the codecs) are added by their owners
@@ -89,20 +63,23 @@ _SECTIONS: dict[str, dict[str, Field]] = {  # noqa: RUF012 - filled by register_
             "str",
             "default",
             (
-                lambda v: v != "" and "/" not in v and v not in (".", ".."),
-                "a non-empty folder name without '/'",
+                lambda v: v != "" and "/" not in v and v not in (".", "..") and len(v.encode()) <= NAME_BYTES,
+                f"a non-empty folder name without '/', other than '.' and '..', of at most {NAME_BYTES} bytes",
             ),
             "run folder under --out",
             resumable=True,
         ),
-        "seed": field("int", 0, at_least(0), "run seed; rank r uses (seed, r)"),
-        "steps": field("int", 600, at_least(1), "training steps per rank", resumable=True),
+        "seed": field("int", 0, within(0, 2**32 - 1), "run seed; rank r uses (seed, r)"),
+        "steps": field("int", 600, at_least(1, most=BIG), "training steps per rank", resumable=True),
         "eval_every": field(
-            "int", 50, at_least(1), "steps between evaluations and progress lines", resumable=True
+            "int", 50, at_least(1, most=BIG), "steps between evaluations and progress lines", resumable=True
         ),
-        "world_size": field("int", 0, at_least(0), "required number of ranks (0: any)"),
+        "world_size": field("int", 0, at_least(0, most=2**24), "required number of ranks (0: any)"),
         "threads": field(
-            "int", 0, at_least(0), "BLAS threads per rank (0: cores on the node / ranks on the node)"
+            "int",
+            0,
+            at_least(0, most=4096),
+            "BLAS threads per rank (0: cores on the node / ranks on the node)",
         ),
     },
     "model": {
@@ -113,14 +90,16 @@ _SECTIONS: dict[str, dict[str, Field]] = {  # noqa: RUF012 - filled by register_
             "model (linear: least squares, for regression data; timed: a synthetic workload of "
             "model.params parameters and model.compute_ms of compute per step, for benchmarks)",
         ),
-        "hidden": field(
-            "int_list", [64], (lambda v: all(h >= 1 for h in v), "a list of widths >= 1"), "MLP hidden widths"
-        ),
+        "hidden": field("int_list", [64], widths(1, 2**40, 64), "MLP hidden widths"),
         "activation": field("str", "relu", choice("relu", "tanh"), "MLP activation"),
         "dtype": field("str", "float32", choice("float32", "float64"), "parameter and compute dtype"),
-        "init_scale": field("float", 1.0, at_least(0.0, strict=True), "multiplier on He/Glorot init"),
-        "params": field("int", 1_000_000, at_least(1), "timed: number of parameters d"),
-        "compute_ms": field("float", 100.0, at_least(0.0), "timed: compute time of one step, milliseconds"),
+        "init_scale": field(
+            "float", 1.0, at_least(0.0, strict=True, most=1000), "multiplier on He/Glorot init"
+        ),
+        "params": field("int", 1_000_000, at_least(1, most=2**40), "timed: number of parameters d"),
+        "compute_ms": field(
+            "float", 100.0, at_least(0.0, most=3_600_000), "timed: compute time of one step, milliseconds"
+        ),
         "compute": field(
             "str",
             "sleep",
@@ -130,42 +109,54 @@ _SECTIONS: dict[str, dict[str, Field]] = {  # noqa: RUF012 - filled by register_
     },
     "data": {
         "name": field("str", "digits", choice("digits", "synthetic", "hdf5"), "data set"),
-        "batch_size": field("int", 32, at_least(1), "per-rank minibatch size"),
+        "batch_size": field("int", 32, at_least(1, most=2**24), "per-rank minibatch size"),
         "partition": field(
             "str", "iid", choice("iid", "dirichlet"), "how training samples are sharded over ranks"
         ),
         "alpha": field(
-            "float", 0.5, at_least(0.0, strict=True), "Dirichlet concentration for partition = 'dirichlet'"
+            "float",
+            0.5,
+            at_least(0.0, strict=True, most=1_000_000),
+            "Dirichlet concentration for partition = 'dirichlet'",
         ),
         "test_fraction": field("float", 0.2, within(0.05, 0.95), "held-out share of the samples"),
         "standardize": field(
             "bool", True, None, "scale features to zero mean, unit variance (train statistics)"
         ),
-        "path": field("str", "", None, "HDF5 file with /x and /y for name = 'hdf5'"),
-        "samples": field("int", 4096, at_least(2), "synthetic: number of samples"),
-        "features": field("int", 32, at_least(1), "synthetic: input size d"),
-        "noise": field("float", 0.1, at_least(0.0), "synthetic: label noise std"),
+        "path": field(
+            "str",
+            "",
+            (lambda v: len(v.encode()) <= TEXT_BYTES, f"a path of at most {TEXT_BYTES} bytes"),
+            "HDF5 file with /x and /y for name = 'hdf5'",
+        ),
+        "samples": field("int", 4096, at_least(2, most=2**40), "synthetic: number of samples"),
+        "features": field("int", 32, at_least(1, most=2**40), "synthetic: input size d"),
+        "noise": field("float", 0.1, at_least(0.0, most=1_000_000), "synthetic: label noise std"),
     },
     "optimizer": {
         "name": field("str", "sgd", choice(*OPTIMIZERS), "sequential update"),
-        "lr": field("float", 0.1, at_least(0.0, strict=True), "learning rate alpha"),
+        "lr": field("float", 0.1, at_least(0.0, strict=True, most=1_000_000), "learning rate alpha"),
         "momentum": field("float", 0.9, within(0.0, 1.0, hi_open=True), "beta in SUM (DSP eq. 3)"),
-        "s": field("float", 1.0, at_least(0.0), "interpolation s of SUM (0: heavy ball, 1: Nesterov)"),
+        "s": field(
+            "float", 1.0, at_least(0.0, most=1000), "interpolation s of SUM (0: heavy ball, 1: Nesterov)"
+        ),
         "beta1": field("float", 0.9, within(0.0, 1.0, hi_open=True), "beta_1 of MixML eq. 11"),
         "beta2": field("float", 0.999, within(0.0, 1.0, hi_open=True), "beta_2 of MixML eq. 11"),
         "p": field(
             "float", 0.25, (lambda v: 0.0 < v <= 0.5, "in (0, 0.5]"), "exponent p of MixML eq. 11 for 'padam'"
         ),
-        "eps": field("float", 1e-8, at_least(0.0), "added to v_t before the power in eq. 11"),
-        "weight_decay": field("float", 0.0, at_least(0.0), "L2 penalty folded into the gradient"),
+        "eps": field("float", 1e-8, at_least(0.0, most=1), "added to v_t before the power in eq. 11"),
+        "weight_decay": field("float", 0.0, at_least(0.0, most=1000), "L2 penalty folded into the gradient"),
     },
     "checkpoint": {
-        "every": field("int", 0, at_least(0), "steps between checkpoints (0: none)", resumable=True),
-        "keep": field("int", 3, at_least(1), "newest checkpoints kept", resumable=True),
+        "every": field(
+            "int", 0, at_least(0, most=BIG), "steps between checkpoints (0: none)", resumable=True
+        ),
+        "keep": field("int", 3, at_least(1, most=1_000_000), "newest checkpoints kept", resumable=True),
     },
     "trace": {
         "flush_every": field(
-            "int", 100, at_least(1), "steps between flushes of the run file", resumable=True
+            "int", 100, at_least(1, most=BIG), "steps between flushes of the run file", resumable=True
         ),
         "events": field("bool", True, None, "record per-rank events", resumable=True),
     },
@@ -180,8 +171,43 @@ _SECTIONS: dict[str, dict[str, Field]] = {  # noqa: RUF012 - filled by register_
 # Packages whose import registers plug-in sections ([algorithm], [compression]).
 _PLUGINS = ("mpiml.algorithms",)
 _CHECKS: list[Callable[[Config], None]] = []
-_RELEVANT: dict[str, Callable[[Config], Iterable[str]]] = {}
+_RELEVANT: dict[str, Callable[[Config], Iterable[str]]] = {}  # see register_section
 _loaded = False
+
+
+def _model_keys(cfg: Config) -> set[str]:
+    name = cfg.model.name
+    own = {
+        "mlp": {"hidden", "activation"},
+        "softmax": {"activation"},
+        "timed": {"params", "compute_ms", "compute"},
+    }
+    return {"name", "dtype", "init_scale", *own.get(name, set())}
+
+
+def _data_keys(cfg: Config) -> set[str]:
+    d = cfg.data
+    out = {"name", "batch_size", "test_fraction", "partition"}
+    if d.name != "synthetic":
+        out.add("standardize")  # synthetic rows are drawn standardized
+    if d.partition == "dirichlet":
+        out.add("alpha")
+    out |= {"hdf5": {"path"}, "synthetic": {"samples", "features", "noise"}}.get(d.name, set())
+    return out
+
+
+def _optimizer_keys(cfg: Config) -> set[str]:
+    """The keys :func:`mpiml.optim.build_optimizer` reads for this job (recorded, not listed)."""
+    seen = {"name"}
+    section = cfg.optimizer
+
+    class _Recorder:
+        def __getattr__(self, key: str) -> Any:
+            seen.add(key)
+            return section[key]
+
+    build_optimizer(_Recorder())
+    return seen
 
 
 def register_section(
@@ -207,6 +233,9 @@ def register_section(
         _CHECKS.append(check)
     if relevant is not None:
         _RELEVANT[name] = relevant
+
+
+_RELEVANT.update(model=_model_keys, data=_data_keys, optimizer=_optimizer_keys)
 
 
 def schema() -> dict[str, dict[str, Field]]:
@@ -265,13 +294,19 @@ class Config(dict[str, Any]):
     def from_json(cls, text: str) -> Config:
         return validate(json.loads(text))
 
+    explicit: frozenset[str] = frozenset()  # "section.key" names the user set (load_config)
+
+    def read(self, sec: str) -> set[str]:
+        """The keys of section ``sec`` this job reads (the others change nothing)."""
+        rule = _RELEVANT.get(sec)
+        return set(schema()[sec]) if rule is None else set(rule(self))
+
     def differences(self, other: Config) -> list[str]:
         """``section.key`` names whose values differ, except those a resume may change
         (resumable fields, and keys that neither job reads)."""
         out = []
         for sec, fields in schema().items():
-            read = _RELEVANT.get(sec)
-            used = set(fields) if read is None else {*read(self), *read(other)}
+            used = self.read(sec) | other.read(sec)
             for key, f in fields.items():
                 if f.resumable or key not in used:
                     continue
@@ -279,33 +314,39 @@ class Config(dict[str, Any]):
                     out.append(f"{sec}.{key} ({other[sec][key]!r} in the checkpoint, {self[sec][key]!r} now)")
         return out
 
+    def ignored(self) -> list[str]:
+        """``section.key`` names the user set explicitly (in the job file or by ``--set``;
+        :attr:`explicit`) that this job does not read, in schema order. Their values were
+        validated all the same."""
+        out = []
+        for sec, fields in schema().items():
+            read = self.read(sec)
+            out += [f"{sec}.{key}" for key in fields if f"{sec}.{key}" in self.explicit and key not in read]
+        return out
 
-def _typed(name: str, field: Field, value: Any) -> Any:
-    t = field.type
-    if t == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        want = "an integer"
-    elif t == "float":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        want = "a number"
-        if ok:
-            value = float(value)
-            if not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number (got {value})")
-    elif t == "str":
-        ok, want = isinstance(value, str), "a string"
-    elif t == "bool":
-        ok, want = isinstance(value, bool), "true or false"
-    elif t == "int_list":
-        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        want = "a list of integers"
-    else:  # pragma: no cover - schema bug
-        raise AssertionError(t)
-    if not ok:
-        raise ConfigError(f"{name} must be {want} (got {value!r}, a {type(value).__name__})")
-    if field.rule is not None and not field.rule(value):
-        raise ConfigError(f"{name} must be {field.allowed} (got {value!r})")
-    return value
+
+# which key decides that a section's key is not read, when it is not the section's first
+_DECIDED_BY = {"data.alpha": "data.partition"}
+
+
+def ignored_keys(cfg: Config) -> list[str]:
+    """One note line per key the user set that the job does not read
+    (:meth:`Config.ignored`), ready to print once (rank 0, at start):
+    ``mpiml: note: algorithm.topology is not used by dasgd (ignored)``."""
+    lines = []
+    for name in cfg.ignored():
+        sec = name.split(".")[0]
+        decider = _DECIDED_BY.get(name, f"{sec}.{next(iter(schema()[sec]))}")
+        dsec, dkey = decider.split(".")
+        value = cfg[dsec][dkey]
+        if decider == "algorithm.name":
+            why = f"by {value}"
+        elif sec == "compression":  # what the codec setting means depends on the algorithm
+            why = f"by {cfg.algorithm.name} with {decider} = {value!r}"
+        else:
+            why = f"with {decider} = {value!r}"
+        lines.append(f"mpiml: note: {name} is not used {why} (ignored)")
+    return lines
 
 
 def validate(raw: dict[str, Any]) -> Config:
@@ -315,24 +356,25 @@ def validate(raw: dict[str, Any]) -> Config:
     SCHEMA = schema()
     for sec, body in raw.items():
         if sec not in SCHEMA:
-            raise ConfigError(f"unknown section [{sec}]; allowed sections: {', '.join(SCHEMA)}")
+            raise ConfigError(f"unknown section [{word(sec)}]; allowed sections: {', '.join(SCHEMA)}")
         if not isinstance(body, dict):
-            raise ConfigError(f"[{sec}] must be a table of keys (got {body!r})")
+            raise ConfigError(f"[{sec}] must be a table of keys (got {show(body)}, {kind_of(body)})")
         for key in body:
             if key not in SCHEMA[sec]:
                 raise ConfigError(
-                    f"unknown key {sec}.{key}; allowed keys in [{sec}]: {', '.join(SCHEMA[sec])}"
+                    f"unknown key {sec}.{word(key)}; allowed keys in [{sec}]: {', '.join(SCHEMA[sec])}"
                 )
     cfg = Config()
     for sec, fields in SCHEMA.items():
         body = raw.get(sec, {})
         cfg[sec] = Section(
             {
-                key: _typed(f"{sec}.{key}", f, body[key]) if key in body else _copy(f.default)
+                key: check_value(f"{sec}.{key}", f, body[key]) if key in body else _copy(f.default)
                 for key, f in fields.items()
             }
         )
     _cross_checks(cfg)
+    cfg.explicit = frozenset(f"{sec}.{key}" for sec, body in raw.items() for key in body)
     return cfg
 
 
@@ -385,6 +427,23 @@ def schema_markdown() -> str:
         "generic sections, and those the algorithms and codecs register.",
         "Every key is optional; `--set section.key=value` overrides any of them.",
         "",
+        "Every value is checked before training, on every rank, and a bad one is one line that",
+        "names the key and what is allowed (`mpiml: error: run.steps must be <= 1_000_000_000",
+        "(got 10000000000)`): types, the ranges below (absurd magnitudes included), strings",
+        "without control characters. A key you set that the job does not read (a DaSGD job's",
+        "`algorithm.topology`) is still checked, then reported once as ignored",
+        "(`mpiml: note: algorithm.topology is not used by dasgd (ignored)`). At set-up the memory",
+        "a rank needs (parameters, optimizer state, message buffers, activations, data;",
+        "`mpiml.budget`) is estimated and a job that cannot fit in the node's available memory,",
+        "shared by the ranks on the node, is refused naming the key that makes it large.",
+        "",
+        "An HDF5 data file (`data.name = 'hdf5'`) holds `/x` (samples x features, integers or",
+        "floats) and `/y` (integer class labels 0 .. 16_777_215, or real targets). Refused",
+        "with one line naming `data.path` and the dataset: NaN or Inf (the first bad index is",
+        "named), complex or non-numeric dtypes, negative or huge labels, wrong or empty shapes,",
+        "external links, virtual or external storage, filters this h5py cannot decode, and",
+        "damaged chunks.",
+        "",
     ]
     for sec, fields in schema().items():
         lines += [f"## [{sec}]", "", "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
@@ -419,12 +478,16 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where} is not valid TOML: {exc}") from None
-    for sec, body in parse_set(overrides).items():
+    sets = parse_set(overrides)
+    for sec, body in sets.items():
         target = raw.setdefault(sec, {})
         if not isinstance(target, dict):
             raise ConfigError(f"[{sec}] must be a table of keys")
         target.update(body)
-    return validate(raw)
+    cfg = validate(raw)
+    if path is None:  # the embedded default job's keys are not the user's: only --set
+        cfg.explicit = frozenset(f"{sec}.{key}" for sec, body in sets.items() for key in body)
+    return cfg
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def test_set_overrides_parse_toml_values_and_bare_words() -> None:
         (["run.steps=1.5"], r"run.steps must be an integer"),
         (["run.steps=true"], r"run.steps must be an integer"),
         (["model.hidden=[8, 'a']"], r"model.hidden must be a list of integers"),
-        (["model.hidden=[0]"], r"model.hidden must be a list of widths >= 1"),
+        (["model.hidden=[0]"], r"model.hidden must be a list of at most 64 widths, each in \[1, "),
         (["optimizer.name=lion"], r"optimizer.name must be one of 'sgd', .*'padam' \(got 'lion'\)"),
         (["algorithm.name=nope"], r"algorithm.name must be one of 'sgd'"),
         (["optimizer.momentum=1.0"], r"optimizer.momentum must be in \[0.0, 1.0\)"),
@@ -166,3 +166,140 @@ def test_resume_compares_only_the_keys_the_job_reads() -> None:
         d.split(" ")[0] for d in q.differences(load_config(None, ["algorithm.name=qsgd", "compression.s=3"]))
     ] == ["compression.s"]
     assert q.differences(load_config(None, ["algorithm.name=qsgd", "compression.ratio=0.5"])) == []
+
+
+# ---- every key has a stated range; strings are names, not bytes ----
+
+
+def _numeric_fields() -> list[tuple[str, str]]:
+    """Every int, float and int_list key, except [compression]'s codec parameters (their
+    ranges are the codecs' rules, checked with the job by the codec's owner)."""
+    return [
+        (sec, key)
+        for sec, fields in SCHEMA.items()
+        for key, f in fields.items()
+        if f.type in ("int", "float", "int_list") and sec != "compression"
+    ]
+
+
+@pytest.mark.parametrize(("sec", "key"), _numeric_fields())
+def test_every_numeric_key_refuses_absurd_magnitudes(sec: str, key: str) -> None:
+    """10**30 (or a 10**30 hidden width, or 1000 layers) is refused by the key's own rule,
+    before any allocation, in one line that names the key; the docs state the range."""
+    f = SCHEMA[sec][key]
+    values = ["[1000000000000000000000000000000]", "[" + ", ".join(["8"] * 1000) + "]"]
+    if f.type != "int_list":
+        values = ["1000000000000000000000000000000", "-1000000000000000000000000000000"]
+        values += ["1e300"] if f.type == "float" else []
+    for text in values:
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [f"{sec}.{key}={text}"])
+        msg = str(info.value)
+        assert msg.startswith(f"{sec}.{key} must be") and "\n" not in msg, msg
+    assert "<=" in f.allowed or "in [" in f.allowed or "in (" in f.allowed or "at most" in f.allowed, (
+        f"{sec}.{key}: no upper bound stated ({f.allowed!r})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ['run.name="a\\u0000b"'],
+            r"run.name must not hold control characters \(got 'a\\x00b', with U\+0000\)",
+        ),
+        (['run.name="a\\nb"'], r"run.name must not hold control characters"),
+        (['run.name="x\\u001bb"'], r"run.name must not hold control characters"),
+        (["run.name=.."], r"run.name must be a non-empty folder name without '/', other than '.' and '..'"),
+        (['run.name=""'], r"run.name must be a non-empty folder name"),
+        ([f"run.name={'n' * 201}"], r"run.name must be .* of at most 200 bytes \(got 'nnnn"),
+        ([f"run.name={'é' * 101}"], r"of at most 200 bytes"),  # 202 bytes in UTF-8
+        (['data.path="/tmp/a\\u0000b"'], r"data.path must not hold control characters"),
+        (["optimizer.lr=1e300"], r"optimizer.lr must be <= 1_000_000 \(got 1e\+300\)"),
+        (["optimizer.lr=" + "9" * 400], r"optimizer.lr must be a finite number \(got 9999"),
+        (["run.seed=4294967296"], r"run.seed must be in \[0, 4_294_967_295\] \(got 4294967296\)"),
+        (["run.seed=-1"], r"run.seed must be in \[0, 4_294_967_295\]"),
+        (["run.steps=10000000000"], r"run.steps must be <= 1_000_000_000 \(got 10000000000\)"),
+        (["data.batch_size=100000000"], r"data.batch_size must be <= 16_777_216"),
+        (["run.threads=100000"], r"run.threads must be <= 4096"),
+        (["trace.flush_every=0"], r"trace.flush_every must be >= 1 \(got 0\)"),
+        (["data.alpha=1e9"], r"data.alpha must be <= 1_000_000"),
+        (["model.hidden=[1099511627777]"], r"model.hidden must be a list of at most 64 widths"),
+        (["algorithm.tau=10000000000"], r"algorithm.tau must be <= 1_000_000_000"),
+    ],
+)
+def test_names_strings_and_magnitudes_name_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["run.steps='x'"], r"^run.steps must be an integer \(got 'x', a string\)$"),
+        (["run.steps=1.5"], r"^run.steps must be an integer \(got 1.5, a float\)$"),
+        (["optimizer.lr=[1]"], r"^optimizer.lr must be a number \(got \[1\], a list\)$"),
+        (["run.name=1"], r"^run.name must be a string \(got 1, an integer\)$"),
+        (["data.standardize={a=1}"], r"^data.standardize must be true or false \(got \{'a': 1\}, a table\)$"),
+        (["run.seed=1979-05-27"], r"^run.seed must be an integer \(got .*, a date\)$"),
+    ],
+)
+def test_type_errors_read_as_english(overrides: list[str], message: str) -> None:
+    """ "a string", "an integer", "a table": never "a str", "a int"."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_a_long_value_is_cut_in_the_message() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["model.hidden=[" + ", ".join(["0"] * 5000) + "]"])
+    assert len(str(info.value)) < 300, str(info.value)
+
+
+# ---- keys the job does not read: validated, then reported once as ignored ----
+
+
+def test_a_key_the_algorithm_does_not_read_is_reported_and_still_validated() -> None:
+    from mpiml.config import ignored_keys
+
+    cfg = load_config(None, ["algorithm.topology=torus"])  # the default job is dasgd
+    assert cfg.ignored() == ["algorithm.topology"]
+    assert ignored_keys(cfg) == ["mpiml: note: algorithm.topology is not used by dasgd (ignored)"]
+    with pytest.raises(
+        ConfigError, match=r"algorithm.topology must be a topology name .*ring, torus.* \(got 'rign'\)"
+    ):
+        load_config(None, ["algorithm.topology=rign"])  # ignored by dasgd, refused all the same
+    assert ignored_keys(load_config(None, ["algorithm.name=gossip", "algorithm.topology=torus"])) == []
+
+
+def test_ignored_keys_are_the_users_and_name_what_decides() -> None:
+    from mpiml.config import ignored_keys
+
+    # the embedded default job sets tau, delay, xi, progress: not the user's keys, no notes
+    assert ignored_keys(load_config(None, ["algorithm.name=sgd"])) == []
+    cfg = load_config(
+        None,
+        ["data.alpha=0.3", "optimizer.beta1=0.5", "model.params=5", "algorithm.tau=4", "compression.s=3"],
+    )
+    assert ignored_keys(cfg) == [
+        "mpiml: note: compression.s is not used by dasgd with compression.codec = 'auto' (ignored)",
+        "mpiml: note: model.params is not used with model.name = 'mlp' (ignored)",
+        "mpiml: note: data.alpha is not used with data.partition = 'iid' (ignored)",
+        "mpiml: note: optimizer.beta1 is not used with optimizer.name = 'nesterov' (ignored)",
+    ]
+    read = load_config(None, ["optimizer.name=adam", "optimizer.beta1=0.5", "data.partition=dirichlet"])
+    assert read.ignored() == []
+
+
+def test_a_job_files_keys_count_as_set(tmp_path: Path) -> None:
+    p = tmp_path / "j.toml"
+    p.write_text('[algorithm]\nname = "sgd"\ntau = 8\n')
+    assert load_config(p).ignored() == ["algorithm.tau"]
+    assert load_config(p, ["algorithm.name=local_sgd"]).ignored() == []
+
+
+def test_no_example_sets_a_key_it_does_not_read() -> None:
+    from mpiml.config import ignored_keys
+
+    for job in sorted(Path(__file__).parents[1].joinpath("examples").glob("*.toml")):
+        assert ignored_keys(load_config(job)) == [], job.name

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpiml.config import load_config
@@ -243,3 +244,254 @@ def test_missing_and_non_hdf5_files(tmp_path: Path) -> None:
     cfg = load_config(None, ["data.name=hdf5", f"data.path={junk}"])
     with pytest.raises(ConfigError, match="not a readable HDF5 file"):
         build_data(cfg, 0, 1)
+
+
+# ---- HDF5 data problems: one line naming data.path and the dataset, before training ----
+
+
+def _h5(path: Path, **content: object) -> Path:
+    with h5py.File(path, "w") as f:
+        for k, v in content.items():
+            f[k] = v
+    return path
+
+
+def _hdf5_job(p: Path, *more: str) -> object:
+    return load_config(None, ["data.name=hdf5", f"data.path={p}", "data.batch_size=1", *more])
+
+
+def _one_line_error(cfg: object, match: str) -> str:
+    with pytest.raises(ConfigError, match=match) as info:
+        build_data(cfg, 0, 1)
+    text = str(info.value)
+    assert "\n" not in text, f"a data error spans several lines: {text!r}"
+    return text
+
+
+X5 = np.arange(10.0).reshape(5, 2)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"x": X5, "y": np.array([0.0, 1.0, 2.0, np.nan, 1.0])}, r"/y holds NaN or Inf \(first at row 3\)"),
+        ({"x": X5, "y": np.array([0.0, 1.0, np.inf, 0.0, 1.0])}, r"/y holds NaN or Inf \(first at row 2\)"),
+        (
+            {"x": np.where(np.arange(10).reshape(5, 2) == 7, np.nan, X5), "y": np.zeros(5, np.int64)},
+            r"/x holds NaN or Inf \(first at row 3, column 1\)",
+        ),
+        ({"x": X5 + 1j, "y": np.zeros(5, np.int64)}, r"/x holds complex numbers \(complex128\)"),
+        ({"x": X5, "y": np.zeros(5) + 1j}, "/y holds complex numbers"),
+        (
+            {"x": X5, "y": np.array([0, 2**63 + 5, 1, 0, 1], dtype=np.uint64)},
+            r"/y holds a label that cannot be a class index \(9223372036854775813 at row 1\)",
+        ),
+        ({"x": X5, "y": np.array([0, 1, -1, 0, 1])}, r"/y holds a negative class label \(-1 at row 2\)"),
+        (
+            {"x": np.array([b"ab"] * 10).reshape(5, 2), "y": np.zeros(5, np.int64)},
+            r"/x must hold numbers \(it holds \|S2\)",
+        ),
+        (
+            {"x": X5, "y": np.array([True, False] * 2 + [True])},
+            "/y must hold integer class labels or real numbers",
+        ),
+        ({"x": np.zeros((0, 3)), "y": np.zeros(0, np.int64)}, "/x holds 0 samples"),
+        ({"x": np.zeros((5, 0)), "y": np.zeros(5, np.int64)}, "/x holds no features"),
+        ({"x": h5py.Empty("f8"), "y": np.zeros(5, np.int64)}, r"/x is empty \(a null dataspace\)"),
+        ({"x": np.float64(3.0), "y": np.zeros(5, np.int64)}, "/x must be 2-D"),
+        ({"x": np.zeros((5, 2, 2)), "y": np.zeros(5, np.int64)}, "/x must be 2-D"),
+        ({"x": X5, "y": np.zeros((5, 1), np.int64)}, r"/y must have shape \(5,\)"),
+    ],
+)
+def test_hdf5_data_problems_are_one_line_errors(
+    tmp_path: Path, content: dict[str, object], message: str
+) -> None:
+    p = _h5(tmp_path / "d.h5", **content)
+    with pytest.raises(ConfigError) as info:
+        build_data(_hdf5_job(p), 0, 1)
+    text = str(info.value)
+    prefix = f"data.path: {message[:2]} in {str(p)!r} "
+    assert text.startswith(prefix) and "\n" not in text, text
+    assert re.match(message[3:], text[len(prefix) :]), text
+
+
+def test_hdf5_values_beyond_the_model_dtype_and_standardize_overflow(tmp_path: Path) -> None:
+    big = _h5(tmp_path / "big.h5", x=X5 * 1e300, y=np.zeros(5, np.int64))
+    _one_line_error(
+        _hdf5_job(big, "data.standardize=false"),
+        r"data.path: /x in .* holds values beyond model.dtype = 'float32'",
+    )
+    _one_line_error(_hdf5_job(big, "model.dtype=float64"), "data.standardize = true overflows")
+    reg = _h5(tmp_path / "reg.h5", x=X5, y=np.array([1.0, 2.0, 1e300, 0.0, 1.0]))
+    _one_line_error(
+        _hdf5_job(reg, "model.name=linear"),
+        r"data.path: /y in .* holds values beyond model.dtype = 'float32'",
+    )
+    build_data(_hdf5_job(reg, "model.name=linear", "model.dtype=float64"), 0, 1)  # float64 holds it
+
+
+def test_hdf5_links_and_foreign_storage_are_refused(tmp_path: Path) -> None:
+    other = _h5(tmp_path / "other.h5", x=X5)
+    y = np.zeros(5, np.int64)
+    p = tmp_path / "ext.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = h5py.ExternalLink(str(other), "/x")
+        f["y"] = y
+    _one_line_error(
+        _hdf5_job(p),
+        r"data.path: /x in .* is an external link to .*other.h5:/x; mpiml reads only data stored in the file",
+    )
+
+    with h5py.File(p, "w") as f:
+        f["x"] = h5py.SoftLink("/nowhere")
+        f["y"] = y
+    _one_line_error(_hdf5_job(p), "/x in .* is a link to /nowhere that leads nowhere")
+
+    with h5py.File(p, "w") as f:
+        f["real"] = X5
+        f["x"] = h5py.SoftLink("/real")  # a soft link inside the file is followed
+        f["y"] = y
+    assert build_data(_hdf5_job(p), 0, 1).n_features == 2
+
+    with h5py.File(p, "w") as f:
+        f.create_group("x")
+        f["y"] = y
+    _one_line_error(_hdf5_job(p), "/x in .* is a group, not a dataset")
+
+    with h5py.File(p, "w") as f:
+        layout = h5py.VirtualLayout(shape=(5, 2), dtype="f8")
+        layout[:] = h5py.VirtualSource(str(tmp_path / "missing.h5"), "x", shape=(5, 2))
+        f.create_virtual_dataset("x", layout, fillvalue=0.0)
+        f["y"] = y
+    _one_line_error(_hdf5_job(p), "/x in .* is a virtual dataset")
+
+    raw = tmp_path / "raw.bin"
+    X5.tofile(raw)
+    with h5py.File(p, "w") as f:
+        f.create_dataset("x", shape=(5, 2), dtype="f8", external=[(str(raw), 0, h5py.h5f.UNLIMITED)])
+        f["y"] = y
+    _one_line_error(_hdf5_job(p), "/x in .* keeps its data in external files")
+
+
+def test_hdf5_filter_not_available_and_damaged_chunks(tmp_path: Path) -> None:
+    y = np.zeros(400, np.int64)
+    p = tmp_path / "lzf.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("x", data=np.ones((400, 3)), compression="lzf")
+        f["y"] = y
+    h5py.h5z.unregister_filter(32000)
+    try:
+        _one_line_error(
+            _hdf5_job(p),
+            r"data.path: /x in .* is compressed with filter 32000 \(lzf\), which this h5py cannot decode",
+        )
+    finally:
+        h5py._register_lzf()
+    assert build_data(_hdf5_job(p), 0, 1).n_features == 3
+
+    q = tmp_path / "gzip.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(q, "w") as f:
+        f.create_dataset("x", data=rng.standard_normal((400, 8)), chunks=(50, 8), compression="gzip")
+        f["y"] = y
+        offset = f["x"].id.get_chunk_info(3).byte_offset
+    blob = bytearray(q.read_bytes())
+    blob[offset : offset + 64] = bytes(64)  # zero the start of one compressed chunk
+    q.write_bytes(bytes(blob))
+    _one_line_error(_hdf5_job(q), r"data.path: /x in .* cannot be read \(")
+
+
+def test_an_empty_dirichlet_shard_names_the_shard_its_rank_and_the_remedy() -> None:
+    """alpha = 0.005 on 4 shards with seed 4 leaves shard 1 without rows (it said
+    'allowed: 1..0' before); every shard's builder reaches the same verdict."""
+    cfg = load_config(None, ["data.partition=dirichlet", "data.alpha=0.005", "run.seed=4"])
+    want = "data.alpha = 0.005 leaves shard 1 (rank 1) with no training rows; raise data.alpha or change run.seed"
+    for shard in range(4):
+        with pytest.raises(ConfigError) as info:
+            build_data(cfg, shard, 4)
+        assert str(info.value) == want
+    with pytest.raises(ConfigError, match=r"leaves shard 1 \(ranks 2, 3\) with no training rows"):
+        build_data(cfg, 0, 4, ranks_of={0: [0, 1], 1: [2, 3], 2: [4], 3: [5]})
+    ok = load_config(
+        None, ["data.partition=dirichlet", "data.alpha=0.005", "run.seed=4", "data.batch_size=1"]
+    )
+    with pytest.raises(ConfigError, match="data.alpha"):  # a larger alpha or another seed is the remedy
+        build_data(ok, 0, 4)
+    build_data(load_config(None, ["data.partition=dirichlet", "data.alpha=0.005", "data.batch_size=1"]), 0, 4)
+
+
+def _valid_file(path: Path, rows: int = 64) -> Path:
+    rng = np.random.default_rng(1)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=rng.standard_normal((rows, 4)), chunks=(8, 4), compression="gzip")
+        f.create_dataset("y", data=rng.integers(0, 3, rows), chunks=(16,), compression="gzip")
+    return path
+
+
+def _loads_or_names_the_path(path: Path) -> None:
+    """The loader either returns data or raises one ConfigError line naming data.path
+    (or the data key it breaks); nothing else escapes."""
+    cfg = load_config(None, ["data.name=hdf5", f"data.path={path}", "data.batch_size=1"])
+    try:
+        d = build_data(cfg, 0, 2)
+    except ConfigError as exc:
+        text = str(exc)
+        assert "\n" not in text and text.strip() == text, f"not one line: {text!r}"
+        assert "data.path" in text or "data.standardize" in text or "model." in text, text
+    else:
+        assert np.isfinite(np.asarray(d.x_train)).all()
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    flips=st.lists(
+        st.tuples(st.floats(0.0, 1.0, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=8
+    )
+)
+def test_fuzz_damaged_hdf5_files_give_one_line_or_load(
+    tmp_path_factory: pytest.TempPathFactory, flips: list[tuple[float, int]]
+) -> None:
+    """Bytes overwritten anywhere in a small chunked, compressed file (superblock, object
+    headers, B-trees, chunks): a ConfigError line or a clean load, never a traceback."""
+    p = _valid_file(tmp_path_factory.mktemp("dmg") / "d.h5")
+    blob = bytearray(p.read_bytes())
+    for where, value in flips:
+        blob[int(where * len(blob))] = value
+    p.write_bytes(bytes(blob))
+    _loads_or_names_the_path(p)
+
+
+_DTYPES = ["f2", "f4", "f8", "i1", "u1", "i8", "u8", "c8", "?", "S3"]
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    xshape=st.lists(st.integers(0, 4), min_size=0, max_size=3),
+    yshape=st.lists(st.integers(0, 4), min_size=0, max_size=2),
+    xdt=st.sampled_from(_DTYPES),
+    ydt=st.sampled_from(_DTYPES),
+    special=st.sampled_from([None, np.nan, np.inf, -np.inf, 1e300, -(2**63), 2**64 - 1]),
+)
+def test_fuzz_hdf5_shapes_and_dtypes_give_one_line_or_load(
+    tmp_path_factory: pytest.TempPathFactory,
+    xshape: list[int],
+    yshape: list[int],
+    xdt: str,
+    ydt: str,
+    special: float | None,
+) -> None:
+    """Any shape (scalar, empty, 3-D), any dtype (half, unsigned, complex, bool, bytes),
+    NaN/Inf or extreme values in /x and /y."""
+    rng = np.random.default_rng(0)
+
+    def make(shape: list[int], dt: str) -> np.ndarray:
+        a = rng.integers(0, 3, size=tuple(shape)).astype(np.float64)
+        if special is not None and a.size:
+            with np.errstate(all="ignore"):
+                a.flat[a.size // 2] = special if np.dtype(dt).kind in "fc" else 2
+        with np.errstate(all="ignore"):
+            return a.astype(dt)
+
+    p = tmp_path_factory.mktemp("shp") / "d.h5"
+    _h5(p, x=make(xshape, xdt), y=make(yshape, ydt))
+    _loads_or_names_the_path(p)

@@ -6,12 +6,34 @@ from __future__ import annotations
 
 from ..config import at_least, choice, field, within
 from ..protocols.progress import MODES
+from ..topology import REGISTRY as GRAPHS
+from ..topology import TopologyError
+from ..topology.files import _find
+
+STEPS = 10**9  # the most local steps a period may hold (run.steps' own bound)
+
+
+def _known_topology(name: str) -> bool:
+    """A generator's name, a file of topologies/ by stem, or an existing .toml path: checked
+    when the job is read, whichever algorithm runs (its size is checked with the layout)."""
+    if name in GRAPHS:
+        return True
+    try:
+        return _find(name) is not None
+    except (TopologyError, OSError, ValueError):
+        return False
+
 
 __all__ = ["DELAY", "GAMMA", "GOSSIP_METHOD", "PERIOD", "PROGRESS", "TAU", "TOPOLOGY", "XI"]
 
-TAU = field("int", 4, at_least(1), "local steps between averages (DaSGD's tau, Quantized-PR-SGD's K)")
+TAU = field(
+    "int", 4, at_least(1, most=STEPS), "local steps between averages (DaSGD's tau, Quantized-PR-SGD's K)"
+)
 DELAY = field(
-    "int", 1, at_least(0), "local steps d between starting an average and merging it (0 <= d < tau; eq. 2)"
+    "int",
+    1,
+    at_least(0, most=STEPS),
+    "local steps d between starting an average and merging it (0 <= d < tau; eq. 2)",
 )
 XI = field(
     "float",
@@ -31,10 +53,14 @@ PROGRESS = field(
 TOPOLOGY = field(
     "str",
     "ring",
-    (lambda v: v != "", "a topology name (mpiml topology --list) or a .toml file"),
+    (
+        _known_topology,
+        "a topology name (mpiml topology --list: " + ", ".join(GRAPHS) + ", or a file of "
+        "topologies/) or the path of a .toml file",
+    ),
     "the graph and weights W (docs/topologies.md)",
 )
-PERIOD = field("int", 1, at_least(1), "local steps between gossip rounds (exchanges)")
+PERIOD = field("int", 1, at_least(1, most=STEPS), "local steps between gossip rounds (exchanges)")
 GAMMA = field(
     "float",
     1.0,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from .hdf5 import read_hdf5
 
 __all__ = ["Dataset", "load_digits", "load_hdf5", "make_synthetic", "standardize"]
 
@@ -47,9 +48,16 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tup
 
 
 def standardize(ds: Dataset) -> None:
-    """Zero mean, unit variance per feature, with the training rows' statistics."""
-    mean = ds.x_train.mean(axis=0)
-    std = ds.x_train.std(axis=0)
+    """Zero mean, unit variance per feature, with the training rows' statistics.
+    ConfigError (naming data.standardize) when they overflow float64."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = ds.x_train.mean(axis=0)
+        std = ds.x_train.std(axis=0)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise ConfigError(
+            f"data.standardize = true overflows on {ds.name!r} (its values are too large to square); "
+            "rescale the data or set data.standardize = false"
+        )
     std[std == 0] = 1.0
     ds.x_train = (ds.x_train - mean) / std
     ds.x_test = (ds.x_test - mean) / std
@@ -67,47 +75,12 @@ def load_digits(test_fraction: float, seed: int) -> Dataset:
 
 
 def load_hdf5(path: str, test_fraction: float, seed: int) -> Dataset:
-    """An HDF5 file with ``/x`` (n x d numbers) and ``/y`` (n integer labels or n reals)."""
-    import h5py
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"data.path {path!r} does not exist")
-    try:
-        f = h5py.File(p, "r")
-    except OSError as exc:
-        raise ConfigError(f"data.path {path!r} is not a readable HDF5 file ({exc})") from None
-    with f:
-        for name in ("x", "y"):
-            if name not in f or not isinstance(f[name], h5py.Dataset):
-                raise ConfigError(f"data.path {path!r} has no dataset /{name} (it needs /x and /y)")
-        try:
-            x = np.asarray(f["x"][()], dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ConfigError(f"/x in {path!r} must hold numbers (it holds {f['x'].dtype})") from None
-        y_raw = np.asarray(f["y"][()])
-        if not (np.issubdtype(y_raw.dtype, np.integer) or np.issubdtype(y_raw.dtype, np.floating)):
-            raise ConfigError(
-                f"/y in {path!r} must hold integer labels or real numbers (it holds {y_raw.dtype})"
-            )
-    if x.ndim != 2:
-        raise ConfigError(f"/x in {path!r} must be 2-D (samples x features), got shape {x.shape}")
-    if y_raw.shape != (x.shape[0],):
-        raise ConfigError(f"/y in {path!r} must have shape ({x.shape[0]},) to match /x, got {y_raw.shape}")
-    if not np.isfinite(x).all():
-        raise ConfigError(f"/x in {path!r} holds NaN or Inf values")
-    if x.shape[0] < 2:
-        raise ConfigError(f"{path!r} needs at least 2 samples for a train/test split (has {x.shape[0]})")
-    if np.issubdtype(y_raw.dtype, np.integer):
-        if y_raw.min() < 0:
-            raise ConfigError(f"/y in {path!r} holds negative class labels")
-        y = y_raw.astype(np.int64)
-        n_classes = int(y.max()) + 1
-    else:
-        y = y_raw.astype(np.float64)
-        n_classes = 0
+    """An HDF5 file with ``/x`` (n x d numbers) and ``/y`` (n integer labels or n reals),
+    checked by :func:`mpiml.data.hdf5.read_hdf5` (ConfigError naming data.path and the
+    dataset for anything wrong with it)."""
+    x, y, n_classes = read_hdf5(path)
     xtr, ytr, xte, yte = _split(x, y, test_fraction, seed)
-    return Dataset(xtr, ytr, xte, yte, max(n_classes, 2) if n_classes else 0, p.name)
+    return Dataset(xtr, ytr, xte, yte, n_classes, Path(path).name)
 
 
 def make_synthetic(
@@ -124,7 +97,9 @@ def make_synthetic(
     n_test = max(size, int(round(test_fraction * samples)))
     n_train = samples - n_test
     if n_train < size:
-        raise ConfigError(f"data.samples = {samples} leaves {n_train} training rows for {size} ranks")
+        raise ConfigError(
+            f"data.samples = {samples} leaves {n_train} training rows for {size} rank{'s' if size > 1 else ''}"
+        )
 
     def rows(total: int, purpose: int) -> tuple[np.ndarray, np.ndarray]:
         count = total // size + (1 if rank < total % size else 0)

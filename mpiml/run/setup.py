@@ -23,6 +23,7 @@ from .. import comm as _comm
 from ..algorithms import REGISTRY, Algorithm, Program
 from ..algorithms.compression import check_codec_for_size
 from ..backend import get_xp
+from ..budget import check_job_memory
 from ..config import Config
 from ..data import RankData, build_data
 from ..errors import ConfigError
@@ -102,6 +103,7 @@ def prepare(cfg: Config, rank: int, world_size: int, run_dir: Path) -> Setup:
         xp = get_xp(cfg.backend.device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    check_job_memory(cfg, layout.n_shards, world_size)  # before any allocation: one line, not MemoryError
     data = build_data(cfg, role.shard, layout.n_shards, xp) if role.shard >= 0 else None
     model = None
     if data is not None:

@@ -448,3 +448,14 @@ def test_stop_file_checkpoints_and_auto_resume_finishes_bit_for_bit(tmp_path: Pa
     a, b = load_run(tmp_path / "a"), load_run(tmp_path / "b")
     assert np.array_equal(a.metrics["test_loss"]["value"], b.metrics["test_loss"]["value"])
     assert list(b.attrs["resumed_at_steps"]) == [10]
+
+
+def test_a_key_the_algorithm_does_not_read_is_reported_once_and_still_checked(tmp_path: Path) -> None:
+    """dasgd reads no topology: a valid one is a note (once, from rank 0); a misspelt one
+    is still an error naming the allowed topologies."""
+    code, out, err = _train(tmp_path, "--set", "algorithm.topology=ring", "--set", "run.steps=4")
+    assert code == 0, err
+    assert out.count("mpiml: note: algorithm.topology is not used by dasgd (ignored)") == 1, out
+    code, out, err = _train(tmp_path, "--set", "algorithm.topology=rign", "--set", "run.steps=4")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "algorithm.topology" in lines[0] and "ring" in lines[0], err

@@ -48,7 +48,7 @@ from .. import comm as _comm
 from ..algorithms import Context, Program
 from ..backend import cuda_aware_from_env, to_host
 from ..clock import sync_clock
-from ..config import Config
+from ..config import Config, ignored_keys
 from ..data import RankData
 from ..errors import ConfigError, DivergenceError
 from ..io.runfile import RankFile, RunFile
@@ -312,6 +312,9 @@ def train(
     try:
         if claim is not None and claim.note:
             print(claim.note, file=stream, flush=True)
+        if world.Get_rank() == 0:
+            for line in ignored_keys(cfg):  # keys the user set that this job does not read
+                print(line, file=stream, flush=True)
         return _train(cfg, world, run_dir, resume, overwrite, stream, wall0)
     finally:
         if claim is not None:

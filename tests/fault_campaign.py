@@ -72,12 +72,16 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _train(n: int, out: Path, name: str, extra: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+def _train(
+    n: int, out: Path, name: str, extra: list[str], timeout: float = TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     cmd = [MPIEXEC, "-n", str(n), *PY, "train", *JOB, "--set", f"run.name={name}", "--out", str(out), *extra]
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=str(ROOT))
     except subprocess.TimeoutExpired as exc:
-        return subprocess.CompletedProcess(cmd, -9, str(exc.stdout or ""), f"HANG: timed out after {timeout:.0f}s")
+        return subprocess.CompletedProcess(
+            cmd, -9, str(exc.stdout or ""), f"HANG: timed out after {timeout:.0f}s"
+        )
 
 
 def _final_params(run_dir: Path, step: int) -> list[bytes] | None:
@@ -88,10 +92,14 @@ def _final_params(run_dir: Path, step: int) -> list[bytes] | None:
     out = []
     for p in sorted(d.glob("rank-*.h5")):
         with h5py.File(p, "r") as f:
-            names: list[str] = []
-            f.visititems(lambda nm, o: names.append(nm) if isinstance(o, h5py.Dataset) else None)
-            out.append(b"".join(np.ascontiguousarray(f[nm][()]).tobytes() for nm in sorted(names)))
+            out.append(b"".join(np.ascontiguousarray(f[nm][()]).tobytes() for nm in _datasets(f)))
     return out
+
+
+def _datasets(f: h5py.File) -> list[str]:
+    names: list[str] = []
+    f.visititems(lambda nm, o: names.append(nm) if isinstance(o, h5py.Dataset) else None)
+    return sorted(names)
 
 
 def _metric_steps(run_dir: Path) -> list[int] | str:
@@ -400,7 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="kills,checkpoints,jobs,payloads", help="kinds, comma-separated")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "faults.json"))
+    ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = ap.parse_args(argv)
+    if Path(args.out).exists() and not args.overwrite:
+        ap.error(f"{args.out} exists: pass --overwrite to replace it, or --out PATH to write elsewhere")
     kinds = [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = set(kinds) - {"kills", "checkpoints", "jobs", "payloads"}
     if unknown:

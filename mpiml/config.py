@@ -302,10 +302,7 @@ def _typed(name: str, field: Field, value: Any) -> Any:
     else:  # pragma: no cover - schema bug
         raise AssertionError(t)
     if not ok:
-        kind = type(value).__name__
-        raise ConfigError(
-            f"{name} must be {want} (got {value!r}, {'an' if kind[0] in 'aeiou' else 'a'} {kind})"
-        )
+        raise ConfigError(f"{name} must be {want} (got {value!r}, a {type(value).__name__})")
     if field.rule is not None and not field.rule(value):
         raise ConfigError(f"{name} must be {field.allowed} (got {value!r})")
     return value

@@ -46,7 +46,7 @@ def test_examples_copies_one_and_refuses_to_overwrite(tmp_path: Path) -> None:
     copied = tmp_path / "jobs" / "sgd_digits.toml"
     assert copied.read_bytes() == (ROOT / "examples" / "sgd_digits.toml").read_bytes()
     copied.write_text("# mine\n")
-    again = _cli("examples", "sgd_digits", "dpsgd_ring", "--to", "jobs", cwd=tmp_path)
+    again = _cli("examples", "dpsgd_ring", "sgd_digits", "--to", "jobs", cwd=tmp_path)  # all or nothing
     assert again.returncode == 2 and "exists (use --overwrite" in again.stderr
     assert copied.read_text() == "# mine\n" and not (tmp_path / "jobs" / "dpsgd_ring.toml").exists()
     unknown = _cli("examples", "nope", cwd=tmp_path)
@@ -75,12 +75,19 @@ def test_copy_out_never_writes_through_a_link(tmp_path: Path) -> None:
     assert victim.read_text() == "keep\n" and not (tmp_path / "out" / "sgd_digits.toml").is_symlink()
 
 
-def test_resource_path_prefers_the_package_copy() -> None:
-    for kind in SHIPPED:
-        path = resource_path(kind)
-        assert path.is_dir()
-        shipped = Path(__import__("mpiml").__file__).parent / "_shipped" / kind
-        assert path == (shipped if shipped.is_dir() else ROOT / kind)
+def test_resource_path_prefers_the_package_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mpiml.resources as resources
+
+    for kind in SHIPPED:  # a checkout: its top-level folders
+        assert resource_path(kind) == ROOT / kind
+    package = tmp_path / "site-packages" / "mpiml"
+    (package / "_shipped" / "examples").mkdir(parents=True)
+    monkeypatch.setattr(resources, "_PACKAGE", package)
+    assert resource_path("examples") == package / "_shipped" / "examples"  # a wheel: the package's copy
+    assert resource_path("launch") == ROOT / "launch"  # not in the package: the checkout's
+    monkeypatch.setattr(resources, "_CHECKOUT", tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="launch/ folder is neither in the package"):
+        resource_path("launch")
     with pytest.raises(ValueError, match="kind must be one of"):
         resource_path("papers")
 

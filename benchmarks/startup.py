@@ -11,13 +11,17 @@ importing what any mpiml rank needs (``python -c "import mpi4py.MPI, numpy, h5py
   ``run.steps = 2, run.eval_every = 1``: from the launch to the first line rank 0
   prints (the header, or an error) and to the line of step 1 (set-up, the first step
   and its evaluation), next to ``mpiexec -n N python -c "import mpi4py.MPI, numpy,
-  h5py"`` (launch + floor).
+  h5py"`` (launch + floor); with the CPU seconds all ranks used (user + system), a
+  figure that depends less on the machine's load than the wall times.
 
-    python benchmarks/startup.py [--quick] [-n 4] [--repeats 5] [--tree DIR] [--out FILE]
+    python benchmarks/startup.py [--quick] [-n 4] [--repeats 5] [--baseline DIR]
+                                 [--also-env VAR=VALUE] [--out FILE]
 
-``--tree DIR`` runs the mpiml of another checkout (DIR first on PYTHONPATH; e.g. the
-commit before a change, for a before/after). ``--quick`` (1 repeat) takes under a
-minute on an idle 2-core machine. Writes ``--out`` (default
+``--baseline DIR`` also measures the mpiml of another checkout (DIR first on
+PYTHONPATH; e.g. the commit before a change), ``--also-env`` this checkout with an
+environment variable set; the launches of all variants are interleaved, so they share
+the machine's load. ``--quick`` (1 repeat) takes under a minute on an idle 2-core
+machine for one variant. Writes ``--out`` (default
 results/benchmarks/startup.json) after every measurement, so an interrupted run keeps
 what it measured. Goal (issue #17 item 1): first line within 1 s of the ranks starting,
 step 1 within 2 s, for the default job on 4 ranks. Timings are not asserted anywhere.
@@ -30,6 +34,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -101,7 +106,7 @@ def _launch(n: int, env: dict[str, str], out: str, run: int) -> dict[str, float]
         sys.executable, "-m", "mpiml.cli", "train", "--out", out,
         "--set", f"run.name=startup-{run}", "--set", "run.steps=2", "--set", "run.eval_every=1",
     ]  # fmt: skip
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu()
     proc = subprocess.Popen(
         mpiexec_command(n, args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -119,11 +124,41 @@ def _launch(n: int, env: dict[str, str], out: str, run: int) -> dict[str, float]
     end = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"mpiml train failed ({proc.returncode}):\n{''.join(lines)}")
-    return {"first_line_s": first, "step1_s": step1, "total_s": end}
+    return {"first_line_s": first, "step1_s": step1, "total_s": end, "cpu_s": _cpu() - cpu0}
+
+
+def _cpu() -> float:
+    """User + system CPU seconds of this process's finished children (mpiexec and, as
+    each waits for its own, the ranks): the work, whatever the machine's load."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
+
+
+def _measure_static(env: dict[str, str], repeats: int) -> dict[str, Any]:
+    """Imports (fresh interpreters) and `mpiml train --print-job`, for one variant."""
+    floor = [_wall([sys.executable, "-c", FLOOR], env)[0] for _ in range(repeats)]
+    imports: dict[str, list[float]] = {m: [] for m in MODULES}
+    for _ in range(repeats):
+        for mod in MODULES:
+            t = _importtime(f"import {mod}", env).get(mod)
+            if t is not None:
+                imports[mod].append(t / 1e6)
+    walls = [
+        _wall([sys.executable, "-m", "mpiml.cli", "train", "--print-job"], env)[0] for _ in range(repeats)
+    ]
+    loaded = _importtime("from mpiml.cli import main; main(['train', '--print-job'])", env)
+    return {
+        "floor_import_s": round(_median(floor), 4),
+        "import_s": {m: round(_median(v), 4) if v else None for m, v in imports.items()},
+        "print_job": {
+            "wall_s": round(_median(walls), 4),
+            "heavy_modules_imported": sorted(h for h in HEAVY if h in loaded),
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,94 +166,111 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=4, help="ranks for the launch measurements (default 4)")
     ap.add_argument("--repeats", type=int, default=5, help="repeats of each measurement (median)")
     ap.add_argument("--quick", action="store_true", help="1 repeat, under a minute")
-    ap.add_argument("--tree", type=Path, help="a checkout whose mpiml to measure (first on PYTHONPATH)")
-    ap.add_argument("--label", default="", help="a name for this measurement in the results")
+    ap.add_argument(
+        "--baseline", type=Path, help="also measure this checkout's mpiml (e.g. the commit before)"
+    )
+    ap.add_argument(
+        "--also-env",
+        action="append",
+        default=[],
+        metavar="VAR=VALUE",
+        help="also measure this checkout with VAR=VALUE set (e.g. MPIML_COMPRESS_KERNELS=numpy)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks" / "startup.json")
     args = ap.parse_args(argv)
     repeats = 1 if args.quick else max(1, args.repeats)
-    env = _env(args.tree)
+    variants: list[tuple[str, dict[str, str]]] = [("this checkout", _env(None))]
+    if args.baseline is not None:
+        variants.insert(0, (f"baseline {args.baseline}", _env(args.baseline)))
+    for item in args.also_env:
+        var, _, value = item.partition("=")
+        variants.append((f"this checkout, {var}={value}", {**_env(None), var: value}))
     probe = subprocess.run(
-        [sys.executable, "-c", "import mpiml, mpi4py.MPI as M; print(mpiml.__file__); print(M.Get_library_version().splitlines()[0])"],
-        env=env, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", "import mpi4py.MPI as M; print(M.Get_library_version().splitlines()[0])"],
+        env=variants[0][1], capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    mpiml_file, mpi_library = (probe.stdout.splitlines() + ["?", "?"])[:2]
-    # warm-up, untimed: writes the bytecode caches, loads the files into the page cache
-    subprocess.run(
-        [sys.executable, "-m", "mpiml.cli", "train", "--print-job"], env=env, capture_output=True, timeout=300
-    )
-    with tempfile.TemporaryDirectory(prefix="mpiml-startup-") as tmp:
-        _launch(args.n, env, tmp, -1)
     result: dict[str, Any] = {
         "benchmark": "startup",
-        "label": args.label or (str(args.tree) if args.tree else "this checkout"),
-        "mpiml": mpiml_file,
         "machine": {
             "host": platform.node(),
             "cpus": os.cpu_count(),
             "load_avg_at_start": os.getloadavg(),
             "python": platform.python_version(),
-            "mpi_library": mpi_library,
+            "mpi_library": probe.stdout.strip(),
         },
         "ranks": args.n,
         "repeats": repeats,
+        "floor": FLOOR,
         "goal": "first line < 1 s after the ranks start; step 1 < 2 s (default job, 4 ranks)",
-        "MPIML_COMPRESS_KERNELS": os.environ.get("MPIML_COMPRESS_KERNELS", ""),
+        "variants": [],
     }
 
     def save() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
-    # 1. the floor and the modules, each in a fresh interpreter
-    floor = [_wall([sys.executable, "-c", FLOOR], env)[0] for _ in range(repeats)]
-    result["floor_import_s"] = _median(floor)
-    imports: dict[str, list[float]] = {m: [] for m in MODULES}
-    for _ in range(repeats):
-        for mod in MODULES:
-            t = _importtime(f"import {mod}", env).get(mod)
-            if t is not None:
-                imports[mod].append(t / 1e6)
-    result["import_s"] = {m: round(_median(v), 4) if v else None for m, v in imports.items()}
-    save()
-
-    # 2. mpiml train --print-job: wall time and heavy imports
-    walls = []
-    for _ in range(repeats):
-        w, res = _wall([sys.executable, "-m", "mpiml.cli", "train", "--print-job"], env)
-        walls.append(w)
-    loaded = _importtime("import sys; from mpiml.cli import main; main(['train', '--print-job'])", env)
-    result["print_job"] = {
-        "wall_s": round(_median(walls), 4),
-        "heavy_modules_imported": sorted(h for h in HEAVY if h in loaded),
-    }
-    save()
-
-    # 3. launches: the floor under mpiexec, then the default job to step 1
-    bare = [_wall(mpiexec_command(args.n, [sys.executable, "-c", FLOOR]), env)[0] for _ in range(repeats)]
-    runs = []
+    # warm-up, untimed: bytecode caches written, files in the page cache
+    with tempfile.TemporaryDirectory(prefix="mpiml-startup-") as tmp:
+        for i, (_, env) in enumerate(variants):
+            subprocess.run(
+                [sys.executable, "-m", "mpiml.cli", "train", "--print-job"],
+                env=env,
+                capture_output=True,
+                timeout=300,
+            )
+            _launch(args.n, env, tmp, -1 - i)
+    for label, env in variants:
+        where = subprocess.run(
+            [sys.executable, "-c", "import mpiml; print(mpiml.__file__)"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        result["variants"].append(
+            {"label": label, "mpiml": where.stdout.strip(), **_measure_static(env, repeats)}
+        )
+        save()
+    # launches, the variants interleaved so that they share the machine's load
+    bare: list[float] = []
+    runs: list[list[dict[str, float]]] = [[] for _ in variants]
     with tempfile.TemporaryDirectory(prefix="mpiml-startup-") as tmp:
         for r in range(repeats):
-            runs.append(_launch(args.n, env, tmp, r))
-            result["launch"] = {
-                "mpiexec_floor_s": round(_median(bare), 3),
-                **{k: round(_median([x[k] for x in runs]), 3) for k in runs[0]},
-                "runs": runs,
-            }
-            save()
+            bare.append(_wall(mpiexec_command(args.n, [sys.executable, "-c", FLOOR]), variants[0][1])[0])
+            for i, (_, env) in enumerate(variants):
+                runs[i].append(_launch(args.n, env, tmp, r * len(variants) + i))
+                result["mpiexec_floor_s"] = round(_median(bare), 3)
+                result["variants"][i]["launch"] = {
+                    **{k: round(_median([x[k] for x in runs[i]]), 3) for k in runs[i][0]},
+                    "runs": runs[i],
+                }
+                save()
+    result["load_avg_at_end"] = os.getloadavg()
+    save()
 
-    L = result["launch"]
-    print(f"start-up of `mpiexec -n {args.n} mpiml train` ({result['label']}; median of {repeats})")
-    print(f"  floor: python -c '{FLOOR}'            {result['floor_import_s']:.3f} s")
-    for m, t in result["import_s"].items():
-        print(f"  import {m:<18} {'-' if t is None else f'{t:.3f} s'}")
-    pj = result["print_job"]
+    w = 34
     print(
-        f"  mpiml train --print-job          {pj['wall_s']:.3f} s  (imports {', '.join(pj['heavy_modules_imported']) or 'none of ' + '/'.join(HEAVY)})"
+        f"start-up of `mpiexec -n {args.n} mpiml train` (median of {repeats}; load {result['machine']['load_avg_at_start'][0]:.1f} on {os.cpu_count()} cpus)"
     )
-    print(f"  mpiexec -n {args.n} python -c floor      {L['mpiexec_floor_s']:.3f} s")
-    print(f"  first line (header)              {L['first_line_s']:.3f} s")
-    print(f"  step 1                           {L['step1_s']:.3f} s")
-    print(f"  whole run (2 steps)              {L['total_s']:.3f} s")
+    print(f"{'':{w}}" + "".join(f"{v['label'][:28]:>30}" for v in result["variants"]))
+
+    def row(name: str, values: list[str]) -> None:
+        print(f"{name:{w}}" + "".join(f"{x:>30}" for x in values))
+
+    vs = result["variants"]
+    row(f"floor: {FLOOR}"[:w], [f"{v['floor_import_s']:.3f} s" for v in vs])
+    for m in MODULES:
+        row(f"  import {m}", ["-" if v["import_s"][m] is None else f"{v['import_s'][m]:.3f} s" for v in vs])
+    row("mpiml train --print-job", [f"{v['print_job']['wall_s']:.3f} s" for v in vs])
+    row(
+        "  heavy modules it imports",
+        [",".join(v["print_job"]["heavy_modules_imported"]) or "none" for v in vs],
+    )
+    row(f"mpiexec -n {args.n} python -c floor", [f"{result['mpiexec_floor_s']:.3f} s" for _ in vs])
+    row("first line (header)", [f"{v['launch']['first_line_s']:.3f} s" for v in vs])
+    row("step 1", [f"{v['launch']['step1_s']:.3f} s" for v in vs])
+    row("whole run (2 steps)", [f"{v['launch']['total_s']:.3f} s" for v in vs])
+    row("  CPU time of all ranks", [f"{v['launch']['cpu_s']:.3f} s" for v in vs])
     print(f"wrote {args.out}")
     return 0
 

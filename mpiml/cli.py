@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -180,6 +179,8 @@ def _one_rank_hint(args: argparse.Namespace, argv: Sequence[str]) -> None:
             return
     except ConfigError:
         return  # _train reports it
+    import shlex
+
     print(
         f"mpiml: note: running on 1 rank; launch with `mpiexec -n 4 mpiml {shlex.join(argv)}` "
         "to train in parallel",

@@ -169,6 +169,8 @@ def test_a_wheel_installed_elsewhere_has_topologies_examples_and_launch_scripts(
     )
     copied = run(mpiml, "examples", "sgd_digits", "--to", "jobs")
     assert copied.returncode == 0 and (work / "jobs" / "sgd_digits.toml").is_file(), copied.stderr
+    info = run(mpiml, "info")
+    assert info.returncode == 0 and "_shipped" in info.stdout, info.stdout + info.stderr
     scripts = run(mpiml, "launch", "--to", ".")
     assert scripts.returncode == 0 and (work / "launch" / "mpirun.sh").is_file(), scripts.stderr
 

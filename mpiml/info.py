@@ -115,7 +115,7 @@ def format_info(r: dict[str, Any]) -> str:
         ("cupy", r["cupy"]),
         ("codec kernels", r["codec_kernels"]),
         ("pandas", r["pandas"]),
-        ("examples, launch", f"{r['shipped']} (mpiml examples, mpiml launch)"),
+        ("shipped files", f"{r['shipped']} (mpiml examples, mpiml launch)"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

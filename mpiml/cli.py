@@ -212,15 +212,10 @@ def _examples(args: argparse.Namespace) -> int:
     if unknown:
         print(f"mpiml: error: no example {unknown[0]!r} (known: {', '.join(found)}, or all)", file=sys.stderr)
         return 2
-    dest = Path(args.to)
     try:
         sources = [found[n.removesuffix(".toml")] for n in names]
-        clash = [dest / p.name for p in sources if (dest / p.name).exists() and not args.overwrite]
-        if clash:
-            raise FileExistsError(f"{clash[0]} exists (use --overwrite to replace it)")
-        for src in sources:
-            for written in copy_out(src, dest, overwrite=args.overwrite):
-                print(written)
+        for written in copy_out(sources, Path(args.to), overwrite=args.overwrite):  # all or nothing
+            print(written)
     except OSError as exc:
         print(f"mpiml: error: {exc}", file=sys.stderr)
         return 2

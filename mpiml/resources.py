@@ -11,6 +11,7 @@ No MPI; nothing here writes unless asked to (:func:`copy_out`).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["SHIPPED", "copy_out", "examples", "resource_path"]
@@ -42,24 +43,23 @@ def examples() -> dict[str, Path]:
     return {p.stem: p for p in sorted(resource_path("examples").glob("*.toml"))}
 
 
-def copy_out(src: Path, dest: Path, overwrite: bool = False) -> list[Path]:
-    """Copy the file or folder ``src`` into the folder ``dest`` (made if needed); returns
-    the files written. Refuses (FileExistsError naming it, before writing anything) to
-    replace an existing file unless ``overwrite``; executable bits are kept."""
-    files = (
-        [src]
-        if src.is_file()
-        else sorted(p for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    )
-    base = src.parent
-    targets = [dest / p.relative_to(base) for p in files]
+def copy_out(sources: Path | Sequence[Path], dest: Path, overwrite: bool = False) -> list[Path]:
+    """Copy files and folders (with what they hold) into the folder ``dest`` (made if
+    needed); returns the files written. All or nothing: refuses (FileExistsError naming
+    the first, before writing anything) to replace an existing file or link unless
+    ``overwrite``; never writes through a link (it is replaced). Modes are kept
+    (executable scripts stay executable)."""
+    pairs: list[tuple[Path, Path]] = []
+    for src in [sources] if isinstance(sources, Path) else sources:
+        files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+        pairs += [(p, dest / p.relative_to(src.parent)) for p in files if "__pycache__" not in p.parts]
     if not overwrite:
-        clash = [t for t in targets if t.exists() or t.is_symlink()]
+        clash = [t for _, t in pairs if t.exists() or t.is_symlink()]
         if clash:
             raise FileExistsError(f"{clash[0]} exists (use --overwrite to replace it)")
-    for p, t in zip(files, targets, strict=True):
+    for p, t in pairs:
         t.parent.mkdir(parents=True, exist_ok=True)
         if t.is_symlink():
-            t.unlink()  # never write through a link (issue 16 item 16)
+            t.unlink()  # never write through a link
         shutil.copy2(p, t)
-    return targets
+    return [t for _, t in pairs]

@@ -45,6 +45,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# children run here, outside any checkout: `python -c` and `python -m` put the current
+# folder first on sys.path, which would shadow the variant's mpiml
+_CWD = tempfile.mkdtemp(prefix="mpiml-startup-cwd-")
 
 from mpiml.testing import launch_env, mpiexec_command  # noqa: E402
 
@@ -80,7 +83,12 @@ def _env(tree: Path | None) -> dict[str, str]:
 def _importtime(code: str, env: dict[str, str]) -> dict[str, int]:
     """Module -> cumulative import time (microseconds) of ``python -X importtime -c code``."""
     res = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-X", "importtime", "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=_CWD,
     )
     if res.returncode != 0:
         return {}
@@ -93,7 +101,7 @@ def _importtime(code: str, env: dict[str, str]) -> dict[str, int]:
 
 
 def _wall(
-    cmd: list[str], env: dict[str, str], cwd: str | None = None
+    cmd: list[str], env: dict[str, str], cwd: str = _CWD
 ) -> tuple[float, subprocess.CompletedProcess[str]]:
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
@@ -108,7 +116,12 @@ def _launch(n: int, env: dict[str, str], out: str, run: int) -> dict[str, float]
     ]  # fmt: skip
     t0, cpu0 = time.perf_counter(), _cpu()
     proc = subprocess.Popen(
-        mpiexec_command(n, args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        mpiexec_command(n, args),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=_CWD,
     )
     first = step1 = float("nan")
     assert proc.stdout is not None
@@ -187,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         variants.append((f"this checkout, {var}={value}", {**_env(None), var: value}))
     probe = subprocess.run(
         [sys.executable, "-c", "import mpi4py.MPI as M; print(M.Get_library_version().splitlines()[0])"],
-        env=variants[0][1], capture_output=True, text=True, timeout=120,
+        env=variants[0][1], capture_output=True, text=True, timeout=120, cwd=_CWD,
     )  # fmt: skip
     result: dict[str, Any] = {
         "benchmark": "startup",
@@ -217,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                 env=env,
                 capture_output=True,
                 timeout=300,
+                cwd=_CWD,
             )
             _launch(args.n, env, tmp, -1 - i)
     for label, env in variants:
@@ -226,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
             capture_output=True,
             text=True,
             timeout=120,
+            cwd=_CWD,
         )
+        if label.startswith("baseline") and not where.stdout.startswith(str(args.baseline.resolve())):
+            raise SystemExit(f"{label}: mpiml comes from {where.stdout.strip()!r}, not from the baseline")
         result["variants"].append(
             {"label": label, "mpiml": where.stdout.strip(), **_measure_static(env, repeats)}
         )

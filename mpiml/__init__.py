@@ -24,6 +24,7 @@ scheduler). The layers, bottom up (:data:`LAYERS`; docs/design.md has the same t
 - ``cli``, ``info``, ``testing``, ``config``, ``fields``, ``budget``, ``errors``: the
   ``mpiml`` command, what the MPI offers, test helpers, job files, a job key's rule, the
   memory a job needs, exceptions
+- ``resources``: the example jobs, launch scripts and named topologies a wheel carries
 
 Importing :mod:`mpiml` does not initialise MPI: :func:`train` and :func:`load_run`
 are imported on first use.
@@ -63,6 +64,7 @@ LAYERS: dict[str, str] = {
     "info": "what this MPI offers: library, thread level, CUDA-aware, parallel HDF5; `mpiml info`",
     "testing": "helpers to test mpiml programs with pytest and real ranks",
     "cli": "the `mpiml` command",
+    "resources": "the example jobs, launch scripts and named topologies, from a wheel or a checkout",
     "trainer": "the driver's former name (re-exports mpiml.run.train)",
 }
 

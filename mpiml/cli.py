@@ -1,4 +1,5 @@
-"""The ``mpiml`` command: ``train``, ``layout``, ``info``, ``plan``, ``topology``, ``mixing``.
+"""The ``mpiml`` command: ``train``, ``layout``, ``info``, ``plan``, ``topology``, ``mixing``,
+``examples``, ``launch``.
 
     mpiexec -n 4 mpiml train [JOB.toml] [--set section.key=value]... [--out DIR] [--resume | --auto-resume]
     mpiml layout [JOB.toml] -n 8 [--set section.key=value]...
@@ -6,6 +7,9 @@
     mpiml plan --preset resnet50-titanx | --tp MS --tc MS | --check results/RUN/run.h5
     mpiml topology ring --workers 8
     mpiexec -n 8 mpiml mixing --protocol gossip --topology ring
+    mpiml examples [NAME... | all] [--to DIR]      (list, or copy out, the example jobs)
+    mpiml launch [--to DIR]                        (where the launch scripts are, or copy them out)
+    mpiml --version
 
 A job or argument error is one line on stderr (from rank 0), exit status 2, on
 every rank, before any collective. An unhandled exception on any rank prints that
@@ -43,7 +47,10 @@ def _launcher_rank() -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = _Parser(prog="mpiml", description="MPI toolkit for weakly consistent parallel learning")
+    p.add_argument("--version", action="version", version=f"mpiml {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     t = sub.add_parser("train", help="train a job (run under mpiexec/srun)")
     t.add_argument("job", nargs="?", help="job file (TOML); the embedded default job when omitted")
@@ -75,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     lay.add_argument("-n", type=int, required=True, metavar="N", help="number of ranks")
     lay.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     sub.add_parser("info", help="MPI library, ranks, thread level, CUDA-aware, parallel HDF5, cupy")
+    ex = sub.add_parser("examples", help="list the example jobs, or copy some (or all) into a folder")
+    ex.add_argument("names", nargs="*", metavar="NAME", help="example(s) to copy out; 'all' for every one")
+    ex.add_argument("--to", default=".", metavar="DIR", help="folder to copy into (default: here)")
+    ex.add_argument("--overwrite", action="store_true", help="replace files that exist in DIR")
+    la = sub.add_parser("launch", help="where the mpirun/SLURM launch scripts are, or copy them out")
+    la.add_argument("--to", metavar="DIR", help="copy the launch/ folder into DIR")
+    la.add_argument("--overwrite", action="store_true", help="replace files that exist in DIR/launch")
     sub.add_parser("topology", help="a topology's W: degree, diameter, spectral gap rho", add_help=False)
     sub.add_parser("mixing", help="measure a protocol's mixing time (MixML), under mpiexec", add_help=False)
     sub.add_parser(
@@ -207,6 +221,87 @@ def _layout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_rank_hint(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """A one-line note on stderr when ``mpiml train`` runs on a single rank (no mpiexec)
+    and the job does not ask for one (``run.world_size = 1``)."""
+    if args.print_job or args.print_layout:
+        return
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.Get_size() != 1:
+        return
+    from .config import load_config
+    from .errors import ConfigError
+
+    try:
+        if load_config(args.job, args.overrides).run.world_size == 1:
+            return
+    except ConfigError:
+        return  # _train reports it
+    import shlex
+
+    print(
+        f"mpiml: note: running on 1 rank; launch with `mpiexec -n 4 mpiml {shlex.join(argv)}` "
+        "to train in parallel",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _examples(args: argparse.Namespace) -> int:
+    """List the example jobs (name and first line), or copy the named ones into --to."""
+    from pathlib import Path
+
+    from .resources import copy_out, examples
+
+    found = examples()
+    if not args.names:
+        width = max(map(len, found), default=0)
+        for name, path in found.items():
+            first = path.read_text().splitlines()[:1]
+            about = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+            print(f"{name:<{width}}  {about}")
+        print(
+            f"({len(found)} jobs in {next(iter(found.values())).parent if found else '-'}; "
+            "`mpiml examples NAME --to DIR` copies one, `all` every one)"
+        )
+        return 0
+    names = list(found) if args.names == ["all"] else args.names
+    unknown = [n for n in names if n.removesuffix(".toml") not in found]
+    if unknown:
+        print(f"mpiml: error: no example {unknown[0]!r} (known: {', '.join(found)}, or all)", file=sys.stderr)
+        return 2
+    try:
+        sources = [found[n.removesuffix(".toml")] for n in names]
+        for written in copy_out(sources, Path(args.to), overwrite=args.overwrite):  # all or nothing
+            print(written)
+    except OSError as exc:
+        print(f"mpiml: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """Say where the launch scripts are, or copy the launch/ folder into --to."""
+    from pathlib import Path
+
+    from .resources import copy_out, resource_path
+
+    src = resource_path("launch")
+    if args.to is None:
+        for p in sorted(q for q in src.rglob("*") if q.is_file() and "__pycache__" not in q.parts):
+            print(p)
+        print("(`mpiml launch --to DIR` copies them into DIR/launch)")
+        return 0
+    try:
+        for written in copy_out(src, Path(args.to), overwrite=args.overwrite):
+            print(written)
+    except OSError as exc:
+        print(f"mpiml: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _info() -> int:
     from .info import collect, format_info
 
@@ -233,7 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return mixing_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "train":
+        _one_rank_hint(args, argv)
         return _train(args)
+    if args.command == "examples":
+        return _examples(args)
+    if args.command == "launch":
+        return _launch(args)
     if args.command == "info":
         return _info()
     if args.command == "layout":

@@ -40,7 +40,8 @@ def _cuda_aware_mpi() -> str:
 
 
 def collect() -> dict[str, Any]:
-    """Facts about MPI, h5py, cupy and the codec kernels on this rank. Collective over COMM_WORLD."""
+    """Facts about MPI, h5py, cupy, the codec kernels, pandas and where the shipped files
+    (examples, launch scripts, topologies) are, on this rank. Collective over COMM_WORLD."""
     import h5py
     import mpi4py
     import numpy as np
@@ -65,6 +66,18 @@ def collect() -> dict[str, Any]:
         kernels = f"numba {numba.__version__}"
     else:
         kernels = "numpy reference (numba not installed, or MPIML_COMPRESS_KERNELS=numpy)"
+    try:
+        import pandas
+
+        pandas_text = pandas.__version__
+    except ImportError:
+        pandas_text = "not installed (pip install 'mpiml[pandas]' for load_run(...).to_pandas())"
+    from .resources import resource_path
+
+    try:
+        shipped = str(resource_path("examples").parent)
+    except FileNotFoundError as exc:
+        shipped = str(exc)
     return {
         "rank": comm.Get_rank(),
         "mpiml": __version__,
@@ -82,6 +95,8 @@ def collect() -> dict[str, Any]:
         "numpy": np.__version__,
         "cupy": cupy_text,
         "codec_kernels": kernels,
+        "pandas": pandas_text,
+        "shipped": shipped,
     }
 
 
@@ -99,6 +114,8 @@ def format_info(r: dict[str, Any]) -> str:
         ("numpy", r["numpy"]),
         ("cupy", r["cupy"]),
         ("codec kernels", r["codec_kernels"]),
+        ("pandas", r["pandas"]),
+        ("shipped files", f"{r['shipped']} (mpiml examples, mpiml launch)"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,4 +1,4 @@
-"""Data sets: scikit-learn's bundled digits, HDF5 files with /x and /y, synthetic regression.
+"""Data sets: the UCI digits (shipped in the package), HDF5 files with /x and /y, synthetic regression.
 
 A source returns the rows this rank trains on *before* sharding (digits, HDF5) or
 already generated for this rank (synthetic), plus its slice of the test set.
@@ -64,12 +64,11 @@ def standardize(ds: Dataset) -> None:
 
 
 def load_digits(test_fraction: float, seed: int) -> Dataset:
-    """UCI handwritten digits (1797 images of 8x8, 10 classes), shipped inside scikit-learn."""
-    from sklearn.datasets import load_digits as _load
+    """UCI handwritten digits (1797 images of 8x8, 10 classes), shipped in the package
+    (:mod:`mpiml.data.digits`; the same arrays as scikit-learn's ``load_digits``)."""
+    from .digits import digits_arrays
 
-    bunch = _load()
-    x = bunch.data.astype(np.float64)
-    y = bunch.target.astype(np.int64)
+    x, y = digits_arrays()
     xtr, ytr, xte, yte = _split(x, y, test_fraction, seed)
     return Dataset(xtr, ytr, xte, yte, 10, "digits")
 

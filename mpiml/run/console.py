@@ -28,7 +28,7 @@ def header(cfg: Config, layout: Layout, threads: int, run_dir: Path, stream: Tex
         else (" (" + ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in layout.counts.items()) + ")")
     )
     print(
-        f"mpiml: {cfg.algorithm.name} on {layout.size} ranks{roles} ({threads} BLAS thread(s) each), "
+        f"mpiml: {cfg.algorithm.name} on {layout.size} rank{'s' * (layout.size != 1)}{roles} ({threads} BLAS thread(s) each), "
         f"model {cfg.model.name}, data {cfg.data.name}, optimizer {cfg.optimizer.name} lr={cfg.optimizer.lr}, "
         f"{cfg.run.steps} steps -> {run_dir}",
         file=stream,

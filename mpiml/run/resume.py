@@ -131,7 +131,7 @@ def pick_checkpoint(
         if sizes:
             n = sizes.pop()
             raise agreed_error(
-                f"--resume: checkpoint {d} was written by {n} ranks, this job has {size}; resume with mpiexec -n {n}"
+                f"--resume: checkpoint {d} was written by {n} rank{'s' * (n != 1)}, this job has {size}; resume with mpiexec -n {n}"
             )
         problems = [v[0] for v in verdicts if v[0]]
         if not problems:

@@ -40,12 +40,16 @@ def job_layout(cfg: Config, world_size: int) -> tuple[type[Algorithm], Layout]:
     """The job's algorithm and its layout for ``world_size`` ranks, with every rule
     that needs the layout checked (pure: the same verdict on every rank)."""
     if cfg.run.world_size and cfg.run.world_size != world_size:
-        raise ConfigError(f"run.world_size = {cfg.run.world_size} but the job runs on {world_size} ranks")
+        raise ConfigError(
+            f"run.world_size = {cfg.run.world_size} but the job runs on {world_size} rank{'s' * (world_size != 1)}"
+        )
     alg = REGISTRY[cfg.algorithm.name]
     try:
         layout = alg.layout(cfg, world_size)
     except ValueError as exc:  # a layout constructor's message names the numbers
-        raise ConfigError(f"algorithm.name = {alg.name!r} on {world_size} ranks: {exc}") from None
+        raise ConfigError(
+            f"algorithm.name = {alg.name!r} on {world_size} rank{'s' * (world_size != 1)}: {exc}"
+        ) from None
     alg.check_layout(cfg, layout)
     return alg, layout
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..resources import resource_path
 from .base import Schedule, Topology, TopologyError
 from .checks import check_schedule
 from .graphs import REGISTRY
@@ -30,8 +31,17 @@ from .weights import WEIGHTS, from_edges
 
 __all__ = ["TOPOLOGY_DIR", "build_schedule", "load_topology", "named_files", "resolve"]
 
-# The repository's topologies/ folder (shipped files: ring8_explicit, two_racks, ...).
-TOPOLOGY_DIR = Path(__file__).resolve().parents[2] / "topologies"
+
+def _topology_dir() -> Path:
+    """The named topology files: the installed package's copy, else the checkout's."""
+    try:
+        return resource_path("topologies")
+    except FileNotFoundError:
+        return Path(__file__).resolve().parents[2] / "topologies"  # named in "unknown topology" errors
+
+
+# The repository's topologies/ folder (ring8_explicit, two_racks, ...), also in a wheel.
+TOPOLOGY_DIR = _topology_dir()
 _KEYS = {"name", "workers", "W", "edges", "weights"}
 
 
@@ -74,7 +84,7 @@ def load_topology(path: str | Path, n: int | None = None) -> Topology:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise TopologyError(f"{where}: workers must be an integer >= 1 (got {workers!r})")
         if n is not None and workers != n:
-            raise TopologyError(f"{where} is for {workers} workers but the job has {n} ranks")
+            raise TopologyError(f"{where} is for {workers} workers but the job has {n} rank{'s' * (n != 1)}")
     size = n if n is not None else workers
     if ("W" in doc) == ("edges" in doc):
         raise TopologyError(
@@ -109,7 +119,7 @@ def _matrix(where: str, W: object, n: int | None) -> np.ndarray:
             if not _number(v):
                 raise TopologyError(f"{where}: W[{i}, {j}] = {v!r} is not a number")
     if n is not None and len(W) != n:
-        raise TopologyError(f"{where}: W is {len(W)}x{len(W)} but the job has {n} ranks")
+        raise TopologyError(f"{where}: W is {len(W)}x{len(W)} but the job has {n} rank{'s' * (n != 1)}")
     return np.array(W, dtype=np.float64)
 
 

@@ -59,9 +59,9 @@ def test_a_kill_right_after_a_checkpoint_loses_no_table_row(tmp_path: Path) -> N
 
 def test_checkpoint_files_are_bound_to_their_slot(tmp_path: Path) -> None:
     """Step 30 holds another run's file, step 20 rank 1's file in rank 0's slot, and
-    foreign things (a FIFO, a linked step folder, odd names) lie around: each damaged
-    step is skipped with a message naming the file and what differs, nothing hangs, and
-    the run resumes from step 10."""
+    foreign things (a FIFO, odd names) lie around: each damaged step is skipped with a
+    message naming the file and what differs, nothing hangs, and the run resumes from
+    step 10. A linked step folder is refused (one line naming it), never followed."""
     job = ["--set", "run.steps=30", "--set", "run.eval_every=10", "--set", "checkpoint.every=10"]
     assert _train(tmp_path, *job)[0] == 0
     assert _train(tmp_path, *job, "--set", "run.name=other")[0] == 0
@@ -71,17 +71,21 @@ def test_checkpoint_files_are_bound_to_their_slot(tmp_path: Path) -> None:
         ckpt.rank_path(other, 30, 0), ckpt.rank_path(root, 30, 0)
     )  # same job, step, rank: another run
     shutil.copy(ckpt.rank_path(root, 20, 1), ckpt.rank_path(root, 20, 0))
-    (root / "step-000000025").symlink_to(other / "step-000000030")
     (root / "step-50").mkdir()
     os.mkfifo(root / "step-000000060")
     os.mkfifo(root / "step-000000010" / "rank-00000.h5.tmp")
     (root / "step-000000010" / "extra").mkdir()
     code, out, err = _train(tmp_path, *job, "--resume")
     assert code == 0 and "resuming" in out and "at step 10" in out, err
-    assert "step-000000025 is a symbolic link" in err
     assert "step-000000030/rank-00000.h5 does not belong in its slot: run id" in err
     assert "step-000000020/rank-00000.h5 does not belong in its slot: rank 1 (the slot's: 0)" in err
     assert "Traceback" not in err
+    (root / "step-000000025").symlink_to(other / "step-000000030")
+    before = _tree(tmp_path / "results" / "other")
+    code, out, err = _train(tmp_path, *job, "--resume")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "step-000000025 is a symbolic link" in lines[0], err
+    assert _tree(tmp_path / "results" / "other") == before
 
 
 def test_a_newer_checkpoint_stops_the_resume_and_a_missing_array_is_skipped(tmp_path: Path) -> None:

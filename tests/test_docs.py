@@ -107,3 +107,18 @@ def test_slug_follows_github() -> None:
         "qsgd-pr_sgd-qpr_sgd-dqpr_sgd-quantized-pr-sgd-and-its-baselines"
     )
     assert _slug(" Mixing time: `mpiml mixing`") == "mixing-time-mpiml-mixing"
+
+
+def test_documented_variants_of_a_named_example_name_their_own_run() -> None:
+    """The plain command of an example writes results/<its run.name>; a documented
+    variant of it (an example with --set overrides) that kept the name would stop with
+    "already holds a run" when followed after the plain one (issue #17.4)."""
+    variant = re.compile(r"mpiml train (examples/[\w.-]+\.toml)([^\n`]*--set[^\n`]*)")
+    files = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "examples").glob("*.toml")]
+    bad = [
+        f"{path.relative_to(ROOT)}: {m.group(0).strip()}"
+        for path in files
+        for m in variant.finditer(path.read_text())
+        if "run.name=" not in m.group(2)
+    ]
+    assert not bad, "variants that reuse the example's run folder:\n" + "\n".join(bad)

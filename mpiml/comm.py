@@ -213,16 +213,41 @@ def exit_status(exc: BaseException) -> int:
     return 1
 
 
+FINALIZE_GRACE = 10.0  # seconds leave() waits in MPI_Finalize before it exits anyway
+
+
 def leave(status: int) -> None:
     """End this process with ``status`` when every rank leaves alike (an agreed
-    error, a stop): flush stdio, then ``os._exit``, so that neither finalize nor
+    error, a stop): flush stdio, MPI_Finalize, then the C library's ``exit``, so that
     ``python -m mpi4py``'s exit hook (which turns a non-zero SystemExit into
-    MPI_Abort, one "Abort(N)" line per rank) runs. No collective: ranks that are not
-    in step (an asynchronous program) cannot hang here; the launcher reports the
-    status."""
+    MPI_Abort, one "Abort(N)" line per rank) does not run, and the launcher sees a
+    clean exit.
+
+    Why not ``os._exit``: Hydra (MPICH's mpiexec) kills every other rank with SIGKILL
+    when one leaves without MPICH's exit handlers having run, even after
+    MPI_Finalize; that lost rank 0's one-line message and turned the status into 9
+    whenever another rank got there first. A rank that never returns from finalize
+    (out of step with the others) cannot hang: after :data:`FINALIZE_GRACE` seconds a
+    watchdog thread ends it with ``os._exit``."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:
             pass
+    import threading
+
+    watchdog = threading.Timer(FINALIZE_GRACE, os._exit, args=(status,))
+    watchdog.daemon = True
+    watchdog.start()
+    if MPI.Is_initialized() and not MPI.Is_finalized():
+        try:
+            MPI.Finalize()
+        except Exception:
+            pass
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).exit(status)  # C atexit handlers (MPICH's, HDF5's) run; Python's do not
+    except Exception:
+        pass
     os._exit(status)

@@ -276,3 +276,36 @@ def test_the_python_api_ends_the_job_on_one_ranks_exception(
         assert res.stderr.count("mpiml: error: training diverged: non-finite loss at step 30 on rank") == 1, (
             res.stderr
         )
+
+
+LATE_RANK_0 = """
+import sys, time
+from mpiml.comm import agreed_error, install_abort_handler
+from mpi4py import MPI
+
+install_abort_handler()
+MPI.COMM_WORLD.Barrier()
+if MPI.COMM_WORLD.Get_rank() == 0:
+    time.sleep(1.5)  # the other ranks leave first
+raise agreed_error("run.steps must be >= 1 (got 0)")
+"""
+
+
+def test_an_agreed_error_keeps_rank_0s_line_when_the_others_leave_first(tmp_path: Path) -> None:
+    """Hydra kills the remaining ranks as soon as one exits unfinalized: the ranks
+    finalize before they exit, so rank 0's one line and status 2 survive."""
+    script = tmp_path / "late.py"
+    script.write_text(LATE_RANK_0)
+    res = run_ranks(
+        3,
+        [sys.executable, str(script)],
+        TIMEOUT,
+        cwd=str(tmp_path),
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert not res.timed_out, (res.stdout, res.stderr)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and lines == ["mpiml: error: run.steps must be >= 1 (got 0)"], (
+        res.stdout,
+        res.stderr,
+    )

@@ -279,7 +279,7 @@ def test_train_sbatch_names_mpiml_set_when_a_value_cannot_be_parsed(tmp_path: Pa
     res, argv = _launch_line(tmp_path, "run.steps=20 model.hidden=[32,")
     assert res.returncode == 2 and argv is None, (res.stdout, res.stderr)
     assert res.stderr.strip() == (
-        "train.sbatch: MPIML_SET: model.hidden must be a list of integers (got '[32,', a str)"
+        "train.sbatch: MPIML_SET: model.hidden must be a list of integers (got '[32,', a string)"
     ), res.stderr
     res, argv = _launch_line(tmp_path, "[32] run.steps=2")
     assert res.returncode == 2 and argv is None, (res.stdout, res.stderr)

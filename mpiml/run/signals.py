@@ -34,6 +34,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
 
@@ -118,6 +119,8 @@ def _leave(rank: int, line: str, status: int) -> None:
         except Exception:
             pass
         os.write(2, (line + "\n").encode())
+    else:  # the launcher kills every rank once one exits: let rank 0 print first
+        time.sleep(0.3)
     os._exit(status)
 
 

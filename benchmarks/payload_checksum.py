@@ -13,7 +13,7 @@ The times are measured with the check field in place, so encode and decode alrea
 include the crc32 for the checksummed codecs; the ratio is computed on the codec time
 without it (encode + decode - 2 x crc32 for those).
 
-    python benchmarks/payload_checksum.py [--repeats 5] [--quick] [--out results/benchmarks]
+    python benchmarks/payload_checksum.py [--repeats 5] [--quick] [--out results/benchmarks] [--overwrite]
 
 Writes ``payload_checksum.{json,md}`` under ``--out`` (not with ``--quick``, a smoke run
 at d = 1M), row by row as it goes.
@@ -122,7 +122,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="d = 1M, fewer repeats, writes nothing")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks")
+    ap.add_argument("--overwrite", action="store_true", help="replace payload_checksum.{json,md} in --out")
     args = ap.parse_args()
+    taken = [p for p in (args.out / "payload_checksum.json", args.out / "payload_checksum.md") if p.exists()]
+    if taken and not args.quick and not args.overwrite:  # never replace a file this run did not create
+        ap.error(f"{taken[0]} exists: pass --overwrite to replace it, or --out DIR to write elsewhere")
     d = 1_000_000 if args.quick else D_BIG
     repeats = 2 if args.quick else args.repeats
     machine = {

@@ -15,7 +15,7 @@ importing what any mpiml rank needs (``python -c "import mpi4py.MPI, numpy, h5py
   figure that depends less on the machine's load than the wall times.
 
     python benchmarks/startup.py [--quick] [-n 4] [--repeats 5] [--baseline DIR]
-                                 [--also-env VAR=VALUE] [--out FILE]
+                                 [--also-env VAR=VALUE] [--out FILE] [--overwrite]
 
 ``--baseline DIR`` also measures the mpiml of another checkout (DIR first on
 PYTHONPATH; e.g. the commit before a change), ``--also-env`` this checkout with an
@@ -190,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure this checkout with VAR=VALUE set (e.g. MPIML_COMPRESS_KERNELS=numpy)",
     )
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks" / "startup.json")
+    ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = ap.parse_args(argv)
+    if args.out.exists() and not args.overwrite:  # never replace a file this run did not create
+        ap.error(f"{args.out} exists: pass --overwrite to replace it, or --out FILE to write elsewhere")
     repeats = 1 if args.quick else max(1, args.repeats)
     variants: list[tuple[str, dict[str, str]]] = [("this checkout", _env(None))]
     if args.baseline is not None:

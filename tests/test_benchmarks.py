@@ -148,3 +148,32 @@ def test_a_benchmark_rank_that_raises_ends_the_job(tmp_path: Path) -> None:
     assert res.returncode != 0 and "[mpiml rank 1]" in res.stderr and "injected on rank 1" in res.stderr
     for name in ("allreduce", "compress", "gossip", "loop_overhead", "overlap", "quantized"):
         assert "_bench.abort_on_error()" in (BENCH / f"{name}.py").read_text(), name
+
+
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_no_benchmark_replaces_an_existing_out_without_overwrite(tmp_path: Path, script: str) -> None:
+    """Every benchmark takes --out and refuses, before measuring anything, to replace a
+    file it did not create (issue #17.4): exit 2, one line, the file unchanged."""
+    import subprocess
+
+    if script == "payload_checksum.py":  # --out names a folder of payload_checksum.{json,md}
+        target, out, extra = tmp_path / "payload_checksum.json", tmp_path, []
+    else:
+        target, out, extra = tmp_path / "out.json", tmp_path / "out.json", ["--quick"]
+    target.write_text("an earlier result\n")
+    res = subprocess.run(
+        [sys.executable, str(BENCH / script), *extra, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+    )
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and "exists" in lines[-1] and "--overwrite" in lines[-1], (
+        res.stdout,
+        res.stderr,
+    )
+    assert target.read_text() == "an earlier result\n"

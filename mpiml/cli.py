@@ -120,10 +120,19 @@ def _train(args: argparse.Namespace) -> int:
     through :func:`mpiml.comm.leave`, so ``python -m mpi4py`` adds no "Abort(N)" lines."""
     import signal
 
-    # a plain handler first: a KeyboardInterrupt inside numpy's import becomes an ImportError
-    old = {s: signal.signal(s, _interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    stops = (signal.SIGINT, signal.SIGTERM)
+    # MPI_Init (inside `import mpi4py.MPI`) holds the GIL while it waits for every rank:
+    # no Python handler runs there, and a rank signalled in it would wait forever for a
+    # peer that already left. The default action ends it instead (the launcher then
+    # names the signal).
+    old = {s: signal.signal(s, signal.SIG_DFL) for s in stops}
     try:
-        from .run.signals import StartupSignals  # imports the driver (numpy, mpi4py, h5py)
+        from mpi4py import MPI  # noqa: F401  (MPI_Init)
+
+        # then a plain handler: a KeyboardInterrupt inside numpy's import becomes an ImportError
+        for s in stops:
+            signal.signal(s, _interrupted)
+        from .run.signals import StartupSignals  # imports the driver (numpy, h5py)
 
         with StartupSignals(_launcher_rank()):  # until the loop (even inside an MPI call)
             status = _train_job(args)

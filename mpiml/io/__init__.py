@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 import warnings
 from collections.abc import Callable
@@ -160,6 +161,8 @@ def load_run(path: str | Path) -> Run:
     p = Path(path)
     if p.is_dir():
         p = p / "run.h5"
+    if p.exists() and not stat.S_ISREG(p.stat().st_mode):  # a FIFO would block for ever
+        raise OSError(f"{p} is not a regular file (a folder, FIFO, socket or device)")
     return _retry(lambda: _read(p), p)
 
 
@@ -191,12 +194,15 @@ def _read(p: Path) -> Run:
                 target = p.parent / link.filename
                 where = str(target)
                 try:
-                    os.stat(target)
+                    st = os.stat(target)
                 except FileNotFoundError:
                     missing.append(r)
                     continue
                 except OSError as exc:  # a link loop, no permission on the folder...
                     unreadable[r] = f"{where}: {_why(exc)}"
+                    continue
+                if not stat.S_ISREG(st.st_mode):  # opening a FIFO would block for ever
+                    unreadable[r] = f"{where}: not a regular file (a folder, FIFO, socket or device)"
                     continue
             try:
                 ev = _retry(partial(_read_events, ranks, name), target)

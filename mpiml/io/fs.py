@@ -21,6 +21,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -63,13 +64,34 @@ def check_links(run_dir: Path) -> None:
         raise ConfigError(f"{run_dir} is not a folder (a run folder is)")
     for root, dirs, files in os.walk(run_dir):  # followlinks=False: a link to a folder is listed, not entered
         for name in sorted(dirs + files):
-            refuse_link(Path(root) / name)
+            path = Path(root) / name
+            refuse_link(path)
+            # checkpoints/ is read defensively (a FIFO there is damage, skipped); elsewhere
+            # mpiml opens what it finds
+            _refuse_foreign(path, name in dirs, files_too=not path.is_relative_to(run_dir / "checkpoints"))
     for name, folder in (("run.h5", False), ("ranks", True), ("checkpoints", True), (".lock", False)):
         p = run_dir / name
         if p.exists() and p.is_dir() != folder:
             raise ConfigError(
                 f"{p} is {'not ' if folder else ''}a folder; mpiml writes a {'folder' if folder else 'file'} there"
             )
+
+
+def _refuse_foreign(path: Path, is_dir: bool, files_too: bool = True) -> None:
+    """ConfigError for what mpiml never makes in a run folder and could block on or
+    trip over: a FIFO, socket or device (opening a FIFO blocks), or a folder where
+    mpiml writes a file (``*.h5``, ``COMPLETE``, ``.lock``)."""
+    if is_dir:
+        if path.suffix == ".h5" or path.name in ("COMPLETE", ".lock"):
+            raise ConfigError(
+                f"{path} is a folder; mpiml writes a file there: remove it (or move the run folder)"
+            )
+        return
+    if files_too and not stat.S_ISREG(path.lstat().st_mode):
+        raise ConfigError(
+            f"{path} is not a regular file (a FIFO, socket or device) and mpiml did not make it: "
+            "remove it (or move the run folder)"
+        )
 
 
 def own_copy(path: Path) -> None:

@@ -252,8 +252,7 @@ def _one_rank_hint(args: argparse.Namespace, argv: Sequence[str]) -> None:
     print(
         f"mpiml: note: running on 1 rank; launch with `mpiexec -n 4 mpiml {shlex.join(argv)}` "
         "to train in parallel",
-        file=sys.stderr,
-        flush=True,
+        flush=True,  # on stdout: an error after it is still the one line on stderr
     )
 
 

@@ -97,17 +97,17 @@ def _train_alone(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_one_rank_gets_a_hint_naming_mpiexec(tmp_path: Path) -> None:
     out = _train_alone(tmp_path, "--set", "run.name=alone")
     assert out.returncode == 0, out.stderr
-    notes = [line for line in out.stderr.splitlines() if line.startswith("mpiml: note:")]
+    notes = [line for line in out.stdout.splitlines() if line.startswith("mpiml: note:")]
     assert len(notes) == 1 and "running on 1 rank;" in notes[0]
     assert "`mpiexec -n 4 mpiml train --out" in notes[0] and "run.name=alone" in notes[0]
-    header = out.stdout.splitlines()[0]
+    header = out.stdout.splitlines()[1]
     assert " on 1 rank " in header and "1 ranks" not in out.stdout + out.stderr
 
 
 def test_no_hint_when_the_job_asks_for_one_rank_or_runs_on_more(tmp_path: Path) -> None:
     out = _train_alone(tmp_path, "--set", "run.world_size=1")
     assert out.returncode == 0, out.stderr
-    assert "mpiml: note" not in out.stderr
+    assert "mpiml: note" not in out.stdout + out.stderr
     res = run_ranks(
         2,
         [*MPIML, "train", "--out", str(tmp_path / "r2"), "--set", "run.steps=2"],
@@ -116,3 +116,9 @@ def test_no_hint_when_the_job_asks_for_one_rank_or_runs_on_more(tmp_path: Path) 
     )
     assert res.returncode == 0 and not res.timed_out, res.stderr
     assert "mpiml: note" not in res.stderr and " on 2 ranks " in res.stdout
+
+
+def test_on_one_rank_a_job_error_is_still_one_line_on_stderr(tmp_path: Path) -> None:
+    out = _train_alone(tmp_path, "--set", "data.name=hdf5", "--set", "data.path=nowhere.h5")
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "data.path" in lines[0], out.stderr

@@ -178,8 +178,17 @@ def install_abort_handler() -> None:
                 }
                 sys.stderr.write(f"mpiml: {lines.get(status, f'error: {exc}')}\n")
             leave(status)
-        text = "".join(traceback.format_exception(exc_type, exc, tb))
-        sys.stderr.write(f"[mpiml rank {rank}] unhandled exception, aborting the job:\n{text}")
+        from .errors import DivergenceError, NonFiniteError
+
+        if isinstance(exc, DivergenceError | NonFiniteError):  # seen on this rank only
+            sys.stderr.write(
+                f"mpiml: error: training diverged on rank {rank}: {exc} (try a smaller optimizer.lr)\n"
+            )
+            abort_status = EX_DIVERGED
+        else:
+            text = "".join(traceback.format_exception(exc_type, exc, tb))
+            sys.stderr.write(f"[mpiml rank {rank}] unhandled exception, aborting the job:\n{text}")
+            abort_status = 1
         sys.stderr.flush()
         for fn in reversed(_cleanups):
             try:
@@ -189,8 +198,8 @@ def install_abort_handler() -> None:
         # MPI_Abort kills every process at once; give mpiexec's I/O forwarding a moment
         # to pass the traceback on first (Hydra dropped it now and then without this).
         time.sleep(0.5)
-        MPI.COMM_WORLD.Abort(1)
-        os._exit(1)  # not reached with a conforming MPI
+        MPI.COMM_WORLD.Abort(abort_status)
+        os._exit(abort_status)  # not reached with a conforming MPI
 
     hook._mpiml_abort = True  # type: ignore[attr-defined]
     sys.excepthook = hook

@@ -30,3 +30,9 @@ class DivergenceError(RuntimeError):
 
     def __reduce__(self) -> tuple[type[DivergenceError], tuple[int, int, str, str]]:
         return type(self), (self.step, self.rank, self.detail, self.what)  # picklable despite its signature
+
+
+class NonFiniteError(ValueError):
+    """A codec asked to encode NaN or Inf: on a training rank, the run has diverged
+    before the loss or model checks saw it. The abort handler reports it in one line
+    (status 3) instead of a traceback; nothing is checkpointed."""

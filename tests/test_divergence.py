@@ -73,3 +73,15 @@ def test_a_healthy_run_is_unaffected(tmp_path: Path) -> None:
     rc, out, err = _train(tmp_path, "run.steps=60", "run.eval_every=30", "checkpoint.every=30", "run.name=ok")
     assert rc == 0 and "done" in out and "acc nan" not in out, (out, err)
     assert (tmp_path / "ok" / "checkpoints" / "step-000000060" / "COMPLETE").exists()
+
+
+def test_a_codec_that_meets_nan_ends_the_job_as_diverged_not_with_a_traceback(tmp_path: Path) -> None:
+    """With a codec, the NaN reaches encode before any evaluation: every rank that sees
+    it says so in one line, the job ends with status 3, no traceback, no checkpoint."""
+    code, out, err = _train(
+        tmp_path, "algorithm.name=sgd", "compression.codec=topk", "optimizer.lr=1e4", "run.name=c"
+    )
+    assert code == 3 and "Traceback" not in err, err
+    said = [ln for ln in err.splitlines() if ln.startswith("mpiml: error: training diverged on rank")]
+    assert 1 <= len(said) <= 2 and "cannot encode NaN or Inf" in said[0], err
+    assert _no_checkpoint(tmp_path / "c")

@@ -58,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import NonFiniteError
+
 __all__ = [
     "CHECKSUMMED",
     "CODEC_IDS",
@@ -192,7 +194,9 @@ def check_out(out: Any, dtype: np.dtype, d: int, codec: str) -> np.ndarray:
 
 def check_finite(x: np.ndarray, codec: str) -> None:
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{codec}: cannot encode NaN or Inf (the input has {int(np.sum(~np.isfinite(x)))})")
+        raise NonFiniteError(
+            f"{codec}: cannot encode NaN or Inf (the input has {int(np.sum(~np.isfinite(x)))})"
+        )
 
 
 def pack_header(codec: str, x: np.ndarray) -> bytes:

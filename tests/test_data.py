@@ -495,3 +495,22 @@ def test_fuzz_hdf5_shapes_and_dtypes_give_one_line_or_load(
     p = tmp_path_factory.mktemp("shp") / "d.h5"
     _h5(p, x=make(xshape, xdt), y=make(yshape, ydt))
     _loads_or_names_the_path(p)
+
+
+def test_a_file_that_claims_more_rows_than_memory_is_refused_before_reading(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A 2 KB chunked file whose /x and /y claim 10^10 rows (never written, so sparse)
+    is one ConfigError naming data.path, not a MemoryError on every rank."""
+    import h5py
+
+    from mpiml.data.hdf5 import hdf5_shape, read_hdf5
+    from mpiml.errors import ConfigError
+
+    path = tmp_path / "huge.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", shape=(10**10, 4), dtype="f4", chunks=(1024, 4))
+        f.create_dataset("y", shape=(10**10,), dtype="i8", chunks=(1024,))
+    for read in (hdf5_shape, read_hdf5):
+        with pytest.raises(
+            ConfigError, match=r"data\.path: /y in .* holds 10000000000 values, ~74\.5 GiB once read"
+        ):
+            read(str(path))

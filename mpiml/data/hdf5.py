@@ -141,6 +141,14 @@ def _shapes(path: str, x: Any, y: Any) -> tuple[int, int]:
 
 
 def _read(path: str, name: str, ds: Any) -> np.ndarray:
+    from ..budget import node_memory  # (budget imports this module)
+
+    need, free = 8 * int(ds.size), node_memory()  # read, then as float64 or int64
+    if need > free:  # a small sparse file can claim 10^10 rows: refuse before allocating
+        raise ConfigError(
+            f"data.path: /{name} in {path!r} holds {ds.size} values, ~{need / 2**30:.1f} GiB once read; "
+            f"this node has {free / 2**30:.1f} GiB free"
+        )
     try:
         return np.asarray(ds[()])
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:  # damaged chunks, filters

@@ -107,9 +107,11 @@ def _metric_steps(run_dir: Path) -> list[int] | str:
 
     try:
         run = load_run(run_dir)
-        steps, _ = run.metric("accuracy")
     except Exception as exc:  # noqa: BLE001 - the campaign reports every failure
         return f"run file unreadable: {type(exc).__name__}: {exc}"
+    if "accuracy" not in run.metrics:  # killed before the first evaluation
+        return []
+    steps, _ = run.metric("accuracy")
     return [int(s) for s in steps]
 
 
@@ -311,10 +313,10 @@ BAD_JOBS: list[str] = [
     'data.name="hdf5" data.path="/nonexistent.h5"', "model.hidden=[0]", "model.hidden=[-5]", "model.hidden=[100000000000]",
     'model.hidden="64"', "model.hidden=[[64]]", 'model.name="resnet"', 'model.dtype="int8"',
     'model.activation="swish2"', 'algorithm.name="adam"', "algorithm.tau=0", "algorithm.tau=-4",
-    "algorithm.delay=-1", "algorithm.tau=4 algorithm.delay=9", 'algorithm.topology="rign"',
+    "algorithm.delay=-1", 'algorithm.name="dasgd" algorithm.tau=4 algorithm.delay=9', 'algorithm.topology="rign"',
     "algorithm.period=0", "algorithm.gamma=0", "algorithm.gamma=2", 'compression.codec="zip"',
-    "compression.s=0", "compression.s=4294967296", "compression.k=0", "compression.k=-1",
-    "compression.ratio=0", "compression.ratio=1.5", "compression.bucket=0", "checkpoint.every=-1",
+    "compression.s=-1", 'compression.codec="qsgd" compression.s=4294967296', 'compression.codec="topk" compression.k=100000', "compression.k=-1",
+    "compression.ratio=-0.5", "compression.ratio=1.5", "compression.bucket=-1", "checkpoint.every=-1",
     "checkpoint.keep=0", "trace.flush_every=0", "trace.flush_every=-1", 'trace.events="yes"',
     'backend.device="tpu"', 'backend.cuda_aware="maybe"', "nosuch.key=1", "run.nosuchkey=1",
     "run=5", "optimizer.lr=[1]", "optimizer.lr=true", "run.steps=true",

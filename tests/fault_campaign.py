@@ -395,6 +395,8 @@ def payloads(per_codec: int, rng: np.random.Generator) -> Tally:
                 t.add(True)
                 if not same:
                     t.extra["undetected"] += 1
+                    key = f"undetected {name}"
+                    t.extra[key] = t.extra.get(key, 0) + 1
     return t
 
 

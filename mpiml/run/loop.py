@@ -56,7 +56,9 @@ from ..layout import Layout
 from ..optim import build_optimizer
 from ..trace import Trace
 from . import console
+from .divergence import params_finite, raise_diverged
 from .evaluate import Evaluator
+from .files import RunFiles
 from .folder import clear_run
 from .resume import elapsed_since_start, has_checkpoints, pick_checkpoint, resume_state, write_checkpoint
 from .setup import Setup, claim_folder, prepare, set_threads
@@ -83,28 +85,6 @@ class Result:
     stopped_by: str | None = None  # what stopped it: "SIGINT", "SIGTERM" or "stop file"
 
 
-class _Files:
-    """This rank's event file and, on rank 0, the run file; flushed at the loop's
-    flush points, at checkpoints and (best effort) before an abort."""
-
-    def __init__(self, trace: Trace, rank_file: RankFile, run_file: RunFile | None) -> None:
-        self.trace, self.rank_file, self.run_file = trace, rank_file, run_file
-
-    def flush(self, everything: bool = False) -> None:
-        self.rank_file.append_events(self.trace.take(everything))
-        for name, rows in self.trace.take_tables().items():
-            self.rank_file.append_table(name, rows)
-        self.rank_file.flush()
-        if self.run_file is not None:
-            self.run_file.flush()
-
-    def close(self) -> None:
-        self.flush(everything=True)  # at the end nothing is open; on an abort, keep every row
-        self.rank_file.close()
-        if self.run_file is not None:
-            self.run_file.close()
-
-
 class Loop:
     """The hooks that follow every step of a program (driver-owned).
 
@@ -122,7 +102,7 @@ class Loop:
         program: Program,
         data: RankData | None,
         evaluator: Evaluator,
-        files: _Files,
+        files: RunFiles,
         trace: Trace,
         run_dir: Path,
         stream: TextIO,
@@ -182,7 +162,7 @@ class Loop:
     def evaluate_now(self, t: int) -> None:
         """Evaluate after step ``t``: at once for a synchronous program; started here and
         reported when done for an asynchronous one (never a barrier for its ranks)."""
-        self._local_bad = not math.isfinite(self.loss_sum) or not self._params_finite()
+        self._local_bad = not math.isfinite(self.loss_sum) or not params_finite(self.program.params)
         if self.program.synchronous:
             metrics = self.evaluate(t, self.loss_sum, self.loss_count)
             self._report([(t, self.trace.now(), metrics)])
@@ -200,33 +180,18 @@ class Loop:
                 elapsed = time.perf_counter() - self.t_loop
                 console.progress(t + 1, self.cfg.run.steps, metrics, self.trace, elapsed, self.stream)
             if self.evaluate.diverged:  # the reduced sums: the same verdict on every rank of the role
-                self._diverged(t + 1, self._local_bad, self.comms.role, "loss")
-
-    def _params_finite(self) -> bool:
-        x = self.program.params
-        if x is None:
-            return True
-        xp = getattr(x, "__array_namespace__", None)
-        return bool((xp() if xp is not None else np).isfinite(x).all())
-
-    def _diverged(self, done: int, bad_here: bool, comm: MPI.Comm, what: str) -> None:
-        """Raise DivergenceError on every rank of ``comm`` (which agreed that the run
-        diverged), naming the lowest world rank whose own values were not finite. One
-        small collective, on this error path only."""
-        size = self.comms.world.Get_size()
-        lowest = comm.allreduce(self.rank if bad_here else size, op=MPI.MIN)
-        err = DivergenceError(done, lowest if lowest < size else 0, "try a smaller optimizer.lr", what=what)
-        err.agreed = True  # type: ignore[attr-defined]  # raised on every rank: one line, no abort
-        raise err
+                raise_diverged(
+                    t + 1, self.rank, self._local_bad, self.comms.role, self.comms.world.Get_size(), "loss"
+                )
 
     def checkpoint(self, done: int) -> None:
         """Write the checkpoint of step ``done`` (collective over world), unless some
         rank's model or loss sums are not finite: then DivergenceError on every rank."""
         self.program.quiesce()  # what the checkpoint would hold: nothing in flight
-        bad = not math.isfinite(self.loss_sum) or not self._params_finite()
+        bad = not math.isfinite(self.loss_sum) or not params_finite(self.program.params)
         world = self.comms.world
         if world.allreduce(int(bad), op=MPI.MAX):  # one small reduction per checkpoint
-            self._diverged(done, bad, world, "model")
+            raise_diverged(done, self.rank, bad, world, world.Get_size(), "model")
         write_checkpoint(
             self.program,
             self.data,
@@ -405,7 +370,7 @@ def _train(
             resume_step,
             layout=layout.to_json(),
         )
-    files = _Files(trace, rank_file, run_file)
+    files = RunFiles(trace, rank_file, run_file)
     _comm.on_abort(files.close)
     classification = model is not None and model.task == "classification"
     evaluator = Evaluator(comms, program, trace, classification)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -87,6 +90,46 @@ def test_gossip_quick_writes_its_out_and_never_replaces_a_file(tmp_path: Path) -
     assert f"{out} (and 1 more) exists: pass --overwrite" in again.stderr and _sha(out) == before
 
 
+def _driver(cmd: list[str], timeout: float, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a driver script; on timeout kill its whole process group (the mpiexec it started too)."""
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{cmd} ran past {timeout} s\n{out[-2000:]}\n{err[-2000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.mark.slow
+def test_async_ps_quick_measures_every_run_and_slows_the_straggler(tmp_path: Path) -> None:
+    """benchmarks/async_ps.py --quick: every training run measured (rates with their
+    interval, time to 0.95 on digits), the straggler really slowed under async_ps and sgd
+    (its rank spent time in 'straggler' events), a verdict for async_ps; never replaces."""
+    out = tmp_path / "ps.json"
+    cmd = [sys.executable, str(BENCH / "async_ps.py"), "--quick", "--out", str(out)]
+    res = _driver(cmd, 240, tmp_path)  # a plain process: it launches the ranks itself
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is True and out.with_suffix(".md").exists()
+    rows = {(r["part"], r["label"]): r for r in doc["rows"]}
+    assert all("error" not in r for r in rows.values()), [r["error"] for r in rows.values() if "error" in r]
+    for r in rows.values():
+        assert r["window_rate"]["median"] > 0 and len(r["window_rate"]["ci95"]) == 2
+    assert rows[("sizes", "1e4 digits async_ps S=1")]["time_to_acc_s"] is not None
+    for label in ("timed async_ps S=1 r=4", "timed sgd r=4"):
+        assert rows[("straggler", label)]["seconds_by_kind"]["1"].get("straggler", 0) > 0, label
+        assert rows[("straggler", label)]["seconds_by_kind"]["0"].get("straggler", 0) == 0, label
+    (v,) = [v for v in doc["verdicts"] if v["algorithm"] == "async_ps S=1"]
+    assert v["factor"] == 4 and v["workers"] == 3 and "target" in v["verdict"]
+    before = _sha(out)
+    again = _driver(cmd, 60, tmp_path)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and _sha(out) == before
+
+
 # ---------------------------------------------------------------- tests/gpu_check.sh
 
 GPU_CHECK = Path(__file__).resolve().parent / "gpu_check.sh"
@@ -146,7 +189,7 @@ def test_a_benchmark_rank_that_raises_ends_the_job(tmp_path: Path) -> None:
     res = run_ranks(2, [sys.executable, str(script)], 30, cwd=str(tmp_path))  # plain python: no -m mpi4py
     assert not res.timed_out, "the job hung instead of aborting"
     assert res.returncode != 0 and "[mpiml rank 1]" in res.stderr and "injected on rank 1" in res.stderr
-    for name in ("allreduce", "compress", "gossip", "loop_overhead", "overlap", "quantized"):
+    for name in ("allreduce", "async_ps", "compress", "gossip", "loop_overhead", "overlap", "quantized"):
         assert "_bench.abort_on_error()" in (BENCH / f"{name}.py").read_text(), name
 
 

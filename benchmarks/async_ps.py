@@ -33,7 +33,8 @@ Parts:
    ``--compute-ms`` per step, no accuracy).
 2. *stragglers*: the same four with world rank 1 (a worker in every layout) ``r`` = 2
    and 4 times slower (``[straggler] ranks = [1], factor = r``; mpiml/straggler.py), on the
-   1e5 timed model and on digits. Target (issue #12): async_ps's window rate within 10 %
+   1e5 timed model (r = 1, 2, 4 back to back, ``--rounds`` rounds in rotated order, the
+   rounds' slices pooled) and on digits (one round). Target (issue #12): async_ps's window rate within 10 %
    of the ideal, the sum of the workers' own speeds = (W - 1 + 1/r)/W of its r = 1 rate;
    verdict on (rate_r / rate_1) / ideal >= 0.9. sgd should fall to about 1/r.
 3. *server link*: ``async_ps`` over ``launch/slownet`` (``--rate`` per rank link, MPI over
@@ -177,9 +178,11 @@ class Bench:
             raise RuntimeError(f"{name}: exit {rc}{' (timed out)' if timed_out else ''}: {tail}")
         return self.out / name
 
-    def point(self, part: str, label: str, n: int, sets: dict[str, Any], slownet: str | None = None) -> dict:
-        name = f"{part}-{label}".replace(" ", "").replace("=", "")
-        key = repr((n, sorted(sets.items()), slownet))
+    def point(
+        self, part: str, label: str, n: int, sets: dict[str, Any], slownet: str | None = None, rnd: int = 0
+    ) -> dict:
+        name = f"{part}-{label}-{rnd}".replace(" ", "").replace("=", "")
+        key = repr((n, sorted(sets.items()), slownet, rnd))
         if key in self.seen:  # the same job measured in an earlier part: its row again
             row = {**self.seen[key], "part": part, "label": label, "same_run_as": self.seen[key]["label"]}
             self.res.doc["rows"].append(row)
@@ -191,7 +194,7 @@ class Bench:
             row = measure(run_dir)
         except RuntimeError as exc:
             row = {"error": str(exc)}
-        row.update(part=part, label=label, ranks=n, job=sets, wall_s=time.perf_counter() - t0)
+        row.update(part=part, label=label, round=rnd, ranks=n, job=sets, wall_s=time.perf_counter() - t0)
         self.res.doc["rows"].append(row)
         self.res.save()
         self.seen[key] = row
@@ -244,6 +247,9 @@ def measure(run_dir: Path) -> dict:
             staleness_mean=float(stale.mean()),
             staleness_max=float(stale.max()),
             worker_end_s=last,
+            worker_window_rates=[
+                float(((t > lo) & (t <= hi) & (w == i)).sum() / (hi - lo)) for i in range(workers)
+            ],
         )
         times = t[(t > lo) & (t <= hi)]
     else:
@@ -345,22 +351,29 @@ def sizes_part(b: Bench, algs: list[str], sizes: list[str]) -> None:
         if d <= 2e4:
             job, tag = digits(a.digits_steps), "1e4 digits"
         else:
-            steps = max(8, int(a.timed_steps * min(1.0, 1e5 / d) ** 0.5))
+            steps = max(25, int(a.timed_steps * min(1.0, 1e5 / d) ** 0.25))
             job, tag = timed(int(d), steps, a.compute_ms), f"{size} timed"
         for alg in algs:
             b.point("sizes", f"{tag} {alg}", a.n, {**ALGS[alg], **job})
 
 
 def straggler_part(b: Bench, algs: list[str], factors: list[float], models: list[str]) -> None:
+    """r = 1 and each factor back to back (drift of a shared machine hits them alike),
+    ``--rounds`` times on the timed model in rotated order (round 0's r = 1 is part 1's
+    run of the same job), once on digits."""
     a = b.a
     for model in models:
         job = digits(a.digits_steps) if model == "digits" else timed(100_000, a.timed_steps, a.compute_ms)
-        for alg in algs:
-            for r in [1.0, *factors]:
-                sets = {**ALGS[alg], **job}
-                if r > 1:
-                    sets.update({"straggler.ranks": f"[{SLOW_RANK}]", "straggler.factor": r})
-                b.point("straggler", f"{model} {alg} r={r:g}", a.n, sets)
+        rounds = a.rounds if model == "timed" else 1
+        for rnd in range(rounds):
+            for alg in algs:
+                rs = [1.0, *factors]
+                rs = rs[rnd % len(rs) :] + rs[: rnd % len(rs)]
+                for r in rs:
+                    sets = {**ALGS[alg], **job}
+                    if r > 1:
+                        sets.update({"straggler.ranks": f"[{SLOW_RANK}]", "straggler.factor": r})
+                    b.point("straggler", f"{model} {alg} r={r:g}", a.n, sets, rnd=rnd)
 
 
 def link_part(b: Bench) -> None:
@@ -385,10 +398,17 @@ def link_part(b: Bench) -> None:
 
 
 def find(rows: list[dict], part: str, label: str) -> dict | None:
-    for r in rows:
-        if r["part"] == part and r["label"] == label and "error" not in r:
-            return r
-    return None
+    """The measured rows of ``label`` pooled over rounds: slices concatenated, rates averaged."""
+    got = [r for r in rows if r["part"] == part and r["label"] == label and "error" not in r]
+    if not got:
+        return None
+    out = dict(got[0])
+    out["window_slices"] = [x for r in got for x in r["window_slices"]]
+    out["whole_rate"] = float(np.mean([r["whole_rate"] for r in got]))
+    if "worker_window_rates" in out:
+        out["worker_window_rates"] = np.mean([r["worker_window_rates"] for r in got], axis=0).tolist()
+    out["rounds"] = len(got)
+    return out
 
 
 def verdicts(doc: dict) -> list[dict]:
@@ -414,7 +434,13 @@ def verdicts(doc: dict) -> list[dict]:
                     "ideal_ratio": ideal,
                     "window_ratio": {"median": ci[0], "ci95": [ci[1], ci[2]]},
                     "whole_ratio": whole,
+                    "rounds": [base["rounds"], row["rounds"]],
                 }
+                if "worker_window_rates" in row:  # are the fast workers slowed by the straggler?
+                    fast = [i for i in range(w) if i != SLOW_RANK]
+                    now, was = row["worker_window_rates"], base["worker_window_rates"]
+                    v["fast_workers_ratio"] = sum(now[i] for i in fast) / sum(was[i] for i in fast)
+                    v["slow_worker_ratio"] = now[SLOW_RANK] / was[SLOW_RANK]
                 if alg.startswith("async_ps"):
                     rel = (ci[0] / ideal, ci[1] / ideal, ci[2] / ideal)
                     v["verdict"] = _bench.verdict(
@@ -459,9 +485,10 @@ def write(res: _bench.Results) -> None:
             )
             continue
         wr = r["window_rate"]
+        name = r["label"] + (f" (round {r['round'] + 1})" if r.get("round") else "")
         st = f"{r['staleness_mean']:.2f}/{r['staleness_max']:g}" if "staleness_mean" in r else "-"
         lines.append(
-            f"| {r['part']} | {r['label']} | {r['workers']}+{r['servers']} | {fmt(wr['median'])} | "
+            f"| {r['part']} | {name} | {r['workers']}+{r['servers']} | {fmt(wr['median'])} | "
             f"[{fmt(wr['ci95'][0])}, {fmt(wr['ci95'][1])}] | {fmt(r['whole_rate'])} | "
             f"{fmt(r.get('time_to_acc_s'), '.2f')} | {r.get('steps_to_acc') or '-'} | "
             f"{r.get('updates_to_acc') or '-'} | {fmt(r.get('final_accuracy'), '.4f')} | {st} |"
@@ -470,14 +497,17 @@ def write(res: _bench.Results) -> None:
         "",
         "## Stragglers: rate with world rank 1 r times slower / rate without",
         "",
-        "| model | algorithm | r | W | ideal (W-1+1/r)/W | window ratio | 95 % CI | whole-run ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | algorithm | r | W | ideal (W-1+1/r)/W | window ratio | 95 % CI | whole-run ratio | "
+        "fast workers' ratio | straggler's ratio (1/r ideal) | rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in doc.get("verdicts", []):
         wr = v["window_ratio"]
         lines.append(
             f"| {v['model']} | {v['algorithm']} | {v['factor']:g} | {v['workers']} | {v['ideal_ratio']:.3f} | "
-            f"{wr['median']:.3f} | [{wr['ci95'][0]:.3f}, {wr['ci95'][1]:.3f}] | {v['whole_ratio']:.3f} |"
+            f"{wr['median']:.3f} | [{wr['ci95'][0]:.3f}, {wr['ci95'][1]:.3f}] | {v['whole_ratio']:.3f} | "
+            f"{fmt(v.get('fast_workers_ratio'), '.3f')} | {fmt(v.get('slow_worker_ratio'), '.3f')} | "
+            f"{v['rounds'][0]}+{v['rounds'][1]} |"
         )
     lines += ["", *(f"- {v['verdict']}" for v in doc.get("verdicts", []) if "verdict" in v), ""]
     if doc.get("reading"):
@@ -500,6 +530,7 @@ def main() -> None:
     ap.add_argument("--factors", help="straggler factors (default 2,4; --quick 4)")
     ap.add_argument("--digits-steps", type=int, help="steps of the digits runs (default 300; --quick 100)")
     ap.add_argument("--timed-steps", type=int, help="steps of the 1e5 timed runs (default 100; --quick 30)")
+    ap.add_argument("--rounds", type=int, help="rounds of the timed straggler runs (default 2; --quick 1)")
     ap.add_argument("--compute-ms", type=float, default=20.0, help="timed model's compute per step (20)")
     ap.add_argument("--rate", default="100mbit", help="slownet link rate (default 100mbit)")
     ap.add_argument("--link-params", type=int, default=250_000, help="timed model size over slownet")
@@ -517,6 +548,7 @@ def main() -> None:
         "factors": "4",
         "digits_steps": 100,
         "timed_steps": 30,
+        "rounds": 1,
     }
     full = {
         "sizes": "1e4,1e5,1e6,1e7",
@@ -524,6 +556,7 @@ def main() -> None:
         "factors": "2,4",
         "digits_steps": 300,
         "timed_steps": 100,
+        "rounds": 2,
     }
     for k, v in (quick if a.quick else full).items():
         if getattr(a, k) is None:
@@ -553,6 +586,7 @@ def main() -> None:
                 "compute_ms": a.compute_ms,
                 "slow_rank": SLOW_RANK,
                 "slices": SLICES,
+                "rounds": a.rounds,
                 "slownet": None if a.quick or a.no_slownet else {"rate": a.rate, "params": a.link_params},
             },
             "rows": [],

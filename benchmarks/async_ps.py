@@ -36,7 +36,9 @@ Parts:
    1e5 timed model (r = 1, 2, 4 back to back, ``--rounds`` rounds in rotated order, the
    rounds' slices pooled) and on digits (one round). Target (issue #12): async_ps's window rate within 10 %
    of the ideal, the sum of the workers' own speeds = (W - 1 + 1/r)/W of its r = 1 rate;
-   verdict on (rate_r / rate_1) / ideal >= 0.9. sgd should fall to about 1/r.
+   verdict on (rate_r / rate_1) / ideal >= 0.9, on the timed model only (the digits MLP
+   computes ~0.3 ms of a step that is mostly exchange: its ratios are noise, shown without
+   a verdict). sgd should fall to about 1/r.
 3. *server link*: ``async_ps`` over ``launch/slownet`` (``--rate`` per rank link, MPI over
    TCP), W = 1, 2, 3 workers with S = 1 and W = 1, 2 with S = 2 (N <= 4 ranks here: no
    more workers can be shown), a timed model of ``--link-params`` parameters; the
@@ -441,7 +443,7 @@ def verdicts(doc: dict) -> list[dict]:
                     now, was = row["worker_window_rates"], base["worker_window_rates"]
                     v["fast_workers_ratio"] = sum(now[i] for i in fast) / sum(was[i] for i in fast)
                     v["slow_worker_ratio"] = now[SLOW_RANK] / was[SLOW_RANK]
-                if alg.startswith("async_ps"):
+                if alg.startswith("async_ps") and model == "timed":
                     rel = (ci[0] / ideal, ci[1] / ideal, ci[2] / ideal)
                     v["verdict"] = _bench.verdict(
                         rel,
@@ -449,8 +451,10 @@ def verdicts(doc: dict) -> list[dict]:
                         True,
                         f"{model} {alg} r={r:g}: window rate / ideal ({ideal:.3f} of r=1)",
                     )
-                else:
+                elif model == "timed":
                     v["note"] = f"1/r = {1 / r:.3f}; ideal (sum of speeds) {ideal:.3f}"
+                else:  # the digits MLP computes ~0.3 ms a step: r x that is lost in the exchange's noise
+                    v["note"] = "digits: compute is ~0.3 ms of a ~10-30 ms step here; no verdict (noise)"
                 out.append(v)
     return out
 

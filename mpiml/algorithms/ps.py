@@ -89,6 +89,7 @@ STALENESS = field(
     (lambda v: 0 <= v <= 10**9, "an integer in [0, 1_000_000_000] (omit it for no bound)"),
     "SSP bound s: a pull at clock c waits until every worker's clock >= c - s "
     "(0: BSP; omitted, shown as -1: fully asynchronous)",
+    unset=True,
 )
 PUSH_MODE = field(
     "str",
@@ -400,7 +401,15 @@ class PSServer(_PSProgram):
                 loop.stop_by(srv.flags_seen | loop.stop_flag())
                 loop.stopped(step)
 
-        if srv.serve(on_quiesce) and self.ctx.cfg.checkpoint.every:
+        flush_every = self.ctx.cfg.trace.flush_every * len(self.workers)  # in updates applied
+        flushed = [srv.version]
+
+        def tick() -> None:  # the trace to disk every trace.flush_every steps' worth of updates
+            if srv.version - flushed[0] >= flush_every:
+                loop.files.flush()
+                flushed[0] = srv.version
+
+        if srv.serve(on_quiesce, tick) and self.ctx.cfg.checkpoint.every:
             loop.checkpoint(stop)
         loop.last = {"loss": float("nan")}  # a server has no metrics of its own
 

@@ -173,9 +173,10 @@ class ShardServer:
 
     # ---- the service loop -------------------------------------------------------
 
-    def serve(self, on_quiesce: Callable[[int, bool], None]) -> bool:
+    def serve(self, on_quiesce: Callable[[int, bool], None], tick: Callable[[], None] | None = None) -> bool:
         """Serve until every worker has sent DONE (returns True) or until a stop
-        checkpoint (returns False after ``on_quiesce(step, True)``)."""
+        checkpoint (returns False after ``on_quiesce(step, True)``). ``tick()`` is called
+        after every batch of requests served (e.g. to flush the trace now and then)."""
         self.reset_run_state()
         for i in range(self.n_workers):
             self._post(i)
@@ -195,6 +196,8 @@ class ShardServer:
                 if self.bsp:
                     self._bsp_round()
                 self._answer_pulls()
+                if tick is not None:
+                    tick()
                 if (self.quiesce_at >= 0).all():
                     step, stop = self._quiesced()
                     on_quiesce(step, stop)

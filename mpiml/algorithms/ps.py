@@ -114,7 +114,23 @@ class AsyncPS(Algorithm):
 
     @classmethod
     def layout(cls, cfg: Config, world_size: int) -> Layout:
-        return parameter_server(world_size, servers=int(cfg.algorithm.servers))
+        servers = int(cfg.algorithm.servers)
+        if servers >= world_size:
+            raise ConfigError(
+                f"algorithm.servers = {servers} leaves no worker: it must be at most {world_size - 1} "
+                f"(world size - 1), or launch at least {servers + 1} ranks"
+            )
+        return parameter_server(world_size, servers=servers)
+
+    @classmethod
+    def check_layout(cls, cfg: Config, layout: Layout) -> None:
+        from ..budget import data_shape, model_params
+
+        servers, d = int(cfg.algorithm.servers), model_params(cfg, data_shape(cfg))
+        if servers > d:
+            raise ConfigError(
+                f"algorithm.servers = {servers} is more than the model's {d} parameters (a shard holds at least one)"
+            )
 
     @classmethod
     def program_for(cls, role: Role) -> type[Program]:
@@ -154,10 +170,6 @@ class PSWorker(_PSProgram):
             raise ValueError("PSWorker: a worker needs a model, parameters and data")
         self.model, self.data, self.x = ctx.model, ctx.data, ctx.params
         xp, d = ctx.xp, ctx.params.size
-        if len(self.servers) > d:
-            raise ConfigError(
-                f"algorithm.servers = {len(self.servers)} is more than the model's {d} parameters (one shard each)"
-            )
         self.index = self.workers.index(ctx.rank)
         self.ranges = shard_ranges(d, len(self.servers))
         if self.index == 0:  # the initial model x_0, shard by shard (every worker holds the same x_0)

@@ -5,6 +5,7 @@ the seeded steps on every run, and a rank beyond the world is refused on every r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from reference import small_job  # tests/reference.py
 
 from mpiml.errors import ConfigError
 from mpiml.io import load_run
-from mpiml.straggler import slowed
+from mpiml.straggler import DELAY_DTYPE, slowed
 from mpiml.testing import assert_all
 from mpiml.trainer import train
 
@@ -30,13 +31,26 @@ def _job(name: str, alg: str, *extra: str) -> Any:
     return small_job(name, *ALGS[alg], *extra, steps=STEPS, eval_every=8)
 
 
+def _verdict(comm: MPI.Comm, check: Callable[[], list[str]]) -> None:
+    """Run ``check`` (reading the run files) on rank 0 and assert on every rank that it
+    found no problem; an exception in it is a problem too, never a rank left waiting."""
+    problems: list[str] = []
+    if comm.Get_rank() == 0:
+        try:
+            problems = check()
+        except Exception as exc:  # noqa: BLE001 - reported on every rank below
+            problems = [f"rank 0 could not check the run files: {type(exc).__name__}: {exc}"]
+    problems = comm.bcast(problems, root=0)
+    assert_all(comm, not problems, "; ".join(problems))
+
+
 def _delay_problems(run: Any, rank: int, steps: list[int], multiplier: float) -> list[str]:
     """What is wrong with ``rank``'s recorded delays, expected at ``steps`` with
     ``multiplier``: one ``straggler`` row and one ``straggler`` event per slowed step,
     the row's delay = (multiplier - 1) x that step's recorded compute event, the event
     right after that compute and at least as long as the delay it slept."""
     out: list[str] = []
-    table = run.table("straggler").get(rank, np.zeros(0, dtype=[("step", "<i8")]))
+    table = run.table("straggler").get(rank, np.zeros(0, dtype=DELAY_DTYPE))
     if list(table["step"]) != steps:
         return [f"rank {rank}: delays at steps {list(table['step'])}, expected {steps}"]
     ev = run.events[rank]
@@ -78,10 +92,10 @@ def test_a_slow_rank_adds_recorded_compute_time_and_nothing_else(
     # a synchronous algorithm's result depends on the data and the order of operations,
     # not on time: bit for bit the run without a straggler
     assert_all(comm, np.array_equal(plain.params, slow.params), f"{alg}: the straggler changed the model")
-    problems: list[str] = []
-    if comm.Get_rank() == 0:
+
+    def check() -> list[str]:
         run = load_run(shared_tmp / f"slow-{alg}")
-        problems += _delay_problems(run, n - 1, list(range(STEPS)), factor)
+        problems = _delay_problems(run, n - 1, list(range(STEPS)), factor)
         for r in range(n - 1):  # the others were not slowed
             if r in run.table("straggler") or np.any(run.events[r]["kind"] == "straggler"):
                 problems.append(f"rank {r} was slowed but is not in straggler.ranks")
@@ -89,8 +103,9 @@ def test_a_slow_rank_adds_recorded_compute_time_and_nothing_else(
             problems.append(f"the run file's config has straggler {run.config['straggler']}")
         if run.kinds.get("straggler") != "compute":
             problems.append(f"the kinds table says straggler is {run.kinds.get('straggler')!r}, not compute")
-    problems = comm.bcast(problems, root=0)
-    assert_all(comm, not problems, "; ".join(problems))
+        return problems
+
+    _verdict(comm, check)
 
 
 def test_random_stragglers_slow_the_seeded_steps_on_every_run(comm: MPI.Comm, shared_tmp) -> None:  # type: ignore[no-untyped-def]
@@ -101,9 +116,10 @@ def test_random_stragglers_slow_the_seeded_steps_on_every_run(comm: MPI.Comm, sh
     a = train(_job("random-a", "dasgd", *extra), comm, out=shared_tmp, stream=NULL)
     b = train(_job("random-b", "dasgd", *extra), comm, out=shared_tmp, stream=NULL)
     assert_all(comm, np.array_equal(a.params, b.params), "the two runs of one job differ")
-    problems: list[str] = []
-    if comm.Get_rank() == 0:
+
+    def check() -> list[str]:
         ra, rb = load_run(shared_tmp / "random-a"), load_run(shared_tmp / "random-b")
+        problems: list[str] = []
         slowed_steps = 0
         for r in range(n):
             want = [t for t in range(STEPS) if slowed(seed, r, t, p)]
@@ -112,8 +128,9 @@ def test_random_stragglers_slow_the_seeded_steps_on_every_run(comm: MPI.Comm, sh
             problems += _delay_problems(rb, r, want, 1.0 + percent / 100.0)
         if slowed_steps == 0:
             problems.append("no step was slowed: the test would not see a wrong draw")
-    problems = comm.bcast(problems, root=0)
-    assert_all(comm, not problems, "; ".join(problems))
+        return problems
+
+    _verdict(comm, check)
 
 
 def test_a_straggler_rank_beyond_the_world_fails_on_every_rank(comm: MPI.Comm, shared_tmp) -> None:  # type: ignore[no-untyped-def]

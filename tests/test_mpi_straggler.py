@@ -5,6 +5,7 @@ the seeded steps on every run, and a rank beyond the world is refused on every r
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -51,13 +52,13 @@ def _delay_problems(run: Any, rank: int, steps: list[int], multiplier: float) ->
     right after that compute and at least as long as the delay it slept."""
     out: list[str] = []
     table = run.table("straggler").get(rank, np.zeros(0, dtype=DELAY_DTYPE))
-    if list(table["step"]) != steps:
-        return [f"rank {rank}: delays at steps {list(table['step'])}, expected {steps}"]
+    if table["step"].tolist() != steps:
+        return [f"rank {rank}: delays at steps {table['step'].tolist()}, expected {steps}"]
     ev = run.events[rank]
     compute = ev[ev["kind"] == "compute"]
     slept = ev[ev["kind"] == "straggler"]
-    if list(slept["step"]) != steps:
-        return [f"rank {rank}: straggler events at {list(slept['step'])}, expected {steps}"]
+    if slept["step"].tolist() != steps:
+        return [f"rank {rank}: straggler events at {slept['step'].tolist()}, expected {steps}"]
     if not np.all(table["multiplier"] == multiplier):
         out.append(f"rank {rank}: multipliers {set(table['multiplier'])}, expected {multiplier}")
     for row, sl in zip(table, slept, strict=True):
@@ -139,3 +140,36 @@ def test_a_straggler_rank_beyond_the_world_fails_on_every_rank(comm: MPI.Comm, s
     with pytest.raises(ConfigError, match=rf"straggler\.ranks must be world ranks below {n} .*got {n}\)"):
         train(cfg, comm, out=shared_tmp, stream=NULL)
     comm.Barrier()  # every rank raised (none is left in a collective)
+
+
+def test_a_resumed_run_slows_the_steps_the_uninterrupted_run_slowed(comm: MPI.Comm, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    """Nothing of the straggler is checkpointed: the draw is a function of (seed, rank,
+    step), so a run resumed at step 8 slows the same steps afterwards, and its table
+    (truncated at the checkpoint, then continued) equals the uninterrupted run's."""
+    n, p = comm.Get_size(), 0.4
+    extra = [f"straggler.probability={p}", "straggler.percent=100", "checkpoint.every=8", "checkpoint.keep=5"]
+    full = train(_job("resume-full", "sgd", *extra), comm, out=shared_tmp, stream=NULL)
+    if comm.Get_rank() == 0:
+        shutil.copytree(shared_tmp / "resume-full", shared_tmp / "resume-8")
+        for d in (shared_tmp / "resume-8" / "checkpoints").iterdir():
+            if int(d.name[5:]) > 8:
+                shutil.rmtree(d)
+    comm.Barrier()
+    res = train(_job("resume-8", "sgd", *extra), comm, out=shared_tmp, resume=True, stream=NULL)
+    assert_all(comm, np.array_equal(res.params, full.params), "the resumed run ended elsewhere")
+
+    def check() -> list[str]:
+        a, b = load_run(shared_tmp / "resume-full"), load_run(shared_tmp / "resume-8")
+        problems: list[str] = []
+        for r in range(n):
+            want = [t for t in range(STEPS) if slowed(0, r, t, p)]
+            problems += _delay_problems(a, r, want, 2.0)
+            problems += _delay_problems(b, r, want, 2.0)
+            steps_a, steps_b = (x.table("straggler")[r]["step"].tolist() for x in (a, b))
+            if steps_a != steps_b:
+                problems.append(f"rank {r}: slowed at {steps_a} uninterrupted, at {steps_b} resumed")
+        if not any(t >= 8 for r in range(n) for t in range(STEPS) if slowed(0, r, t, p)):
+            problems.append("no step after the checkpoint was slowed: the test would see nothing")
+        return problems
+
+    _verdict(comm, check)

@@ -168,8 +168,8 @@ _SECTIONS: dict[str, dict[str, Field]] = {  # noqa: RUF012 - filled by register_
     },
 }
 
-# Packages whose import registers plug-in sections ([algorithm], [compression]).
-_PLUGINS = ("mpiml.algorithms",)
+# Packages whose import registers plug-in sections ([algorithm], [compression], [straggler]).
+_PLUGINS = ("mpiml.algorithms", "mpiml.straggler")
 _CHECKS: list[Callable[[Config], None]] = []
 _RELEVANT: dict[str, Callable[[Config], Iterable[str]]] = {}  # see register_section
 _loaded = False
@@ -339,7 +339,7 @@ class Config(dict[str, Any]):
 
 
 # which key decides that a section's key is not read, when it is not the section's first
-_DECIDED_BY = {"data.alpha": "data.partition"}
+_DECIDED_BY = {"data.alpha": "data.partition", "straggler.percent": "straggler.probability"}
 
 
 def ignored_keys(cfg: Config) -> list[str]:

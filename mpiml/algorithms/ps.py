@@ -68,6 +68,7 @@ from ..optim import POSITION_STATE
 from ..protocols.ps import ShardClient
 from ..protocols.ps_server import ShardServer
 from ..protocols.ps_wire import DONE, PULL, PUSH, QUIESCE, STOP, shard_ranges
+from ..straggler import Straggler
 from .base import Algorithm, Context, EvalSums, Program, register
 from .keys import TAU
 from .replica import COMPUTE, UPDATE
@@ -180,6 +181,7 @@ class PSWorker(_PSProgram):
             self.comm, self.servers, self.ranges, self.x.dtype, xp, ctx.trace, first=self.index == 0
         )
         self.grad = xp.empty_like(self.x)
+        self.straggler = Straggler.for_rank(ctx.cfg, ctx.rank, ctx.trace)  # [straggler]: slower compute
         self.scale = 1.0 / (self.data.sampler.batch_size * len(self.workers))
         self._need_pull = False  # x is the servers' x_0 until a resume says otherwise
         self._pending_eval: tuple[int, np.ndarray] | None = None  # sums to send with the next request
@@ -212,7 +214,10 @@ class PSWorker(_PSProgram):
         t0 = tr.now()
         xb, yb = self.data.sampler.next()
         loss = self.model.loss_and_grad(self.x, xb, yb, self.grad, self.scale)
-        tr.record(t, COMPUTE, t0, tr.now())
+        t1 = tr.now()
+        tr.record(t, COMPUTE, t0, t1)
+        if self.straggler is not None:
+            self.straggler.delay(t, t1 - t0)
         if self.mode == "gradient":
             self._exchange(PUSH | PULL, t + 1, self.grad, loss, flags)
             return loss

@@ -20,7 +20,11 @@ Run by hand: ``mpiexec -n 4 python -m mpi4py -m pytest --with-mpi tests/test_mpi
 
 from __future__ import annotations
 
+import sys
 import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +80,19 @@ def _pace(worker: int, step: int, rng: np.random.Generator) -> None:
         t_end = time.perf_counter() + float(rng.random()) * 1e-3
         while time.perf_counter() < t_end:
             pass
+
+
+@contextmanager
+def _or_abort() -> Iterator[None]:
+    """An exception inside the protocol (the server's LostUpdateError, a worker's
+    RuntimeError) aborts the job: the other ranks are blocked on it, and a test
+    failure caught by pytest would leave them waiting until the timeout."""
+    try:
+        yield
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(1)
 
 
 def _bound(workers: int, s: int) -> int:
@@ -134,7 +151,8 @@ def test_load_no_lost_update_no_torn_read(comm: MPI.Comm, servers: int, stalenes
         pat = PatternServer(lo, hi, w)
         trace = Trace(enabled=False)
         srv = ShardServer(comm, workers, pat.x, pat.apply, staleness=staleness, trace=trace)
-        finished = srv.serve(lambda step, stop: problems.append(f"quiesce({step}, {stop}) never asked"))
+        with _or_abort():
+            finished = srv.serve(lambda step, stop: problems.append(f"quiesce({step}, {stop}) never asked"))
         problems += pat.problems
         tabs = trace.take_tables()
         ap, pl, ct = tabs["ps_apply"], tabs["ps_pull"], tabs["ps_counts"]
@@ -172,8 +190,9 @@ def test_load_no_lost_update_no_torn_read(comm: MPI.Comm, servers: int, stalenes
         for c in range(1, steps[i] + 1):
             _pace(i, c, rng)
             u[:] = _sig(i, c)
-            client.request(PUSH | PULL, c, u)
-            client.wait(x)
+            with _or_abort():
+                client.request(PUSH | PULL, c, u)
+                client.wait(x)
             for s, (lo, hi) in enumerate(ranges):
                 ver, applied, idx = _decode(x[lo:hi], lo)
                 a = np.array([applied[(np.arange(lo, hi) % w) == k][0] for k in range(w)])
@@ -200,8 +219,9 @@ def test_load_no_lost_update_no_torn_read(comm: MPI.Comm, servers: int, stalenes
                         f"clock {c}, shard {s}: pulled with a worker at clock {a.min()} (s={staleness})"
                     )
                 seen_v[s], seen_a[s] = ver[0], a
-        client.request(DONE, steps[i])
-        client.wait(x)  # FINAL: the servers' last model
+        with _or_abort():
+            client.request(DONE, steps[i])
+            client.wait(x)  # FINAL: the servers' last model
         for s, (lo, hi) in enumerate(ranges):
             ver, applied, _ = _decode(x[lo:hi], lo)
             if not (ver == sum(steps)).all() or not (applied == np.array(steps)[np.arange(lo, hi) % w]).all():
@@ -260,7 +280,8 @@ def test_bsp_sums_each_round_in_worker_order(comm: MPI.Comm, servers: int) -> No
 
         trace = Trace(enabled=False)
         srv = ShardServer(comm, workers, np.zeros(hi - lo), apply, staleness=0, trace=trace)
-        srv.serve(lambda step, stop: None)
+        with _or_abort():
+            srv.serve(lambda step, stop: None)
         tabs = trace.take_tables()
         ap, pl = tabs["ps_apply"], tabs["ps_pull"]
         if rounds[0] != steps or srv.version != steps:
@@ -278,14 +299,16 @@ def test_bsp_sums_each_round_in_worker_order(comm: MPI.Comm, servers: int) -> No
         x = np.zeros(d)
         for c in range(1, steps + 1):
             _pace(i, c, rng)
-            client.request(PUSH | PULL, c, _bsp_update(i, c, d))
-            client.wait(x)
+            with _or_abort():
+                client.request(PUSH | PULL, c, _bsp_update(i, c, d))
+                client.wait(x)
             if not np.array_equal(x, expected[c]) or (client.versions != c).any():
                 problems.append(
                     f"clock {c}: pulled versions {client.versions.tolist()}, model not round {c}'s"
                 )
-        client.request(DONE, steps)
-        client.wait(x)
+        with _or_abort():
+            client.request(DONE, steps)
+            client.wait(x)
     assert_all(comm, not problems, "; ".join(problems[:5]))
 
 

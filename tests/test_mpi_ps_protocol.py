@@ -56,8 +56,8 @@ def _sig(worker: int, clock: int) -> float:
     return worker * A + clock
 
 
-def _decode(x: np.ndarray, lo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(version, applied, index) of every element of a shard starting at ``lo``."""
+def _decode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(version, applied, global index) of every element of a pulled shard."""
     xi = x.astype(np.int64)
     return xi >> 32, (xi >> 16) & 0xFFFF, xi & 0xFFFF
 
@@ -194,7 +194,7 @@ def test_load_no_lost_update_no_torn_read(comm: MPI.Comm, servers: int, stalenes
                 client.request(PUSH | PULL, c, u)
                 client.wait(x)
             for s, (lo, hi) in enumerate(ranges):
-                ver, applied, idx = _decode(x[lo:hi], lo)
+                ver, applied, idx = _decode(x[lo:hi])
                 a = np.array([applied[(np.arange(lo, hi) % w) == k][0] for k in range(w)])
                 if not np.array_equal(idx, np.arange(lo, hi)):
                     problems.append(f"clock {c}, shard {s}: elements out of place")
@@ -223,7 +223,7 @@ def test_load_no_lost_update_no_torn_read(comm: MPI.Comm, servers: int, stalenes
             client.request(DONE, steps[i])
             client.wait(x)  # FINAL: the servers' last model
         for s, (lo, hi) in enumerate(ranges):
-            ver, applied, _ = _decode(x[lo:hi], lo)
+            ver, applied, _ = _decode(x[lo:hi])
             if not (ver == sum(steps)).all() or not (applied == np.array(steps)[np.arange(lo, hi) % w]).all():
                 problems.append(f"final shard {s}: version {np.unique(ver)}, not {sum(steps)}")
     assert_all(comm, not problems, "; ".join(problems[:5]))

@@ -318,8 +318,8 @@ def test_bsp_sums_each_round_in_worker_order(comm: MPI.Comm, servers: int) -> No
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["algorithm.servers={n}"], "needs at least {n1} ranks (got {n})"),
-        (["algorithm.servers={n1}"], "needs at least {n2} ranks (got {n})"),
+        (["algorithm.servers={n}"], "algorithm.servers = {n} leaves no worker: it must be at most {n0}"),
+        (["algorithm.servers={n1}"], "algorithm.servers = {n1} leaves no worker: it must be at most {n0}"),
         (["algorithm.servers=0"], "algorithm.servers must be >= 1 (got 0)"),
         (["algorithm.staleness=-2"], "algorithm.staleness must be an integer in [0, 1_000_000_000]"),
         (["algorithm.push=delta", "algorithm.tau=0"], "algorithm.tau must be >= 1 (got 0)"),
@@ -333,7 +333,7 @@ def test_bad_job_raises_the_same_config_error_on_every_rank(
     comm: MPI.Comm, shared_tmp: Path, overrides: list[str], message: str
 ) -> None:
     n = comm.Get_size()
-    fill = {"n": n, "n1": n + 1, "n2": n + 2}
+    fill = {"n": n, "n0": n - 1, "n1": n + 1, "n2": n + 2}
     sets = ["algorithm.name=async_ps", "run.steps=4", *(o.format(**fill) for o in overrides)]
     got = ""
     try:

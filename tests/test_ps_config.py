@@ -35,8 +35,8 @@ def _check(sets: list[str], world_size: int = 3) -> None:
 @pytest.mark.parametrize(
     ("sets", "world", "message"),
     [
-        (["algorithm.servers=3"], 3, "parameter_server with 3 server(s) needs at least 4 ranks (got 3)"),
-        (["algorithm.servers=7"], 4, "parameter_server with 7 server(s) needs at least 8 ranks (got 4)"),
+        (["algorithm.servers=3"], 3, "algorithm.servers = 3 leaves no worker: it must be at most 2 (world size - 1), or launch at least 4 ranks"),
+        (["algorithm.servers=7"], 4, "algorithm.servers = 7 leaves no worker: it must be at most 3 (world size - 1), or launch at least 8 ranks"),
         (["algorithm.servers=0"], 3, "algorithm.servers must be >= 1 (got 0)"),
         (["algorithm.servers=-2"], 3, "algorithm.servers must be >= 1 (got -2)"),
         (["algorithm.servers=1.5"], 3, "algorithm.servers must be an integer"),
@@ -80,22 +80,11 @@ def test_good_async_ps_jobs_pass_the_same_checks() -> None:
     _check(["compression.codec=none"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="servers >= world size is reported as 'algorithm.name = ... parameter_server with S server(s) needs "
-    "at least S+1 ranks' (mpiml.layout via AsyncPS.layout): the line does not name algorithm.servers",
-)
 def test_servers_at_least_world_size_names_algorithm_servers() -> None:
     with pytest.raises(ConfigError, match=r"algorithm\.servers"):
         _check(["algorithm.servers=3"], 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="algorithm.staleness's default -1 (no bound) fails its own rule (mpiml/algorithms/ps.py STALENESS: "
-    "0 <= v <= 1e9), so the job a checkpoint records (Config.to_json) does not validate again: "
-    "--resume of any async_ps run without a staleness bound says 'no valid checkpoint'",
-)
 def test_the_default_async_ps_job_round_trips_through_its_record() -> None:
     """A checkpoint stores the job as JSON and --resume validates it again
     (mpiml/run/resume.py): the default job must pass its own rules."""
@@ -118,7 +107,7 @@ def _train(tmp: Path, *sets: str, n: int = 3) -> tuple[int, str, str]:
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["algorithm.servers=3"], "parameter_server with 3 server(s) needs at least 4 ranks (got 3)"),
+        (["algorithm.servers=3"], "algorithm.servers = 3 leaves no worker: it must be at most 2"),
         (
             ["compression.codec=topk"],
             "compression.codec = 'topk' does not apply to algorithm.name = 'async_ps'",
@@ -133,11 +122,6 @@ def test_launched_bad_job_exits_2_with_one_line(tmp_path: Path, sets: list[str],
     assert "Traceback" not in err + out and not (tmp_path / "results").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="servers > the model's parameters is checked in PSWorker.__init__ (mpiml/algorithms/ps.py), on "
-    "the workers only and after the world Dup: a traceback and MPI_Abort (status 1), not one line and status 2",
-)
 def test_launched_more_servers_than_parameters_exits_2_with_one_line(tmp_path: Path) -> None:
     code, out, err = _train(
         tmp_path, "algorithm.servers=2", "model.name=timed", "model.params=1", "model.compute_ms=0"

@@ -160,12 +160,6 @@ def test_a_malformed_request_ends_the_job_with_the_servers_message(what: str, me
     assert "served to the end" not in res.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request longer than the shard truncates the server's preposted Irecv: MPI_Waitsome raises "
-    "an opaque mpi4py.MPI.Exception ('See the MPI_ERROR field in MPI_Status'), not a RuntimeError naming "
-    "the worker and the lengths (ps_server.ShardServer.serve)",
-)
 def test_a_request_longer_than_the_shard_is_named_like_a_short_one() -> None:
     res = _scenario("too_long")
     assert not res.timed_out and res.returncode != 0, res.stderr[-3000:]  # holds today: no hang

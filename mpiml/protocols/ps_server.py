@@ -29,6 +29,10 @@ last request (DONE) says how many it pushed; :meth:`serve` raises
 :class:`LostUpdateError` unless they are equal, and the counts are written to the
 table ``ps_counts``.
 
+Under a bound every worker must push as many times as the others (the job's workers all
+run the same steps): a worker that stopped pushing more than s clocks early would hold
+the others' pulls back for good.
+
 **Quiescence.** A worker that has completed step c and wants a checkpoint there sends
 QUIESCE(c) after its last pull was answered. Once every worker has, nothing is in
 flight: the server acknowledges them all and calls ``on_quiesce(c, stop)`` (the
@@ -184,7 +188,10 @@ class ShardServer:
         try:
             while True:
                 t0 = tr.now()
-                idx = MPI.Request.Waitsome(self._recv_req, self._statuses) or []
+                try:
+                    idx = MPI.Request.Waitsome(self._recv_req, self._statuses) or []
+                except MPI.Exception:  # MPI_ERR_TRUNCATE: a request longer than header + shard
+                    self._too_long()
                 tr.record(int(self.clock.min()), WAIT, t0, tr.now())
                 # statuses[k] belongs to idx[k]; serve round-robin from the worker after the last one served
                 counts = {i: self._statuses[k].Get_count(MPI.BYTE) for k, i in enumerate(idx)}
@@ -215,6 +222,16 @@ class ShardServer:
                     req.Cancel()
                     req.Wait()
             self._drain_sends()
+
+    def _too_long(self) -> None:
+        """Raise naming the worker whose request did not fit (its receive failed)."""
+        bad = [st.Get_source() for st in self._statuses if st.Get_error() != MPI.SUCCESS]
+        who = ", ".join(f"worker {self.index[r]}" for r in bad if r in self.index) or "a worker"
+        most = self.inbox[0].nbytes(True)
+        raise RuntimeError(
+            f"parameter server: a request of more than {most} bytes from {who} (expected at most {most}: "
+            f"{HEADER_BYTES}-byte header and the shard)"
+        )
 
     def _post(self, i: int) -> None:
         if self._recv_req[i] == MPI.REQUEST_NULL:
@@ -274,7 +291,9 @@ class ShardServer:
         self.trace.add_row("ps_apply", APPLY_DTYPE, (clock, i, version_read, self.version, t), always=True)
         k = self.version - version_read
         if k >= self.stale_hist.size:
-            self.stale_hist = np.concatenate([self.stale_hist, np.zeros(max(k + 1, self.stale_hist.size), np.int64)])
+            self.stale_hist = np.concatenate(
+                [self.stale_hist, np.zeros(max(k + 1, self.stale_hist.size), np.int64)]
+            )
         self.stale_hist[k] += 1
 
     def _bsp_round(self) -> None:

@@ -39,14 +39,19 @@ LABELS = {
     "local_step": "Local Step (m={m})",
     "gossip": "SyncDR ({topology})",
     "async_gossip": "AsyncDR ({topology})",
+    "async_ps": "AsyncPS",
 }
 # trials per run: the synchronous protocols are deterministic given X and cost two records
-TRIALS = {"allreduce": 200, "local_step": 200, "gossip": 50, "async_gossip": 100}
+TRIALS = {"allreduce": 200, "local_step": 200, "gossip": 50, "async_gossip": 100, "async_ps": 20}
+# AsyncPS: n workers and this many server ranks (n + PS_SERVERS ranks per launch)
+PS_SERVERS = 1
 
 
 def _params(protocol: str, topology: str, m: int) -> dict[str, Any]:
     if protocol in ("gossip", "async_gossip"):
         return {"topology": topology}
+    if protocol == "async_ps":
+        return {"servers": PS_SERVERS}
     return {"m": m} if protocol == "local_step" else {}
 
 
@@ -60,7 +65,8 @@ def run_one(
     timeout: float = 300.0,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Measure one protocol on n ranks; returns the result file's attributes (+ 'wall_s').
+    """Measure one protocol on n workers (n ranks; n + servers ranks for async_ps);
+    returns the result file's attributes (+ 'wall_s').
 
     Raises RuntimeError when the launch fails or times out (its output attached), which
     includes the launch refusing to replace an existing file without ``overwrite``.
@@ -72,12 +78,13 @@ def run_one(
     for k, v in params.items():
         args += [f"--{k}", str(v)]
     t0 = time.perf_counter()
-    res = run_ranks(n, python_command("-m", "mpiml.mixing", *args), timeout)
+    ranks = n + int(params.get("servers", 0))
+    res = run_ranks(ranks, python_command("-m", "mpiml.mixing", *args), timeout)
     wall = time.perf_counter() - t0
     if res.timed_out or res.returncode != 0:
         why = f"timed out after {timeout:.0f} s" if res.timed_out else f"exit status {res.returncode}"
         raise RuntimeError(
-            f"mpiml mixing --protocol {protocol} on {n} ranks: {why}\n{res.stdout}\n{res.stderr}"
+            f"mpiml mixing --protocol {protocol} on {ranks} ranks: {why}\n{res.stdout}\n{res.stderr}"
         )
     attrs = read_attrs(out / result_name(protocol, n, params))
     attrs["wall_s"] = wall
@@ -165,10 +172,12 @@ def write_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixi
         "",
         "t_mix in MixML time steps (one step = one worker's update; docs/mixing.md): max over trials "
         "of the worst start (mean over trials; max from t = 0 only); estimate = n for AllReduce, "
-        "m n for Local Step, the spectral bound n ceil(log(1/2)/log(rho)) for SyncDR.",
+        "m n for Local Step, the spectral bound n ceil(log(1/2)/log(rho)) for SyncDR, the model n "
+        "for AsyncPS (n workers and one server rank; t_mix = the longest gap between two pulls of a "
+        "worker, the mean gap in the last column).",
         "",
-        "| protocol | n | trials | t_mix max | mean | q90 | t=0 max | estimate | rho | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| protocol | n | trials | t_mix max | mean | q90 | t=0 max | estimate | rho | wall s | mean gap |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, rs in by.items():
         for a in rs:
@@ -176,7 +185,8 @@ def write_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixi
             rho = "-" if math.isnan(a["rho"]) else f"{a['rho']:.4f}"
             lines.append(
                 f"| {label} | {a['n']} | {a['trials']} | {_cell(a['t_mix'])} | {a['t_mix_mean']:.1f} | "
-                f"{_cell(a['t_mix_q90'])} | {_cell(a['t_mix0_max'])} | {est} | {rho} | {a.get('wall_s', math.nan):.1f} |"
+                f"{_cell(a['t_mix_q90'])} | {_cell(a['t_mix0_max'])} | {est} | {rho} | {a.get('wall_s', math.nan):.1f} | "
+                + (f"{a['gap_mean']:.2f} |" if "gap_mean" in a else "- |")
             )
     lines += ["", "![t_mix against n](figure3.svg)", ""]
     md = out / "figure3.md"

@@ -27,7 +27,7 @@ from mpiml.mixing.ps_model import (
     t_mix_ssp_level,
 )
 from mpiml.mixing.ps_sim import simulate, speeds
-from mpiml.mixing.sweep import existing_outputs, write_figure
+from mpiml.mixing.sweep import existing_outputs, kept_rows, write_figure
 
 
 @pytest.mark.parametrize("mod", [model_mod, sim_mod])
@@ -319,3 +319,15 @@ def test_figure_has_the_asyncps_line(tmp_path) -> None:  # type: ignore[no-untyp
     # the sweep checks the async_ps files (named by workers) before launching
     (tmp_path / "async_ps-S1-n2.h5").write_text("")
     assert tmp_path / "async_ps-S1-n2.h5" in existing_outputs([2], ["async_ps"], tmp_path)
+
+
+def test_a_sweep_of_async_ps_keeps_the_other_protocols_results(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    r = _result([[np.array([1, 3]), np.array([2, 4]), np.array([2, 4]), np.array([1, 3])]] * 2)
+    allreduce = MixingResult(
+        **{**r.__dict__, "protocol": "allreduce", "params": {}, "pulls": None}  # type: ignore[arg-type]
+    )
+    write_result(tmp_path / result_name("allreduce", 2, {}), allreduce)
+    kept = kept_rows([2, 3], ["allreduce", "gossip"], tmp_path)
+    assert [(a["protocol"], a["n"]) for a in kept] == [("allreduce", 2)]
+    svg, md = write_figure(kept, tmp_path)
+    assert "| AllReduce | 2 | 2 | 3 |" in md.read_text() and "| - | - |" in md.read_text()

@@ -13,7 +13,10 @@ one of its ranks ends that launch at once.
 
 No file is replaced unless ``--overwrite`` is given: every file the sweep would write is
 checked before the first launch, and an existing one stops the sweep with one line
-naming it (the committed results/mixing/ files stay as they are; use ``--out``).
+naming it (the committed results/mixing/ files stay as they are; use ``--out``). The
+figure also draws the result files of the protocols not run that are already in the
+folder at the same n (``--protocols async_ps --overwrite`` adds AsyncPS to the committed
+figure without measuring the others again).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from ..testing import python_command, run_ranks
 from .store import read_attrs, result_name
 from .svg import Series, line_plot
 
-__all__ = ["LABELS", "TRIALS", "existing_outputs", "main", "run_one", "sweep", "write_figure"]
+__all__ = ["LABELS", "TRIALS", "existing_outputs", "kept_rows", "main", "run_one", "sweep", "write_figure"]
 
 # MixML §6 names
 LABELS = {
@@ -100,6 +103,16 @@ def existing_outputs(
     return [out / name for name in [*names, "figure3.svg", "figure3.md"] if (out / name).exists()]
 
 
+def kept_rows(
+    ns: Sequence[int], protocols: Sequence[str], out: str | Path, topology: str = "ring", m: int = 2
+) -> list[dict[str, Any]]:
+    """The attributes of the result files already in ``out`` for ``protocols`` at ``ns``:
+    a sweep of some protocols draws the others' earlier results in the same figure."""
+    out = Path(out)
+    paths = [out / result_name(p, n, _params(p, topology, m)) for p in protocols for n in ns]
+    return [read_attrs(path) for path in paths if path.exists()]
+
+
 def sweep(
     ns: Sequence[int],
     protocols: Sequence[str],
@@ -139,6 +152,10 @@ def _label(a: dict[str, Any]) -> str:
 
 def _cell(v: float) -> str:
     return "inf" if math.isinf(v) else (f"{v:g}" if v == int(v) else f"{v:.1f}")
+
+
+def _wall(a: dict[str, Any]) -> str:
+    return f"{a['wall_s']:.1f}" if "wall_s" in a else "-"  # a file read back has no wall time
 
 
 def write_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixing") -> tuple[Path, Path]:
@@ -185,7 +202,7 @@ def write_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixi
             rho = "-" if math.isnan(a["rho"]) else f"{a['rho']:.4f}"
             lines.append(
                 f"| {label} | {a['n']} | {a['trials']} | {_cell(a['t_mix'])} | {a['t_mix_mean']:.1f} | "
-                f"{_cell(a['t_mix_q90'])} | {_cell(a['t_mix0_max'])} | {est} | {rho} | {a.get('wall_s', math.nan):.1f} | "
+                f"{_cell(a['t_mix_q90'])} | {_cell(a['t_mix0_max'])} | {est} | {rho} | {_wall(a)} | "
                 + (f"{a['gap_mean']:.2f} |" if "gap_mean" in a else "- |")
             )
     lines += ["", "![t_mix against n](figure3.svg)", ""]
@@ -227,8 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileExistsError as exc:
         print(f"python -m mpiml.mixing.sweep: error: {exc}", file=sys.stderr)
         return 2
-    svg, md = write_figure(rows, args.out)
-    print(f"wrote {svg} and {md} ({time.perf_counter() - t0:.0f} s)")
+    kept = kept_rows(args.n, [q for q in LABELS if q not in args.protocols], args.out, args.topology, args.m)
+    svg, md = write_figure([*rows, *kept], args.out)
+    also = f"; with {len(kept)} earlier result(s) of other protocols" if kept else ""
+    print(f"wrote {svg} and {md} ({time.perf_counter() - t0:.0f} s{also})")
     return 0
 
 

@@ -23,6 +23,7 @@ from .store import format_table, result_name, write_result
 __all__ = ["main", "parser"]
 
 _TOPOLOGICAL = ("gossip", "async_gossip")
+_OPTIONS = tuple(dict.fromkeys(k for takes in PARAMS.values() for k in takes))  # every protocol option
 
 
 def _positive(text: str) -> int:
@@ -68,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
         "--rounds", type=_positive, help="async_ps: pushes of the slow worker per trial (default 4)"
     )
     p.add_argument(
-        "--period", type=float, help="async_ps: seconds a fast worker sleeps per step (default 0.002)"
+        "--period", type=float, help="async_ps: seconds a fast worker sleeps per step (default 0.05)"
     )
     p.add_argument("--trials", type=_positive, default=20, help="random starting states (default 20)")
     p.add_argument("--dim", type=_positive, default=8, help="values per rank (default 8)")
@@ -90,22 +91,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _params(args: argparse.Namespace) -> dict[str, object]:
     """The protocol's own options; one given to a protocol that does not take it is an error."""
-    given = {
-        k: getattr(args, k)
-        for k in (
-            "topology",
-            "m",
-            "method",
-            "gamma",
-            "every",
-            "servers",
-            "staleness",
-            "slow",
-            "rounds",
-            "period",
-        )
-        if getattr(args, k) is not None
-    }
+    given = {k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None}
     takes = PARAMS[args.protocol]
     wrong = [k for k in given if k not in takes]
     if wrong:

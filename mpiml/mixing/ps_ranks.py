@@ -46,8 +46,8 @@ PS_PARAMS = ("servers", "staleness", "slow", "rounds", "period")
 def ps_defaults(params: dict[str, Any]) -> dict[str, Any]:
     """The parameters with their defaults filled in and checked (ValueError naming the
     parameter): servers 1, staleness None (fully asynchronous), slow 1, rounds 4,
-    period 0.002 s."""
-    p = {"servers": 1, "staleness": None, "slow": 1, "rounds": 4, "period": 0.002, **params}
+    period 0.05 s."""
+    p = {"servers": 1, "staleness": None, "slow": 1, "rounds": 4, "period": 0.05, **params}
     for k in ("servers", "slow", "rounds"):
         if int(p[k]) != p[k] or p[k] < 1:
             raise ValueError(f"{k} must be an integer >= 1 (got {k}={p[k]})")

@@ -190,8 +190,9 @@ def write_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixi
         "t_mix in MixML time steps (one step = one worker's update; docs/mixing.md): max over trials "
         "of the worst start (mean over trials; max from t = 0 only); estimate = n for AllReduce, "
         "m n for Local Step, the spectral bound n ceil(log(1/2)/log(rho)) for SyncDR, the model n "
-        "for AsyncPS (n workers and one server rank; t_mix = the longest gap between two pulls of a "
-        "worker, the mean gap in the last column).",
+        "for AsyncPS with a fixed order (2n - 1 when the order of a round changes; n workers and one "
+        "server rank; t_mix = the longest gap between two pulls of a worker, the mean gap in the last "
+        "column).",
         "",
         "| protocol | n | trials | t_mix max | mean | q90 | t=0 max | estimate | rho | wall s | mean gap |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -245,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m mpiml.mixing.sweep: error: {exc}", file=sys.stderr)
         return 2
     kept = kept_rows(args.n, [q for q in LABELS if q not in args.protocols], args.out, args.topology, args.m)
-    svg, md = write_figure([*rows, *kept], args.out)
+    order = list(LABELS)
+    svg, md = write_figure(sorted([*rows, *kept], key=lambda a: order.index(str(a["protocol"]))), args.out)
     also = f"; with {len(kept)} earlier result(s) of other protocols" if kept else ""
     print(f"wrote {svg} and {md} ({time.perf_counter() - t0:.0f} s{also})")
     return 0

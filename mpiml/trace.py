@@ -99,10 +99,12 @@ class Trace:
                 code = _encode(kind)
             self._rows.append((step, code, t_start, t_end, nbytes, peer, msg))
 
-    def add_row(self, table: str, dtype: np.dtype, row: tuple) -> None:
+    def add_row(self, table: str, dtype: np.dtype, row: tuple, *, always: bool = False) -> None:
         """Append a row to a protocol's own per-rank table (``/ranks/<r>/<table>``;
-        ``dtype`` has a ``step`` field)."""
-        if self.enabled:
+        ``dtype`` has a ``step`` field). Kept only when events are (``trace.events``),
+        unless ``always``: a table the run's record needs (the parameter server's
+        apply log and update counts)."""
+        if self.enabled or always:
             entry = self._tables.get(table)
             if entry is None:
                 entry = self._tables[table] = (dtype, [])

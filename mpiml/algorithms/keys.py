@@ -27,7 +27,10 @@ def _known_topology(name: str) -> bool:
 __all__ = ["DELAY", "GAMMA", "GOSSIP_METHOD", "PERIOD", "PROGRESS", "TAU", "TOPOLOGY", "XI"]
 
 TAU = field(
-    "int", 4, at_least(1, most=STEPS), "local steps between averages (DaSGD's tau, Quantized-PR-SGD's K)"
+    "int",
+    4,
+    at_least(1, most=STEPS),
+    "local steps between averages (DaSGD's tau, Quantized-PR-SGD's K) or between pushes (async_ps, push = 'delta')",
 )
 DELAY = field(
     "int",

@@ -28,7 +28,7 @@ from ..comm import Comms
 from ..kinds import register_kind
 from ..trace import Trace
 
-__all__ = ["BYTES_DTYPE", "EVAL", "Evaluator"]
+__all__ = ["BYTES_DTYPE", "EVAL", "Evaluator", "metrics_of"]
 
 EVAL = register_kind("eval", "bookkeeping", "an evaluation: the program's part and the AllReduce of the sums")
 
@@ -118,14 +118,22 @@ class Evaluator:
         )
 
     def _metrics(self) -> dict[str, float]:
-        tl, correct, rows, ls, lc, dist, holders, total_bytes = self.out
-        self.diverged = bool(not math.isfinite(ls) or (rows > 0 and not math.isfinite(tl)))
-        res = {
-            "test_loss": tl / rows if rows else float("nan"),
-            "loss": ls / max(lc, 1),
-            "consensus_distance": dist / holders if holders else float("nan"),
-            "bytes_sent": float(total_bytes),
-        }
-        if self.classification:
-            res["accuracy"] = correct / rows if rows and not self.diverged else float("nan")
+        res, self.diverged = metrics_of(self.out, self.classification)
         return res
+
+
+def metrics_of(sums: np.ndarray, classification: bool) -> tuple[dict[str, float], bool]:
+    """The run's metrics from the 8 evaluation sums added over a role (test loss,
+    correct, test rows, loss sum, loss count, distance, holders, bytes sent), and
+    whether they say the run diverged (the loss sums or the test loss not finite)."""
+    tl, correct, rows, ls, lc, dist, holders, total_bytes = (float(v) for v in sums)
+    diverged = bool(not math.isfinite(ls) or (rows > 0 and not math.isfinite(tl)))
+    res = {
+        "test_loss": tl / rows if rows else float("nan"),
+        "loss": ls / max(lc, 1),
+        "consensus_distance": dist / holders if holders else float("nan"),
+        "bytes_sent": total_bytes,
+    }
+    if classification:
+        res["accuracy"] = correct / rows if rows and not diverged else float("nan")
+    return res, diverged

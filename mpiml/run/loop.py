@@ -146,14 +146,7 @@ class Loop:
         if done < cfg.run.steps and self._stop_agreed(done):
             if not (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
                 self.checkpoint(done)  # a stop checkpoint, also when checkpoint.every = 0
-            self.stopped_at = done
-            why = self.stopped_by if self.stopped_by != "stop file" else f"{self.stop_file} appeared"
-            if self.rank == 0:
-                print(
-                    f"mpiml: stopped at step {done} ({why}); checkpoint written; resume with --resume",
-                    file=self.stream,
-                    flush=True,
-                )
+            self.stopped(done)
             return True
         if done == self.fail_at:
             raise RuntimeError(f"MPIML_FAIL_AT: injected failure on rank {self.rank} at step {done}")
@@ -170,15 +163,20 @@ class Loop:
             self._report(self.evaluate.start(t, self.loss_sum, self.loss_count))
         self.loss_sum, self.loss_count = 0.0, 0
 
+    def record(self, t: int, when: float, metrics: dict[str, float]) -> None:
+        """Keep the metrics of the evaluation after step ``t`` (started at ``when``):
+        rank 0 writes them to the run file and prints the progress line. Local."""
+        self.last = metrics
+        run_file = self.files.run_file
+        if run_file is not None:
+            for k, v in metrics.items():
+                run_file.metric(k, t + 1, when, v)
+            elapsed = time.perf_counter() - self.t_loop
+            console.progress(t + 1, self.cfg.run.steps, metrics, self.trace, elapsed, self.stream)
+
     def _report(self, results: list[tuple[int, float, dict[str, float]]]) -> None:
         for t, when, metrics in results:
-            self.last = metrics
-            run_file = self.files.run_file
-            if run_file is not None:
-                for k, v in metrics.items():
-                    run_file.metric(k, t + 1, when, v)
-                elapsed = time.perf_counter() - self.t_loop
-                console.progress(t + 1, self.cfg.run.steps, metrics, self.trace, elapsed, self.stream)
+            self.record(t, when, metrics)
             if self.evaluate.diverged:  # the reduced sums: the same verdict on every rank of the role
                 raise_diverged(
                     t + 1, self.rank, self._local_bad, self.comms.role, self.comms.world.Get_size(), "loss"
@@ -211,25 +209,43 @@ class Loop:
         :attr:`stopped_by` when the ranks agreed to stop."""
         phase = done % STOP_CHECK_EVERY
         if phase == _STOP_LOOK and self._stop_req is None:
-            flag = _STOP_FILE if self.stop_file and os.path.exists(self.stop_file) else 0
-            signum = self.signals.signum if self.signals is not None else 0
-            if signum:
-                flag |= _STOP_SIGINT if signum == signal.SIGINT else _STOP_SIGTERM
-            self._stop_flag[0] = flag
+            self._stop_flag[0] = self.stop_flag()
             self._stop_req = self.comms.world.Iallreduce(self._stop_flag, self._stop_any, op=MPI.BOR)
         elif phase == 0 and self._stop_req is not None:
             self._stop_req.Wait()
             self._stop_req = None
-            got = int(self._stop_any[0])
-            for bit, name in (
-                (_STOP_SIGINT, "SIGINT"),
-                (_STOP_SIGTERM, "SIGTERM"),
-                (_STOP_FILE, "stop file"),
-            ):
-                if got & bit:
-                    self.stopped_by = name
-                    return True
+            return self.stop_by(int(self._stop_any[0]))
         return False
+
+    def stop_flag(self) -> int:
+        """This rank's stop-request bits now (bit 0: the stop file exists; bit 1: a
+        SIGTERM arrived here; bit 2: a SIGINT). Local."""
+        flag = _STOP_FILE if self.stop_file and os.path.exists(self.stop_file) else 0
+        signum = self.signals.signum if self.signals is not None else 0
+        if signum:
+            flag |= _STOP_SIGINT if signum == signal.SIGINT else _STOP_SIGTERM
+        return flag
+
+    def stop_by(self, bits: int) -> bool:
+        """Whether the OR of every rank's :meth:`stop_flag` bits asks to stop; sets
+        :attr:`stopped_by` (SIGINT first, then SIGTERM, then the stop file)."""
+        for bit, name in ((_STOP_SIGINT, "SIGINT"), (_STOP_SIGTERM, "SIGTERM"), (_STOP_FILE, "stop file")):
+            if bits & bit:
+                self.stopped_by = name
+                return True
+        return False
+
+    def stopped(self, done: int) -> None:
+        """The run stops after step ``done`` (a stop checkpoint is written): note it,
+        and rank 0 says so."""
+        self.stopped_at = done
+        why = self.stopped_by if self.stopped_by != "stop file" else f"{self.stop_file} appeared"
+        if self.rank == 0:
+            print(
+                f"mpiml: stopped at step {done} ({why}); checkpoint written; resume with --resume",
+                file=self.stream,
+                flush=True,
+            )
 
     def finish(self) -> None:
         """Complete an evaluation and a stop agreement still in flight (every rank

@@ -6,9 +6,10 @@ Ranks (:func:`mpiml.layout.parameter_server`): workers 0..W-1, servers W..W+S-1,
 server s holding shard s of :func:`~mpiml.protocols.ps_wire.shard_ranges` (d, S).
 Trial k: the servers' parameters x_0 are N(0, 1)^d from ``default_rng([seed, k, W])``
 (each server takes its shard), worker i's cached copy x_i from ``default_rng([seed,
-k, i])``. Worker i makes its pushes (PUSH | PULL requests of the wire protocol, a zero
-update per shard; the server applies it with ``x += update``, which leaves x exactly
-as it was) and replaces its copy of each shard by the reply's snapshot. Its steps take
+k, i])``. Worker i makes its pushes through the parameter server's own client
+(:class:`~mpiml.protocols.ps.ShardClient`: one PUSH | PULL request per step, a zero
+update; the server applies it with ``x += update``, which leaves x exactly as it was)
+and its copy of each shard becomes the reply's snapshot. Its steps take
 ``period`` seconds (``slow`` times longer on worker 0, the straggler): fully
 asynchronous, push k is sent at k steps after the trial's start (paced by the clock);
 under an SSP bound (the server's ``staleness``), a step's sleep follows the reply.
@@ -91,18 +92,17 @@ def _serve(comm: MPI.Comm, workers: int, x: np.ndarray, staleness: int | None) -
 def _work(
     comm: MPI.Comm, i: int, workers: int, ranges: list[tuple[int, int]], x: np.ndarray, p: dict[str, Any]
 ) -> tuple[list[float], list[list[int]]]:
-    """Worker i's pushes; returns ||x_i^s - x_0^s||^2 per shard (at its first reply)
-    and the shard versions of its replies."""
-    from ..protocols.ps_wire import DONE, FINAL, PULL, PUSH, REPLY, REQ, Message
+    """Worker i's pushes through a :class:`~mpiml.protocols.ps.ShardClient`; returns
+    ||x_i^s - x_0^s||^2 per shard (its copy against its first reply) and the shard
+    versions of its replies."""
+    from ..protocols.ps import DONE, PULL, PUSH, ShardClient
 
     S = len(ranges)
-    req = [Message(hi - lo, x.dtype) for lo, hi in ranges]
-    rep = [Message(hi - lo, x.dtype) for lo, hi in ranges]
-    for m in req:
-        m.body[...] = 0.0  # the zero update (Delta_t = 0)
-    version = [0] * S
-    sq = [0.0] * S
+    client = ShardClient(comm, [workers + s for s in range(S)], ranges, x.dtype)
+    zero = np.zeros_like(x)  # the update Delta_t = 0
+    x_start = x.copy()
     seen: list[list[int]] = [[] for _ in range(S)]
+    sq = [0.0] * S
     k_total = _pushes(i, p)
     pause = p["period"] * (p["slow"] if i == 0 else 1)
     paced = p["staleness"] is None
@@ -115,32 +115,14 @@ def _work(
         wait = start + k * pause - time.perf_counter() if paced else pause
         if wait > 0:
             time.sleep(wait)
-        sends = []
-        for s, m in enumerate(req):
-            m.clear()
-            m.h[0], m.h[1], m.h[2], m.h[3] = PUSH | PULL, k - 1, k, version[s]
-            sends.append(comm.Isend([m.raw, MPI.BYTE], dest=workers + s, tag=REQ))
-        for s, ((lo, hi), m) in enumerate(zip(ranges, rep, strict=True)):
-            comm.Recv([m.raw, MPI.BYTE], source=workers + s, tag=REPLY)
-            if int(m.h[0]) != PULL:
-                raise RuntimeError(f"mixing: worker {i} got reply op {int(m.h[0])} to a pull from server {s}")
-            if k == 1:
-                diff = x[lo:hi] - m.body
-                sq[s] = float(np.dot(diff, diff))
-            x[lo:hi] = m.body
-            version[s] = int(m.h[3])
-            seen[s].append(version[s])
-        MPI.Request.Waitall(sends)
-    sends = []
-    for s, m in enumerate(req):
-        m.clear()
-        m.h[0], m.h[1], m.h[2], m.h[6] = DONE, k_total, k_total, k_total
-        sends.append(comm.Isend([m.raw[: m.nbytes(False)], MPI.BYTE], dest=workers + s, tag=REQ))
-    for s, m in enumerate(rep):
-        comm.Recv([m.raw, MPI.BYTE], source=workers + s, tag=REPLY)
-        if int(m.h[0]) != FINAL:
-            raise RuntimeError(f"mixing: worker {i} got reply op {int(m.h[0])} to DONE from server {s}")
-    MPI.Request.Waitall(sends)
+        client.request(PUSH | PULL, k - 1, zero)
+        client.wait(x)  # x[lo:hi] := the reply's snapshot of each shard, whole
+        for s in range(S):
+            seen[s].append(int(client.versions[s]))
+        if k == 1:
+            sq = [float(np.dot(x_start[lo:hi] - x[lo:hi], x_start[lo:hi] - x[lo:hi])) for lo, hi in ranges]
+    client.request(DONE, k_total)
+    client.wait(None)
     return sq, seen
 
 

@@ -118,11 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             build_schedule(str(params["topology"]), comm.Get_size())  # TopologyError names the problem
         if args.protocol == "async_ps":
-            from ..layout import parameter_server
             from .ps_ranks import ps_defaults
 
             full = ps_defaults(params)
-            parameter_server(comm.Get_size(), servers=full["servers"])  # ValueError: too few ranks
+            S, size = full["servers"], comm.Get_size()
+            if size < S + 1:
+                raise ValueError(
+                    f"--servers {S} needs at least {S + 1} ranks, one worker at least (got {size})"
+                )
             if args.dim < full["servers"]:
                 raise ValueError(f"--dim must be >= --servers (got {args.dim} < {full['servers']})")
             if args.max_time is not None:

@@ -232,7 +232,7 @@ class Straggler:
         _sleep(extra, poll)
         if tr is not None:
             tr.record(step, STRAGGLER, t0, tr.now())
-            tr.add_row("straggler", DELAY_DTYPE, (step, m, compute_seconds, extra))
+            tr.add_row("straggler", DELAY_DTYPE, (step, m, compute_seconds, extra), always=True)
         return extra
 
 

@@ -5,6 +5,8 @@ the seeded steps on every run, and a rank beyond the world is refused on every r
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,7 @@ from reference import small_job  # tests/reference.py
 
 from mpiml.errors import ConfigError
 from mpiml.io import load_run
-from mpiml.straggler import slowed
+from mpiml.straggler import DELAY_DTYPE, slowed
 from mpiml.testing import assert_all
 from mpiml.trainer import train
 
@@ -30,20 +32,33 @@ def _job(name: str, alg: str, *extra: str) -> Any:
     return small_job(name, *ALGS[alg], *extra, steps=STEPS, eval_every=8)
 
 
+def _verdict(comm: MPI.Comm, check: Callable[[], list[str]]) -> None:
+    """Run ``check`` (reading the run files) on rank 0 and assert on every rank that it
+    found no problem; an exception in it is a problem too, never a rank left waiting."""
+    problems: list[str] = []
+    if comm.Get_rank() == 0:
+        try:
+            problems = check()
+        except Exception as exc:  # noqa: BLE001 - reported on every rank below
+            problems = [f"rank 0 could not check the run files: {type(exc).__name__}: {exc}"]
+    problems = comm.bcast(problems, root=0)
+    assert_all(comm, not problems, "; ".join(problems))
+
+
 def _delay_problems(run: Any, rank: int, steps: list[int], multiplier: float) -> list[str]:
     """What is wrong with ``rank``'s recorded delays, expected at ``steps`` with
     ``multiplier``: one ``straggler`` row and one ``straggler`` event per slowed step,
     the row's delay = (multiplier - 1) x that step's recorded compute event, the event
     right after that compute and at least as long as the delay it slept."""
     out: list[str] = []
-    table = run.table("straggler").get(rank, np.zeros(0, dtype=[("step", "<i8")]))
-    if list(table["step"]) != steps:
-        return [f"rank {rank}: delays at steps {list(table['step'])}, expected {steps}"]
+    table = run.table("straggler").get(rank, np.zeros(0, dtype=DELAY_DTYPE))
+    if table["step"].tolist() != steps:
+        return [f"rank {rank}: delays at steps {table['step'].tolist()}, expected {steps}"]
     ev = run.events[rank]
     compute = ev[ev["kind"] == "compute"]
     slept = ev[ev["kind"] == "straggler"]
-    if list(slept["step"]) != steps:
-        return [f"rank {rank}: straggler events at {list(slept['step'])}, expected {steps}"]
+    if slept["step"].tolist() != steps:
+        return [f"rank {rank}: straggler events at {slept['step'].tolist()}, expected {steps}"]
     if not np.all(table["multiplier"] == multiplier):
         out.append(f"rank {rank}: multipliers {set(table['multiplier'])}, expected {multiplier}")
     for row, sl in zip(table, slept, strict=True):
@@ -78,10 +93,10 @@ def test_a_slow_rank_adds_recorded_compute_time_and_nothing_else(
     # a synchronous algorithm's result depends on the data and the order of operations,
     # not on time: bit for bit the run without a straggler
     assert_all(comm, np.array_equal(plain.params, slow.params), f"{alg}: the straggler changed the model")
-    problems: list[str] = []
-    if comm.Get_rank() == 0:
+
+    def check() -> list[str]:
         run = load_run(shared_tmp / f"slow-{alg}")
-        problems += _delay_problems(run, n - 1, list(range(STEPS)), factor)
+        problems = _delay_problems(run, n - 1, list(range(STEPS)), factor)
         for r in range(n - 1):  # the others were not slowed
             if r in run.table("straggler") or np.any(run.events[r]["kind"] == "straggler"):
                 problems.append(f"rank {r} was slowed but is not in straggler.ranks")
@@ -89,8 +104,9 @@ def test_a_slow_rank_adds_recorded_compute_time_and_nothing_else(
             problems.append(f"the run file's config has straggler {run.config['straggler']}")
         if run.kinds.get("straggler") != "compute":
             problems.append(f"the kinds table says straggler is {run.kinds.get('straggler')!r}, not compute")
-    problems = comm.bcast(problems, root=0)
-    assert_all(comm, not problems, "; ".join(problems))
+        return problems
+
+    _verdict(comm, check)
 
 
 def test_random_stragglers_slow_the_seeded_steps_on_every_run(comm: MPI.Comm, shared_tmp) -> None:  # type: ignore[no-untyped-def]
@@ -101,9 +117,10 @@ def test_random_stragglers_slow_the_seeded_steps_on_every_run(comm: MPI.Comm, sh
     a = train(_job("random-a", "dasgd", *extra), comm, out=shared_tmp, stream=NULL)
     b = train(_job("random-b", "dasgd", *extra), comm, out=shared_tmp, stream=NULL)
     assert_all(comm, np.array_equal(a.params, b.params), "the two runs of one job differ")
-    problems: list[str] = []
-    if comm.Get_rank() == 0:
+
+    def check() -> list[str]:
         ra, rb = load_run(shared_tmp / "random-a"), load_run(shared_tmp / "random-b")
+        problems: list[str] = []
         slowed_steps = 0
         for r in range(n):
             want = [t for t in range(STEPS) if slowed(seed, r, t, p)]
@@ -112,8 +129,9 @@ def test_random_stragglers_slow_the_seeded_steps_on_every_run(comm: MPI.Comm, sh
             problems += _delay_problems(rb, r, want, 1.0 + percent / 100.0)
         if slowed_steps == 0:
             problems.append("no step was slowed: the test would not see a wrong draw")
-    problems = comm.bcast(problems, root=0)
-    assert_all(comm, not problems, "; ".join(problems))
+        return problems
+
+    _verdict(comm, check)
 
 
 def test_a_straggler_rank_beyond_the_world_fails_on_every_rank(comm: MPI.Comm, shared_tmp) -> None:  # type: ignore[no-untyped-def]
@@ -122,3 +140,36 @@ def test_a_straggler_rank_beyond_the_world_fails_on_every_rank(comm: MPI.Comm, s
     with pytest.raises(ConfigError, match=rf"straggler\.ranks must be world ranks below {n} .*got {n}\)"):
         train(cfg, comm, out=shared_tmp, stream=NULL)
     comm.Barrier()  # every rank raised (none is left in a collective)
+
+
+def test_a_resumed_run_slows_the_steps_the_uninterrupted_run_slowed(comm: MPI.Comm, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    """Nothing of the straggler is checkpointed: the draw is a function of (seed, rank,
+    step), so a run resumed at step 8 slows the same steps afterwards, and its table
+    (truncated at the checkpoint, then continued) equals the uninterrupted run's."""
+    n, p = comm.Get_size(), 0.4
+    extra = [f"straggler.probability={p}", "straggler.percent=100", "checkpoint.every=8", "checkpoint.keep=5"]
+    full = train(_job("resume-full", "sgd", *extra), comm, out=shared_tmp, stream=NULL)
+    if comm.Get_rank() == 0:
+        shutil.copytree(shared_tmp / "resume-full", shared_tmp / "resume-8")
+        for d in (shared_tmp / "resume-8" / "checkpoints").iterdir():
+            if int(d.name[5:]) > 8:
+                shutil.rmtree(d)
+    comm.Barrier()
+    res = train(_job("resume-8", "sgd", *extra), comm, out=shared_tmp, resume=True, stream=NULL)
+    assert_all(comm, np.array_equal(res.params, full.params), "the resumed run ended elsewhere")
+
+    def check() -> list[str]:
+        a, b = load_run(shared_tmp / "resume-full"), load_run(shared_tmp / "resume-8")
+        problems: list[str] = []
+        for r in range(n):
+            want = [t for t in range(STEPS) if slowed(0, r, t, p)]
+            problems += _delay_problems(a, r, want, 2.0)
+            problems += _delay_problems(b, r, want, 2.0)
+            steps_a, steps_b = (x.table("straggler")[r]["step"].tolist() for x in (a, b))
+            if steps_a != steps_b:
+                problems.append(f"rank {r}: slowed at {steps_a} uninterrupted, at {steps_b} resumed")
+        if not any(t >= 8 for r in range(n) for t in range(STEPS) if slowed(0, r, t, p)):
+            problems.append("no step after the checkpoint was slowed: the test would see nothing")
+        return problems
+
+    _verdict(comm, check)

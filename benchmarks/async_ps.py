@@ -45,11 +45,9 @@ Parts:
    server's link carries W pushes in and W pulls out for one push of each worker's.
    Needs root; skipped (and said so) when slownet cannot start.
 
-The ``[straggler]`` section slows ``Replica.local_gradient``; a parameter-server worker
-computes in ``PSWorker.step``. When mpiml's PSWorker does not call mpiml.straggler itself,
-the async_ps ranks are started through this script (``--rank-shim``), which makes the same
-call (:meth:`mpiml.straggler.Straggler.delay` after the compute, before the push) and
-the JSON says ``"straggler_hook": "benchmark shim"``.
+The ``[straggler]`` section (mpiml/straggler.py) slows every algorithm's compute alike:
+``Replica.local_gradient`` for sgd and dasgd, ``PSWorker.step`` (after the gradient,
+before the push) for async_ps.
 
 On 2 cores, 4 ranks are oversubscribed: the timed model sleeps (its ranks leave the CPU)
 but the server's applies and copies and the digits model's compute share two cores, so
@@ -91,63 +89,12 @@ ALGS = {  # label -> job keys
 }
 
 
-# ---------------------------------------------------------------- the rank shim
-
-
-def rank_shim(argv: list[str]) -> int:
-    """Run ``mpiml.cli`` on this rank, with mpiml.straggler applied to PSWorker's compute
-    when mpiml's PSWorker does not apply it itself."""
-    _bench.abort_on_error(force=True)
-    import inspect
-
-    from mpiml import cli
-    from mpiml.algorithms import ps
-    from mpiml.straggler import Straggler
-
-    worker: Any = ps.PSWorker
-    if "Straggler" not in inspect.getsource(worker):
-        init, exchange = worker.__init__, worker._exchange
-
-        def __init__(self: Any, ctx: Any) -> None:
-            init(self, ctx)
-            self._st = Straggler.for_rank(ctx.cfg, ctx.rank, ctx.trace)
-            self._st_compute = None
-            if self._st is not None:
-                lg = self.model.loss_and_grad
-
-                def loss_and_grad(*args: Any, **kw: Any) -> Any:
-                    t0 = time.perf_counter()
-                    out = lg(*args, **kw)
-                    self._st_compute = time.perf_counter() - t0
-                    return out
-
-                self.model.loss_and_grad = loss_and_grad
-
-        def _exchange(self: Any, op: int, done: int, *args: Any, **kw: Any) -> None:
-            if self._st is not None and self._st_compute is not None:
-                self._st.delay(done - 1, self._st_compute)  # after the compute, before the push
-                self._st_compute = None
-            exchange(self, op, done, *args, **kw)
-
-        worker.__init__, worker._exchange = __init__, _exchange
-    return cli.main(argv)
-
-
-def hook() -> str:
-    import inspect
-
-    from mpiml.algorithms import ps
-
-    return "mpiml" if "Straggler" in inspect.getsource(ps.PSWorker) else "benchmark shim"
-
-
 # ---------------------------------------------------------------- launching and reading
 
 
 class Bench:
     def __init__(self, a: argparse.Namespace, out: Path, res: _bench.Results) -> None:
         self.a, self.out, self.res = a, out, res
-        self.shim = hook() == "benchmark shim"
         self.seen: dict[str, dict] = {}
 
     def train(self, name: str, n: int, sets: dict[str, Any], slownet: str | None = None) -> Path:
@@ -156,12 +103,7 @@ class Bench:
         args = ["train", "--out", str(self.out), "--overwrite", "--set", f"run.name={name}"]
         for k, v in sets.items():
             args += ["--set", f"{k}={v}"]
-        via_shim = self.shim and sets.get("algorithm.name") == "async_ps" and "straggler.ranks" in sets
-        cmd = (
-            python_command(__file__, "--rank-shim", *args)
-            if via_shim
-            else python_command("-m", "mpiml.cli", *args)
-        )
+        cmd = python_command("-m", "mpiml.cli", *args)
         if slownet is None:
             r = run_ranks(n, cmd, self.a.timeout, cwd=str(ROOT))
             rc, stdout, stderr, timed_out = r.returncode, r.stdout, r.stderr, r.timed_out
@@ -471,7 +413,7 @@ def write(res: _bench.Results) -> None:
         "",
         f"Machine: {m['hostname']}, {m['nproc']} CPUs (4 ranks oversubscribed: absolute rates are this "
         f"machine's), Python {m['python']}, {m['date']}, load {' '.join(m['loadavg_at_start'])}.",
-        f"Command: `{doc['command']}`. Straggler hook for async_ps: {doc['straggler_hook']}.",
+        f"Command: `{doc['command']}`.",
         "",
         "An update = one minibatch gradient applied (async_ps: one worker's push applied by the "
         "server; sgd: one step of N replicas = N updates; dasgd: one local step of one replica). "
@@ -524,8 +466,6 @@ def write(res: _bench.Results) -> None:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--rank-shim"]:
-        sys.exit(rank_shim(sys.argv[2:]))
     _bench.abort_on_error()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=4, help="ranks (default 4)")
@@ -579,7 +519,6 @@ def main() -> None:
             "ranks": a.n,
             "machine": _bench.machine(),
             "command": " ".join(["python", "benchmarks/async_ps.py", *sys.argv[1:]]),
-            "straggler_hook": hook(),
             "policy": {
                 "quick": a.quick,
                 "sizes": a.sizes,

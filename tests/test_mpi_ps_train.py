@@ -233,6 +233,9 @@ def test_staleness_0_equals_synchronous_minibatch_sgd(
         for name, col, tol in (("accuracy", 0, 0.0), ("test_loss", 1, 1e-12), ("loss", 2, 1e-12)):
             s, v = run.metric(name)
             for k, got in zip(s, v, strict=True):
+                if int(k) not in metrics:
+                    bad.append(f"{name} recorded at step {k}: not an evaluation step")
+                    continue
                 want = metrics[int(k)][col]
                 if abs(got - want) > tol * abs(want):
                     bad.append(f"{name} at step {k}: {got!r} != reference {want!r}")
@@ -250,21 +253,39 @@ def test_staleness_0_equals_synchronous_minibatch_sgd(
 # ---- 3. any interleaving = the serial replay of the apply log --------------------------
 
 ASYNC = [
-    # (ranks, servers, staleness, push, tau, optimizer)
-    (3, 1, -1, "gradient", 1, "nesterov"),
-    (4, 1, -1, "gradient", 1, "adam"),
-    (4, 2, -1, "gradient", 1, "nesterov"),
-    (4, 2, 1, "gradient", 1, "sgd"),
-    (4, 2, 2, "gradient", 1, "nesterov"),
-    (3, 1, -1, "delta", 3, "nesterov"),
-    (4, 2, 1, "delta", 2, "sgd"),
+    # (ranks, servers, staleness, push, tau, optimizer, checkpoint.every)
+    (3, 1, -1, "gradient", 1, "nesterov", 0),
+    (4, 1, -1, "gradient", 1, "adam", 0),
+    (4, 2, -1, "gradient", 1, "nesterov", 0),
+    (4, 2, 1, "gradient", 1, "sgd", 0),
+    (4, 2, 2, "gradient", 1, "nesterov", 0),
+    (3, 1, -1, "delta", 3, "nesterov", 0),
+    (4, 2, 1, "delta", 2, "sgd", 0),
+    (3, 1, -1, "gradient", 1, "nesterov", 8),  # checkpoints at 8 and 16: quiesced, the run goes on
+    (3, 1, -1, "delta", 3, "sgd", 8),
 ]
+
+# BUG (lead's code, mpiml/protocols/ps.py, ShardClient.wait): every reply sets
+# versions[s] = m.h[3], also the ACK of a QUIESCE, which carries no model. After a
+# checkpoint the worker still computes at the model it last pulled, but its next push
+# logs version_read = the server's version at the checkpoint: ps_apply lies, the
+# replay (and the staleness statistics) are off. Fix: set versions only from replies
+# with a body (PULL, FINAL). Verified: with that fix both cases pass.
+VERSIONS_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="ShardClient.wait takes versions from a QUIESCE's ACK (no model): the push after a "
+    "checkpoint logs a version_read newer than the model it was computed at",
+)
+ASYNC_PARAMS = [pytest.param(*a, marks=VERSIONS_BUG) if a[6] else a for a in ASYNC]
 
 
 @pytest.mark.parametrize(
-    ("n", "servers", "staleness", "push", "tau", "optimizer"),
-    ASYNC,
-    ids=[f"n{a[0]}-S{a[1]}-s{a[2]}-{a[3]}{a[4] if a[3] == 'delta' else ''}-{a[5]}" for a in ASYNC],
+    ("n", "servers", "staleness", "push", "tau", "optimizer", "every"),
+    ASYNC_PARAMS,
+    ids=[
+        f"n{a[0]}-S{a[1]}-s{a[2]}-{a[3]}{a[4] if a[3] == 'delta' else ''}-{a[5]}{f'-every{a[6]}' if a[6] else ''}"
+        for a in ASYNC
+    ],
 )
 def test_an_asynchronous_run_is_the_serial_replay_of_its_apply_log(
     comm: MPI.Comm,
@@ -275,6 +296,7 @@ def test_an_asynchronous_run_is_the_serial_replay_of_its_apply_log(
     push: str,
     tau: int,
     optimizer: str,
+    every: int,
 ) -> None:
     """Whatever order the servers applied the pushes in, a serial replay of their
     ps_apply logs (tests/ps_replay.py: each push recomputed at the shard versions its
@@ -294,7 +316,7 @@ def test_an_asynchronous_run_is_the_serial_replay_of_its_apply_log(
             f"algorithm.tau={tau}",
             "run.steps=24",
             "run.eval_every=12",
-            "checkpoint.every=0",
+            f"checkpoint.every={every}",
             "data.batch_size=8",
             f"optimizer.name={optimizer}",
             lr,
@@ -394,3 +416,87 @@ def test_digits_reaches_95_percent_with_one_server_and_three_workers(
             f"\nasync_ps 1 server + 3 workers: accuracy {acc:.4f} at 600 steps; >= 0.95 first at step {first}"
         )
     assert_all(comm, cfg.run.steps == 600 and acc >= 0.95, f"test accuracy {acc:.4f} < 0.95 after 600 steps")
+
+
+# ---- 3 and 5: a stopped and resumed asynchronous run is still the replay of its log ----
+
+
+# BUGS (lead's code) this test finds, each verified by a local fix of it (all four
+# together make both cases pass):
+# 1. mpiml/algorithms/ps.py STALENESS: the default -1 (no bound) fails its own
+#    validator (0 <= v), so Config.from_json of the checkpoint's job raises and
+#    --resume of ANY asynchronous run says "no valid checkpoint ... (all 1 damaged or
+#    partial)" ("holds no usable job (algorithm.staleness must be an integer in [0,
+#    1_000_000_000] ... (got -1))").
+# 2. ps_apply / ps_pull use step = the clock (1-based; in delta mode pushes, not
+#    steps), but RankFile truncates protocol tables on resume to rows with step <=
+#    resume_step - 1 (0-based step index): the rows of the last clock before the
+#    checkpoint (W per shard) are dropped from the log at every --resume (and in delta
+#    mode, rows of a crashed segment past the checkpoint would be kept).
+# 3. PSWorker.state_arrays/load_state do not keep ShardClient.versions: in delta mode
+#    (no pull after a resume) the first push after it logs version_read = 0.
+# 4. = VERSIONS_BUG above (the QUIESCE's ACK overwrites versions).
+@pytest.mark.xfail(
+    strict=True,
+    reason="--resume of an asynchronous run fails (staleness -1 rejected by its own validator); "
+    "then the resumed log loses the last clock's rows and (delta) logs version_read 0",
+)
+@pytest.mark.parametrize("push", ["gradient", "delta"])
+def test_an_asynchronous_run_stopped_and_resumed_is_still_the_replay_of_its_log(
+    comm: MPI.Comm, shared_tmp: Path, push: str
+) -> None:
+    """No staleness bound, 2 workers, 2 servers: a stop file present from the start
+    stops every rank at one step with a checkpoint (quiesced: every push applied);
+    --resume runs to the end. Nothing is lost or applied twice across the stop: the
+    servers' logs, the stopped segment's rows and the resumed one's, replay to the
+    final shards bit for bit (the resumed workers read the versions they pulled; in
+    delta mode they go on from their checkpointed local model and optimizer state)."""
+    import os
+
+    n, servers = 4, 2
+    cfg = load_config(
+        None,
+        [
+            f"run.name=stop-{push}",
+            "algorithm.name=async_ps",
+            f"algorithm.servers={servers}",
+            f"algorithm.push={push}",
+            "algorithm.tau=3",
+            "run.steps=30",
+            "run.eval_every=10",
+            "checkpoint.every=0",
+            "data.batch_size=8",
+        ],
+    )
+    stop = shared_tmp / "STOP"
+    if comm.Get_rank() == 0:
+        stop.touch()
+    comm.Barrier()
+    os.environ["MPIML_STOP_FILE"] = str(stop)
+    try:
+        first = _train(comm, n, cfg, shared_tmp)
+    finally:
+        del os.environ["MPIML_STOP_FILE"]
+    comm.Barrier()
+    if comm.Get_rank() == 0:
+        stop.unlink()
+    comm.Barrier()
+    at = comm.allgather(first.stopped_at if first is not None else None)[:n]
+    assert_all(comm, len(set(at)) == 1 and at[0] is not None and 0 < at[0] < 30, f"stopped at {at}")
+    res = _on_ranks(comm, n, lambda c: train(cfg, c, out=shared_tmp, resume=True, stream=NULL))
+    model, workers = _gather_model(comm, res, n, servers)
+
+    def check() -> list[str]:
+        logs = read_apply_logs(shared_tmp / cfg.run.name, n, servers)
+        bad = []
+        tau = 3 if push == "delta" else 1
+        if any(len(log) != 2 * (30 // tau) for log in logs):
+            bad.append(f"logs of {[len(log) for log in logs]} rows, expected {2 * (30 // tau)} each")
+        got = np.concatenate(replay(cfg, logs, n - servers))
+        if not np.array_equal(got, model):
+            bad.append(f"replay != servers: max diff {np.max(np.abs(got - model)):.3e}")
+        if not all(np.array_equal(x, model) for x in workers):
+            bad.append("a worker's final model != the servers'")
+        return bad
+
+    _check_on_rank_0(comm, check)

@@ -16,6 +16,7 @@ scheduler). The layers, bottom up (:data:`LAYERS`; docs/design.md has the same t
 - ``comm``, ``clock``: mpiml's communicators (split from a layout), error agreement,
   abort on exception; a common clock
 - ``protocols``: the communication events M_t, split-phase (AllReduce, gossip, ...)
+- ``straggler``: the ``[straggler]`` section, slowing chosen ranks' compute (any algorithm)
 - ``algorithms``: the papers' compositions, registered by name, each with its keys,
   rules, layout and the program each role runs
 - ``io``: run files, checkpoints, ``load_run``
@@ -52,6 +53,7 @@ LAYERS: dict[str, str] = {
     "clock": "one clock for all ranks (Cristian's offsets to rank 0)",
     "comm": "mpiml's communicator, communicators split from a layout, error agreement, abort on exception",
     "protocols": "M_t, split-phase: AllReduce, gossip, compressed AllReduce and gossip, async push-sum",
+    "straggler": "the [straggler] section: ranks whose compute is slowed by a factor, or by X % with probability p per step (DSP Table 2), seeded",
     "algorithms": "the papers' compositions by name: keys, rules, layout and the program each role runs",
     "io": "HDF5 run files (run.h5 + per-rank files), checkpoints, load_run",
     "run": "the SPMD driver: set-up, loop hooks, evaluation, checkpoints and resume, console",

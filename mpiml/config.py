@@ -168,8 +168,8 @@ _SECTIONS: dict[str, dict[str, Field]] = {  # noqa: RUF012 - filled by register_
     },
 }
 
-# Packages whose import registers plug-in sections ([algorithm], [compression]).
-_PLUGINS = ("mpiml.algorithms",)
+# Packages whose import registers plug-in sections ([algorithm], [compression], [straggler]).
+_PLUGINS = ("mpiml.algorithms", "mpiml.straggler")
 _CHECKS: list[Callable[[Config], None]] = []
 _RELEVANT: dict[str, Callable[[Config], Iterable[str]]] = {}  # see register_section
 _loaded = False
@@ -281,14 +281,27 @@ class Config(dict[str, Any]):
     def to_toml(self) -> str:
         """The job as a TOML file (every key), which ``load_config`` reads back equal."""
         lines = []
-        for sec, body in self.items():
+        for sec, body in self._set().items():
             lines.append(f"[{sec}]")
             lines += [f"{key} = {json.dumps(value)}" for key, value in body.items()]
             lines.append("")
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        return json.dumps(self, sort_keys=True)
+        return json.dumps(self._set(), sort_keys=True)
+
+    def _set(self) -> dict[str, dict[str, Any]]:
+        """Every key, except those left at a default that means "not set" (``unset``
+        fields): what ``validate`` reads back equal."""
+        fields = schema()
+        return {
+            sec: {
+                k: v
+                for k, v in body.items()
+                if not (k in fields.get(sec, {}) and fields[sec][k].unset and v == fields[sec][k].default)
+            }
+            for sec, body in self.items()
+        }
 
     @classmethod
     def from_json(cls, text: str) -> Config:
@@ -326,7 +339,7 @@ class Config(dict[str, Any]):
 
 
 # which key decides that a section's key is not read, when it is not the section's first
-_DECIDED_BY = {"data.alpha": "data.partition"}
+_DECIDED_BY = {"data.alpha": "data.partition", "straggler.percent": "straggler.probability"}
 
 
 def ignored_keys(cfg: Config) -> list[str]:

@@ -42,6 +42,7 @@ class Field:
     allowed: str = ""  # how the rule reads in an error message
     doc: str = ""
     resumable: bool = False  # may differ between a checkpoint's job and the job resuming it
+    unset: bool = False  # the default means "not set" (not a value a job may write): never serialized
 
 
 def choice(*names: str) -> tuple[Callable[[Any], bool], str]:
@@ -113,12 +114,15 @@ def field(
     doc: str = "",
     *,
     resumable: bool = False,
+    unset: bool = False,
 ) -> Field:
     """A :class:`Field` from a type, a default, a rule made by :func:`choice`,
-    :func:`at_least` or :func:`within` (or any (predicate, text) pair) and a doc line."""
+    :func:`at_least` or :func:`within` (or any (predicate, text) pair) and a doc line.
+    ``unset``: the default stands for "not set" and breaks the rule on purpose (a job
+    cannot write it); a job serialized with it leaves the key out."""
     if rule is None:
-        return Field(type_, default, None, "", doc, resumable)
-    return Field(type_, default, rule[0], rule[1], doc, resumable)
+        return Field(type_, default, None, "", doc, resumable, unset)
+    return Field(type_, default, rule[0], rule[1], doc, resumable, unset)
 
 
 _KIND = {

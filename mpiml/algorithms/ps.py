@@ -68,6 +68,7 @@ from ..optim import POSITION_STATE
 from ..protocols.ps import ShardClient
 from ..protocols.ps_server import ShardServer
 from ..protocols.ps_wire import DONE, PULL, PUSH, QUIESCE, STOP, shard_ranges
+from ..straggler import Straggler
 from .base import Algorithm, Context, EvalSums, Program, register
 from .keys import TAU
 from .replica import COMPUTE, UPDATE
@@ -89,6 +90,7 @@ STALENESS = field(
     (lambda v: 0 <= v <= 10**9, "an integer in [0, 1_000_000_000] (omit it for no bound)"),
     "SSP bound s: a pull at clock c waits until every worker's clock >= c - s "
     "(0: BSP; omitted, shown as -1: fully asynchronous)",
+    unset=True,
 )
 PUSH_MODE = field(
     "str",
@@ -113,7 +115,23 @@ class AsyncPS(Algorithm):
 
     @classmethod
     def layout(cls, cfg: Config, world_size: int) -> Layout:
-        return parameter_server(world_size, servers=int(cfg.algorithm.servers))
+        servers = int(cfg.algorithm.servers)
+        if servers >= world_size:
+            raise ConfigError(
+                f"algorithm.servers = {servers} leaves no worker: it must be at most {world_size - 1} "
+                f"(world size - 1), or launch at least {servers + 1} ranks"
+            )
+        return parameter_server(world_size, servers=servers)
+
+    @classmethod
+    def check_layout(cls, cfg: Config, layout: Layout) -> None:
+        from ..budget import data_shape, model_params
+
+        servers, d = int(cfg.algorithm.servers), model_params(cfg, data_shape(cfg))
+        if servers > d:
+            raise ConfigError(
+                f"algorithm.servers = {servers} is more than the model's {d} parameters (a shard holds at least one)"
+            )
 
     @classmethod
     def program_for(cls, role: Role) -> type[Program]:
@@ -153,10 +171,6 @@ class PSWorker(_PSProgram):
             raise ValueError("PSWorker: a worker needs a model, parameters and data")
         self.model, self.data, self.x = ctx.model, ctx.data, ctx.params
         xp, d = ctx.xp, ctx.params.size
-        if len(self.servers) > d:
-            raise ConfigError(
-                f"algorithm.servers = {len(self.servers)} is more than the model's {d} parameters (one shard each)"
-            )
         self.index = self.workers.index(ctx.rank)
         self.ranges = shard_ranges(d, len(self.servers))
         if self.index == 0:  # the initial model x_0, shard by shard (every worker holds the same x_0)
@@ -167,6 +181,7 @@ class PSWorker(_PSProgram):
             self.comm, self.servers, self.ranges, self.x.dtype, xp, ctx.trace, first=self.index == 0
         )
         self.grad = xp.empty_like(self.x)
+        self.straggler = Straggler.for_rank(ctx.cfg, ctx.rank, ctx.trace)  # [straggler]: slower compute
         self.scale = 1.0 / (self.data.sampler.batch_size * len(self.workers))
         self._need_pull = False  # x is the servers' x_0 until a resume says otherwise
         self._pending_eval: tuple[int, np.ndarray] | None = None  # sums to send with the next request
@@ -199,7 +214,10 @@ class PSWorker(_PSProgram):
         t0 = tr.now()
         xb, yb = self.data.sampler.next()
         loss = self.model.loss_and_grad(self.x, xb, yb, self.grad, self.scale)
-        tr.record(t, COMPUTE, t0, tr.now())
+        t1 = tr.now()
+        tr.record(t, COMPUTE, t0, t1)
+        if self.straggler is not None:
+            self.straggler.delay(t, t1 - t0)
         if self.mode == "gradient":
             self._exchange(PUSH | PULL, t + 1, self.grad, loss, flags)
             return loss
@@ -400,7 +418,15 @@ class PSServer(_PSProgram):
                 loop.stop_by(srv.flags_seen | loop.stop_flag())
                 loop.stopped(step)
 
-        if srv.serve(on_quiesce) and self.ctx.cfg.checkpoint.every:
+        flush_every = self.ctx.cfg.trace.flush_every * len(self.workers)  # in updates applied
+        flushed = [srv.version]
+
+        def tick() -> None:  # the trace to disk every trace.flush_every steps' worth of updates
+            if srv.version - flushed[0] >= flush_every:
+                loop.files.flush()
+                flushed[0] = srv.version
+
+        if srv.serve(on_quiesce, tick) and self.ctx.cfg.checkpoint.every:
             loop.checkpoint(stop)
         loop.last = {"loss": float("nan")}  # a server has no metrics of its own
 

@@ -17,6 +17,7 @@ import numpy as np
 from ..backend import Array, to_host
 from ..kinds import register_kind
 from ..optim import POSITION_STATE
+from ..straggler import Straggler
 from .base import Context, EvalSums, Program
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ class Replica(Program):
         # the job's codec ([compression]); None when messages are plain buffers
         self.compression: Compression | None = compression_for(ctx.cfg, ctx.rank)
         self._evaluator: _AverageEvaluator | None = None
+        # the job's [straggler] slow-down of this rank's compute; None when never slowed
+        self.straggler: Straggler | None = Straggler.for_rank(ctx.cfg, ctx.rank, ctx.trace)
 
     @property
     def replicas(self) -> int:
@@ -98,12 +101,17 @@ class Replica(Program):
     ) -> float:
         """Sample a minibatch and write its gradient at ``self.x`` into ``self.grad``
         (times ``scale`` per row; the batch mean's gradient by default). ``poll`` is
-        called between layers (progress of communication in flight)."""
+        called between layers (progress of communication in flight). On a rank the
+        job's ``[straggler]`` slows, the compute is then stretched by sleeping
+        (:meth:`mpiml.straggler.Straggler.delay`, ``poll`` still called)."""
         tr = self.trace
         t0 = tr.now()
         xb, yb = self.data.sampler.next()
         loss = self.model.loss_and_grad(self.x, xb, yb, self.grad, scale, poll=poll)
-        tr.record(t, COMPUTE, t0, tr.now())
+        t1 = tr.now()
+        tr.record(t, COMPUTE, t0, t1)
+        if self.straggler is not None:
+            self.straggler.delay(t, t1 - t0, poll)
         return loss
 
     def apply(self, t: int, g: Array) -> None:

@@ -40,7 +40,10 @@ class Run:
     ``msg`` -1 in a schema-1 file). ``layout`` is the parsed ``layout`` attribute (None
     when the file has none); ``kinds`` maps each kind to its category (the file's
     ``/kinds``; for a schema-1 file, that schema's kinds and the current registry).
-    ``to_pandas()`` gives DataFrames when pandas is installed.
+    ``tables[rank]`` holds that rank's other per-rank tables by name (``/ranks/<r>/<name>``:
+    ``bytes_sent``, async gossip's ``exchanges``, the injected delays ``straggler``...;
+    :meth:`table` gathers one over the ranks). ``to_pandas()`` gives DataFrames when
+    pandas is installed.
     """
 
     path: Path
@@ -52,6 +55,7 @@ class Run:
     layout: Any = None
     kinds: dict[str, str] = field(default_factory=dict)
     unreadable_ranks: dict[int, str] = field(default_factory=dict)  # rank -> the error
+    tables: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # rank -> name -> rows
 
     @property
     def world_size(self) -> int:
@@ -60,6 +64,10 @@ class Run:
     @property
     def schema_version(self) -> int:
         return int(str(self.attrs["schema"]).rsplit("/", 1)[1])
+
+    def table(self, name: str) -> dict[int, np.ndarray]:
+        """The per-rank table ``name`` of every rank that wrote one: {rank: rows}."""
+        return {r: t[name] for r, t in self.tables.items() if name in t}
 
     def metric(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of one metric."""
@@ -132,8 +140,16 @@ def _retry(read: Callable[[], T], path: Path) -> T:
     raise AssertionError("unreachable")
 
 
-def _read_events(ranks: h5py.Group, name: str) -> np.ndarray:
-    return np.asarray(ranks[name]["events"][()])
+def _read_rank(ranks: h5py.Group, name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A rank's events and its other tables (the datasets of its group beside ``events``
+    with a ``step`` column, as mpiml writes them; anything else in the file is left)."""
+    group = ranks[name]
+    tables = {
+        k: np.asarray(ds[()])
+        for k, ds in group.items()
+        if k != "events" and isinstance(ds, h5py.Dataset) and "step" in (ds.dtype.names or ())
+    }
+    return np.asarray(group["events"][()]), tables
 
 
 def _why(exc: BaseException) -> str:
@@ -183,6 +199,7 @@ def _read(p: Path) -> Run:
         kinds = _kinds(f)
         metrics = {name: ds[()] for name, ds in f["metrics"].items()}
         events: dict[int, np.ndarray] = {}
+        tables: dict[int, dict[str, np.ndarray]] = {}
         missing: list[int] = []
         unreadable: dict[int, str] = {}
         ranks = f["ranks"]
@@ -205,7 +222,7 @@ def _read(p: Path) -> Run:
                     unreadable[r] = f"{where}: not a regular file (a folder, FIFO, socket or device)"
                     continue
             try:
-                ev = _retry(partial(_read_events, ranks, name), target)
+                ev, tables[r] = _retry(partial(_read_rank, ranks, name), target)
             except (KeyError, OSError) as exc:
                 unreadable[r] = f"{where}: {_why(exc)}"
                 continue
@@ -214,4 +231,4 @@ def _read(p: Path) -> Run:
         warnings.warn(f"{p}: no events for ranks {missing} (their files are missing)", stacklevel=5)
     for r, err in unreadable.items():
         warnings.warn(f"{p}: no events for rank {r}: its file could not be read ({err})", stacklevel=5)
-    return Run(p, attrs, config, metrics, events, missing, layout, kinds, unreadable)
+    return Run(p, attrs, config, metrics, events, missing, layout, kinds, unreadable, tables)

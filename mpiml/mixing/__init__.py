@@ -3,6 +3,9 @@
 - :mod:`~mpiml.mixing.tmix`: t_mix from a consensus-distance curve (Assumption 2, worst start);
 - :mod:`~mpiml.mixing.spectral`: gossip's spectral bound n ceil(log(1/2) / log(rho));
 - :mod:`~mpiml.mixing.measure`: :func:`measure`, the protocols driven on random states;
+- AsyncPS: :mod:`~mpiml.mixing.ps_model` (its matrices, closed forms, a pull schedule's
+  t_mix), :mod:`~mpiml.mixing.ps_sim` (an event simulator of the schedule),
+  :mod:`~mpiml.mixing.ps_ranks` (the measurement on the parameter server's ranks);
 - :mod:`~mpiml.mixing.store`: the table and the HDF5 result file;
 - :mod:`~mpiml.mixing.svg`: a hand-written SVG line plot;
 - :mod:`~mpiml.mixing.cli`: ``mpiml mixing`` (also ``python -m mpiml.mixing``);

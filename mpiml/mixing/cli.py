@@ -2,6 +2,7 @@
 
     mpiexec -n 8 mpiml mixing --protocol gossip --topology ring
     mpiexec -n 8 python -m mpi4py -m mpiml.mixing.cli --protocol local_step --m 3
+    mpiexec -n 5 mpiml mixing --protocol async_ps --slow 4 --staleness 1   # 4 workers + 1 server
 
 Every rank measures (the measurement is collective); rank 0 prints the table and
 writes ``<out>/<protocol>-<variant>-n<N>.h5`` (:mod:`mpiml.mixing.store`). An existing
@@ -22,6 +23,7 @@ from .store import format_table, result_name, write_result
 __all__ = ["main", "parser"]
 
 _TOPOLOGICAL = ("gossip", "async_gossip")
+_OPTIONS = tuple(dict.fromkeys(k for takes in PARAMS.values() for k in takes))  # every protocol option
 
 
 def _positive(text: str) -> int:
@@ -31,6 +33,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1 (got {v})")
+    return v
+
+
+def _nonnegative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {v})")
     return v
 
 
@@ -47,6 +59,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, help="gossip: slack matrix (1 - gamma) I + gamma W (default 1)")
     p.add_argument(
         "--every", type=_positive, help="async_gossip: exchanges per rank between cuts (default 1)"
+    )
+    p.add_argument("--servers", type=_positive, help="async_ps: server ranks S (the last S ranks; default 1)")
+    p.add_argument(
+        "--staleness", type=_nonnegative, help="async_ps: SSP bound s (default: fully asynchronous; 0: BSP)"
+    )
+    p.add_argument("--slow", type=_positive, help="async_ps: worker 0 is SLOW times slower (default 1)")
+    p.add_argument(
+        "--rounds", type=_positive, help="async_ps: pushes of the slow worker per trial (default 4)"
+    )
+    p.add_argument(
+        "--period", type=float, help="async_ps: seconds a fast worker sleeps per step (default 0.05)"
     )
     p.add_argument("--trials", type=_positive, default=20, help="random starting states (default 20)")
     p.add_argument("--dim", type=_positive, default=8, help="values per rank (default 8)")
@@ -68,11 +91,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _params(args: argparse.Namespace) -> dict[str, object]:
     """The protocol's own options; one given to a protocol that does not take it is an error."""
-    given = {
-        k: getattr(args, k)
-        for k in ("topology", "m", "method", "gamma", "every")
-        if getattr(args, k) is not None
-    }
+    given = {k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None}
     takes = PARAMS[args.protocol]
     wrong = [k for k in given if k not in takes]
     if wrong:
@@ -98,13 +117,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ..topology import build_schedule
 
             build_schedule(str(params["topology"]), comm.Get_size())  # TopologyError names the problem
+        if args.protocol == "async_ps":
+            from .ps_ranks import ps_defaults
+
+            full = ps_defaults(params)
+            S, size = full["servers"], comm.Get_size()
+            if size < S + 1:
+                raise ValueError(
+                    f"--servers {S} needs at least {S + 1} ranks, one worker at least (got {size})"
+                )
+            if args.dim < full["servers"]:
+                raise ValueError(f"--dim must be >= --servers (got {args.dim} < {full['servers']})")
+            if args.max_time is not None:
+                raise ValueError("--max-time does not apply to --protocol async_ps (use --rounds)")
         if not 0.0 <= args.floor < 0.5:
             raise ValueError(f"--floor must be in [0, 0.5) (got {args.floor})")
     except ValueError as exc:
         if rank == 0:
             print(f"mpiml mixing: error: {exc}", file=sys.stderr, flush=True)
         return 2
-    path = Path(args.out) / result_name(args.protocol, comm.Get_size(), params)
+    path = Path(args.out) / result_name(
+        args.protocol, _workers(args.protocol, comm.Get_size(), params), params
+    )
     try:
         agree(comm, lambda: _check_out(path, args))  # before any rank starts measuring
     except ConfigError as exc:
@@ -132,6 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {written} ({wall:.2f} s)")
         sys.stdout.flush()
     return 0
+
+
+def _workers(protocol: str, size: int, params: dict[str, object]) -> int:
+    """MixML's n: the ranks, less the servers for async_ps."""
+    return size - int(params.get("servers", 1)) if protocol == "async_ps" else size  # type: ignore[call-overload]
 
 
 def _check_out(path: Path, args: argparse.Namespace) -> None:

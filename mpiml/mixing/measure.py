@@ -26,6 +26,11 @@ anywhere (footnote 2), so a step in which all n workers update is n time steps:
     consistent cut), and the distance of the de-biased models z_i is recorded at
     t = n K c after cut c. The first halving is only known to fall in (t_{j-1}, t_j],
     so the reported t_j - t_k is an upper bound (resolution n K); starts are the cuts.
+``async_ps`` (``servers``, ``staleness``, ``slow``, ``rounds``, ``period``)
+    the asynchronous parameter server on n workers + S servers, measured as a whole by
+    :func:`mpiml.mixing.ps_ranks.measure_ps` (time = pushes applied, from the servers'
+    logs; t_mix = the longest gap between two pulls of a worker, Assumption 2's worst
+    state; docs/mixing.md "AsyncPS").
 
 The initial state of trial ``trial`` on rank r is N(0, 1)^d drawn from
 ``numpy.random.default_rng([seed, trial, r])``. The distance is measured in float64 by
@@ -44,6 +49,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from .ps_ranks import PS_PARAMS, measure_ps
 from .spectral import gossip_estimate
 from .tmix import summarize, t_mix_of_curve
 
@@ -150,14 +156,17 @@ PROTOCOLS: dict[str, Callable[..., Any]] = {
     "local_step": _LocalStep,
     "gossip": _Gossip,
     "async_gossip": _AsyncGossip,
+    "async_ps": measure_ps,
 }
-"""Protocol name -> driver factory ``(comm, dim, seed, **params)``."""
+"""Protocol name -> driver factory ``(comm, dim, seed, **params)``; ``async_ps`` -> its
+whole measurement (:func:`~mpiml.mixing.ps_ranks.measure_ps`), not a driver of events."""
 
 PARAMS: dict[str, tuple[str, ...]] = {
     "allreduce": (),
     "local_step": ("m",),
     "gossip": ("topology", "method", "gamma"),
     "async_gossip": ("topology", "every"),
+    "async_ps": PS_PARAMS,
 }
 
 
@@ -185,6 +194,8 @@ class MixingResult:
     worst_starts: np.ndarray
     censored: np.ndarray
     curves: list[tuple[np.ndarray, np.ndarray]] = field(repr=False)
+    pulls: list[list[np.ndarray]] | None = field(default=None, repr=False)
+    """async_ps: per trial, the pull times of each (worker, shard) pair (worker-major)."""
 
     @property
     def trials(self) -> int:
@@ -219,7 +230,8 @@ def measure(
 ) -> MixingResult:
     """Measure ``protocol``'s t_mix over ``n_trials`` random states of ``d`` float64 values
     per rank; collective over ``comm``. ``params`` are the protocol's own (``m``;
-    ``topology``, ``method``, ``gamma``; ``topology``, ``every``). A trial stops at
+    ``topology``, ``method``, ``gamma``; ``topology``, ``every``; async_ps's
+    ``servers``, ``staleness``, ``slow``, ``rounds``, ``period``). A trial stops at
     d_t <= rel_floor d_0 / 2 or at ``max_time`` (default 10000 n) time steps.
     """
     if protocol not in PROTOCOLS:
@@ -232,6 +244,10 @@ def measure(
         raise ValueError(f"n_trials and d must be >= 1 (got n_trials={n_trials}, d={d})")
     if not 0.0 <= rel_floor < 0.5:
         raise ValueError(f"rel_floor must be in [0, 0.5) (got {rel_floor})")
+    if protocol == "async_ps":
+        if max_time is not None:
+            raise ValueError("max_time does not apply to async_ps (its length is rounds, pushes per worker)")
+        return measure_ps(comm, n_trials, d=d, seed=seed, rel_floor=rel_floor, **params)
     n, rank = comm.Get_size(), comm.Get_rank()
     limit = 10_000 * n if max_time is None else int(max_time)
     driver = PROTOCOLS[protocol](comm, d, seed, **params)

@@ -1,7 +1,9 @@
 """Results of :func:`~mpiml.mixing.measure`: the printed table and the HDF5 file.
 
 File ``<protocol>-<variant>-n<N>.h5`` (:func:`result_name`; the variant is the topology
-for the gossip protocols, ``m<M>`` for local_step, nothing for allreduce):
+for the gossip protocols, ``m<M>`` for local_step, nothing for allreduce, ``S<servers>``
+then ``-s<staleness>`` and ``-r<slow>`` where given for async_ps, whose N is the
+workers):
 
 - attributes: ``protocol``, ``n``, ``trials``, ``dim``, ``seed``, ``rel_floor``,
   ``resolution`` (time steps between records), ``t_mix`` (max over trials of the
@@ -12,7 +14,12 @@ for the gossip protocols, ``m<M>`` for local_step, nothing for allreduce):
 - datasets ``t_mix``, ``t_mix0``, ``worst_start``, ``censored``: one value per trial;
 - group ``curves``: ``time`` (int64, MixML time steps) and ``distance`` (float64,
   ||X_t - M_inf X_0||_F), ragged (variable-length) datasets with one row per trial:
-  ``f["curves/distance"][i]`` is trial i's curve (a group per trial cost 1.8 kB each).
+  ``f["curves/distance"][i]`` is trial i's curve (a group per trial cost 1.8 kB each);
+- async_ps only, group ``pulls``: ``time`` (ragged int64, one row per trial and
+  (worker, shard) pair: the pushes applied when each of its pulls was answered) and
+  ``pair`` (int64 rows trial, worker, shard); attribute ``gap_mean``, the mean gap
+  between a pair's pulls (the first counted from t = 0) over all trials. A parameter that is None (staleness:
+  fully asynchronous) is left out of the attributes.
 
 Written by one rank (every rank holds the same result).
 """
@@ -34,11 +41,18 @@ __all__ = ["format_table", "read_attrs", "result_name", "write_result"]
 
 
 def result_name(protocol: str, n: int, params: dict[str, Any]) -> str:
-    """'gossip-ring-n8.h5', 'async_gossip-ring-n8.h5', 'local_step-m2-n8.h5', 'allreduce-n8.h5'."""
+    """'gossip-ring-n8.h5', 'async_gossip-ring-n8.h5', 'local_step-m2-n8.h5', 'allreduce-n8.h5',
+    'async_ps-S1-s1-r4-n8.h5' (8 workers)."""
     if "topology" in params:
         variant = Path(str(params["topology"])).stem  # a .toml path names its file
     elif protocol == "local_step":
         variant = f"m{params.get('m', 2)}"
+    elif protocol == "async_ps":
+        variant = f"S{params.get('servers', 1)}"
+        if params.get("staleness") is not None:
+            variant += f"-s{params['staleness']}"
+        if int(params.get("slow", 1)) != 1:
+            variant += f"-r{params['slow']}"
     else:
         variant = ""
     return f"{protocol}-{variant}-n{n}.h5" if variant else f"{protocol}-n{n}.h5"
@@ -91,7 +105,8 @@ def _write_h5(path: Path, r: MixingResult) -> None:
         a["estimate"], a["rho"] = _nan(r.estimate), _nan(r.rho)
         a["params"] = json.dumps(r.params, sort_keys=True)
         for k, v in r.params.items():
-            a[k] = v
+            if v is not None:
+                a[k] = v
         f["t_mix"] = r.t_mix_trials
         f["t_mix0"] = r.t_mix0_trials
         f["worst_start"] = r.worst_starts
@@ -101,6 +116,17 @@ def _write_h5(path: Path, r: MixingResult) -> None:
         dists = g.create_dataset("distance", (r.trials,), dtype=h5py.vlen_dtype(np.float64))
         for i, (t, d) in enumerate(r.curves):
             times[i], dists[i] = t, d
+        if r.pulls is not None:
+            pairs = [(trial, j) for trial, sched in enumerate(r.pulls) for j in range(len(sched))]
+            shards = len(r.pulls[0]) // r.n if r.pulls else 1
+            p = f.create_group("pulls")
+            pt = p.create_dataset("time", (len(pairs),), dtype=h5py.vlen_dtype(np.int64))
+            for row, (trial, j) in enumerate(pairs):
+                pt[row] = r.pulls[trial][j]
+            rows = [(trial, j // shards, j % shards) for trial, j in pairs]
+            p["pair"] = np.array(rows, dtype=np.int64).reshape(-1, 3)
+            gaps = [np.diff(t, prepend=0) for trial in r.pulls for t in trial]
+            a["gap_mean"] = float(np.mean(np.concatenate(gaps))) if gaps else math.nan
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
@@ -124,6 +150,12 @@ def _variant(params: dict[str, Any]) -> str:
         return " ".join([str(params["topology"]), *extra])
     if "m" in params:
         return f"m={params['m']}"
+    if "servers" in params:
+        s = params.get("staleness")
+        out = [f"S={params['servers']}", "async" if s is None else f"s={s}"]
+        if int(params.get("slow", 1)) != 1:
+            out.append(f"r={params['slow']}")
+        return " ".join(out)
     return "-"
 
 

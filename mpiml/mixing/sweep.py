@@ -13,7 +13,10 @@ one of its ranks ends that launch at once.
 
 No file is replaced unless ``--overwrite`` is given: every file the sweep would write is
 checked before the first launch, and an existing one stops the sweep with one line
-naming it (the committed results/mixing/ files stay as they are; use ``--out``).
+naming it (the committed results/mixing/ files stay as they are; use ``--out``). The
+figure also draws the result files of the protocols not run that are already in the
+folder at the same n (``--protocols async_ps --overwrite`` adds AsyncPS to the committed
+figure without measuring the others again).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from ..testing import python_command, run_ranks
 from .store import read_attrs, result_name
 from .svg import Series, line_plot
 
-__all__ = ["LABELS", "TRIALS", "existing_outputs", "main", "run_one", "sweep", "write_figure"]
+__all__ = ["LABELS", "TRIALS", "existing_outputs", "kept_rows", "main", "run_one", "sweep", "write_figure"]
 
 # MixML §6 names
 LABELS = {
@@ -39,14 +42,19 @@ LABELS = {
     "local_step": "Local Step (m={m})",
     "gossip": "SyncDR ({topology})",
     "async_gossip": "AsyncDR ({topology})",
+    "async_ps": "AsyncPS",
 }
 # trials per run: the synchronous protocols are deterministic given X and cost two records
-TRIALS = {"allreduce": 200, "local_step": 200, "gossip": 50, "async_gossip": 100}
+TRIALS = {"allreduce": 200, "local_step": 200, "gossip": 50, "async_gossip": 100, "async_ps": 20}
+# AsyncPS: n workers and this many server ranks (n + PS_SERVERS ranks per launch)
+PS_SERVERS = 1
 
 
 def _params(protocol: str, topology: str, m: int) -> dict[str, Any]:
     if protocol in ("gossip", "async_gossip"):
         return {"topology": topology}
+    if protocol == "async_ps":
+        return {"servers": PS_SERVERS}
     return {"m": m} if protocol == "local_step" else {}
 
 
@@ -60,7 +68,8 @@ def run_one(
     timeout: float = 300.0,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Measure one protocol on n ranks; returns the result file's attributes (+ 'wall_s').
+    """Measure one protocol on n workers (n ranks; n + servers ranks for async_ps);
+    returns the result file's attributes (+ 'wall_s').
 
     Raises RuntimeError when the launch fails or times out (its output attached), which
     includes the launch refusing to replace an existing file without ``overwrite``.
@@ -72,12 +81,13 @@ def run_one(
     for k, v in params.items():
         args += [f"--{k}", str(v)]
     t0 = time.perf_counter()
-    res = run_ranks(n, python_command("-m", "mpiml.mixing", *args), timeout)
+    ranks = n + int(params.get("servers", 0))
+    res = run_ranks(ranks, python_command("-m", "mpiml.mixing", *args), timeout)
     wall = time.perf_counter() - t0
     if res.timed_out or res.returncode != 0:
         why = f"timed out after {timeout:.0f} s" if res.timed_out else f"exit status {res.returncode}"
         raise RuntimeError(
-            f"mpiml mixing --protocol {protocol} on {n} ranks: {why}\n{res.stdout}\n{res.stderr}"
+            f"mpiml mixing --protocol {protocol} on {ranks} ranks: {why}\n{res.stdout}\n{res.stderr}"
         )
     attrs = read_attrs(out / result_name(protocol, n, params))
     attrs["wall_s"] = wall
@@ -91,6 +101,16 @@ def existing_outputs(
     out = Path(out)
     names = [result_name(p, n, _params(p, topology, m)) for p in protocols for n in ns]
     return [out / name for name in [*names, "figure3.svg", "figure3.md"] if (out / name).exists()]
+
+
+def kept_rows(
+    ns: Sequence[int], protocols: Sequence[str], out: str | Path, topology: str = "ring", m: int = 2
+) -> list[dict[str, Any]]:
+    """The attributes of the result files already in ``out`` for ``protocols`` at ``ns``:
+    a sweep of some protocols draws the others' earlier results in the same figure."""
+    out = Path(out)
+    paths = [out / result_name(p, n, _params(p, topology, m)) for p in protocols for n in ns]
+    return [read_attrs(path) for path in paths if path.exists()]
 
 
 def sweep(
@@ -134,6 +154,10 @@ def _cell(v: float) -> str:
     return "inf" if math.isinf(v) else (f"{v:g}" if v == int(v) else f"{v:.1f}")
 
 
+def _wall(a: dict[str, Any]) -> str:
+    return f"{a['wall_s']:.1f}" if "wall_s" in a else "-"  # a file read back has no wall time
+
+
 def write_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixing") -> tuple[Path, Path]:
     """figure3.svg (t_mix max over trials against n, one line per protocol, the gossip
     spectral bound dashed) and figure3.md (the numbers, with mean and the t = 0 max)."""
@@ -165,10 +189,13 @@ def write_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixi
         "",
         "t_mix in MixML time steps (one step = one worker's update; docs/mixing.md): max over trials "
         "of the worst start (mean over trials; max from t = 0 only); estimate = n for AllReduce, "
-        "m n for Local Step, the spectral bound n ceil(log(1/2)/log(rho)) for SyncDR.",
+        "m n for Local Step, the spectral bound n ceil(log(1/2)/log(rho)) for SyncDR, the model n "
+        "for AsyncPS with a fixed order (2n - 1 when the order of a round changes; n workers and one "
+        "server rank; t_mix = the longest gap between two pulls of a worker, the mean gap in the last "
+        "column).",
         "",
-        "| protocol | n | trials | t_mix max | mean | q90 | t=0 max | estimate | rho | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| protocol | n | trials | t_mix max | mean | q90 | t=0 max | estimate | rho | wall s | mean gap |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, rs in by.items():
         for a in rs:
@@ -176,7 +203,8 @@ def write_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixi
             rho = "-" if math.isnan(a["rho"]) else f"{a['rho']:.4f}"
             lines.append(
                 f"| {label} | {a['n']} | {a['trials']} | {_cell(a['t_mix'])} | {a['t_mix_mean']:.1f} | "
-                f"{_cell(a['t_mix_q90'])} | {_cell(a['t_mix0_max'])} | {est} | {rho} | {a.get('wall_s', math.nan):.1f} |"
+                f"{_cell(a['t_mix_q90'])} | {_cell(a['t_mix0_max'])} | {est} | {rho} | {_wall(a)} | "
+                + (f"{a['gap_mean']:.2f} |" if "gap_mean" in a else "- |")
             )
     lines += ["", "![t_mix against n](figure3.svg)", ""]
     md = out / "figure3.md"
@@ -217,8 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileExistsError as exc:
         print(f"python -m mpiml.mixing.sweep: error: {exc}", file=sys.stderr)
         return 2
-    svg, md = write_figure(rows, args.out)
-    print(f"wrote {svg} and {md} ({time.perf_counter() - t0:.0f} s)")
+    kept = kept_rows(args.n, [q for q in LABELS if q not in args.protocols], args.out, args.topology, args.m)
+    order = list(LABELS)
+    svg, md = write_figure(sorted([*rows, *kept], key=lambda a: order.index(str(a["protocol"]))), args.out)
+    also = f"; with {len(kept)} earlier result(s) of other protocols" if kept else ""
+    print(f"wrote {svg} and {md} ({time.perf_counter() - t0:.0f} s{also})")
     return 0
 
 

@@ -29,6 +29,10 @@ last request (DONE) says how many it pushed; :meth:`serve` raises
 :class:`LostUpdateError` unless they are equal, and the counts are written to the
 table ``ps_counts``.
 
+Under a bound every worker must push as many times as the others (the job's workers all
+run the same steps): a worker that stopped pushing more than s clocks early would hold
+the others' pulls back for good.
+
 **Quiescence.** A worker that has completed step c and wants a checkpoint there sends
 QUIESCE(c) after its last pull was answered. Once every worker has, nothing is in
 flight: the server acknowledges them all and calls ``on_quiesce(c, stop)`` (the
@@ -154,7 +158,7 @@ class ShardServer:
         self.version = 0
         self.clock = np.zeros(w, dtype=np.int64)  # pushes applied per worker
         self.received = np.zeros(w, dtype=np.int64)  # pushes received per worker
-        self.staleness_seen: list[int] = []
+        self.stale_hist = np.zeros(64, dtype=np.int64)  # updates applied per staleness (versions)
 
     def reset_run_state(self) -> None:
         """Forget what one segment of serving holds (pending pulls, quiesce and done
@@ -173,9 +177,10 @@ class ShardServer:
 
     # ---- the service loop -------------------------------------------------------
 
-    def serve(self, on_quiesce: Callable[[int, bool], None]) -> bool:
+    def serve(self, on_quiesce: Callable[[int, bool], None], tick: Callable[[], None] | None = None) -> bool:
         """Serve until every worker has sent DONE (returns True) or until a stop
-        checkpoint (returns False after ``on_quiesce(step, True)``)."""
+        checkpoint (returns False after ``on_quiesce(step, True)``). ``tick()`` is called
+        after every batch of requests served (e.g. to flush the trace now and then)."""
         self.reset_run_state()
         for i in range(self.n_workers):
             self._post(i)
@@ -183,7 +188,10 @@ class ShardServer:
         try:
             while True:
                 t0 = tr.now()
-                idx = MPI.Request.Waitsome(self._recv_req, self._statuses) or []
+                try:
+                    idx = MPI.Request.Waitsome(self._recv_req, self._statuses) or []
+                except MPI.Exception:  # MPI_ERR_TRUNCATE: a request longer than header + shard
+                    self._too_long()
                 tr.record(int(self.clock.min()), WAIT, t0, tr.now())
                 # statuses[k] belongs to idx[k]; serve round-robin from the worker after the last one served
                 counts = {i: self._statuses[k].Get_count(MPI.BYTE) for k, i in enumerate(idx)}
@@ -195,6 +203,8 @@ class ShardServer:
                 if self.bsp:
                     self._bsp_round()
                 self._answer_pulls()
+                if tick is not None:
+                    tick()
                 if (self.quiesce_at >= 0).all():
                     step, stop = self._quiesced()
                     on_quiesce(step, stop)
@@ -212,6 +222,16 @@ class ShardServer:
                     req.Cancel()
                     req.Wait()
             self._drain_sends()
+
+    def _too_long(self) -> None:
+        """Raise naming the worker whose request did not fit (its receive failed)."""
+        bad = [st.Get_source() for st in self._statuses if st.Get_error() != MPI.SUCCESS]
+        who = ", ".join(f"worker {self.index[r]}" for r in bad if r in self.index) or "a worker"
+        most = self.inbox[0].nbytes(True)
+        raise RuntimeError(
+            f"parameter server: a request of more than {most} bytes from {who} (expected at most {most}: "
+            f"{HEADER_BYTES}-byte header and the shard)"
+        )
 
     def _post(self, i: int) -> None:
         if self._recv_req[i] == MPI.REQUEST_NULL:
@@ -269,7 +289,12 @@ class ShardServer:
 
     def _log_apply(self, i: int, clock: int, version_read: int, t: float) -> None:
         self.trace.add_row("ps_apply", APPLY_DTYPE, (clock, i, version_read, self.version, t), always=True)
-        self.staleness_seen.append(self.version - version_read)
+        k = self.version - version_read
+        if k >= self.stale_hist.size:
+            self.stale_hist = np.concatenate(
+                [self.stale_hist, np.zeros(max(k + 1, self.stale_hist.size), np.int64)]
+            )
+        self.stale_hist[k] += 1
 
     def _bsp_round(self) -> None:
         """BSP: once every worker's push of the next clock is here, add them in worker
@@ -406,11 +431,18 @@ class ShardServer:
 
     def staleness_stats(self) -> np.ndarray:
         """[count, mean, median, p95, max] of the staleness (in versions) of every
-        update this server applied (NaN statistics when none)."""
-        s = np.asarray(self.staleness_seen, dtype=np.float64)
-        if not s.size:
+        update this server applied in the whole run, resumed segments included (NaN
+        statistics when none). Percentiles are the lowest staleness whose cumulative
+        count reaches 50% / 95% of the updates."""
+        h = self.stale_hist
+        n = int(h.sum())
+        if not n:
             return np.array([0.0, np.nan, np.nan, np.nan, np.nan])
-        return np.array([s.size, s.mean(), np.median(s), np.percentile(s, 95), s.max()])
+        k = np.arange(h.size)
+        cum = np.cumsum(h)
+        p50 = int(np.searchsorted(cum, 0.5 * n))
+        p95 = int(np.searchsorted(cum, 0.95 * n))
+        return np.array([n, float(k @ h) / n, p50, p95, int(k[h > 0].max())])
 
     # ---- checkpoint -----------------------------------------------------------
 
@@ -420,9 +452,11 @@ class ShardServer:
             "ps/version": np.array([self.version], dtype=np.int64),
             "ps/clock": self.clock.copy(),
             "ps/received": self.received.copy(),
+            "ps/staleness_hist": self.stale_hist.copy(),
         }
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.version = int(arrays["ps/version"][0])
         self.clock[...] = arrays["ps/clock"]
         self.received[...] = arrays["ps/received"]
+        self.stale_hist = np.array(arrays["ps/staleness_hist"], dtype=np.int64)

@@ -31,6 +31,7 @@ from ..io.fs import refuse_link
 from ..io.runfile import rank_file_name
 from ..layout import Layout, Role
 from ..models import Model, build_model
+from ..straggler import check_world as check_straggler_ranks
 from . import folder
 
 __all__ = ["Setup", "claim_folder", "job_layout", "prepare", "set_threads"]
@@ -51,6 +52,7 @@ def job_layout(cfg: Config, world_size: int) -> tuple[type[Algorithm], Layout]:
             f"algorithm.name = {alg.name!r} on {world_size} rank{'s' * (world_size != 1)}: {exc}"
         ) from None
     alg.check_layout(cfg, layout)
+    check_straggler_ranks(cfg, world_size)
     return alg, layout
 
 

@@ -9,9 +9,6 @@ layouts of 2, 3 and 4 ranks.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +16,10 @@ import h5py
 import numpy as np
 import pytest
 from mpi4py import MPI
+from ps_ranks import check_on_rank_0, gather_model, paced, train_on  # tests/ps_ranks.py
 from ps_replay import ReplayError, read_apply_logs, replay  # tests/ps_replay.py
 from reference import small_job  # tests/reference.py
 
-import mpiml.run.setup as run_setup
 from mpiml.config import load_config
 from mpiml.data import build_data
 from mpiml.io import load_run
@@ -30,42 +27,9 @@ from mpiml.io.runfile import rank_file_name
 from mpiml.models import build_model
 from mpiml.optim import build_optimizer
 from mpiml.testing import assert_all
-from mpiml.trainer import Result, train
 
 pytestmark = pytest.mark.mpi(min_size=4)
 RANK_COUNTS = (4,)  # conftest: one launch; each test picks its ranks
-
-NULL = open("/dev/null", "w")  # noqa: SIM115 - progress output of the runs under test
-HOLD_TIMEOUT = 60.0  # seconds a held worker waits for the other before the test fails
-
-
-def _on_ranks(comm: MPI.Comm, n: int, run: Callable[[MPI.Comm], Result]) -> Result | None:
-    """``run`` on a communicator of comm's first n ranks (None on the others)."""
-    rank = comm.Get_rank()
-    sub = comm.Split(0 if rank < n else MPI.UNDEFINED, rank)
-    if sub == MPI.COMM_NULL:
-        return None
-    try:
-        return run(sub)
-    finally:
-        sub.Free()
-
-
-def _train(comm: MPI.Comm, n: int, cfg: Any, out: Path) -> Result | None:
-    return _on_ranks(comm, n, lambda c: train(cfg, c, out=out, stream=NULL))
-
-
-def _check_on_rank_0(comm: MPI.Comm, check: Callable[[], list[str]]) -> None:
-    """Run ``check`` (reads files, replays: serial work) on rank 0 only and fail on
-    every rank with what it found (its complaints, or the exception it raised)."""
-    verdict = None
-    if comm.Get_rank() == 0:
-        try:
-            verdict = "; ".join(check())
-        except Exception as exc:  # noqa: BLE001 - reported on every rank, not raised on one
-            verdict = f"{type(exc).__name__}: {exc}"
-    verdict = comm.bcast(verdict, root=0)
-    assert_all(comm, not verdict, verdict or "")
 
 
 def _ps_job(name: str, servers: int, *extra: str, steps: int = 30, eval_every: int = 10) -> Any:
@@ -80,56 +44,12 @@ def _ps_job(name: str, servers: int, *extra: str, steps: int = 30, eval_every: i
     )
 
 
-def _gather_model(comm: MPI.Comm, res: Result | None, n: int, servers: int) -> tuple[np.ndarray, list]:
-    """(the servers' model: their shards in order, every worker's final parameters),
-    the same on every rank of comm."""
-    mine = res.params if res is not None else None
-    got = comm.allgather(mine)
-    workers = got[: n - servers]
-    return np.concatenate(got[n - servers : n]), workers
-
-
 def _model_and_data(cfg: Any, w: int) -> tuple[Any, list, np.ndarray]:
     datas = [build_data(cfg, i, w) for i in range(w)]
     m = cfg.model
     model = build_model(m.name, datas[0].n_features, datas[0].n_classes, m.hidden, m.activation, m.dtype)
     x0 = model.init(np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 0])), np, m.init_scale)
     return model, datas, x0
-
-
-@contextmanager
-def _paced(comm: MPI.Comm, folder: Path, hold: dict[int, int]) -> Iterator[None]:
-    """Pace the workers' computation without touching their communication: worker 0
-    marks the start of each of its gradient computations (a file ``w0-<k>``); worker i
-    in ``hold`` = {i: k} waits, before its first one, until worker 0 has started its
-    k-th (RuntimeError after HOLD_TIMEOUT: worker 0 was blocked by worker i)."""
-    rank = comm.Get_rank()
-    original = run_setup.build_model
-
-    def build(*args: Any, **kw: Any) -> Any:
-        model = original(*args, **kw)
-        inner, calls = model.loss_and_grad, [0]
-
-        def loss_and_grad(*a: Any, **k: Any) -> float:
-            calls[0] += 1
-            if rank == 0:
-                (folder / f"w0-{calls[0]}").touch()
-            elif calls[0] == 1 and rank in hold:
-                want, t0 = folder / f"w0-{hold[rank]}", time.monotonic()
-                while not want.exists():
-                    if time.monotonic() - t0 > HOLD_TIMEOUT:
-                        raise RuntimeError(f"worker {rank} held: worker 0 never started step {hold[rank]}")
-                    time.sleep(0.002)
-            return inner(*a, **k)
-
-        model.loss_and_grad = loss_and_grad
-        return model
-
-    run_setup.build_model = build
-    try:
-        yield
-    finally:
-        run_setup.build_model = original
 
 
 # ---- 1. one worker, one server = serial SGD ------------------------------------------
@@ -151,9 +71,9 @@ def test_one_worker_one_server_equals_sgd_on_one_rank(
     ]
     ps = load_config(None, ["run.name=ps", "algorithm.name=async_ps", *extra])
     sgd = load_config(None, ["run.name=sgd", "algorithm.name=sgd", *extra])
-    a = _train(comm, 2, ps, shared_tmp)
-    b = _train(comm, 1, sgd, shared_tmp)
-    server, (worker,) = _gather_model(comm, a, 2, 1)
+    a = train_on(comm, 2, ps, shared_tmp)
+    b = train_on(comm, 1, sgd, shared_tmp)
+    server, (worker,) = gather_model(comm, a, 2, 1)
     ref = comm.bcast(b.params if b is not None else None, root=0)
     assert_all(comm, server.dtype == np.float32 and ref.size == server.size, "dtype or size")
     assert_all(
@@ -216,8 +136,8 @@ def test_staleness_0_equals_synchronous_minibatch_sgd(
     cfg = _ps_job(
         f"bsp-{n}-{servers}-{optimizer}", servers, "algorithm.staleness=0", f"optimizer.name={optimizer}", lr
     )
-    res = _train(comm, n, cfg, shared_tmp)
-    model, workers = _gather_model(comm, res, n, servers)
+    res = train_on(comm, n, cfg, shared_tmp)
+    model, workers = gather_model(comm, res, n, servers)
     ref, metrics = _sync_reference(cfg, n - servers)
     assert_all(
         comm, np.array_equal(model, ref), f"servers != reference: max diff {np.max(np.abs(model - ref)):.3e}"
@@ -250,7 +170,7 @@ def test_staleness_0_equals_synchronous_minibatch_sgd(
             bad.append("the replay of the BSP log != reference")
         return bad
 
-    _check_on_rank_0(comm, check)
+    check_on_rank_0(comm, check)
 
 
 # ---- 3. any interleaving = the serial replay of the apply log --------------------------
@@ -331,9 +251,9 @@ def test_an_asynchronous_run_is_the_serial_replay_of_its_apply_log(
     if push == "delta":
         # worker 0 pushes every tau steps; its pull at clock c is answered while c <= s
         first = tau * (min(staleness, 2) if staleness >= 0 else 2) + 1
-    with _paced(comm, shared_tmp, {1: first}):
-        res = _train(comm, n, cfg, shared_tmp)
-    model, workers = _gather_model(comm, res, n, servers)
+    with paced(comm, shared_tmp, {1: first}):
+        res = train_on(comm, n, cfg, shared_tmp)
+    model, workers = gather_model(comm, res, n, servers)
 
     def check() -> list[str]:
         logs = read_apply_logs(shared_tmp / cfg.run.name, n, servers)
@@ -367,7 +287,7 @@ def test_an_asynchronous_run_is_the_serial_replay_of_its_apply_log(
             pass  # a replay that ignores the reads may not even be causal: blind it is not
         return bad
 
-    _check_on_rank_0(comm, check)
+    check_on_rank_0(comm, check)
 
 
 # ---- 7. evaluation does not couple the workers ----------------------------------------
@@ -378,11 +298,11 @@ def test_evaluations_are_recorded_without_coupling_the_workers(comm: MPI.Comm, s
     does not start its first step until worker 0 has started its last, so worker 0
     passes every evaluation step (5, ..., 25) while worker 1 has done none (a
     collective evaluation, or any wait for the other workers, would hang here: the
-    test fails after HOLD_TIMEOUT). Every evaluation is still recorded in the run file,
+    test fails after HOLD_TIMEOUT, tests/ps_ranks.py). Every evaluation is still recorded in the run file,
     once, at its step, with finite loss, test loss and accuracy."""
     cfg = _ps_job("uncoupled", 1, "run.steps=30", "run.eval_every=5", steps=30, eval_every=5)
-    with _paced(comm, shared_tmp, {1: 30, 2: 30}):
-        _train(comm, 4, cfg, shared_tmp)
+    with paced(comm, shared_tmp, {1: 30, 2: 30}):
+        train_on(comm, 4, cfg, shared_tmp)
 
     def check() -> list[str]:
         run = load_run(shared_tmp / "uncoupled")
@@ -398,7 +318,7 @@ def test_evaluations_are_recorded_without_coupling_the_workers(comm: MPI.Comm, s
             bad.append(f"worker 0 was at most {ahead.max()} pushes ahead of the slowest")
         return bad
 
-    _check_on_rank_0(comm, check)
+    check_on_rank_0(comm, check)
 
 
 # ---- 4. accuracy --------------------------------------------------------------------
@@ -410,7 +330,7 @@ def test_digits_reaches_95_percent_with_one_server_and_three_workers(
     """The default job (mlp on digits, nesterov lr 0.05, batch 16, 600 steps) as
     async_ps on 4 ranks, 1 server, no staleness bound: >= 0.95 test accuracy at the end."""
     cfg = load_config(None, ["run.name=acc", "algorithm.name=async_ps", "checkpoint.every=0"])
-    res = _train(comm, 4, cfg, shared_tmp)
+    res = train_on(comm, 4, cfg, shared_tmp)
     acc = comm.bcast(res.accuracy if res is not None and comm.Get_rank() == 0 else None, root=0)
     if comm.Get_rank() == 0:
         steps, v = load_run(shared_tmp / "acc").metric("accuracy")
@@ -419,168 +339,3 @@ def test_digits_reaches_95_percent_with_one_server_and_three_workers(
             f"\nasync_ps 1 server + 3 workers: accuracy {acc:.4f} at 600 steps; >= 0.95 first at step {first}"
         )
     assert_all(comm, cfg.run.steps == 600 and acc >= 0.95, f"test accuracy {acc:.4f} < 0.95 after 600 steps")
-
-
-# ---- 3 and 5: a stopped and resumed asynchronous run is still the replay of its log ----
-
-
-# BUGS (lead's code) this test finds, each verified by a local fix of it:
-# 1. (fixed on main by 9b8c13c, "unset fields serialize without the key") the default
-#    staleness -1 failed its own validator when the checkpoint's job was read back, so
-#    --resume of any asynchronous run found "no valid checkpoint".
-# 2. ps_apply / ps_pull use step = the clock (1-based; in delta mode pushes, not
-#    steps), but RankFile truncates protocol tables on resume to rows with step <=
-#    resume_step - 1 (0-based step index, mpiml/io/runfile.py): the rows of the last
-#    clock before the checkpoint (W per shard) are dropped from the log at every
-#    --resume (gradient case: "row 4 applied at version 5, expected 4"); in delta mode,
-#    rows of a crashed segment past the checkpoint are kept (clock << step).
-# 3. PSWorker.state_arrays/load_state do not keep ShardClient.versions: in delta mode
-#    (no pull after a resume) the first push after it logs version_read = 0.
-# 4. = VERSIONS_BUG above (the QUIESCE's ACK overwrites versions).
-# With 2 to 4 fixed locally (2 by not truncating ps_* tables), both cases pass.
-@pytest.mark.xfail(
-    strict=True,
-    reason="the resumed apply log loses the last clock's rows (ps_* step = clock, truncated as a "
-    "0-based step) and, in delta mode, logs version_read 0 (versions not checkpointed)",
-)
-@pytest.mark.parametrize("push", ["gradient", "delta"])
-def test_an_asynchronous_run_stopped_and_resumed_is_still_the_replay_of_its_log(
-    comm: MPI.Comm, shared_tmp: Path, push: str
-) -> None:
-    """No staleness bound, 2 workers, 2 servers: a stop file present from the start
-    stops every rank at one step with a checkpoint (quiesced: every push applied);
-    --resume runs to the end. Nothing is lost or applied twice across the stop: the
-    servers' logs, the stopped segment's rows and the resumed one's, replay to the
-    final shards bit for bit (the resumed workers read the versions they pulled; in
-    delta mode they go on from their checkpointed local model and optimizer state)."""
-    import os
-
-    n, servers = 4, 2
-    cfg = load_config(
-        None,
-        [
-            f"run.name=stop-{push}",
-            "algorithm.name=async_ps",
-            f"algorithm.servers={servers}",
-            f"algorithm.push={push}",
-            "algorithm.tau=3",
-            "run.steps=30",
-            "run.eval_every=10",
-            "checkpoint.every=0",
-            "data.batch_size=8",
-        ],
-    )
-    stop = shared_tmp / "STOP"
-    if comm.Get_rank() == 0:
-        stop.touch()
-    comm.Barrier()
-    os.environ["MPIML_STOP_FILE"] = str(stop)
-    try:
-        first = _train(comm, n, cfg, shared_tmp)
-    finally:
-        del os.environ["MPIML_STOP_FILE"]
-    comm.Barrier()
-    if comm.Get_rank() == 0:
-        stop.unlink()
-    comm.Barrier()
-    at = comm.allgather(first.stopped_at if first is not None else None)[:n]
-    assert_all(comm, len(set(at)) == 1 and at[0] is not None and 0 < at[0] < 30, f"stopped at {at}")
-    res = _on_ranks(comm, n, lambda c: train(cfg, c, out=shared_tmp, resume=True, stream=NULL))
-    model, workers = _gather_model(comm, res, n, servers)
-
-    def check() -> list[str]:
-        logs = read_apply_logs(shared_tmp / cfg.run.name, n, servers)
-        bad = []
-        tau = 3 if push == "delta" else 1
-        if any(len(log) != 2 * (30 // tau) for log in logs):
-            bad.append(f"logs of {[len(log) for log in logs]} rows, expected {2 * (30 // tau)} each")
-        try:
-            got = np.concatenate(replay(cfg, logs, n - servers))
-            if not np.array_equal(got, model):
-                bad.append(f"replay != servers: max diff {np.max(np.abs(got - model)):.3e}")
-        except ReplayError as exc:
-            bad.append(f"ReplayError: {exc}")
-        if not all(np.array_equal(x, model) for x in workers):
-            bad.append("a worker's final model != the servers'")
-        return bad
-
-    _check_on_rank_0(comm, check)
-
-
-@pytest.mark.parametrize(
-    "push",
-    [
-        pytest.param(
-            "gradient",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the resumed ps_apply log lacks the checkpoint clock's rows: ps_* tables use "
-                "step = clock (1-based) and RankFile truncates them as 0-based steps (<= resume - 1)",
-            ),
-        ),
-        pytest.param(
-            "delta",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="PSWorker does not checkpoint ShardClient.versions: after a resume the first push "
-                "logs version_read 0 (a stale update in a staleness 0 run; staleness histogram differs)",
-            ),
-        ),
-    ],
-)
-def test_a_staleness_0_run_stopped_and_resumed_logs_every_update_once_and_fresh(
-    comm: MPI.Comm, shared_tmp: Path, push: str
-) -> None:
-    """Staleness 0, 2 workers, 1 server, stopped by a stop file and resumed: the
-    servers' ps_apply log holds every push exactly once (W per clock) and none stale,
-    as the uninterrupted run's does."""
-    import os
-
-    n, w = 3, 2
-    tau = 3 if push == "delta" else 1
-    cfg = load_config(
-        None,
-        [
-            f"run.name=bsp-stop-{push}",
-            "algorithm.name=async_ps",
-            "algorithm.staleness=0",
-            f"algorithm.push={push}",
-            f"algorithm.tau={tau}",
-            "run.steps=24",
-            "run.eval_every=12",
-            "checkpoint.every=0",
-            "data.batch_size=8",
-        ],
-    )
-    stop = shared_tmp / "STOP"
-    if comm.Get_rank() == 0:
-        stop.touch()
-    comm.Barrier()
-    os.environ["MPIML_STOP_FILE"] = str(stop)
-    try:
-        first = _train(comm, n, cfg, shared_tmp)
-    finally:
-        del os.environ["MPIML_STOP_FILE"]
-    comm.Barrier()
-    if comm.Get_rank() == 0:
-        stop.unlink()
-    comm.Barrier()
-    at = comm.allgather(first.stopped_at if first is not None else None)[:n]
-    assert_all(comm, len(set(at)) == 1 and at[0] is not None and 0 < at[0] < 24, f"stopped at {at}")
-    _on_ranks(comm, n, lambda c: train(cfg, c, out=shared_tmp, resume=True, stream=NULL))
-
-    def check() -> list[str]:
-        (log,) = read_apply_logs(shared_tmp / cfg.run.name, n, 1)
-        bad = []
-        keys = sorted(zip(log["worker"].tolist(), log["step"].tolist(), strict=True))
-        want = sorted((i, c) for i in range(w) for c in range(1, 24 // tau + 1))
-        if keys != want:
-            bad.append(f"pushes logged (worker, clock): missing {sorted(set(want) - set(keys))[:6]}")
-        stale = log[log["version"] != log["version_read"]]
-        if len(stale):
-            bad.append(
-                f"stale rows in a staleness 0 run: {stale[['step', 'worker', 'version_read', 'version']].tolist()}"
-            )
-        return bad
-
-    _check_on_rank_0(comm, check)

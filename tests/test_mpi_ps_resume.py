@@ -146,3 +146,49 @@ def test_a_staleness_0_run_stopped_and_resumed_logs_every_update_once_and_fresh(
         return bad
 
     check_on_rank_0(comm, check)
+
+
+@pytest.mark.parametrize("push", ["gradient", "delta"])
+def test_an_asynchronous_run_stopped_and_resumed_applies_every_push_once(
+    comm: MPI.Comm, shared_tmp: Path, push: str
+) -> None:
+    """No staleness bound, 2 workers, 1 server, stopped by a stop file and resumed: the
+    counts at the end (ps_counts) say each worker pushed steps / tau updates in the
+    whole run, both segments, and the server applied exactly those; the workers end
+    with the servers' model."""
+    n, servers, tau = 3, 1, 3 if push == "delta" else 1
+    cfg = load_config(
+        None,
+        [
+            f"run.name=counts-{push}",
+            "algorithm.name=async_ps",
+            f"algorithm.push={push}",
+            f"algorithm.tau={tau}",
+            "run.steps=24",
+            "run.eval_every=12",
+            "checkpoint.every=0",
+            "data.batch_size=8",
+        ],
+    )
+    _, res = stop_then_resume(comm, n, cfg, shared_tmp)
+    model, workers = gather_model(comm, res, n, servers)
+
+    def check() -> list[str]:
+        import h5py
+
+        from mpiml.io.runfile import rank_file_name
+
+        with h5py.File(shared_tmp / cfg.run.name / rank_file_name(n - 1), "r") as f:
+            counts = f["ps_counts"][()]
+        bad = []
+        want = [(i, 24 // tau, 24 // tau) for i in range(n - servers)]
+        got = sorted(
+            zip(counts["worker"].tolist(), counts["pushed"].tolist(), counts["applied"].tolist(), strict=True)
+        )
+        if got != want:
+            bad.append(f"ps_counts (worker, pushed, applied) {got}, expected {want}")
+        if not all(np.array_equal(x, model) for x in workers):
+            bad.append("a worker's final model != the servers'")
+        return bad
+
+    check_on_rank_0(comm, check)

@@ -124,7 +124,7 @@ def replay(cfg: Any, logs: Sequence[np.ndarray], workers: int) -> list[np.ndarra
     for s, log in enumerate(logs):
         seen: dict[tuple[int, int], int] = {}
         for row in log:
-            key = (int(row["worker"]), int(row["step"]))
+            key = (int(row["worker"]), int(row["clock"]))
             if key in seen:
                 raise ReplayError(f"shard {s}: push {key} (worker, clock) applied twice")
             seen[key] = int(row["version_read"])
@@ -197,7 +197,7 @@ def replay(cfg: Any, logs: Sequence[np.ndarray], workers: int) -> list[np.ndarra
                     raise ReplayError(
                         f"shard {s}: row {pos[s]} applied at version {version}, expected {len(hist[s]) - 1}"
                     )
-                rows = [(int(r["worker"]), int(r["step"])) for r in log[pos[s] : end]]
+                rows = [(int(r["worker"]), int(r["clock"])) for r in log[pos[s] : end]]
                 if not all(readable(i, c) for i, c in rows):
                     break
                 # delta mode: a worker's earlier pushes first (its local state runs on)

@@ -9,7 +9,7 @@ What is checked (issue 12, "Tests"):
 - no torn read: the servers' ``apply`` writes a known pattern, so a worker can check
   that every shard it pulls is one version, labelled with the version the reply says,
   and that the versions it sees never go backwards;
-- the SSP bound s: every answered pull has ``step - slowest <= s`` (``ps_pull``), the
+- the SSP bound s: every answered pull has ``clock - slowest <= s`` (``ps_pull``), the
   worker sees every other worker's clock >= its own - s in what it pulls, and the
   version staleness of every applied update is within the bound SSP implies;
 - BSP (s = 0): every round's W pushes are added in worker order 0..W-1 (values whose
@@ -159,7 +159,7 @@ def test_load_no_lost_update_no_torn_read(comm: MPI.Comm, servers: int, stalenes
         if not finished:
             problems.append("serve() returned False")
         for i in range(w):
-            clocks = np.sort(ap["step"][ap["worker"] == i])
+            clocks = np.sort(ap["clock"][ap["worker"] == i])
             if not np.array_equal(clocks, np.arange(1, steps[i] + 1)):
                 problems.append(f"shard {s}: worker {i}'s applied clocks are not 1..{steps[i]} once each")
         if not np.array_equal(ap["version"], np.arange(len(ap))):
@@ -170,7 +170,7 @@ def test_load_no_lost_update_no_torn_read(comm: MPI.Comm, servers: int, stalenes
         if (st < 0).any():
             problems.append(f"shard {s}: negative staleness {st.min()}")
         if staleness is not None:
-            if (pl["step"] - pl["slowest"] > staleness).any():
+            if (pl["clock"] - pl["slowest"] > staleness).any():
                 problems.append(
                     f"shard {s}: a pull answered {int((pl['step'] - pl['slowest']).max())} clocks ahead"
                 )
@@ -288,7 +288,7 @@ def test_bsp_sums_each_round_in_worker_order(comm: MPI.Comm, servers: int) -> No
             problems.append(f"{rounds[0]} rounds applied, version {srv.version}, not {steps}")
         if len(ap) != w * steps or (ap["version"] != ap["version_read"]).any():
             problems.append("BSP: an update applied to another version than it was computed from")
-        if (pl["step"] != pl["slowest"]).any():
+        if (pl["clock"] != pl["slowest"]).any():
             problems.append("BSP: a pull answered before every worker reached its clock")
         if not np.array_equal(srv.x, expected[-1][lo:hi]):
             problems.append("the final shard differs from the worker-order sum")

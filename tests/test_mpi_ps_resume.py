@@ -19,26 +19,11 @@ pytestmark = pytest.mark.mpi(min_size=4)
 RANK_COUNTS = (4,)  # conftest: one launch; each test picks its ranks
 
 
-# BUGS (lead's code) this test finds, each verified by a local fix of it:
-# 1. (fixed on main by 9b8c13c, "unset fields serialize without the key") the default
-#    staleness -1 failed its own validator when the checkpoint's job was read back, so
-#    --resume of any asynchronous run found "no valid checkpoint".
-# 2. ps_apply / ps_pull use step = the clock (1-based; in delta mode pushes, not
-#    steps), but RankFile truncates protocol tables on resume to rows with step <=
-#    resume_step - 1 (0-based step index, mpiml/io/runfile.py): the rows of the last
-#    clock before the checkpoint (W per shard) are dropped from the log at every
-#    --resume (gradient case: "row 4 applied at version 5, expected 4"); in delta mode,
-#    rows of a crashed segment past the checkpoint are kept (clock << step).
-# 3. PSWorker.state_arrays/load_state do not keep ShardClient.versions: in delta mode
-#    (no pull after a resume) the first push after it logs version_read = 0.
-# 4. ShardClient.wait takes versions from a QUIESCE's ACK (no model): see VERSIONS_BUG
-#    in tests/test_mpi_ps_train.py.
-# With 2 to 4 fixed locally (2 by not truncating ps_* tables), both cases pass.
-@pytest.mark.xfail(
-    strict=True,
-    reason="the resumed apply log loses the last clock's rows (ps_* step = clock, truncated as a "
-    "0-based step) and, in delta mode, logs version_read 0 (versions not checkpointed)",
-)
+# What this test found (all fixed): the default staleness -1 failed its own rule when a
+# checkpoint's job was read back; ps_apply/ps_pull used step = the clock, which a resume
+# truncated as a 0-based step (rows lost, or kept from a crashed segment in delta mode);
+# the workers did not checkpoint the versions they had read (delta: version_read 0
+# after a resume); an ACK (no model) overwrote the version of the model held.
 @pytest.mark.parametrize("push", ["gradient", "delta"])
 def test_an_asynchronous_run_stopped_and_resumed_is_still_the_replay_of_its_log(
     comm: MPI.Comm, shared_tmp: Path, push: str
@@ -89,22 +74,8 @@ def test_an_asynchronous_run_stopped_and_resumed_is_still_the_replay_of_its_log(
 @pytest.mark.parametrize(
     "push",
     [
-        pytest.param(
-            "gradient",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the resumed ps_apply log lacks the checkpoint clock's rows: ps_* tables use "
-                "step = clock (1-based) and RankFile truncates them as 0-based steps (<= resume - 1)",
-            ),
-        ),
-        pytest.param(
-            "delta",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="PSWorker does not checkpoint ShardClient.versions: after a resume the first push "
-                "logs version_read 0 (a stale update in a staleness 0 run; staleness histogram differs)",
-            ),
-        ),
+        "gradient",
+        "delta",
     ],
 )
 def test_a_staleness_0_run_stopped_and_resumed_logs_every_update_once_and_fresh(
@@ -134,7 +105,7 @@ def test_a_staleness_0_run_stopped_and_resumed_logs_every_update_once_and_fresh(
     def check() -> list[str]:
         (log,) = read_apply_logs(shared_tmp / cfg.run.name, n, 1)
         bad = []
-        keys = sorted(zip(log["worker"].tolist(), log["step"].tolist(), strict=True))
+        keys = sorted(zip(log["worker"].tolist(), log["clock"].tolist(), strict=True))
         want = sorted((i, c) for i in range(w) for c in range(1, 24 // tau + 1))
         if keys != want:
             bad.append(f"pushes logged (worker, clock): missing {sorted(set(want) - set(keys))[:6]}")

@@ -188,18 +188,7 @@ ASYNC = [
     (3, 1, -1, "delta", 3, "sgd", 8),
 ]
 
-# BUG (lead's code, mpiml/protocols/ps.py, ShardClient.wait): every reply sets
-# versions[s] = m.h[3], also the ACK of a QUIESCE, which carries no model. After a
-# checkpoint the worker still computes at the model it last pulled, but its next push
-# logs version_read = the server's version at the checkpoint: ps_apply lies, the
-# replay (and the staleness statistics) are off. Fix: set versions only from replies
-# with a body (PULL, FINAL). Verified: with that fix both cases pass.
-VERSIONS_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="ShardClient.wait takes versions from a QUIESCE's ACK (no model): the push after a "
-    "checkpoint logs a version_read newer than the model it was computed at",
-)
-ASYNC_PARAMS = [pytest.param(*a, marks=VERSIONS_BUG) if a[6] else a for a in ASYNC]
+ASYNC_PARAMS = ASYNC  # with checkpoints too: the push after one logs the version its model was read at
 
 
 @pytest.mark.parametrize(
@@ -274,7 +263,7 @@ def test_an_asynchronous_run_is_the_serial_replay_of_its_apply_log(
             for r in range(n - servers, n):
                 with h5py.File(shared_tmp / cfg.run.name / rank_file_name(r), "r") as f:
                     pulls = f["ps_pull"][()]
-                if np.any(pulls["step"] - pulls["slowest"] > staleness):
+                if np.any(pulls["clock"] - pulls["slowest"] > staleness):
                     bad.append(f"server rank {r} answered a pull beyond the bound {staleness}")
         fresh = [log.copy() for log in logs]  # the control: every push read the newest version
         for log in fresh:
@@ -313,7 +302,7 @@ def test_evaluations_are_recorded_without_coupling_the_workers(comm: MPI.Comm, s
                 bad.append(f"{name}: steps {list(s)}, values {list(v)}")
         with h5py.File(shared_tmp / "uncoupled" / rank_file_name(3), "r") as f:
             pulls = f["ps_pull"][()]
-        ahead = pulls["step"][pulls["worker"] == 0] - pulls["slowest"][pulls["worker"] == 0]
+        ahead = pulls["clock"][pulls["worker"] == 0] - pulls["slowest"][pulls["worker"] == 0]
         if ahead.max() < 25:
             bad.append(f"worker 0 was at most {ahead.max()} pushes ahead of the slowest")
         return bad

@@ -108,11 +108,7 @@ def test_staleness_0_resumed_after_a_failure_ends_bit_for_bit(
     assert cut.returncode != 0 and "injected failure" in cut.stderr, cut.stderr[-3000:]
     again = _mpiml(n, tmp_path, [*job, "--set", "run.name=cut", "--resume"])
     assert again.returncode == 0 and f"at step {resumed}" in again.stdout, (again.stdout, again.stderr)
-    # BUG (delta): the servers' staleness histogram (from the apply log) differs after a
-    # resume: PSWorker does not checkpoint ShardClient.versions, so the first push after
-    # it logs version_read 0 (a stale update in a staleness 0 run). Checked apart, as a
-    # strict xfail: test_mpi_ps_resume.py::test_a_staleness_0_run_stopped_and_resumed_logs_every_update_once_and_fresh
-    skip = ("ps/staleness_hist",) if "algorithm.push=delta" in sets else ()
+    skip: tuple[str, ...] = ()
     bad = _same_state(_state(tmp_path / "full", 24, n), _state(tmp_path / "cut", 24, n), skip)
     bad += _same_metrics(tmp_path / "full", tmp_path / "cut")
     assert not bad, bad

@@ -343,7 +343,7 @@ class PSWorker(_PSProgram):
     # ---- checkpoint -------------------------------------------------------------
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        out = {"ps/pushed": self.client.pushed.copy()}
+        out = {"ps/pushed": self.client.pushed.copy(), "ps/versions": self.client.versions.copy()}
         if self.mode == "delta":
             out["params"] = to_host(self.x).copy()
             out["ps/base"] = to_host(self.base).copy()
@@ -355,6 +355,7 @@ class PSWorker(_PSProgram):
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         xp = self.ctx.xp
         self.client.pushed[...] = arrays["ps/pushed"]
+        self.client.versions[...] = arrays["ps/versions"]  # what the held model was read at (delta)
         self._need_pull = True
         if self.mode == "delta":
             self.x[...] = xp.asarray(arrays["params"])

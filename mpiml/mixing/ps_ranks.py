@@ -172,7 +172,7 @@ def measure_ps(
                 mine = {
                     "shard": s,
                     "worker": pl["worker"],
-                    "step": pl["step"],
+                    "step": pl["clock"],
                     "time": t,
                     "version": pl["version"],
                 }

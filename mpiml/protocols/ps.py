@@ -193,7 +193,8 @@ class ShardClient:
             if body and x is not None:
                 lo, hi = self.ranges[s]
                 x[lo:hi] = m.body if isinstance(x, np.ndarray) else self.xp.asarray(m.body)  # type: ignore[attr-defined]
-            self.versions[s] = m.h[3]
+            if body:  # the version of the model now held (an ACK carries no model)
+                self.versions[s] = m.h[3]
             self.flags |= int(m.h[4])
             self.seen_flags |= int(m.h[4])
             if s == 0 and m.h[1] >= 0:

@@ -80,24 +80,42 @@ __all__ = ["APPLY_DTYPE", "COUNTS_DTYPE", "PULL_DTYPE", "LostUpdateError", "Shar
 PS_APPLY = register_kind("ps_apply", "compute", "a parameter server applying one update to its shard")
 
 APPLY_DTYPE = np.dtype(
-    [("step", "<i8"), ("worker", "<i4"), ("version_read", "<i8"), ("version", "<i8"), ("t", "<f8")]
+    [
+        ("step", "<i8"),
+        ("worker", "<i4"),
+        ("clock", "<i8"),
+        ("version_read", "<i8"),
+        ("version", "<i8"),
+        ("t", "<f8"),
+    ]
 )
 """/ranks/<server>/ps_apply: one row per applied push, in apply order. ``step``: the
-push's clock (1 for a worker's first push), ``worker``: its index (0..W-1),
-``version_read``: the shard version the update was computed from, ``version``: the
-version it was applied to (updates applied before it); staleness = version -
-version_read. With staleness 0 (BSP) the W pushes of a clock share one version."""
+0-based index of the worker's step that pushed it (its steps completed - 1; a resume
+keeps the rows of the steps before its checkpoint), ``worker``: its index (0..W-1),
+``clock``: the push's clock (1 for a worker's first push), ``version_read``: the shard
+version the update was computed from, ``version``: the version it was applied to
+(updates applied before it); staleness = version - version_read. With staleness 0
+(BSP) the W pushes of a clock share one version."""
 
 PULL_DTYPE = np.dtype(
-    [("step", "<i8"), ("worker", "<i4"), ("slowest", "<i8"), ("version", "<i8"), ("t", "<f8")]
+    [
+        ("step", "<i8"),
+        ("worker", "<i4"),
+        ("clock", "<i8"),
+        ("slowest", "<i8"),
+        ("version", "<i8"),
+        ("t", "<f8"),
+    ]
 )
-"""/ranks/<server>/ps_pull: one row per answered pull. ``step``: the worker's clock
-(pushes applied), ``slowest``: the smallest clock of any worker when answered (the
-bound: step - slowest <= s), ``version``: the version sent."""
+"""/ranks/<server>/ps_pull: one row per answered pull. ``step``: the worker's steps
+completed when it asked, - 1; ``clock``: its clock (pushes applied); ``slowest``: the
+smallest clock of any worker when answered (the bound: clock - slowest <= s);
+``version``: the version sent."""
 
 COUNTS_DTYPE = np.dtype([("step", "<i8"), ("worker", "<i4"), ("pushed", "<i8"), ("applied", "<i8")])
 """/ranks/<server>/ps_counts: at the end of the run, per worker: the pushes it says it
-made to this shard and the pushes this server applied (equal, or the run failed)."""
+made to this shard and the pushes this server applied (equal, or the run failed);
+``step``: its steps completed - 1."""
 
 
 class LostUpdateError(RuntimeError):
@@ -164,11 +182,12 @@ class ShardServer:
         """Forget what one segment of serving holds (pending pulls, quiesce and done
         requests, the held BSP pushes, the stop agreement)."""
         w = self.n_workers
-        self.pending: list[tuple[int, int]] = []  # (worker, clock) pulls not yet answered
+        self.pending: list[tuple[int, int, int]] = []  # (worker, clock, steps done): pulls not answered yet
         self.holding = np.zeros(w, dtype=bool)  # BSP: this worker's push waits for the round
         self.quiesce_at = np.full(w, -1, dtype=np.int64)
         self.quiesce_stop = False
         self.done = np.zeros(w, dtype=bool)
+        self.last_done = np.zeros(w, dtype=np.int64)  # each worker's steps completed, from its last request
         self.pushed_total = np.zeros(w, dtype=np.int64)
         self.flags_seen = 0
         self.stop_step = -1
@@ -265,9 +284,10 @@ class ShardServer:
             if self.bsp:
                 self.holding[i] = True  # applied with the round; the receive is reposted then
             else:
-                self._apply(i, m.body, clock, int(m.h[3]))
+                self._apply(i, m.body, clock, int(m.h[3]), int(m.h[1]))
         if op & PULL:
-            self.pending.append((i, int(self.received[i])))
+            self.pending.append((i, int(self.received[i]), int(m.h[1])))
+        self.last_done[i] = int(m.h[1])
         if op & QUIESCE:
             self.quiesce_at[i] = int(m.h[7])
             self.quiesce_stop |= bool(op & STOP)
@@ -278,17 +298,18 @@ class ShardServer:
         if not self.holding[i] and not (op & QUIESCE):
             self._post(i)
 
-    def _apply(self, i: int, update: np.ndarray, clock: int, version_read: int) -> None:
+    def _apply(self, i: int, update: np.ndarray, clock: int, version_read: int, done: int) -> None:
         t0 = self.trace.now()
         self.apply(self.x, update, i)
         t1 = self.trace.now()
-        self.trace.record(clock, PS_APPLY, t0, t1)
-        self._log_apply(i, clock, version_read, t1)
+        self.trace.record(done - 1, PS_APPLY, t0, t1)
+        self._log_apply(i, clock, version_read, t1, done)
         self.version += 1
         self.clock[i] += 1
 
-    def _log_apply(self, i: int, clock: int, version_read: int, t: float) -> None:
-        self.trace.add_row("ps_apply", APPLY_DTYPE, (clock, i, version_read, self.version, t), always=True)
+    def _log_apply(self, i: int, clock: int, version_read: int, t: float, done: int) -> None:
+        row = (done - 1, i, clock, version_read, self.version, t)
+        self.trace.add_row("ps_apply", APPLY_DTYPE, row, always=True)
         k = self.version - version_read
         if k >= self.stale_hist.size:
             self.stale_hist = np.concatenate(
@@ -306,12 +327,12 @@ class ShardServer:
         self.acc[...] = self.inbox[0].body
         for i in range(1, self.n_workers):
             self.acc += self.inbox[i].body
-        clock = int(self.received[0])
         self.apply(self.x, self.acc, -1)
         t1 = self.trace.now()
-        self.trace.record(clock, PS_APPLY, t0, t1)
+        self.trace.record(int(self.inbox[0].h[1]) - 1, PS_APPLY, t0, t1)
         for i in range(self.n_workers):
-            self._log_apply(i, int(self.received[i]), int(self.inbox[i].h[3]), t1)
+            m = self.inbox[i]
+            self._log_apply(i, int(self.received[i]), int(m.h[3]), t1, int(m.h[1]))
             self.clock[i] += 1
         self.version += 1
         self.holding[:] = False
@@ -324,20 +345,19 @@ class ShardServer:
             return
         slowest = int(self.clock.min())
         keep = []
-        for i, c in self.pending:
+        for i, c, done in self.pending:
             if self.staleness is not None and slowest < c - self.staleness:
-                keep.append((i, c))
+                keep.append((i, c, done))
                 continue
             if self.bsp and self.holding[i]:  # its own push is not applied yet
-                keep.append((i, c))
+                keep.append((i, c, done))
                 continue
             m = self._outbox(i)
             m.h[0] = PULL
             m.body[...] = self.x  # the snapshot: between two updates, never torn
             self._send(i, m, True, c)
-            self.trace.add_row(
-                "ps_pull", PULL_DTYPE, (c, i, slowest, self.version, self.trace.now()), always=True
-            )
+            row = (done - 1, i, c, slowest, self.version, self.trace.now())
+            self.trace.add_row("ps_pull", PULL_DTYPE, row, always=True)
         self.pending = keep
 
     def _outbox(self, i: int) -> Message:
@@ -408,7 +428,7 @@ class ShardServer:
             self.trace.add_row(
                 "ps_counts",
                 COUNTS_DTYPE,
-                (int(self.clock[i]), i, int(self.pushed_total[i]), int(self.clock[i])),
+                (int(self.last_done[i]) - 1, i, int(self.pushed_total[i]), int(self.clock[i])),
                 always=True,
             )
         lost = [

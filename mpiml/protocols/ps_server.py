@@ -59,6 +59,7 @@ from mpi4py import MPI
 from ..kinds import register_kind
 from ..trace import Trace
 from .base import WAIT, Messages
+from .ps_log import APPLY_DTYPE, COUNTS_DTYPE, PULL_DTYPE, LostUpdateError, StalenessHistogram
 from .ps_wire import (
     ACK,
     DONE,
@@ -78,48 +79,6 @@ from .ps_wire import (
 __all__ = ["APPLY_DTYPE", "COUNTS_DTYPE", "PULL_DTYPE", "LostUpdateError", "ShardServer"]
 
 PS_APPLY = register_kind("ps_apply", "compute", "a parameter server applying one update to its shard")
-
-APPLY_DTYPE = np.dtype(
-    [
-        ("step", "<i8"),
-        ("worker", "<i4"),
-        ("clock", "<i8"),
-        ("version_read", "<i8"),
-        ("version", "<i8"),
-        ("t", "<f8"),
-    ]
-)
-"""/ranks/<server>/ps_apply: one row per applied push, in apply order. ``step``: the
-0-based index of the worker's step that pushed it (its steps completed - 1; a resume
-keeps the rows of the steps before its checkpoint), ``worker``: its index (0..W-1),
-``clock``: the push's clock (1 for a worker's first push), ``version_read``: the shard
-version the update was computed from, ``version``: the version it was applied to
-(updates applied before it); staleness = version - version_read. With staleness 0
-(BSP) the W pushes of a clock share one version."""
-
-PULL_DTYPE = np.dtype(
-    [
-        ("step", "<i8"),
-        ("worker", "<i4"),
-        ("clock", "<i8"),
-        ("slowest", "<i8"),
-        ("version", "<i8"),
-        ("t", "<f8"),
-    ]
-)
-"""/ranks/<server>/ps_pull: one row per answered pull. ``step``: the worker's steps
-completed when it asked, - 1; ``clock``: its clock (pushes applied); ``slowest``: the
-smallest clock of any worker when answered (the bound: clock - slowest <= s);
-``version``: the version sent."""
-
-COUNTS_DTYPE = np.dtype([("step", "<i8"), ("worker", "<i4"), ("pushed", "<i8"), ("applied", "<i8")])
-"""/ranks/<server>/ps_counts: at the end of the run, per worker: the pushes it says it
-made to this shard and the pushes this server applied (equal, or the run failed);
-``step``: its steps completed - 1."""
-
-
-class LostUpdateError(RuntimeError):
-    """A worker pushed a different number of updates than its server applied."""
 
 
 class ShardServer:
@@ -176,7 +135,7 @@ class ShardServer:
         self.version = 0
         self.clock = np.zeros(w, dtype=np.int64)  # pushes applied per worker
         self.received = np.zeros(w, dtype=np.int64)  # pushes received per worker
-        self.stale_hist = np.zeros(64, dtype=np.int64)  # updates applied per staleness (versions)
+        self.stale_hist = StalenessHistogram()  # updates applied per staleness (versions)
 
     def reset_run_state(self) -> None:
         """Forget what one segment of serving holds (pending pulls, quiesce and done
@@ -310,12 +269,7 @@ class ShardServer:
     def _log_apply(self, i: int, clock: int, version_read: int, t: float, done: int) -> None:
         row = (done - 1, i, clock, version_read, self.version, t)
         self.trace.add_row("ps_apply", APPLY_DTYPE, row, always=True)
-        k = self.version - version_read
-        if k >= self.stale_hist.size:
-            self.stale_hist = np.concatenate(
-                [self.stale_hist, np.zeros(max(k + 1, self.stale_hist.size), np.int64)]
-            )
-        self.stale_hist[k] += 1
+        self.stale_hist.add(self.version - version_read)
 
     def _bsp_round(self) -> None:
         """BSP: once every worker's push of the next clock is here, add them in worker
@@ -450,19 +404,9 @@ class ShardServer:
         self._drain_sends()
 
     def staleness_stats(self) -> np.ndarray:
-        """[count, mean, median, p95, max] of the staleness (in versions) of every
-        update this server applied in the whole run, resumed segments included (NaN
-        statistics when none). Percentiles are the lowest staleness whose cumulative
-        count reaches 50% / 95% of the updates."""
-        h = self.stale_hist
-        n = int(h.sum())
-        if not n:
-            return np.array([0.0, np.nan, np.nan, np.nan, np.nan])
-        k = np.arange(h.size)
-        cum = np.cumsum(h)
-        p50 = int(np.searchsorted(cum, 0.5 * n))
-        p95 = int(np.searchsorted(cum, 0.95 * n))
-        return np.array([n, float(k @ h) / n, p50, p95, int(k[h > 0].max())])
+        """[count, mean, median, p95, max] of the staleness of every update applied
+        (:meth:`StalenessHistogram.stats`)."""
+        return self.stale_hist.stats()
 
     # ---- checkpoint -----------------------------------------------------------
 
@@ -472,11 +416,11 @@ class ShardServer:
             "ps/version": np.array([self.version], dtype=np.int64),
             "ps/clock": self.clock.copy(),
             "ps/received": self.received.copy(),
-            "ps/staleness_hist": self.stale_hist.copy(),
+            "ps/staleness_hist": self.stale_hist.counts.copy(),
         }
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.version = int(arrays["ps/version"][0])
         self.clock[...] = arrays["ps/clock"]
         self.received[...] = arrays["ps/received"]
-        self.stale_hist = np.array(arrays["ps/staleness_hist"], dtype=np.int64)
+        self.stale_hist.counts = np.array(arrays["ps/staleness_hist"], dtype=np.int64)

@@ -15,12 +15,13 @@ run is a pure function of the job. :func:`replay` recomputes it serially:
 - with worker i's own minibatches, rebuilt with :func:`mpiml.data.build_data` for its
   data shard i of W (the sampler is seeded by (run.seed, i), so it draws the same
   batches): gradient mode, batch c-1 (one push per step) and the gradient scaled
-  1/(batch W); delta mode, batches (c-1) tau .. c tau - 1, tau local optimizer steps
+  1/(batch W); delta mode, batches (c-1) tau .. c tau - 1 (the last push: up to the
+  run's last step), local optimizer steps on the batch mean's gradient (1/batch)
   from the model read (the worker's optimizer state carried from its previous
   period, its position-valued entries moved with the model as the worker moves
   them), the push being x_tau - x_0;
 - each shard applies the pushes in its log's order, as the server does: gradient
-  mode, the job's optimizer with the shard's own state; delta mode, x_s += Delta_s;
+  mode, the job's optimizer with the shard's own state; delta mode, x_s += Delta_s / W;
   rows that share one ``version`` (staleness 0, BSP) are one update, their pushes
   added in the log's order (worker order 0..W-1).
 
@@ -113,7 +114,9 @@ def replay(cfg: Any, logs: Sequence[np.ndarray], workers: int) -> list[np.ndarra
     if mode == "gradient":
         tau = 1
     opt = build_optimizer(cfg.optimizer)
-    scale = 1.0 / (data0.sampler.batch_size * workers)
+    scale = 1.0 / (data0.sampler.batch_size * (workers if mode == "gradient" else 1))
+    inv_w = 1.0 / workers
+    steps = int(cfg.run.steps)
     ws = [_Worker(cfg, i, workers, x0, opt if mode == "delta" else None) for i in range(workers)]
 
     # per shard: every version's value, the optimizer state (gradient mode), and
@@ -166,7 +169,7 @@ def replay(cfg: Any, logs: Sequence[np.ndarray], workers: int) -> list[np.ndarra
                     w.state[k] -= w.x_end
                     w.state[k] += x
             base = x.copy()
-            for j in range((c - 1) * tau, c * tau):
+            for j in range((c - 1) * tau, min(c * tau, steps)):
                 xb, yb = w.batch(j)
                 model.loss_and_grad(x, xb, yb, g, scale)
                 opt.step(x, g, w.state)
@@ -181,6 +184,8 @@ def replay(cfg: Any, logs: Sequence[np.ndarray], workers: int) -> list[np.ndarra
         if mode == "gradient":
             opt.step(xs, u, states[s])
         else:
+            u = u.copy()
+            np.multiply(u, inv_w, out=u)  # as the server: x + Delta / W
             xs += u
 
     pos = [0] * s_count

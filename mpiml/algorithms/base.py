@@ -179,6 +179,12 @@ class Algorithm:
     compressed: ClassVar[str] = ""
 
     @classmethod
+    def reads(cls, cfg: Config) -> set[str]:
+        """The keys of :attr:`keys` this job reads (default: all; an option may make
+        another one moot, and a user who set it is told so)."""
+        return set(cls.keys)
+
+    @classmethod
     def check(cls, cfg: Config) -> None:
         """Pure rules on the job alone (no world size); raise ConfigError naming the keys."""
 
@@ -235,7 +241,7 @@ def algorithm_section() -> dict[str, Field]:
 def algorithm_keys(cfg: Config) -> set[str]:
     """The ``[algorithm]`` keys the job's algorithm reads: ``name`` and its own keys
     (the others, which another algorithm reads, may differ on ``--resume``)."""
-    return {"name", *REGISTRY[cfg.algorithm.name].keys}
+    return {"name", *REGISTRY[cfg.algorithm.name].reads(cfg)}
 
 
 def check_job(cfg: Config) -> None:

@@ -103,8 +103,17 @@ class AsyncPS(Algorithm):
     keys = {"servers": SERVERS, "staleness": STALENESS, "push": PUSH_MODE, "tau": TAU}
 
     @classmethod
+    def reads(cls, cfg: Config) -> set[str]:
+        """``tau`` only with ``push = "delta"`` (a gradient is pushed every step)."""
+        return set(cls.keys) - ({"tau"} if cfg.algorithm.push == "gradient" else set())
+
+    @classmethod
     def layout(cls, cfg: Config, world_size: int) -> Layout:
         servers = int(cfg.algorithm.servers)
+        if world_size < 2:
+            raise ConfigError(
+                f"algorithm.name = 'async_ps' needs at least 2 ranks (a server and a worker; got {world_size})"
+            )
         if servers >= world_size:
             raise ConfigError(
                 f"algorithm.servers = {servers} leaves no worker: it must be at most {world_size - 1} "
@@ -120,6 +129,12 @@ class AsyncPS(Algorithm):
         if servers > d:
             raise ConfigError(
                 f"algorithm.servers = {servers} is more than the model's {d} parameters (a shard holds at least one)"
+            )
+        slowed = [r for r in cfg.straggler.ranks if layout.roles[r].kind == "server"]
+        if slowed:
+            raise ConfigError(
+                f"straggler.ranks lists rank{'s' * (len(slowed) > 1)} {', '.join(map(str, slowed))}, "
+                f"a parameter server (it computes nothing to slow down): list worker ranks, 0..{layout.size - servers - 1}"
             )
 
     @classmethod

@@ -41,8 +41,11 @@ class PSServer(PSProgram):
         else:
             self.opt_state = {}
 
+            inv_w = 1.0 / len(self.workers)
+
             def apply(xs: np.ndarray, g: np.ndarray, worker: int) -> None:
-                xs += g  # the worker's delta
+                np.multiply(g, inv_w, out=g)  # x <- x + Delta / W (a BSP sum: the mean delta)
+                xs += g
 
         self.server = ShardServer(
             self.comm,
@@ -79,6 +82,11 @@ class PSServer(PSProgram):
             if srv.version - flushed[0] >= flush_every:
                 loop.files.flush()
                 flushed[0] = srv.version
+            if loop.fail_at > 0 and srv.max_done >= loop.fail_at:  # MPIML_FAIL_AT=<server rank>:<step>
+                raise RuntimeError(
+                    f"MPIML_FAIL_AT: injected failure on rank {loop.rank} (a server) once a worker completed "
+                    f"step {loop.fail_at}"
+                )
 
         if srv.serve(on_quiesce, tick) and self.ctx.cfg.checkpoint.every:
             loop.checkpoint(stop)

@@ -13,7 +13,7 @@ from ..backend import to_host
 from ..errors import DivergenceError
 from ..optim import POSITION_STATE
 from ..protocols.ps import ShardClient
-from ..protocols.ps_wire import DONE, PULL, PUSH, QUIESCE, STOP, shard_ranges
+from ..protocols.ps_wire import DONE, PULL, PUSH, QUIESCE, STOP, STOP_NOW, shard_ranges
 from ..straggler import Straggler
 from .base import Context, EvalSums
 from .ps import INIT_TAG, PSProgram
@@ -45,7 +45,12 @@ class PSWorker(PSProgram):
         )
         self.grad = xp.empty_like(self.x)
         self.straggler = Straggler.for_rank(ctx.cfg, ctx.rank, ctx.trace)  # [straggler]: slower compute
-        self.scale = 1.0 / (self.data.sampler.batch_size * len(self.workers))
+        # gradient: W pushes make one step of the mean gradient; delta: the worker's local
+        # steps are plain minibatch steps, and the server adds Delta / W
+        w = len(self.workers) if self.mode == "gradient" else 1
+        self.scale = 1.0 / (self.data.sampler.batch_size * w)
+        self._own_done = 0  # steps this worker had completed at its last checkpoint
+        self._resume_at: int | None = None  # from a checkpoint: this worker's own step
         self._need_pull = False  # x is the servers' x_0 until a resume says otherwise
         self._pending_eval: tuple[int, np.ndarray] | None = None  # sums to send with the next request
         if self.mode == "delta":
@@ -88,8 +93,7 @@ class PSWorker(PSProgram):
         self.ctx.optimizer.step(self.x, self.grad, self.opt_state)
         tr.record(t, UPDATE, t0, tr.now())
         if (t + 1) % self.tau == 0:
-            self.grad[...] = self.x
-            self.grad -= self.base  # Delta_i = x_tau - x_0
+            self._delta()
             for k in self._position:  # the pull moves x: move SUM's positions with it
                 self.opt_state[k] -= self.x
             self._exchange(PUSH | PULL, t + 1, self.grad, loss, flags)
@@ -97,6 +101,11 @@ class PSWorker(PSProgram):
                 self.opt_state[k] += self.x
             self.base[...] = self.x
         return loss
+
+    def _delta(self) -> None:
+        """``grad`` <- Delta_i = x_tau - x_0, the local steps since the last pull."""
+        self.grad[...] = self.x
+        self.grad -= self.base
 
     def _exchange(self, op: int, done: int, update: Any, loss: float, flags: int, quiesce: int = 0) -> None:
         ev_step, ev_sums = self._pending_eval if self._pending_eval is not None else (0, None)
@@ -118,6 +127,8 @@ class PSWorker(PSProgram):
     def run(self, start: int, stop: int, loop: Loop) -> None:
         cfg = self.ctx.cfg
         every, eval_every, flush_every = cfg.checkpoint.every, cfg.run.eval_every, cfg.trace.flush_every
+        if self._resume_at is not None:  # this worker's own step (a stop with no bound: not start)
+            start, self._resume_at = self._resume_at, None
         for t in range(start, stop):
             loss = self.step(t, loop.stop_flag())
             loop.loss_sum += loss
@@ -131,15 +142,11 @@ class PSWorker(PSProgram):
                 raise RuntimeError(
                     f"parameter server: the stop step {agreed_stop} reached worker {self.index} after step {done}"
                 )
-            stopping = done == agreed_stop and done < stop
+            stopping = done < stop and (done == agreed_stop or agreed_stop == STOP_NOW)
             if stopping or (every and done % every == 0 and done < stop):
                 op = QUIESCE | (STOP if stopping else 0)
                 self._exchange(op, done, None, 0.0, loop.stop_flag(), quiesce=done)
-                self._record_evals(loop)
-                loop.checkpoint(done)
-                if self.client.stopping:
-                    loop.stop_by(self.client.seen_flags | loop.stop_flag())
-                    loop.stopped(done)
+                if self._checkpointed(loop, done):
                     return
             elif done % flush_every == 0:
                 loop.files.flush()
@@ -147,10 +154,32 @@ class PSWorker(PSProgram):
                 raise RuntimeError(f"MPIML_FAIL_AT: injected failure on rank {loop.rank} at step {done}")
         self._finish(stop, loop)
 
+    def _checkpointed(self, loop: Loop, done: int) -> bool:
+        """After the ACK of a QUIESCE (or of a stop that came while this worker was
+        done): the checkpoint (collective over world), at the step the servers agreed
+        on (every worker's, or with no bound the furthest worker's: this one's own
+        step is in its state). True when it was a stop."""
+        self._record_evals(loop)
+        self._own_done = done
+        loop.checkpoint(self.client.ack_step)
+        if not self.client.stopping:
+            return False
+        loop.stop_by(self.client.seen_flags | loop.stop_flag())
+        loop.stopped(self.client.ack_step)
+        return True
+
     def _finish(self, stop: int, loop: Loop) -> None:
         """DONE to every server; the final model back; the last evaluation (collective
         over the workers); the staleness line; the final checkpoint."""
-        self._exchange(DONE, stop, None, 0.0, 0)
+        pushes = -(-stop // self.tau)  # a delta mode worker's pushes in the run: the last period's too
+        if self.mode == "delta" and stop % self.tau and self.client.clock < pushes:  # pushed with DONE
+            self._delta()
+            self._exchange(DONE | PUSH, stop, self.grad, 0.0, 0)
+        else:
+            self._exchange(DONE, stop, None, 0.0, 0)
+        if self.client.stopping:  # a stop (no bound) reached the servers while this worker was done
+            self._checkpointed(loop, stop)
+            return
         self._need_pull = False
         self._record_evals(loop)
         if self.mode == "delta":
@@ -168,6 +197,7 @@ class PSWorker(PSProgram):
         if self.index == 0 and self.client.staleness:
             print(staleness_line(self.client.staleness), file=loop.stream, flush=True)
         if self.ctx.cfg.checkpoint.every:
+            self._own_done = stop
             loop.checkpoint(stop)
 
     def _eval_sums(self, loop: Loop) -> np.ndarray:
@@ -206,7 +236,11 @@ class PSWorker(PSProgram):
     # ---- checkpoint -------------------------------------------------------------
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        out = {"ps/pushed": self.client.pushed.copy(), "ps/versions": self.client.versions.copy()}
+        out = {
+            "ps/pushed": self.client.pushed.copy(),
+            "ps/versions": self.client.versions.copy(),
+            "ps/done": np.array([self._own_done], dtype=np.int64),
+        }
         if self.mode == "delta":
             out["params"] = to_host(self.x).copy()
             out["ps/base"] = to_host(self.base).copy()
@@ -219,6 +253,7 @@ class PSWorker(PSProgram):
         xp = self.ctx.xp
         self.client.pushed[...] = arrays["ps/pushed"]
         self.client.versions[...] = arrays["ps/versions"]  # what the held model was read at (delta)
+        self._resume_at = int(arrays["ps/done"][0])
         self._need_pull = True
         if self.mode == "delta":
             self.x[...] = xp.asarray(arrays["params"])
@@ -230,9 +265,13 @@ class PSWorker(PSProgram):
 
 
 def staleness_line(per_shard: list[np.ndarray]) -> str:
-    """One line: per shard, the number of updates and their staleness (versions):
-    mean, median, p95, max."""
+    """One line: per shard, the pushes applied (and the updates they made, when
+    fewer: BSP sums W pushes into one) and their staleness in versions: mean, median,
+    p95, max. ``per_shard``: [pushes, mean, p50, p95, max, updates] per shard."""
     parts = []
-    for s, (n, mean, p50, p95, mx) in enumerate(per_shard):
-        parts.append(f"shard {s}: {int(n)} updates, mean {mean:.2f}, p50 {p50:g}, p95 {p95:g}, max {mx:g}")
+    for s, (n, mean, p50, p95, mx, updates) in enumerate(per_shard):
+        made = f" ({int(updates)} updates)" if int(updates) != int(n) else ""
+        parts.append(
+            f"shard {s}: {int(n)} pushes{made}, mean {mean:.2f}, p50 {p50:g}, p95 {p95:g}, max {mx:g}"
+        )
     return "mpiml: staleness (updates applied between read and apply; 0 lost): " + "; ".join(parts)

@@ -88,8 +88,10 @@ class ShardClient:
         self.flags = 0  # stop-request bits seen in replies (forwarded with the next request)
         self.seen_flags = 0  # every stop-request bit seen in any reply (what stopped the run)
         self.stopping = False  # the last ACK said: stop after this checkpoint
+        self.ack_step = 0  # the step of the checkpoint the last ACK agreed on
         self.evals: list[tuple[int, np.ndarray]] = []  # (step, sums) from the coordinator
-        self.staleness: list[np.ndarray] = []  # FINAL (first worker): per shard [count, mean, p50, p95, max]
+        # FINAL (first worker): per shard [pushes, mean, p50, p95, max staleness, updates applied]
+        self.staleness: list[np.ndarray] = []
         self.msgs = Messages(self.trace, comm.Get_size())
         self._send: list[MPI.Request] = [MPI.REQUEST_NULL] * s
         self._recv: list[MPI.Request] = [MPI.REQUEST_NULL] * s
@@ -154,7 +156,8 @@ class ShardClient:
             self._sent_bytes += n
             self.msgs.send(int(self.pushed[s]), self.servers[s], t_send, t_send, n)
         self.flags = 0
-        self._expect = PULL if op & PULL else ACK if op & QUIESCE else FINAL if op & DONE else 0
+        # DONE: the final shard, or (a stop while this worker was done) an ACK of the stop
+        self._expect = PULL if op & PULL else ACK if op & QUIESCE else FINAL | ACK if op & DONE else 0
         if self._expect:
             for s in range(len(self.servers)):
                 self._post(s)
@@ -197,12 +200,13 @@ class ShardClient:
                 self.versions[s] = m.h[3]
             self.flags |= int(m.h[4])
             self.seen_flags |= int(m.h[4])
-            if s == 0 and m.h[1] >= 0:
+            if s == 0 and m.h[1] != -1:
                 self.stop_step = int(m.h[1])
             if op & ACK:
                 self.stopping = bool(op & STOP)
+                self.ack_step = int(m.h[7])
             if op & FINAL and self.first:
-                self.staleness.append(m.f[9:14].copy())
+                self.staleness.append(m.f[9:15].copy())
             left -= 1
         t1 = tr.now()
         tr.record(self._step, WAIT, t0, t1)

@@ -73,6 +73,7 @@ from .ps_wire import (
     REPLY,
     REQ,
     STOP,
+    STOP_NOW,
     Message,
 )
 
@@ -183,7 +184,7 @@ class ShardServer:
                 self._answer_pulls()
                 if tick is not None:
                     tick()
-                if (self.quiesce_at >= 0).all():
+                if self._all_quiesced():
                     step, stop = self._quiesced()
                     on_quiesce(step, stop)
                     if stop:
@@ -230,8 +231,10 @@ class ShardServer:
             )
         self.flags_seen |= int(m.h[4])
         self.max_done = max(self.max_done, int(m.h[1]))
-        if self.coordinator and self.flags_seen and self.stop_step < 0:
-            self.stop_step = self.max_done + self.stop_margin
+        if self.coordinator and self.flags_seen and self.stop_step == -1:
+            # with a bound, a stop step past every worker, reached soon by all; without
+            # one a straggler could take minutes to get there: each stops where it is
+            self.stop_step = STOP_NOW if self.staleness is None else self.max_done + self.stop_margin
         if self.coordinator and m.h[5] > 0:
             self._add_eval(int(m.h[5]), m.f[EVAL_SLOTS])
         if op & PUSH:
@@ -353,13 +356,24 @@ class ShardServer:
 
     # ---- quiescence and the end -------------------------------------------------
 
+    def _all_quiesced(self) -> bool:
+        """Every worker asked for the checkpoint, or (a stop) asked or is done."""
+        asked = self.quiesce_at >= 0
+        return bool(asked.all() or (self.quiesce_stop and asked.any() and (asked | self.done).all()))
+
     def _quiesced(self) -> tuple[int, bool]:
-        steps = set(self.quiesce_at.tolist())
-        if len(steps) != 1:
+        """Acknowledge the checkpoint to every worker; (its step, whether it is a stop).
+        A checkpoint is where every worker completed the same step; a stop without a
+        staleness bound (:data:`STOP_NOW`) is where each worker is: its step is the
+        furthest worker's (each worker's own is in its checkpoint)."""
+        asked = self.quiesce_at >= 0
+        steps = set(self.quiesce_at[asked].tolist()) | set(self.last_done[~asked].tolist())
+        stop = self.quiesce_stop
+        if len(steps) != 1 and not (stop and self.staleness is None):  # STOP_NOW: each where it is
             raise RuntimeError(
                 f"parameter server: workers asked to checkpoint at different steps {sorted(steps)}"
             )
-        step, stop = steps.pop(), self.quiesce_stop
+        step = max(steps)
         for i in range(self.n_workers):
             m = self._outbox(i)
             m.h[0] = ACK | (STOP if stop else 0)
@@ -400,6 +414,7 @@ class ShardServer:
             m.body[...] = self.x
             if i == 0:
                 m.f[9:14] = stats
+                m.f[14] = self.version  # updates applied (BSP: one per W pushes)
             self._send(i, m, True, int(self.clock[i]))
         self._drain_sends()
 
@@ -417,6 +432,11 @@ class ShardServer:
             "ps/clock": self.clock.copy(),
             "ps/received": self.received.copy(),
             "ps/staleness_hist": self.stale_hist.counts.copy(),
+            # the coordinator's evaluations still waiting for some worker's sums (a stop
+            # with no bound leaves workers at different steps)
+            "ps/eval_steps": np.array(sorted(self._evals), dtype=np.int64),
+            "ps/eval_sums": np.array([self._evals[k][0] for k in sorted(self._evals)]).reshape(-1, 6),
+            "ps/eval_counts": np.array([self._evals[k][1] for k in sorted(self._evals)], dtype=np.int64),
         }
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -424,3 +444,9 @@ class ShardServer:
         self.clock[...] = arrays["ps/clock"]
         self.received[...] = arrays["ps/received"]
         self.stale_hist.counts = np.array(arrays["ps/staleness_hist"], dtype=np.int64)
+        self._evals = {
+            int(k): [np.array(v, dtype=np.float64), int(c)]
+            for k, v, c in zip(
+                arrays["ps/eval_steps"], arrays["ps/eval_sums"], arrays["ps/eval_counts"], strict=True
+            )
+        }

@@ -18,7 +18,8 @@ bytes, read as int64 (``h``) or float64 (``f``) views of the same bytes:
 slot  request (worker -> server) / reply (server -> worker)
 ====  =====================================================================
 0     operation bits (:data:`PUSH`, :data:`PULL`, ...)
-1     steps the worker has completed / reply: the agreed stop step (-1: none)
+1     steps the worker has completed / reply: the agreed stop step (-1: none;
+      :data:`STOP_NOW`: every worker stops after the step it is in)
 2     the worker's clock: pushes made so far, this one included
 3     push: the shard version the update was computed from / reply: the
       shard's version (updates applied) in this snapshot
@@ -51,6 +52,7 @@ __all__ = [
     "REPLY",
     "REQ",
     "STOP",
+    "STOP_NOW",
     "Message",
     "shard_ranges",
 ]
@@ -66,6 +68,7 @@ EVAL = 16  # reply only: evaluation sums of every worker (slots 9-14) for the st
 FINAL = 32  # reply to DONE: the shard's final values
 ACK = 64  # reply to QUIESCE: every worker has completed the step; checkpoint now
 STOP = 128  # with QUIESCE / ACK: the checkpoint is a stop, return after it
+STOP_NOW = -2  # reply slot 1: no staleness bound, so each worker stops at its own step
 
 HEADER_SLOTS = 16
 HEADER_BYTES = 8 * HEADER_SLOTS

@@ -48,11 +48,13 @@ def job_layout(cfg: Config, world_size: int) -> tuple[type[Algorithm], Layout]:
     try:
         layout = alg.layout(cfg, world_size)
     except ValueError as exc:  # a layout constructor's message names the numbers
+        if isinstance(exc, ConfigError):  # the algorithm's own message names its keys
+            raise
         raise ConfigError(
             f"algorithm.name = {alg.name!r} on {world_size} rank{'s' * (world_size != 1)}: {exc}"
         ) from None
+    check_straggler_ranks(cfg, world_size)  # before the algorithm's rules, which may read the ranks' roles
     alg.check_layout(cfg, layout)
-    check_straggler_ranks(cfg, world_size)
     return alg, layout
 
 

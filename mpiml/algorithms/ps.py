@@ -20,9 +20,13 @@ A worker i, at its own pace (no barrier, no other worker's step):
   after its own push is applied). The server applies x_s <- opt(x_s, g_i) at once, with
   the job's optimizer (per-shard state: momentum, Adam, ... live on the server).
 - ``algorithm.push = "delta"`` (BytePS asynchronous mode): takes ``algorithm.tau``
-  local optimizer steps from the model it pulled, x_0 -> x_tau, then pushes the
-  delta Delta_i = x_tau - x_0 and pulls; the server adds it, x_s <- x_s + Delta_i (the
-  optimizer and its state are the worker's).
+  local optimizer steps (on its minibatch mean's gradient, 1/B) from the model it
+  pulled, x_0 -> x_tau, then pushes the delta Delta_i = x_tau - x_0 and pulls; the
+  server adds x_s <- x_s + Delta_i / W (the optimizer and its state are the worker's).
+  With s = 0 the server adds the W deltas of a clock, then divides: x + mean_i Delta_i,
+  local SGD's model average. BytePS adds Delta_i whole; the 1/W (our choice) keeps
+  the step of W workers that of one, as in gradient mode. A run whose steps are not
+  a multiple of tau pushes its last, shorter period with its last message.
 
 ``algorithm.staleness`` s bounds how far apart workers run (Stale Synchronous
 Parallel, Petuum Bösen): a pull at clock c (pushes made) is answered only once every
@@ -52,9 +56,13 @@ there sends QUIESCE and waits; once all have, nothing is in flight (every push a
 every pull answered) and every rank writes its state (servers: shard, optimizer state,
 version, clocks; workers: sampler, and with "delta" their local model and optimizer
 state). A stop request (signal, stop file) on any rank reaches the server of shard 0
-with the next request; it fixes a stop step a little past the furthest worker and
-sends it with every reply; every worker stops there, at the same step, with a
-checkpoint.
+with the next request. With a staleness bound it fixes a stop step a little past the
+furthest worker (2 tau + 1 steps; every worker is at most s + that many steps from
+it) and sends it with every reply: every worker stops there, at the same step, with a
+checkpoint. With no bound a straggler could take minutes to get there, so every
+worker stops where it is (STOP_NOW, at its next reply; a worker already done takes
+part): the checkpoint holds each worker's own step (``ps/done``) and is named after
+the furthest one; ``--resume`` continues each worker from its own step.
 """
 
 from __future__ import annotations

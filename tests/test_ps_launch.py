@@ -391,3 +391,28 @@ def test_delta_mode_pushes_the_last_partial_period_and_replays_bit_for_bit(
     )
     x0 = model.init(np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 0])), np, m.init_scale)
     assert not np.array_equal(final["params"], x0), "the servers' model is still x_0"
+
+
+@pytest.mark.parametrize(
+    "stale",
+    [
+        [0, 0, 1, 1],
+        [0] * 19 + [5],
+        [0] * 18 + [1, 7],
+        [3],
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [2] * 10 + [0] * 9,
+    ],
+)
+def test_the_staleness_statistics_are_the_lowest_staleness_reaching_each_share(stale: list[int]) -> None:
+    """Pure complement of the launched test (whose staleness distributions are what the
+    run gave): the servers' statistics on chosen ones, where 50% / 95% is reached
+    exactly at a count (the lowest such staleness, not the next)."""
+    from mpiml.protocols.ps_log import StalenessHistogram
+
+    h = StalenessHistogram()
+    for k in stale:
+        h.add(k)
+    a = np.array(stale)
+    want = [a.size, a.mean(), _lowest_reaching(a, 0.5), _lowest_reaching(a, 0.95), a.max()]
+    assert h.stats().tolist() == pytest.approx(want, rel=0, abs=1e-12), (h.stats().tolist(), want)

@@ -35,8 +35,16 @@ def _check(sets: list[str], world_size: int = 3) -> None:
 @pytest.mark.parametrize(
     ("sets", "world", "message"),
     [
-        (["algorithm.servers=3"], 3, "algorithm.servers = 3 leaves no worker: it must be at most 2 (world size - 1), or launch at least 4 ranks"),
-        (["algorithm.servers=7"], 4, "algorithm.servers = 7 leaves no worker: it must be at most 3 (world size - 1), or launch at least 8 ranks"),
+        (
+            ["algorithm.servers=3"],
+            3,
+            "algorithm.servers = 3 leaves no worker: it must be at most 2 (world size - 1), or launch at least 4 ranks",
+        ),
+        (
+            ["algorithm.servers=7"],
+            4,
+            "algorithm.servers = 7 leaves no worker: it must be at most 3 (world size - 1), or launch at least 8 ranks",
+        ),
         (["algorithm.servers=0"], 3, "algorithm.servers must be >= 1 (got 0)"),
         (["algorithm.servers=-2"], 3, "algorithm.servers must be >= 1 (got -2)"),
         (["algorithm.servers=1.5"], 3, "algorithm.servers must be an integer"),
@@ -130,3 +138,63 @@ def test_launched_more_servers_than_parameters_exits_2_with_one_line(tmp_path: P
     assert code == 2, (code, out, err[-3000:])
     assert len(lines) == 1 and "algorithm.servers = 2 is more than the model's 1 parameters" in lines[0], err
     assert "Traceback" not in err
+
+
+# ---- stragglers, one rank, tau with push = "gradient" -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("sets", "world", "message"),
+    [
+        (["straggler.ranks=[2]"], 3, "straggler.ranks lists rank 2, a parameter server"),
+        (
+            ["algorithm.servers=2", "straggler.ranks=[0, 2, 3]"],
+            4,
+            "straggler.ranks lists ranks 2, 3, a parameter server (it computes nothing to slow down): "
+            "list worker ranks, 0..1",
+        ),
+        ([], 1, "algorithm.name = 'async_ps' needs at least 2 ranks (a server and a worker; got 1)"),
+    ],
+    ids=["server-slowed", "two-servers-slowed", "one-rank"],
+)
+def test_a_slowed_server_or_a_single_rank_is_one_line(sets: list[str], world: int, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _check(sets, world)
+    text = str(exc.value)
+    assert message in text and "\n" not in text, text
+
+
+def test_a_slowed_worker_passes() -> None:
+    """Control: a worker rank in straggler.ranks is allowed."""
+    _check(["straggler.ranks=[0, 1]"], 3)
+
+
+def test_launched_server_in_straggler_ranks_exits_2_with_one_line(tmp_path: Path) -> None:
+    code, out, err = _train(tmp_path, "straggler.ranks=[2]")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2, (code, out, err[-3000:])
+    assert len(lines) == 1 and lines[0].startswith("mpiml: error: ") and "straggler.ranks" in lines[0], err
+    assert "Traceback" not in err + out
+
+
+def test_launched_on_one_rank_says_it_needs_two(tmp_path: Path) -> None:
+    code, out, err = _train(tmp_path, n=1)
+    assert code == 2, (code, out, err[-3000:])
+    assert "needs at least 2 ranks" in err and "Traceback" not in err + out, err
+
+
+@pytest.mark.parametrize(("push", "noted"), [("gradient", True), ("delta", False)])
+def test_tau_with_push_gradient_is_noted_as_ignored(tmp_path: Path, push: str, noted: bool) -> None:
+    """A user-set algorithm.tau is read only in delta mode: with push = "gradient" the
+    run says it ignores it (and runs); in delta mode it says nothing of it."""
+    code, out, err = _train(
+        tmp_path,
+        f"algorithm.push={push}",
+        "algorithm.tau=3",
+        "model.name=timed",
+        "model.params=8",
+        "model.compute_ms=0",
+    )
+    assert code == 0, (code, out, err[-3000:])
+    notes = [ln for ln in out.splitlines() if ln.startswith("mpiml: note: algorithm.tau")]
+    assert len(notes) == (1 if noted else 0), out

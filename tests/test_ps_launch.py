@@ -14,11 +14,17 @@ import threading
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
+from ps_replay import read_apply_logs, replay  # tests/ps_replay.py
 
+from mpiml.config import load_config
+from mpiml.data import build_data
 from mpiml.io import checkpoint as ckpt
 from mpiml.io import load_run
+from mpiml.io.runfile import rank_file_name
+from mpiml.models import build_model
 from mpiml.testing import launch_env, mpiexec_command, run_ranks
 
 TIMEOUT = 120
@@ -243,3 +249,170 @@ def test_a_worker_raising_mid_run_ends_the_whole_job(
     assert res.stderr.count(f"injected failure on rank {rank} at step {step}") == 1, res.stderr
     assert res.stderr.count("Traceback") == 1, res.stderr
     assert f"[mpiml rank {rank}]" in res.stderr, res.stderr
+
+
+# ---- the staleness line, a failure on a server, delta mode's last period ----------
+
+
+def _staleness_parts(out: str) -> list[tuple[int, int | None, str, str, str, str]]:
+    """Rank 0's staleness line, per shard: (pushes, updates or None, mean, p50, p95, max)
+    as printed."""
+    lines = [ln for ln in out.splitlines() if ln.startswith("mpiml: staleness ")]
+    assert len(lines) == 1, out
+    pat = r"shard (\d+): (\d+) pushes(?: \((\d+) updates\))?, mean ([^,;\s]+), p50 ([^,;\s]+), p95 ([^,;\s]+), max ([^,;\s]+)"
+    parts = re.findall(pat, lines[0].split(": ", 2)[2])
+    assert parts and [int(p[0]) for p in parts] == list(range(len(parts))), lines[0]
+    return [(int(p[1]), int(p[2]) if p[2] else None, p[3], p[4], p[5], p[6]) for p in parts]
+
+
+def _lowest_reaching(stale: np.ndarray, q: float) -> int:
+    """The lowest k whose cumulative count reaches q of the pushes."""
+    s = np.sort(stale)
+    return int(s[int(np.ceil(q * s.size)) - 1])
+
+
+@pytest.mark.parametrize(
+    ("n", "sets"),
+    [
+        # asynchronous, 2 servers, worker 1 4x slower: staleness spread over several values
+        (4, ["algorithm.servers=2", "straggler.ranks=[1]", "straggler.factor=4"]),
+        (3, ["algorithm.staleness=0"]),  # BSP: W pushes make one update
+    ],
+    ids=["async-2-servers-straggler", "bsp"],
+)
+def test_the_staleness_line_is_the_statistics_of_the_servers_apply_logs(
+    tmp_path: Path, n: int, sets: list[str]
+) -> None:
+    """Rank 0's "mpiml: staleness ..." line equals, per shard, what the server's
+    ps_apply table gives: pushes, mean, median and p95 (the lowest staleness whose
+    cumulative count reaches 50% / 95%), max; "(M updates)" only where the shard made
+    fewer updates than pushes (staleness 0: its versions)."""
+    servers = 2 if "algorithm.servers=2" in sets else 1
+    job = _job(
+        "algorithm.name=async_ps",
+        "model.name=timed",
+        "model.params=64",
+        "model.compute_ms=2",
+        "run.steps=60",
+        "run.eval_every=20",
+        "checkpoint.every=0",
+        "run.name=stale",
+        *sets,
+    )
+    res = _mpiml(n, tmp_path, job)
+    assert res.returncode == 0, res.stderr[-3000:]
+    printed = _staleness_parts(res.stdout)
+    logs = read_apply_logs(tmp_path / "stale", n, servers)
+    assert len(printed) == len(logs) == servers, (printed, len(logs))
+    spread = 0
+    for s, (log, got) in enumerate(zip(logs, printed, strict=True)):
+        stale = (log["version"] - log["version_read"]).astype(np.int64)
+        versions = len(set(log["version"].tolist()))
+        want = (
+            int(stale.size),
+            versions if versions != stale.size else None,
+            f"{stale.mean():.2f}",
+            f"{_lowest_reaching(stale, 0.5):g}",
+            f"{_lowest_reaching(stale, 0.95):g}",
+            f"{int(stale.max()):g}",
+        )
+        assert got == want, f"shard {s}: printed {got}, from ps_apply {want}"
+        spread += len(set(stale.tolist()))
+    if "algorithm.staleness=0" in sets:
+        assert printed[0][1] == 60, printed  # 60 clocks of 2 pushes each
+    else:
+        assert spread > 2 * servers, "the asynchronous run's staleness was not spread: a weak check"
+
+
+def test_a_server_failing_mid_run_ends_the_whole_job(tmp_path: Path) -> None:
+    """MPIML_FAIL_AT=<server rank>:<step> (it used to be ignored on servers): the server
+    raises once a worker completed the step; every rank ends within the timeout,
+    status != 0, the error once."""
+    job = _job(
+        "algorithm.name=async_ps",
+        "run.steps=100000",
+        "run.eval_every=5",
+        "model.name=timed",
+        "model.params=64",
+        "model.compute_ms=1",
+    )
+    res = _mpiml(3, tmp_path, job, env={"MPIML_FAIL_AT": "2:10"})
+    assert res.returncode != 0, (res.stdout[-2000:], res.stderr[-3000:])
+    msg = "injected failure on rank 2 (a server) once a worker completed step 10"
+    assert res.stderr.count(msg) == 1, res.stderr[-3000:]
+    assert "[mpiml rank 2]" in res.stderr, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("steps", "tau"), [(10, 4), (5, 10)], ids=["steps10-tau4", "steps5-tau10"])
+def test_delta_mode_pushes_the_last_partial_period_and_replays_bit_for_bit(
+    tmp_path: Path, steps: int, tau: int
+) -> None:
+    """push = "delta", run.steps not a multiple of tau (or tau > steps), 2 workers, 1
+    server: every local step is pushed (ps_counts: pushed == applied == ceil(steps /
+    tau) per worker), the final model is not x_0, and the serial replay of the apply
+    log gives the server's final shard bit for bit."""
+    n = 3
+    sets = [
+        "algorithm.name=async_ps",
+        "algorithm.push=delta",
+        f"algorithm.tau={tau}",
+        f"run.steps={steps}",
+        "run.eval_every=5",
+        f"checkpoint.every={steps}",
+        "data.batch_size=8",
+        "run.name=delta",
+    ]
+    res = _mpiml(n, tmp_path, _job(*sets))
+    assert res.returncode == 0, res.stderr[-3000:]
+    pushes = -(-steps // tau)
+    with h5py.File(tmp_path / "delta" / rank_file_name(n - 1), "r") as f:
+        counts = f["ps_counts"][()]
+    got = sorted(
+        zip(counts["worker"].tolist(), counts["pushed"].tolist(), counts["applied"].tolist(), strict=True)
+    )
+    assert got == [(0, pushes, pushes), (1, pushes, pushes)], got
+    final, _ = ckpt.read_rank(ckpt.rank_path(tmp_path / "delta" / "checkpoints", steps, n - 1))
+    cfg = load_config(None, sets)
+    logs = read_apply_logs(tmp_path / "delta", n, 1)
+    (replayed,) = replay(cfg, logs, n - 1)
+    assert np.array_equal(replayed, final["params"]), np.max(np.abs(replayed - final["params"]))
+    m = cfg.model
+    data = build_data(cfg, 0, n - 1)
+    model = build_model(
+        m.name,
+        data.n_features,
+        data.n_classes,
+        m.hidden,
+        m.activation,
+        m.dtype,
+        m.params,
+        m.compute_ms,
+        m.compute,
+    )
+    x0 = model.init(np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 0])), np, m.init_scale)
+    assert not np.array_equal(final["params"], x0), "the servers' model is still x_0"
+
+
+@pytest.mark.parametrize(
+    "stale",
+    [
+        [0, 0, 1, 1],
+        [0] * 19 + [5],
+        [0] * 18 + [1, 7],
+        [3],
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [2] * 10 + [0] * 9,
+    ],
+)
+def test_the_staleness_statistics_are_the_lowest_staleness_reaching_each_share(stale: list[int]) -> None:
+    """Pure complement of the launched test (whose staleness distributions are what the
+    run gave): the servers' statistics on chosen ones, where 50% / 95% is reached
+    exactly at a count (the lowest such staleness, not the next)."""
+    from mpiml.protocols.ps_log import StalenessHistogram
+
+    h = StalenessHistogram()
+    for k in stale:
+        h.add(k)
+    a = np.array(stale)
+    want = [a.size, a.mean(), _lowest_reaching(a, 0.5), _lowest_reaching(a, 0.95), a.max()]
+    assert h.stats().tolist() == pytest.approx(want, rel=0, abs=1e-12), (h.stats().tolist(), want)

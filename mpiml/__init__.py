@@ -53,6 +53,7 @@ LAYERS: dict[str, str] = {
     "clock": "one clock for all ranks (Cristian's offsets to rank 0)",
     "comm": "mpiml's communicator, communicators split from a layout, error agreement, abort on exception",
     "protocols": "M_t, split-phase: AllReduce, gossip, compressed AllReduce and gossip, async push-sum",
+    "pipeline": "pure pipeline schedules: GPipe and 1F1B op lists per stage, a send/recv simulator (deadlocks, bubbles), DSP's queue sizes",
     "straggler": "the [straggler] section: ranks whose compute is slowed by a factor, or by X % with probability p per step (DSP Table 2), seeded",
     "algorithms": "the papers' compositions by name: keys, rules, layout and the program each role runs",
     "io": "HDF5 run files (run.h5 + per-rank files), checkpoints, load_run",

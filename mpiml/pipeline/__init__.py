@@ -1,0 +1,24 @@
+"""Pipeline schedules, pure (no MPI): GPipe and 1F1B op lists per stage, a simulator that
+replays them against the send/receive pairing (deadlocks, bubbles), and DSP's queue sizes
+(Appendix A). The pipeline training itself (issue #13) is not built yet."""
+
+from __future__ import annotations
+
+from .dsp import QueueSizes, dsp_queues
+from .schedule import KINDS, Op, gpipe, one_f_one_b
+from .simulate import Deadlock, Event, ScheduleError, Trace, bubble_fraction, simulate
+
+__all__ = [
+    "KINDS",
+    "Deadlock",
+    "Event",
+    "Op",
+    "QueueSizes",
+    "ScheduleError",
+    "Trace",
+    "bubble_fraction",
+    "dsp_queues",
+    "gpipe",
+    "one_f_one_b",
+    "simulate",
+]

@@ -4,7 +4,7 @@ replays them against the send/receive pairing (deadlocks, bubbles), and DSP's qu
 
 from __future__ import annotations
 
-from .dsp import QueueSizes, dsp_queues
+from .dsp import QueueSizes, Slot, dsp, dsp_depths, dsp_queues, dsp_timetable
 from .schedule import KINDS, Op, gpipe, one_f_one_b
 from .simulate import Deadlock, Event, ScheduleError, Trace, bubble_fraction, simulate
 
@@ -15,9 +15,13 @@ __all__ = [
     "Op",
     "QueueSizes",
     "ScheduleError",
+    "Slot",
     "Trace",
     "bubble_fraction",
+    "dsp",
+    "dsp_depths",
     "dsp_queues",
+    "dsp_timetable",
     "gpipe",
     "one_f_one_b",
     "simulate",

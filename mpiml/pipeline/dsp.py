@@ -25,7 +25,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["QueueSizes", "dsp_queues"]
+from .schedule import Op, backward_ops, forward_ops
+
+__all__ = ["QueueSizes", "Slot", "dsp", "dsp_depths", "dsp_queues", "dsp_timetable"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +77,102 @@ def dsp_queues(p: Sequence[int], m: Sequence[int]) -> list[QueueSizes]:
             )
         q.append(qk)
     return [QueueSizes(1 + m[k], 1 + p[k], 1 + q[k], m[k]) for k in range(K)]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """What stage k does in one global step t of DSP (Figure 2's grid): ``forward`` /
+    ``backward`` is the micro-batch forwarded / (recomputed and) backwarded, or None."""
+
+    forward: int | None
+    backward: int | None
+
+
+def dsp_timetable(p: Sequence[int], m: Sequence[int], steps: int) -> list[list[Slot]]:
+    """DSP's steady schedule as a grid of global steps (Figure 2), warm-up and drain included.
+
+    Paper -> code: block k = stage k; data batch n = micro-batch ``n`` (0-based, the n-th
+    batch the source feeds, one SGD update per batch and stage); timestamp = global step t.
+    Stage k forwards batch n at step F_k(n) = n + d_k, d_k = p_0 + ... + p_{k-1} (its
+    input waits p_{k-1} steps in block k-1's output queue P_{k-1}, length 1+p_{k-1}), and
+    recomputes and backwards it at B_k(n) = F_k(n) + m_k: the input queue M_k (length
+    1+m_k) holds batches n-m_k..n, so the Layer-wise Staleness Δt_k = t_{2K-1-k} - t_k
+    (§3.1) is m_k steps, "the index difference between the forward and backward batch"
+    (Figure 2). Then B_{k-1}(n) - B_k(n) = m_{k-1} - p_{k-1} - m_k = q_k, the wait in
+    block k's gradient queue Q_k (length 1+q_k): Appendix A's relation is what makes the
+    gradient arriving at block k-1 belong to the batch at the head of M_{k-1}.
+
+    Choices where the paper is silent (tested): warm-up -- stage k starts backwarding
+    once its input queue is full, at its (m_k+1)-th forward (batch 0's gradient arrives
+    exactly then); ending -- ``steps`` batches are fed, then the pipeline drains: stage k
+    runs m_k backward-only steps, so every batch is forwarded and backwarded once on every
+    stage (``steps`` updates each) and no message is left in a queue.
+
+    ``p``, ``m``: as :func:`dsp_queues` (checked there); ``steps``: batches fed (>= 1).
+    Returns, per stage, one :class:`Slot` per global step 0..T-1, T = max_k(d_k+m_k)+steps
+    (idle slots are Slot(None, None)). Raises ValueError naming a bad argument.
+    """
+    dsp_queues(p, m)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1 (got {steps!r})")
+    K = len(p)
+    d = [sum(p[:k]) for k in range(K)]
+    T = max(d[k] + m[k] for k in range(K)) + steps
+    grid = []
+    for k in range(K):
+        row = []
+        for t in range(T):
+            f, b = t - d[k], t - d[k] - m[k]
+            row.append(Slot(f if 0 <= f < steps else None, b if 0 <= b < steps else None))
+        grid.append(row)
+    return grid
+
+
+def dsp(p: Sequence[int], m: Sequence[int], steps: int) -> list[list[Op]]:
+    """Per-stage op lists of DSP(p_0..p_{K-1}; m_0..m_{K-1}) over ``steps`` batches.
+
+    Each stage runs its :func:`dsp_timetable` row step by step; one step is
+    ``recv_act(f)<-k-1, forward(f), send_act(f)->k+1`` (the newest batch f it holds), then
+    ``recompute(b), recv_grad(b)<-k+1, backward(b), send_grad(b)->k-1`` (b = f - m_k, the
+    oldest input in M_k), each part present only if the step has it and the peer exists.
+    Forward before backward within a step (a choice; it is what lets all-zero staleness
+    be plain backprop, where a step's forward and backward are of the same batch).
+    ``recompute`` (eq. 5: block k's forward redone from its stored input with its current
+    weights x_k^{t_{2K-1-k}}, the ones the backward uses; the paper overlaps it with the
+    forward, §3.3, and it may be fused with that forward as both use the same weights)
+    appears only where m_k > 0: with m_k = 0 the weights are those of the forward.
+    DSP with all p_k = m_k = 0 is sequential backprop: each stage's list is ``gpipe(K, 1)``
+    (= ``one_f_one_b(K, 1)``) repeated for batches 0..steps-1.
+
+    Channel depths for :func:`~mpiml.pipeline.simulate.simulate`: see
+    :func:`dsp_depths`. Raises ValueError as :func:`dsp_timetable`.
+    """
+    grid = dsp_timetable(p, m, steps)
+    K = len(grid)
+    stages = []
+    for k, row in enumerate(grid):
+        ops: list[Op] = []
+        for slot in row:
+            if slot.forward is not None:
+                ops += forward_ops(k, K, slot.forward)
+            if slot.backward is not None:
+                if m[k] > 0:
+                    ops.append(Op("recompute", slot.backward))
+                ops += backward_ops(k, K, slot.backward)
+        stages.append(ops)
+    return stages
+
+
+def dsp_depths(p: Sequence[int], m: Sequence[int]) -> dict[tuple[int, int, str], int]:
+    """Channel depths of DSP for :func:`~mpiml.pipeline.simulate.simulate`'s ``depths``:
+    activations k -> k+1 hold block k's output queue P_k (1+p_k), gradients k -> k-1 block
+    k's gradient queue Q_k (1+q_k). The input queue M_k (1+m_k) is stage k's stash of
+    inputs, not a channel. Raises ValueError as :func:`dsp_queues`."""
+    sizes = dsp_queues(p, m)
+    out = {}
+    for k, s in enumerate(sizes):
+        if k + 1 < len(sizes):
+            out[k, k + 1, "act"] = s.output
+        if k > 0:
+            out[k, k - 1, "grad"] = s.gradient
+    return out

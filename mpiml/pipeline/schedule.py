@@ -19,13 +19,15 @@ Conventions shared by both generators (stage k, micro-batch i, 0-based):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 __all__ = ["KINDS", "Op", "backward_ops", "forward_ops", "gpipe", "one_f_one_b"]
 
-Kind = Literal["forward", "backward", "send_act", "recv_act", "send_grad", "recv_grad"]
-KINDS: tuple[str, ...] = ("forward", "backward", "send_act", "recv_act", "send_grad", "recv_grad")
-_COMPUTE = ("forward", "backward")
+Kind = Literal["forward", "backward", "recompute", "send_act", "recv_act", "send_grad", "recv_grad"]
+KINDS: tuple[str, ...] = get_args(Kind)
+# recompute (DSP only, eq. 5): the forward of a stored input again with the stage's current
+# weights, just before that micro-batch's backward; it costs a forward.
+_COMPUTE = ("forward", "backward", "recompute")
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,15 @@ progress advances, until all lists are done or none can move: then :class:`Deadl
 names the first op of each stage that cannot progress.
 
 Times follow from dependencies only, so the result does not depend on the order in
-which stages are advanced: a compute op costs ``forward_cost`` / ``backward_cost`` time
-units, a message costs 0; a receive ends no earlier than its message was sent; the n-th
+which stages are advanced: a compute op costs ``forward_cost`` (forward, recompute) /
+``backward_cost`` time units, a message costs 0; a receive ends no earlier than its message was sent; the n-th
 send into a channel of depth d starts no earlier than the (n-d)-th receive from it.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .schedule import Op
@@ -80,13 +81,19 @@ class _Channel:
 
 
 def simulate(
-    stages: list[list[Op]], *, depth: int = 1, forward_cost: int = 1, backward_cost: int = 1
+    stages: list[list[Op]],
+    *,
+    depth: int = 1,
+    forward_cost: int = 1,
+    backward_cost: int = 1,
+    depths: Mapping[tuple[int, int, str], int] | None = None,
 ) -> Trace:
     """Replay all stages' op lists; return the :class:`Trace` or raise :class:`Deadlock`.
 
     ``stages``: one op list per stage (stage k at index k); ``depth``: messages a channel
     holds sent and not yet received (>= 1); ``forward_cost`` / ``backward_cost``: time
-    units of one compute op (>= 0). Raises ValueError naming a bad argument,
+    units of one compute op (>= 0); ``depths``: per-channel depths, (sender, receiver,
+    "act" | "grad") -> depth >= 1, overriding ``depth`` there (DSP's queues). Raises ValueError naming a bad argument,
     :class:`ScheduleError` for a peer outside 0..K-1 or equal to the stage itself, or for
     messages left unreceived when every list is done, and :class:`Deadlock` when no
     stage can progress.
@@ -96,6 +103,10 @@ def simulate(
     for name, cost in (("forward_cost", forward_cost), ("backward_cost", backward_cost)):
         if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
             raise ValueError(f"{name} must be an integer >= 0 (got {cost!r})")
+    caps = dict(depths or {})
+    for key, d in caps.items():
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise ValueError(f"depths[{key}] must be an integer >= 1 (got {d!r})")
     K = len(stages)
     for k, ops in enumerate(stages):
         for op in ops:
@@ -113,14 +124,15 @@ def simulate(
         """Run op on stage k if it can progress; else return why it cannot."""
         start = clock[k]
         if op.is_compute:
-            end = start + (forward_cost if op.kind == "forward" else backward_cost)
+            end = start + (backward_cost if op.kind == "backward" else forward_cost)
         elif op.kind.startswith("send"):
             assert op.peer is not None
             ch = channel(k, op.peer, _PAIR[op.kind])
-            if len(ch.queue) >= depth:
-                return f"channel to stage {op.peer} full, {depth} unreceived"
-            if ch.sent >= depth:  # the slot this send takes was freed by that receive
-                start = max(start, ch.received_at[ch.sent - depth])
+            cap = caps.get((k, op.peer, _PAIR[op.kind]), depth)
+            if len(ch.queue) >= cap:
+                return f"channel to stage {op.peer} full, {cap} unreceived"
+            if ch.sent >= cap:  # the slot this send takes was freed by that receive
+                start = max(start, ch.received_at[ch.sent - cap])
             ch.queue.append((op.mb, start))
             ch.sent += 1
             end = start

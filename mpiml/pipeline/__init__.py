@@ -1,6 +1,6 @@
 """Pipeline schedules, pure (no MPI): GPipe and 1F1B op lists per stage, a simulator that
 replays them against the send/receive pairing (deadlocks, bubbles), and DSP's queue sizes
-(Appendix A). The pipeline training itself (issue #13) is not built yet."""
+(Appendix A) and schedule (Figure 2: grid, op lists with recompute, channel depths). The pipeline training itself (issue #13) is not built yet."""
 
 from __future__ import annotations
 

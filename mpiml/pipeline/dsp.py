@@ -1,5 +1,6 @@
 """DSP's queue sizes (Xu et al., "Diversely Stale Parameters for Efficient Training of
-CNNs", §3.3 and Appendix A), checked before anything is built.
+CNNs", §3.3 and Appendix A), checked before anything is built, and its schedule as a pure
+generator (Figure 2; :func:`dsp_timetable`, :func:`dsp`, :func:`dsp_depths`).
 
 The paper writes a configuration DSP(p_0, ..., p_{K-1}; m_0, ..., m_{K-1}): block k keeps
 an input queue M_k of length 1+m_k, an output queue P_k of length 1+p_k and a gradient

@@ -79,7 +79,7 @@ def paced(comm: MPI.Comm, folder: Path, hold: dict[int, int]) -> Iterator[None]:
     in ``hold`` = {i: k} waits, before its first one, until worker 0 has started its
     k-th (RuntimeError after HOLD_TIMEOUT: worker 0 was blocked by worker i)."""
     rank = comm.Get_rank()
-    original = run_setup.build_model
+    original = run_setup.job_model
 
     def build(*args: Any, **kw: Any) -> Any:
         model = original(*args, **kw)
@@ -100,11 +100,11 @@ def paced(comm: MPI.Comm, folder: Path, hold: dict[int, int]) -> Iterator[None]:
         model.loss_and_grad = loss_and_grad
         return model
 
-    run_setup.build_model = build
+    run_setup.job_model = build
     try:
         yield
     finally:
-        run_setup.build_model = original
+        run_setup.job_model = original
 
 
 def stop_then_resume(comm: MPI.Comm, n: int, cfg: Any, folder: Path) -> tuple[int, Result | None]:

@@ -48,7 +48,7 @@ import numpy as np
 
 from mpiml.data import build_data
 from mpiml.io.runfile import rank_file_name
-from mpiml.models import build_model
+from mpiml.models import initial_params, job_model
 from mpiml.optim import POSITION_STATE, build_optimizer
 from mpiml.protocols.ps_wire import shard_ranges
 
@@ -94,20 +94,9 @@ def replay(cfg: Any, logs: Sequence[np.ndarray], workers: int) -> list[np.ndarra
     (a push read a version no update produced before it was applied), misses a push
     on some shard, or numbers its versions other than 0, 1, ... per update.
     """
-    m = cfg.model
     data0 = build_data(cfg, 0, workers)
-    model = build_model(
-        m.name,
-        data0.n_features,
-        data0.n_classes,
-        m.hidden,
-        m.activation,
-        m.dtype,
-        m.params,
-        m.compute_ms,
-        m.compute,
-    )
-    x0 = model.init(np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 0])), np, m.init_scale)
+    model = job_model(cfg, data0.n_features, data0.n_classes)
+    x0 = initial_params(cfg, model)
     s_count = len(logs)
     ranges = shard_ranges(x0.size, s_count)
     mode, tau = str(cfg.algorithm.push), int(cfg.algorithm.tau)

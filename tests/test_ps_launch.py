@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from ps_launched import MPIML, REPO, TIMEOUT, stopped_at  # tests/ps_launched.py
 from ps_replay import read_apply_logs, replay  # tests/ps_replay.py
 
 from mpiml.config import load_config
@@ -24,12 +24,8 @@ from mpiml.data import build_data
 from mpiml.io import checkpoint as ckpt
 from mpiml.io import load_run
 from mpiml.io.runfile import rank_file_name
-from mpiml.models import build_model
+from mpiml.models import initial_params, job_model
 from mpiml.testing import launch_env, mpiexec_command, run_ranks
-
-TIMEOUT = 120
-MPIML = [sys.executable, "-m", "mpiml.cli"]
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _job(*sets: str) -> list[str]:
@@ -120,17 +116,6 @@ def test_staleness_0_resumed_after_a_failure_ends_bit_for_bit(
     assert not bad, bad
 
 
-def _stopped_at(out: str, why: str) -> int:
-    lines = [ln for ln in out.splitlines() if "stopped at step" in ln]
-    assert len(lines) == 1, out
-    m = re.fullmatch(
-        rf"mpiml: stopped at step (\d+) \({re.escape(why)}\); checkpoint written; resume with --resume",
-        lines[0],
-    )
-    assert m, lines
-    return int(m.group(1))
-
-
 def test_a_stop_file_stops_every_rank_at_one_step_and_resume_ends_bit_for_bit(tmp_path: Path) -> None:
     """MPIML_STOP_FILE exists from the start: the coordinator fixes one stop step, every
     rank (2 workers, 2 servers) checkpoints there and the job exits 75 with one line;
@@ -148,7 +133,7 @@ def test_a_stop_file_stops_every_rank_at_one_step_and_resume_ends_bit_for_bit(tm
     stop.touch()
     cut = _mpiml(n, tmp_path, [*job, "--set", "run.name=cut"], env={"MPIML_STOP_FILE": str(stop)})
     assert cut.returncode == 75, (cut.stdout, cut.stderr)
-    at = _stopped_at(cut.stdout, f"{stop} appeared")
+    at = stopped_at(cut.stdout, f"{stop} appeared")
     assert 0 < at < 30 and "Traceback" not in cut.stderr, cut.stderr
     for r in range(n):
         assert ckpt.rank_path(tmp_path / "cut" / "checkpoints", at, r).is_file(), r
@@ -216,7 +201,7 @@ def test_sigint_to_mpiexec_stops_every_rank_with_a_checkpoint_and_resumes_bit_fo
     err = proc.stderr.read()
     out = "".join(lines)
     assert status == 130, (out, err)
-    at = _stopped_at(out, "SIGINT")
+    at = stopped_at(out, "SIGINT")
     assert "Traceback" not in err, err
     assert (tmp_path / "cut" / "checkpoints" / f"step-{at:09d}" / "COMPLETE").is_file(), (out, err)
     steps = ["--set", f"run.steps={at + 20}", "--set", f"checkpoint.every={at + 20}"]
@@ -376,20 +361,8 @@ def test_delta_mode_pushes_the_last_partial_period_and_replays_bit_for_bit(
     logs = read_apply_logs(tmp_path / "delta", n, 1)
     (replayed,) = replay(cfg, logs, n - 1)
     assert np.array_equal(replayed, final["params"]), np.max(np.abs(replayed - final["params"]))
-    m = cfg.model
     data = build_data(cfg, 0, n - 1)
-    model = build_model(
-        m.name,
-        data.n_features,
-        data.n_classes,
-        m.hidden,
-        m.activation,
-        m.dtype,
-        m.params,
-        m.compute_ms,
-        m.compute,
-    )
-    x0 = model.init(np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 0])), np, m.init_scale)
+    x0 = initial_params(cfg, job_model(cfg, data.n_features, data.n_classes))
     assert not np.array_equal(final["params"], x0), "the servers' model is still x_0"
 
 

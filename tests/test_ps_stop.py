@@ -16,24 +16,20 @@ counts and logs, never on times.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import h5py
+from ps_launched import MPIML, REPO, TIMEOUT, stopped_at  # tests/ps_launched.py
 
 from mpiml.io import checkpoint as ckpt
 from mpiml.io.runfile import rank_file_name
 from mpiml.testing import launch_env, mpiexec_command, run_ranks
 
-TIMEOUT = 120
-MPIML = [sys.executable, "-m", "mpiml.cli"]
-REPO = Path(__file__).resolve().parents[1]
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MPI_LOCALRANKID")
 
 
@@ -120,17 +116,6 @@ def _rank_pid(root: int, rank: int) -> int | None:
     return None
 
 
-def _stopped_at(out: str, why: str) -> int:
-    lines = [ln for ln in out.splitlines() if "stopped at step" in ln]
-    assert len(lines) == 1, out
-    m = re.fullmatch(
-        rf"mpiml: stopped at step (\d+) \({re.escape(why)}\); checkpoint written; resume with --resume",
-        lines[0],
-    )
-    assert m, lines
-    return int(m.group(1))
-
-
 def _done(run_dir: Path, step: int, workers: int) -> list[int]:
     """Each worker's own step in the checkpoint labelled ``step``."""
     out = []
@@ -194,7 +179,7 @@ def _stop_then_resume(
 
     status, out, err = _launch(n, tmp, _args(tmp, "cut", job), trigger, env={"MPIML_STOP_FILE": str(stop)})
     assert status == 75, (status, out, err[-3000:])
-    at = _stopped_at(out, f"{stop} appeared")
+    at = stopped_at(out, f"{stop} appeared")
     assert "Traceback" not in err, err
     assert (tmp / "cut" / "checkpoints" / f"step-{at:09d}" / "COMPLETE").is_file(), out
     done = _done(tmp / "cut", at, n - 1)
@@ -261,7 +246,7 @@ def _sigterm_server(tmp: Path, n: int, servers: int) -> None:
 
     status, out, err = _launch(n, tmp, _args(tmp, "term", job), trigger)
     assert status == 75, (status, out, err[-3000:])
-    at = _stopped_at(out, "SIGTERM")
+    at = stopped_at(out, "SIGTERM")
     assert "Traceback" not in err, err
     assert (tmp / "term" / "checkpoints" / f"step-{at:09d}" / "COMPLETE").is_file(), out
     for r in range(n):

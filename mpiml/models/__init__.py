@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+
+from ..backend import Array
 from .flat import ParamLayout
 from .linear import LinearRegression
 from .mlp import MLP
@@ -9,7 +14,15 @@ from .partition import balanced_boundaries, layer_params, split
 from .stages import LinearStage, Stage
 from .timed import TimedModel
 
-__all__ = ["LinearRegression", "MLP", "ParamLayout", "TimedModel", "build_model"]
+__all__ = [
+    "LinearRegression",
+    "MLP",
+    "ParamLayout",
+    "TimedModel",
+    "build_model",
+    "initial_params",
+    "job_model",
+]
 __all__ += ["LinearStage", "Stage", "balanced_boundaries", "layer_params", "split"]
 
 Model = MLP | LinearRegression | TimedModel
@@ -42,3 +55,20 @@ def build_model(
     if name == "mlp":
         return MLP([n_features, *hidden, n_classes], activation, dtype)
     raise ValueError(f"model.name must be 'softmax', 'mlp' or 'linear' (got {name!r})")
+
+
+def job_model(cfg: Any, n_features: int, n_classes: int) -> Model:
+    """The job's ``[model]`` for data of ``n_features`` columns and ``n_classes`` classes
+    (0: regression): :func:`build_model` with every key of the section. ValueError as
+    :func:`build_model` raises it."""
+    m = cfg.model
+    return build_model(
+        m.name, n_features, n_classes, m.hidden, m.activation, m.dtype, m.params, m.compute_ms, m.compute
+    )
+
+
+def initial_params(cfg: Any, model: Model, xp: Any = np) -> Array:
+    """x_0: the flat parameters every rank holding the model starts from, drawn from
+    the run seed (``SeedSequence([run.seed, 0])``) at ``model.init_scale``; numpy or cupy."""
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 0]))
+    return model.init(rng, xp, cfg.model.init_scale)

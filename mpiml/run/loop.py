@@ -53,6 +53,7 @@ from ..data import RankData
 from ..errors import ConfigError, DivergenceError
 from ..io.runfile import RankFile, RunFile
 from ..layout import Layout
+from ..models import initial_params
 from ..optim import build_optimizer
 from ..trace import Trace
 from . import console
@@ -340,9 +341,7 @@ def _train(
     xp, model, data = setup.xp, setup.model, setup.data
     params = None
     if model is not None:  # every rank that holds parameters starts from the same x_0
-        params = model.init(
-            np.random.default_rng(np.random.SeedSequence([cfg.run.seed, 0])), xp, cfg.model.init_scale
-        )
+        params = initial_params(cfg, model, xp)
     cuda_aware = (
         cuda_aware_from_env() if cfg.backend.cuda_aware == "auto" else cfg.backend.cuda_aware == "yes"
     )

@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..io.fs import refuse_link
 from ..io.runfile import rank_file_name
 from ..layout import Layout, Role
-from ..models import Model, build_model
+from ..models import Model, job_model
 from ..straggler import check_world as check_straggler_ranks
 from . import folder
 
@@ -116,18 +116,7 @@ def prepare(cfg: Config, rank: int, world_size: int, run_dir: Path) -> Setup:
     model = None
     if data is not None:
         try:
-            m = cfg.model
-            model = build_model(
-                m.name,
-                data.n_features,
-                data.n_classes,
-                m.hidden,
-                m.activation,
-                m.dtype,
-                m.params,
-                m.compute_ms,
-                m.compute,
-            )
+            model = job_model(cfg, data.n_features, data.n_classes)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         check_codec_for_size(cfg, model.size)  # e.g. compression.k at most the model's size

@@ -1,12 +1,12 @@
 """What a parameter server records: its tables (one row per applied update, per answered
-pull, per worker's count at the end), the staleness histogram, and the error a lost
-update raises. Pure numpy; the server (:mod:`mpiml.protocols.ps_server`) fills them."""
+pull, per worker's count at the end), the staleness histogram, the coordinator's
+evaluations under way, and the error a lost update raises. Pure numpy; the server (:mod:`mpiml.protocols.ps_server`) fills them."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["APPLY_DTYPE", "COUNTS_DTYPE", "PULL_DTYPE", "LostUpdateError", "StalenessHistogram"]
+__all__ = ["APPLY_DTYPE", "COUNTS_DTYPE", "PULL_DTYPE", "EvalSlots", "LostUpdateError", "StalenessHistogram"]
 
 APPLY_DTYPE = np.dtype(
     [
@@ -78,3 +78,40 @@ class StalenessHistogram:
         p50 = int(np.searchsorted(cum, 0.5 * n))
         p95 = int(np.searchsorted(cum, 0.95 * n))
         return np.array([n, float(k @ h) / n, p50, p95, int(k[h > 0].max())])
+
+
+class EvalSlots:
+    """The coordinator's evaluations under way: per step, the sum of the 6 evaluation
+    sums (float64) the workers have sent so far and how many have. Checkpointed: a stop
+    with no staleness bound leaves workers at different steps."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.slots: dict[int, tuple[np.ndarray, int]] = {}
+
+    def add(self, step: int, sums: np.ndarray) -> np.ndarray | None:
+        """One worker's sums for ``step``; the total once every worker's are in (the
+        slot is then forgotten), else None."""
+        total, count = self.slots.get(step, (np.zeros(6), 0))
+        total = total + sums
+        if count + 1 == self.workers:
+            self.slots.pop(step, None)
+            return total
+        self.slots[step] = (total, count + 1)
+        return None
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        steps = sorted(self.slots)
+        return {
+            "ps/eval_steps": np.array(steps, dtype=np.int64),
+            "ps/eval_sums": np.array([self.slots[k][0] for k in steps]).reshape(-1, 6),
+            "ps/eval_counts": np.array([self.slots[k][1] for k in steps], dtype=np.int64),
+        }
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.slots = {
+            int(k): (np.array(v, dtype=np.float64), int(c))
+            for k, v, c in zip(
+                arrays["ps/eval_steps"], arrays["ps/eval_sums"], arrays["ps/eval_counts"], strict=True
+            )
+        }

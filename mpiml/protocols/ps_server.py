@@ -59,7 +59,7 @@ from mpi4py import MPI
 from ..kinds import register_kind
 from ..trace import Trace
 from .base import WAIT, Messages
-from .ps_log import APPLY_DTYPE, COUNTS_DTYPE, PULL_DTYPE, LostUpdateError, StalenessHistogram
+from .ps_log import APPLY_DTYPE, COUNTS_DTYPE, PULL_DTYPE, EvalSlots, LostUpdateError, StalenessHistogram
 from .ps_wire import (
     ACK,
     DONE,
@@ -128,7 +128,7 @@ class ShardServer:
         self._recv_req: list[MPI.Request] = [MPI.REQUEST_NULL] * w
         self._t_post = np.zeros(w)
         self._statuses = [MPI.Status() for _ in range(w)]
-        self._evals: dict[int, list] = {}  # coordinator: step -> [sums, contributions]
+        self._evals = EvalSlots(len(self.workers))  # the coordinator's evaluations under way
         self._eval_out: list[tuple[Message, MPI.Request]] = []
         self.msgs = Messages(self.trace, comm.Get_size())
         self.reset_run_state()
@@ -339,14 +339,11 @@ class ShardServer:
     # ---- coordinator: evaluations -------------------------------------------------
 
     def _add_eval(self, step: int, sums: np.ndarray) -> None:
-        slot = self._evals.setdefault(step, [np.zeros(6), 0])
-        slot[0] += sums
-        slot[1] += 1
-        if slot[1] == self.n_workers:
-            del self._evals[step]
+        total = self._evals.add(step, sums)
+        if total is not None:
             m = Message(0, self.x.dtype)  # a small one-off message (once per evaluation)
             m.h[0], m.h[5] = EVAL, step
-            m.f[EVAL_SLOTS] = slot[0]
+            m.f[EVAL_SLOTS] = total
             t0 = self.trace.now()
             req = self.comm.Isend([m.raw, MPI.BYTE], dest=self.workers[0], tag=REPLY)
             self.trace.sent(HEADER_BYTES)
@@ -434,9 +431,7 @@ class ShardServer:
             "ps/staleness_hist": self.stale_hist.counts.copy(),
             # the coordinator's evaluations still waiting for some worker's sums (a stop
             # with no bound leaves workers at different steps)
-            "ps/eval_steps": np.array(sorted(self._evals), dtype=np.int64),
-            "ps/eval_sums": np.array([self._evals[k][0] for k in sorted(self._evals)]).reshape(-1, 6),
-            "ps/eval_counts": np.array([self._evals[k][1] for k in sorted(self._evals)], dtype=np.int64),
+            **self._evals.state_arrays(),
         }
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -444,9 +439,4 @@ class ShardServer:
         self.clock[...] = arrays["ps/clock"]
         self.received[...] = arrays["ps/received"]
         self.stale_hist.counts = np.array(arrays["ps/staleness_hist"], dtype=np.int64)
-        self._evals = {
-            int(k): [np.array(v, dtype=np.float64), int(c)]
-            for k, v, c in zip(
-                arrays["ps/eval_steps"], arrays["ps/eval_sums"], arrays["ps/eval_counts"], strict=True
-            )
-        }
+        self._evals.load_state(arrays)

@@ -75,7 +75,7 @@ fi
 {
     echo "mpiml GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
     echo "GPU: $gpu"
-    echo "MPI: $("$PY" -c 'from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])' 2>&1)"
+    echo "MPI: $("$PY" -c 'from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0].rstrip(chr(0)))' 2>&1)"
 } >"$summary"
 cat "$summary"
 status=0
@@ -92,7 +92,7 @@ step() {  # step NAME LIMIT_S COMMAND...: run under a time limit, record the out
     [ "$rc" != 0 ] && [ "$rc" != 124 ] && verdict="FAILED (exit $rc)"
     [ "$rc" != 0 ] && status=1
     local tail_line
-    tail_line=$(grep -E "passed|failed|skipped|error" "$log" | tail -n 1)
+    tail_line=$(grep -a -E "passed|failed|skipped|error" "$log" | tail -n 1)
     if [ "$PLUMBING" = 0 ] && [ "$rc" = 0 ] && [[ "$tail_line" == *skipped* ]] && [[ "$tail_line" != *passed* ]]; then
         verdict="ALL SKIPPED on a machine with a GPU"  # a skip must not read as a pass here
         status=1

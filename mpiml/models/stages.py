@@ -85,6 +85,24 @@ class _SlotStage:
         xp = array_module(w)
         return xp, (int(slot), a_in.shape[0], id(xp))
 
+    def stored_input(self, slot: int) -> Array:
+        """The copy of the input ``h_k`` that the slot's pending forward pass kept (the
+        slot's buffer: DSP's input queue M_k holds these, §3.3). ValueError when the slot
+        has no forward pass waiting for its backward."""
+        _check_slot(slot)
+        key = self._pending.get(int(slot))
+        if key is None:
+            raise ValueError(f"slot {slot} holds no forward pass waiting for its backward ({self!r})")
+        return self._acts[key][0]  # type: ignore[attr-defined]  # both stage kinds keep (input, ...)
+
+    def recompute(self, w: Array, *, slot: int, poll: Poll = None) -> Array:
+        """DSP's recomputation, Eq. (5): the forward pass of the slot's stored input again,
+        with the parameters ``w`` that the backward pass will use, so that the backward
+        differentiates at x_k^{t_{2K-1-k}} (the Backward Parameters) while its input is
+        F(h_0; x_0^{t_0}; ...; x_{k-1}^{t_{k-1}}) (the Forward Parameters of the blocks
+        below). Returns the output, as :meth:`forward`."""
+        return self.forward(w, self.stored_input(slot), slot=slot, poll=poll)  # type: ignore[attr-defined]
+
     def _take(self, slot: int, what: str) -> tuple[int, int, int]:
         """The key of slot's pending forward pass, which ``what`` consumes."""
         _check_slot(slot)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..backend import Array, array_module
 
-__all__ = ["TimedModel"]
+__all__ = ["TimedModel", "TimedStage"]
 
 
 class TimedModel:
@@ -86,3 +86,105 @@ class TimedModel:
     def eval_sums(self, w: Array, x: Array, y: Array) -> tuple[float, float]:
         """(rows * loss, nan): the test "loss" of a timed workload is its objective."""
         return x.shape[0] * 0.5 * float(w @ w) / self.d, float("nan")
+
+
+class TimedStage:
+    """Stage k of K of a :class:`TimedModel` cut for a pipeline (benchmarks): the stage
+    holds its share of the d parameters (contiguous, the first d % K stages one more),
+    and its passes take set times, as sleep, so that a pipeline's schedule is measured
+    and not the host CPU: a forward pass ``compute_ms / (3K)``, a backward pass twice
+    that (the usual 1:2 ratio; a whole step of the unpipelined model is ``compute_ms``),
+    DSP's recomputation a forward pass. Activations are ``width`` values per row (the
+    first stage reads the data's ``in_features``); their values are not used. The last
+    stage's loss is the timed objective ||w||^2 / (2 d_k) of its slice. Same slot API as
+    :class:`mpiml.models.stages.Stage`.
+    """
+
+    task = "regression"
+
+    def __init__(
+        self, model: TimedModel, index: int, n_stages: int, in_features: int, width: int = 16
+    ) -> None:
+        base, extra = divmod(model.d, n_stages)
+        self.size = base + (1 if index < extra else 0)
+        self.offset = index * base + min(index, extra)
+        self.whole_size = model.d
+        self.first, self.last = index == 0, index == n_stages - 1
+        self.in_features = in_features if self.first else width
+        self.out_features = width
+        self.dtype = model.dtype
+        self.forward_s = model.compute_s / (3 * n_stages)
+        self.backward_s = 2 * self.forward_s
+        self._model = model
+        self._pending: dict[int, int] = {}
+        self._inputs: dict[tuple[int, int], Array] = {}
+        self._outs: dict[int, Array] = {}
+        self._grads: dict[int, Array] = {}
+
+    def __repr__(self) -> str:
+        return f"TimedStage({self.size} params, first={self.first}, last={self.last})"
+
+    def view(self, whole: Array) -> Array:
+        return whole[self.offset : self.offset + self.size]
+
+    def _buf(self, table: dict, key: Any, shape: tuple[int, int], xp: Any) -> Array:
+        b = table.get(key)
+        if b is None or b.shape != shape:
+            b = table[key] = xp.zeros(shape, dtype=self.dtype)
+        return b
+
+    def forward(
+        self, w: Array, a_in: Array, *, slot: int = 0, poll: Callable[[], Any] | None = None
+    ) -> Array:
+        xp = array_module(w)
+        t_end = time.perf_counter() + self.forward_s
+        n = a_in.shape[0]
+        inp = self._buf(self._inputs, (slot, 0), (n, self.in_features), xp)
+        if inp is not a_in:
+            xp.copyto(inp, a_in)
+        self._pending[slot] = n
+        out = self._buf(self._outs, n, (n, self.out_features), xp)
+        self._model._busy_until(t_end, poll)
+        return out
+
+    def stored_input(self, slot: int) -> Array:
+        if slot not in self._pending:
+            raise ValueError(f"slot {slot} holds no forward pass waiting for its backward ({self!r})")
+        return self._inputs[(slot, 0)]
+
+    def recompute(self, w: Array, *, slot: int, poll: Callable[[], Any] | None = None) -> Array:
+        return self.forward(w, self.stored_input(slot), slot=slot, poll=poll)
+
+    def _backward(
+        self, w: Array, g_w: Array, n: int, scale: float, poll: Callable[[], Any] | None
+    ) -> Array | None:
+        xp = array_module(w)
+        t_end = time.perf_counter() + self.backward_s
+        xp.multiply(w, n * scale / self.size, out=g_w)
+        self._model._busy_until(t_end, poll)
+        if self.first:
+            return None
+        return self._buf(self._grads, n, (n, self.in_features), xp)
+
+    def backward(
+        self, w: Array, g_out: Array, g_w: Array, *, slot: int = 0, poll: Callable[[], Any] | None = None
+    ) -> Array | None:
+        n = self._pending.pop(slot)
+        return self._backward(w, g_w, n, 1.0 / n, poll)
+
+    def loss_backward(
+        self,
+        w: Array,
+        y: Array,
+        g_w: Array,
+        scale: float | None = None,
+        *,
+        slot: int = 0,
+        poll: Callable[[], Any] | None = None,
+    ) -> tuple[float, Array | None]:
+        n = self._pending.pop(slot)
+        loss = 0.5 * float(w @ w) / self.size
+        return loss, self._backward(w, g_w, n, 1.0 / n if scale is None else scale, poll)
+
+    def eval_sums(self, w: Array, logits: Array, y: Array) -> tuple[float, float]:
+        return logits.shape[0] * 0.5 * float(w @ w) / self.size, float("nan")

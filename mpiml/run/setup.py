@@ -23,7 +23,7 @@ from .. import comm as _comm
 from ..algorithms import REGISTRY, Algorithm, Program
 from ..algorithms.compression import check_codec_for_size
 from ..backend import get_xp
-from ..budget import check_job_memory
+from ..budget import check_job_memory, data_shape
 from ..config import Config
 from ..data import RankData, build_data
 from ..errors import ConfigError
@@ -114,6 +114,12 @@ def prepare(cfg: Config, rank: int, world_size: int, run_dir: Path) -> Setup:
     check_job_memory(cfg, layout.n_shards, world_size)  # before any allocation: one line, not MemoryError
     data = build_data(cfg, role.shard, layout.n_shards, xp) if role.shard >= 0 else None
     model = None
+    if data is None and role.kind == "stage":  # a middle stage reads no data but computes
+        shape = data_shape(cfg)
+        try:
+            model = job_model(cfg, shape.features, shape.classes)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if data is not None:
         try:
             model = job_model(cfg, data.n_features, data.n_classes)

@@ -1,0 +1,426 @@
+"""What one pipeline stage runs: :class:`StageProgram`, for ``gpipe``, ``1f1b`` and ``dsp``
+(:mod:`mpiml.algorithms.pipeline` has the keys, rules and the papers).
+
+Stage k of pipeline p holds ``x_k``, its slice of the whole model's flat vector (the
+whole x_0 is drawn from the run seed on every rank and each stage keeps its slice), and
+executes its op list of the schedule (:mod:`mpiml.pipeline`) op by op:
+
+=============  ==============================================================================
+op             what the stage does
+=============  ==============================================================================
+recv_act(i)    take micro-batch i's activations h_k from stage k-1's channel
+forward(i)     h_{k+1} = f_k(h_k; x_k) (stage 0: h_0 = the rows of micro-batch i of x)
+send_act(i)    copy h_{k+1} into the channel to stage k+1 (Isend; returns at once)
+recompute(i)   DSP, Eq. (5): f_k again on the stored h_k with the current x_k
+recv_grad(i)   take G_{h_{k+1}} from stage k+1's channel
+backward(i)    Eq. (2): G_{x_k} (added to the step's gradient) and G_{h_k}; the last stage
+               starts from the loss of its y rows (scale 1/(rows of the minibatch * P))
+send_grad(i)   copy G_{h_k} into the channel to stage k-1
+=============  ==============================================================================
+
+Channels are :mod:`mpiml.protocols.channel` (bounded, preposted receives, split-phase
+sends): depth 2 for GPipe and 1F1B (checked deadlock-free for the job's K and m by
+:func:`mpiml.pipeline.simulate` at construction), DSP's P_k = 1+p_k (activations) and
+Q_k = 1+q_k (gradients) (Appendix A, :func:`mpiml.pipeline.dsp_depths`). DSP's input queue
+M_k (1+m_k) is the stage's stash: batch n is kept in slot n mod (1+m_k).
+
+Updates. GPipe / 1F1B: after the minibatch's m micro-batches, the summed gradient is
+summed over the P replicas of the stage (AllReduce over ``comms.peers``), then one
+optimizer step. DSP: after each backward (and its send), the same for that one batch.
+
+Checkpoints (at a step boundary): GPipe/1F1B have nothing in flight. DSP has: each stage
+waits for the messages its neighbours have already sent it (their number follows from
+the timetable) and keeps them, with its stash of inputs, in its checkpoint; the resumed
+run takes them first, so it continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..backend import Array, to_host
+from ..kinds import register_kind
+from ..models import MLP, TimedModel, split
+from ..models.timed import TimedStage
+from ..pipeline import Slot, dsp_depths, dsp_timetable, gpipe, one_f_one_b, simulate
+from ..protocols.allreduce import AllReduce
+from ..protocols.base import Messages
+from ..protocols.channel import Receiver, Sender
+from ..straggler import Straggler
+from .base import Context, EvalSums, Program
+from .pipeline import dsp_config
+
+__all__ = ["EVAL_ROWS", "StageProgram"]
+
+FORWARD = register_kind("forward", "compute", "a pipeline stage's forward pass of one micro-batch")
+BACKWARD = register_kind("backward", "compute", "a pipeline stage's backward pass of one micro-batch")
+RECOMPUTE = register_kind("recompute", "compute", "DSP's recomputation (Eq. 5) of one micro-batch's forward")
+STAGE_UPDATE = register_kind("stage_update", "compute", "a pipeline stage's optimizer step")
+
+ACT_TAG, GRAD_TAG, EVAL_TAG = 40, 41, 42
+EVAL_ROWS = 256  # test rows per evaluation message
+EVAL_SLOT = 1 << 30  # the stage's slot for evaluation passes (never a training slot)
+SYNC_DEPTH = 2  # channel depth of GPipe and 1F1B
+
+
+class StageProgram(Program):
+    """Stage ``role.stage`` of pipeline ``role.group``. Collective over world in the
+    constructor (a Dup for the channels); its channels' receives are posted there."""
+
+    synchronous = True
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        cfg, role, lay = ctx.cfg, ctx.role, ctx.layout
+        self.algorithm = str(cfg.algorithm.name)
+        self.K, self.k, self.P = int(cfg.algorithm.stages), role.stage, lay.n_shards
+        self.first, self.last = self.k == 0, self.k == self.K - 1
+        self.xp = xp = ctx.xp
+        self.B = int(cfg.data.batch_size)
+        self.steps = int(cfg.run.steps)
+        model = ctx.model
+        assert model is not None and ctx.params is not None
+        in_features = _in_features(ctx)
+        if isinstance(model, TimedModel):
+            self.stage: Any = TimedStage(model, self.k, self.K, in_features)
+            stages_out = [self.stage.out_features] * self.K
+        else:
+            assert isinstance(model, MLP)
+            part = list(cfg.algorithm.partition) or None
+            stages = split(model, self.K, boundaries=part)
+            self.stage = stages[self.k]
+            stages_out = [s.out_features for s in stages]
+        self.x = xp.array(self.stage.view(ctx.params), copy=True)
+        self.g = xp.zeros_like(self.x)
+        self.g_mb = xp.zeros_like(self.x)
+        self.opt = ctx.optimizer
+        self.opt_state = self.opt.init(self.x)
+        self.dtype = np.dtype(self.x.dtype)
+
+        if self.algorithm == "dsp":
+            self.p, self.m = dsp_config(cfg)
+            self.grid = dsp_timetable(self.p, self.m, self.steps)
+            depths = dsp_depths(self.p, self.m)
+            act_depth = depths.get((self.k, self.k + 1, "act"), 1)
+            grad_depth = depths.get((self.k, self.k - 1, "grad"), 1)
+            in_act_depth = depths.get((self.k - 1, self.k, "act"), 1)
+            in_grad_depth = depths.get((self.k + 1, self.k, "grad"), 1)
+            self.rows = self.B
+            self.stash = 1 + self.m[self.k]
+        else:
+            self.micro = int(cfg.algorithm.micro_batches)
+            sched = gpipe if self.algorithm == "gpipe" else one_f_one_b
+            lists = sched(self.K, self.micro)
+            simulate(lists, depth=SYNC_DEPTH)  # a design check: raises Deadlock if these depths could hang
+            self.ops = lists[self.k]
+            act_depth = grad_depth = in_act_depth = in_grad_depth = SYNC_DEPTH
+            self.rows = self.B // self.micro
+        self.scale = 1.0 / (self.B * self.P)
+
+        self.comm = ctx.comms.world.Dup()  # collective over world: every rank builds its program
+        rank, tr = ctx.rank, ctx.trace
+        self.messages = Messages(tr, self.comm.Get_size())
+        width_in = stages_out[self.k - 1] if not self.first else in_features
+        width_out = stages_out[self.k]
+        self.act_in = self.grad_out = self.eval_in = None
+        self.act_out = self.grad_in = self.eval_out = None
+        if not self.first:
+            args = (self.comm, rank - 1)
+            self.act_in = Receiver(
+                *args, ACT_TAG, in_act_depth, width_in, self.rows, self.dtype, tr, self.messages
+            )
+            self.grad_out = Sender(
+                *args, GRAD_TAG, grad_depth, width_in, self.rows, self.dtype, tr, self.messages
+            )
+            self.eval_in = Receiver(*args, EVAL_TAG, 2, width_in, EVAL_ROWS, self.dtype, tr, self.messages)
+        if not self.last:
+            args = (self.comm, rank + 1)
+            self.act_out = Sender(
+                *args, ACT_TAG, act_depth, width_out, self.rows, self.dtype, tr, self.messages
+            )
+            self.grad_in = Receiver(
+                *args, GRAD_TAG, in_grad_depth, width_out, self.rows, self.dtype, tr, self.messages
+            )
+            self.eval_out = Sender(*args, EVAL_TAG, 2, width_out, EVAL_ROWS, self.dtype, tr, self.messages)
+        self.channels = [c for c in (self.act_in, self.grad_out, self.act_out, self.grad_in) if c is not None]
+        self.peers = ctx.comms.peers
+        self.allreduce = (
+            AllReduce(self.peers, self.x.size, self.dtype, xp, op="sum", trace=tr, cuda_aware=ctx.cuda_aware)
+            if self.P > 1
+            else None
+        )
+        self.mean = AllReduce(
+            self.peers, self.x.size, self.dtype, xp, op="mean", trace=tr, cuda_aware=ctx.cuda_aware
+        )
+        self.straggler = Straggler.for_rank(cfg, rank, tr)
+        self.data = ctx.data
+        self.batch_x: Array | None = None
+        self.batch_y: Array | None = None
+        self.losses: list[float] = []
+        self.slot_done = -1  # DSP: the last global step of the timetable this stage ran
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @property
+    def params(self) -> Array:
+        return self.x
+
+    def poll(self) -> None:
+        """Progress the channels' requests (called between layers)."""
+        for c in self.channels:
+            c.poll()
+
+    def _dev(self, a: np.ndarray) -> Array:
+        return a if self.xp is np else self.xp.asarray(a)
+
+    def _sample(self) -> None:
+        if self.data is not None:
+            self.batch_x, self.batch_y = self.data.sampler.next()
+
+    def _rows_of(self, a: Array, i: int) -> Array:
+        """Micro-batch i's rows of the step's minibatch (GPipe/1F1B) or the batch (DSP)."""
+        if self.algorithm == "dsp":
+            return a
+        return a[i * self.rows : (i + 1) * self.rows]
+
+    def _update(self, t: int) -> None:
+        g = self.g
+        if self.allreduce is not None:
+            g = self.allreduce.run(g, t)
+        t0 = self.trace.now()
+        self.opt.step(self.x, g, self.opt_state)
+        self.trace.record(t, STAGE_UPDATE, t0, self.trace.now())
+
+    # -- the ops ---------------------------------------------------------------------------
+
+    def _forward(self, t: int, i: int, slot: int) -> None:
+        t0 = self.trace.now()
+        if self.first:
+            assert self.batch_x is not None
+            a = self._rows_of(self.batch_x, i)
+            self.h_out = self.stage.forward(self.x, a, slot=slot, poll=self.poll)
+        else:
+            assert self.act_in is not None
+            _, arr = self.act_in.take(t, expect=i)
+            t0 = self.trace.now()
+            self.h_out = self.stage.forward(self.x, self._dev(arr), slot=slot, poll=self.poll)
+            self.act_in.release()
+        self.trace.record(t, FORWARD, t0, self.trace.now())
+        if self.act_out is not None:
+            self.act_out.send(t, i, self.h_out)
+
+    def _backward(self, t: int, i: int, slot: int, recompute: bool) -> None:
+        if recompute:
+            t0 = self.trace.now()
+            self.stage.recompute(self.x, slot=slot, poll=self.poll)
+            self.trace.record(t, RECOMPUTE, t0, self.trace.now())
+        if self.last:
+            assert self.batch_y is not None
+            t0 = self.trace.now()
+            loss, g_h = self.stage.loss_backward(
+                self.x, self._rows_of(self.batch_y, i), self.g_mb, self.scale, slot=slot, poll=self.poll
+            )
+            self.losses.append(loss)
+        else:
+            assert self.grad_in is not None
+            _, arr = self.grad_in.take(t, expect=i)
+            t0 = self.trace.now()
+            g_h = self.stage.backward(self.x, self._dev(arr), self.g_mb, slot=slot, poll=self.poll)
+            self.grad_in.release()
+        self.g += self.g_mb
+        self.trace.record(t, BACKWARD, t0, self.trace.now())
+        if self.grad_out is not None:
+            self.grad_out.send(t, i, g_h)
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def run(self, start: int, stop: int, loop: Any) -> None:
+        self.slot_done = start - 1  # DSP: loop step t runs global step t of the timetable
+        super().run(start, stop, loop)
+
+    def step(self, t: int) -> float | None:
+        t0 = time.perf_counter()
+        self.losses.clear()
+        if self.algorithm == "dsp":
+            last = t == self.steps - 1
+            for s in range(t, len(self.grid[self.k]) if last else t + 1):
+                self._dsp_slot(t, s, self.grid[self.k][s])
+        else:
+            self._sync_step(t)
+        if self.straggler is not None:
+            self.straggler.delay(t, time.perf_counter() - t0, self.poll)
+        return float(np.mean(self.losses)) if self.losses else None
+
+    def _sync_step(self, t: int) -> None:
+        """One minibatch of GPipe or 1F1B: the op list, then one update."""
+        self._sample()
+        self.g.fill(0)
+        for op in self.ops:
+            if op.kind == "forward":
+                self._forward(t, op.mb, op.mb)
+            elif op.kind == "backward":
+                self._backward(t, op.mb, op.mb, recompute=False)
+            # recv_*/send_* are done inside forward/backward, in the schedule's order
+        self._update(t)
+
+    def _dsp_slot(self, t: int, s: int, slot: Slot) -> None:
+        """Global step s of DSP's timetable (Figure 2) on this stage (recorded at loop step t)."""
+        if slot.forward is not None:
+            self._sample()  # stage 0 takes batch f's x, the last stage its y
+            self._forward(t, slot.forward, slot.forward % self.stash)
+        if slot.backward is not None:
+            self.g.fill(0)
+            b = slot.backward
+            self._backward(t, b, b % self.stash, recompute=self.m[self.k] > 0)
+            self._update(t)
+        self.slot_done = s
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    def evaluate(self) -> EvalSums:
+        """The test set forward through the stages (channels of its own): stage 0 sends its
+        test slice in chunks of EVAL_ROWS, the last stage adds up loss and correct rows;
+        plus the consensus distance of the stage's P replicas. Collective over the
+        pipeline's ranks and ``comms.peers``."""
+        out = EvalSums()
+        xp = self.xp
+        y_test = self.data.y_test if self.last and self.data is not None else None
+        at = 0
+        chunk = 0
+        while True:
+            if self.first:
+                assert self.data is not None
+                xt = self.data.x_test
+                if at >= xt.shape[0]:
+                    a = None
+                else:
+                    a = xt[at : at + EVAL_ROWS]
+            else:
+                assert self.eval_in is not None
+                _, arr = self.eval_in.take(0, expect=chunk)
+                a = None if arr.shape[0] == 0 else self._dev(arr)
+            if a is None:
+                if self.eval_in is not None:
+                    self.eval_in.release()
+                if self.eval_out is not None:
+                    self.eval_out.send(0, chunk, None)
+                    self.eval_out.flush()
+                break
+            h = self.stage.forward(self.x, a, slot=EVAL_SLOT)
+            if self.eval_in is not None:
+                self.eval_in.release()
+            n = a.shape[0]
+            if self.eval_out is not None:
+                self.eval_out.send(0, chunk, h)
+            if self.last:
+                assert y_test is not None
+                loss, correct = _sums(self.stage, self.x, h, y_test[at : at + n], xp)
+                out.test_loss += loss
+                out.correct += correct
+                out.test_rows += n
+            at += n
+            chunk += 1
+        self.stage._pending.pop(EVAL_SLOT, None)
+        mean = self.mean.run(self.x, 0)
+        d = self.x - mean
+        out.distance = float(d @ d)
+        out.holders = 1.0 if self.first else 0.0
+        return out
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _counts(self, k: int, upto: int) -> tuple[int, int]:
+        """(forwards, backwards) of stage k in global steps 0..upto."""
+        row = self.grid[k][: upto + 1]
+        return sum(s.forward is not None for s in row), sum(s.backward is not None for s in row)
+
+    def quiesce(self) -> None:
+        """Nothing in flight: DSP takes the messages its neighbours have sent up to the
+        step it is at into its channels' local queues; every send completes."""
+        if self.algorithm == "dsp" and self.slot_done >= 0:
+            s, k = self.slot_done, self.k
+            f_me, b_me = self._counts(k, s)
+            if self.act_in is not None:
+                sent = self._counts(k - 1, s)[0]
+                self.act_in.drain(s, sent - f_me - len(self.act_in.queued))
+            if self.grad_in is not None:
+                sent = self._counts(k + 1, s)[1]
+                self.grad_in.drain(s, sent - b_me - len(self.grad_in.queued))
+        for c in (self.act_out, self.grad_out, self.eval_out):
+            if c is not None:
+                c.flush()
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        out = {"params": to_host(self.x).copy()}
+        for key, v in self.opt_state.items():
+            if not key.startswith("_"):
+                out[f"opt/{key}"] = to_host(v).copy()
+        if self.algorithm == "dsp":
+            for name, ch in (("act_in", self.act_in), ("grad_in", self.grad_in)):
+                if ch is not None:
+                    out.update(ch.state(f"queue/{name}"))
+            out.update(self._stash_state())
+        return out
+
+    def _stash_state(self) -> dict[str, np.ndarray]:
+        """DSP's input queue M_k: the batches forwarded and not yet backwarded, with their
+        stored inputs (oldest first)."""
+        s = self.slot_done
+        f_me, b_me = self._counts(self.k, s) if s >= 0 else (0, 0)
+        ids = list(range(b_me, f_me))
+        data = [to_host(self.stage.stored_input(n % self.stash)).reshape(-1) for n in ids]
+        rows = [int(self.stage.stored_input(n % self.stash).shape[0]) for n in ids]
+        return {
+            "stash/mb": np.array(ids, dtype=np.int64),
+            "stash/rows": np.array(rows, dtype=np.int64),
+            "stash/data": np.concatenate(data) if data else np.zeros(0, dtype=self.dtype),
+        }
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        xp = self.xp
+        if arrays["params"].shape != (self.x.size,):
+            raise ValueError(f"params of shape {arrays['params'].shape}, this stage holds {self.x.size}")
+        self.x[...] = xp.asarray(arrays["params"])
+        for key in self.opt_state:
+            if not key.startswith("_"):
+                self.opt_state[key][...] = xp.asarray(arrays[f"opt/{key}"])
+        if self.algorithm != "dsp":
+            return
+        for name, ch in (("act_in", self.act_in), ("grad_in", self.grad_in)):
+            if ch is not None:
+                ch.load(f"queue/{name}", arrays)
+        ids, rows, data = arrays["stash/mb"], arrays["stash/rows"], arrays["stash/data"]
+        width = self.stage.in_features
+        at = 0
+        for n, r in zip(ids.tolist(), rows.tolist(), strict=True):
+            a = np.asarray(data[at : at + r * width], dtype=self.dtype).reshape(r, width)
+            at += r * width
+            self.stage.forward(self.x, self._dev(a), slot=n % self.stash)  # marks the slot; recomputed later
+
+    def close(self) -> None:
+        for c in (self.act_in, self.grad_in, self.eval_in):
+            if c is not None:
+                c.cancel()
+        self.comm.Free()
+
+
+def _in_features(ctx: Context) -> int:
+    """The data's width (stage 0's input), from the data or the data set's shape."""
+    if ctx.data is not None:
+        return int(ctx.data.n_features)
+    from ..budget import data_shape
+
+    return int(data_shape(ctx.cfg).features)
+
+
+def _sums(stage: Any, w: Array, logits: Array, y: Array, xp: Any) -> tuple[float, float]:
+    """(sum of cross-entropies, correct rows) of a chunk's logits (MLP.eval_sums' formula)."""
+    if isinstance(stage, TimedStage):
+        return stage.eval_sums(w, logits, y)
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+    rows = xp.arange(logits.shape[0])
+    return -float(logp[rows, y].sum()), float((z.argmax(axis=1) == y).sum())

@@ -4,7 +4,8 @@ Parameters): the job keys, rules and layout; the program is
 
 The model is cut into K = ``algorithm.stages`` consecutive blocks of layers
 (:func:`mpiml.models.split`: at ``algorithm.partition``'s layer boundaries, or balanced by
-parameter count); rank ``p*K + k`` runs stage k of pipeline p
+parameter count, or, ``algorithm.balance = "cost"``, by each layer's forward + backward time
+measured on rank 0 at start, :func:`mpiml.algorithms.pipeline_stage.measured_cut`); rank ``p*K + k`` runs stage k of pipeline p
 (:func:`mpiml.layout.pipelines`), P = ``algorithm.pipelines`` copies (data parallel: the
 replicas of stage k, one per pipeline, average their gradients by an AllReduce before
 every update; pipeline p samples data shard p). Stage 0 reads x and the last stage y of
@@ -42,7 +43,7 @@ the P pipelines.
 
 from __future__ import annotations
 
-from ..config import Config, at_least, field
+from ..config import Config, at_least, choice, field
 from ..errors import ConfigError
 from ..layout import Layout, Role, pipelines
 from ..pipeline import dsp_queues
@@ -73,6 +74,13 @@ PARTITION = field(
     [],
     (lambda v: len(v) <= MAX_STAGES and all(1 <= b <= 10**6 for b in v), "a list of layer indices >= 1"),
     "the K-1 layer indices where stages 1..K-1 start ([]: balanced by parameter count)",
+)
+BALANCE = field(
+    "str",
+    "params",
+    choice("params", "cost"),
+    "without algorithm.partition: cut the layers to balance the stages' parameter counts, or "
+    "their forward + backward time measured on rank 0 at start (printed; pin it with partition)",
 )
 DSP_P = field(
     "int_list",
@@ -115,7 +123,7 @@ def dsp_config(cfg: Config) -> tuple[list[int], list[int]]:
 class PipelineAlgorithm(Algorithm):
     """What the three pipeline algorithms share: keys, rules, layout, program."""
 
-    keys = {"stages": STAGES, "pipelines": PIPELINES, "partition": PARTITION}
+    keys = {"stages": STAGES, "pipelines": PIPELINES, "partition": PARTITION, "balance": BALANCE}
     schedule = ""
 
     @classmethod

@@ -43,7 +43,7 @@ import numpy as np
 
 from ..backend import Array, to_host
 from ..kinds import register_kind
-from ..models import MLP, TimedModel, split
+from ..models import MLP, Stage, TimedModel, balanced_boundaries, split
 from ..models.timed import TimedStage
 from ..pipeline import Slot, dsp_depths, dsp_timetable, gpipe, one_f_one_b, simulate
 from ..protocols.allreduce import AllReduce
@@ -87,10 +87,15 @@ class StageProgram(Program):
         if isinstance(model, TimedModel):
             self.stage: Any = TimedStage(model, self.k, self.K, in_features)
             stages_out = [self.stage.out_features] * self.K
+            self.cut: list[int] = []
         else:
             assert isinstance(model, MLP)
             part = list(cfg.algorithm.partition) or None
+            if part is None and cfg.algorithm.balance == "cost":
+                rows = self.B if self.algorithm == "dsp" else self.B // int(cfg.algorithm.micro_batches)
+                part = measured_cut(ctx.comms.world, model, self.K, rows, xp)
             stages = split(model, self.K, boundaries=part)
+            self.cut = [s.layers[0] for s in stages[1:]]
             self.stage = stages[self.k]
             stages_out = [s.out_features for s in stages]
         self.x = xp.array(self.stage.view(ctx.params), copy=True)
@@ -354,7 +359,7 @@ class StageProgram(Program):
                 c.flush()
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        out = {"params": to_host(self.x).copy()}
+        out = {"params": to_host(self.x).copy(), "partition": np.array(self.cut, dtype=np.int64)}
         for key, v in self.opt_state.items():
             if not key.startswith("_"):
                 out[f"opt/{key}"] = to_host(v).copy()
@@ -381,6 +386,12 @@ class StageProgram(Program):
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         xp = self.xp
+        saved = [int(v) for v in arrays["partition"]]
+        if saved != self.cut:
+            raise ValueError(
+                f"the checkpoint's stages start at layers {saved}, this job's at {self.cut}: "
+                f"resume with algorithm.partition = {saved}"
+            )
         if arrays["params"].shape != (self.x.size,):
             raise ValueError(f"params of shape {arrays['params'].shape}, this stage holds {self.x.size}")
         self.x[...] = xp.asarray(arrays["params"])
@@ -405,6 +416,42 @@ class StageProgram(Program):
             if c is not None:
                 c.cancel()
         self.comm.Free()
+
+
+def measured_cut(world: Any, model: MLP, K: int, rows: int, xp: Any, repeats: int = 5) -> list[int]:
+    """The K-1 layer boundaries that balance the stages' measured time: rank 0 times each
+    layer's forward and backward pass on ``rows`` random rows (the fastest of ``repeats``),
+    cuts exactly (:func:`mpiml.models.balanced_boundaries`) and broadcasts the cut, so
+    every rank of ``world`` builds the same stages. Collective over world; prints the cut
+    on rank 0 (a resume must cut the same way: pin it with ``algorithm.partition``)."""
+    cut = None
+    if world.Get_rank() == 0:
+        rng = np.random.default_rng(0)
+        costs = []
+        for i in range(model.n_layers):
+            st = Stage(model, i, i + 1, i, model.n_layers)
+            w = xp.asarray(rng.standard_normal(st.size).astype(st.dtype) * 0.1)
+            a = xp.asarray(rng.standard_normal((rows, st.in_features)).astype(st.dtype))
+            g_out = xp.ones((rows, st.out_features), dtype=st.dtype)
+            y = xp.zeros(rows, dtype=np.int64)
+            g_w = xp.empty_like(w)
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                st.forward(w, a, slot=0)
+                if st.last:
+                    st.loss_backward(w, y, g_w, slot=0)
+                else:
+                    st.backward(w, g_out, g_w, slot=0)
+                best = min(best, time.perf_counter() - t0)
+            costs.append(best)
+        cut = balanced_boundaries(costs, K)
+        print(
+            f"mpiml: algorithm.balance = 'cost': layer times {', '.join(f'{c * 1e6:.0f}' for c in costs)} us "
+            f"-> algorithm.partition = {cut}",
+            flush=True,
+        )
+    return list(world.bcast(cut, root=0))
 
 
 def _in_features(ctx: Context) -> int:

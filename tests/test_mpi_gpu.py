@@ -36,7 +36,9 @@ def test_device_allreduce_equals_host_allreduce(comm: MPI.Comm, cuda_aware: bool
 
 
 @pytest.mark.parametrize(
-    "alg", ["sgd", "local_sgd", "dasgd-test", "dasgd-thread", "qsgd", "qpr_sgd", "dqpr_sgd"], ids=lambda a: a
+    "alg",
+    ["sgd", "local_sgd", "dasgd-test", "dasgd-thread", "qsgd", "qpr_sgd", "dqpr_sgd", "1f1b", "dsp"],
+    ids=lambda a: a,
 )
 def test_algorithm_on_gpu_matches_cpu(comm: MPI.Comm, shared_tmp, alg: str) -> None:  # type: ignore[no-untyped-def]
     from mpiml.config import load_config
@@ -46,6 +48,13 @@ def test_algorithm_on_gpu_matches_cpu(comm: MPI.Comm, shared_tmp, alg: str) -> N
     base = ["run.steps=20", "run.eval_every=10", "model.dtype=float64", f"algorithm.name={name}"]
     if progress:
         base += [f"algorithm.progress={progress}", "algorithm.delay=2"]
+    if name in ("1f1b", "dsp"):  # 2 stages of an MLP: activations and gradients staged through host buffers
+        base += ["algorithm.stages=2", "model.name=mlp", "model.hidden=[32, 16, 16]"]
+        base += (
+            ["algorithm.micro_batches=4"]
+            if name == "1f1b"
+            else ["algorithm.dsp_p=[1, 0]", "algorithm.dsp_m=[2, 0]"]
+        )
     cpu = train(
         load_config(None, [*base, f"run.name=cpu-{alg}"]), comm, out=shared_tmp, stream=open("/dev/null", "w")
     )

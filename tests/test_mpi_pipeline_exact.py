@@ -143,8 +143,10 @@ def test_dsp_without_staleness_is_backprop(comm: MPI.Comm, shared_tmp: Path, K: 
         (2, "[1, 0]", "[2, 0]", "sgd"),
         (3, "[1, 1, 0]", "[4, 2, 0]", "momentum"),
         (3, "[2, 2, 0]", "[6, 3, 0]", "nesterov"),
+        (3, "[3, 3, 0]", "[10, 5, 0]", "momentum"),
         (4, "[1, 1, 1, 0]", "[6, 4, 2, 0]", "momentum"),
         (4, "[2, 2, 2, 0]", "[9, 6, 3, 0]", "sgd"),
+        (4, "[3, 3, 3, 0]", "[15, 10, 5, 0]", "nesterov"),
     ],
 )
 def test_dsp_equals_the_serial_simulator(

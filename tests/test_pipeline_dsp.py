@@ -185,3 +185,24 @@ def test_queues_one_too_small_only_slow_two_too_small_deadlock() -> None:
 def test_bad_arguments(args: tuple[tuple[int, ...], tuple[int, ...], int], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         dsp(*args)
+
+
+def test_stage_program_slots_and_counts_are_the_timetable() -> None:
+    """StageProgram computes its timetable entries and message counts (no grid kept for
+    long runs): they equal dsp_timetable's grid, for the paper's configurations."""
+    from types import SimpleNamespace
+
+    from mpiml.algorithms.pipeline_stage import StageProgram
+
+    for p, m in [([1, 1, 0], [4, 2, 0]), ([3, 3, 3, 0], [15, 10, 5, 0]), ([0, 0], [0, 0])]:
+        steps = 7
+        grid = dsp_timetable(p, m, steps)
+        K = len(p)
+        prog = SimpleNamespace(p=p, m=m, steps=steps, d=[sum(p[:k]) for k in range(K)])
+        for k in range(K):
+            assert len(grid[k]) == max(sum(p[:j]) + m[j] for j in range(K)) + steps
+            for s, want in enumerate(grid[k]):
+                assert StageProgram._slot(prog, k, s) == want  # type: ignore[arg-type]
+                row = grid[k][: s + 1]
+                counts = (sum(x.forward is not None for x in row), sum(x.backward is not None for x in row))
+                assert StageProgram._counts(prog, k, s) == counts  # type: ignore[arg-type]

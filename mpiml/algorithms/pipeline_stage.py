@@ -107,7 +107,9 @@ class StageProgram(Program):
 
         if self.algorithm == "dsp":
             self.p, self.m = dsp_config(cfg)
-            self.grid = dsp_timetable(self.p, self.m, self.steps)
+            dsp_timetable(self.p, self.m, 1)  # checks the configuration (the job's rules did already)
+            self.d = [sum(self.p[:k]) for k in range(self.K)]  # stage k forwards batch n at step n + d_k
+            self.T = max(d + m for d, m in zip(self.d, self.m, strict=True)) + self.steps  # global steps
             depths = dsp_depths(self.p, self.m)
             act_depth = depths.get((self.k, self.k + 1, "act"), 1)
             grad_depth = depths.get((self.k, self.k - 1, "grad"), 1)
@@ -251,8 +253,8 @@ class StageProgram(Program):
         self.losses.clear()
         if self.algorithm == "dsp":
             last = t == self.steps - 1
-            for s in range(t, len(self.grid[self.k]) if last else t + 1):
-                self._dsp_slot(t, s, self.grid[self.k][s])
+            for s in range(t, self.T if last else t + 1):
+                self._dsp_slot(t, s, self._slot(self.k, s))
         else:
             self._sync_step(t)
         if self.straggler is not None:
@@ -337,10 +339,19 @@ class StageProgram(Program):
 
     # -- checkpoints -----------------------------------------------------------------------
 
+    def _slot(self, k: int, s: int) -> Slot:
+        """Stage k's part of global step s: :func:`mpiml.pipeline.dsp_timetable`'s grid
+        entry, computed (a run of many steps keeps no grid)."""
+        f, b = s - self.d[k], s - self.d[k] - self.m[k]
+        n = self.steps
+        return Slot(f if 0 <= f < n else None, b if 0 <= b < n else None)
+
     def _counts(self, k: int, upto: int) -> tuple[int, int]:
         """(forwards, backwards) of stage k in global steps 0..upto."""
-        row = self.grid[k][: upto + 1]
-        return sum(s.forward is not None for s in row), sum(s.backward is not None for s in row)
+        n = self.steps
+        f = min(max(upto - self.d[k] + 1, 0), n)
+        b = min(max(upto - self.d[k] - self.m[k] + 1, 0), n)
+        return f, b
 
     def quiesce(self) -> None:
         """Nothing in flight: DSP takes the messages its neighbours have sent up to the

@@ -41,19 +41,22 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Array, to_host
+from ..backend import Array
 from ..kinds import register_kind
-from ..models import MLP, Stage, TimedModel, balanced_boundaries, split
+from ..models import MLP, TimedModel, balanced_boundaries, split
+from ..models.partition import measure_layer_costs
 from ..models.timed import TimedStage
 from ..pipeline import Slot, dsp_depths, dsp_timetable, gpipe, one_f_one_b, simulate
 from ..protocols.allreduce import AllReduce
 from ..protocols.base import Messages
 from ..protocols.channel import Receiver, Sender
 from ..straggler import Straggler
-from .base import Context, EvalSums, Program
+from .base import Context, Program
 from .pipeline import dsp_config
+from .pipeline_eval import EVAL_ROWS, StageEvaluation, busy_line
+from .pipeline_state import StageState
 
-__all__ = ["EVAL_ROWS", "StageProgram"]
+__all__ = ["StageProgram", "measured_cut"]
 
 FORWARD = register_kind("forward", "compute", "a pipeline stage's forward pass of one micro-batch")
 BACKWARD = register_kind("backward", "compute", "a pipeline stage's backward pass of one micro-batch")
@@ -61,12 +64,10 @@ RECOMPUTE = register_kind("recompute", "compute", "DSP's recomputation (Eq. 5) o
 STAGE_UPDATE = register_kind("stage_update", "compute", "a pipeline stage's optimizer step")
 
 ACT_TAG, GRAD_TAG, EVAL_TAG = 40, 41, 42
-EVAL_ROWS = 256  # test rows per evaluation message
-EVAL_SLOT = 1 << 30  # the stage's slot for evaluation passes (never a training slot)
 SYNC_DEPTH = 2  # channel depth of GPipe and 1F1B
 
 
-class StageProgram(Program):
+class StageProgram(StageState, StageEvaluation, Program):
     """Stage ``role.stage`` of pipeline ``role.group``. Collective over world in the
     constructor (a Dup for the channels); its channels' receives are posted there."""
 
@@ -180,9 +181,6 @@ class StageProgram(Program):
         for c in self.channels:
             c.poll()
 
-    def _dev(self, a: np.ndarray) -> Array:
-        return a if self.xp is np else self.xp.asarray(a)
-
     def _sample(self) -> None:
         if self.data is not None:
             self.batch_x, self.batch_y = self.data.sampler.next()
@@ -245,8 +243,27 @@ class StageProgram(Program):
     # -- steps -----------------------------------------------------------------------------
 
     def run(self, start: int, stop: int, loop: Any) -> None:
-        self.slot_done = start - 1  # DSP: loop step t runs global step t of the timetable
+        """Steps start..stop-1 (DSP: loop step t runs global step t of the timetable, the
+        last one the drain); at the end, rank 0 prints each stage's busy share of the
+        loop's wall time (collective over world, once)."""
+        self.slot_done = start - 1
+        t0, busy0 = self.trace.now(), self._busy()
         super().run(start, stop, loop)
+        if loop.stopped_at is not None:
+            return
+        wall = self.trace.now() - t0
+        share = (self._busy() - busy0) / wall if wall > 0 else float("nan")
+        shares = self.comm.gather((self.k, share), root=0)  # once per run, not a hot path
+        if shares is not None:
+            print(
+                busy_line(self.algorithm, self.K, self.micro if self.algorithm != "dsp" else 0, shares),
+                file=loop.stream,
+                flush=True,
+            )
+
+    def _busy(self) -> float:
+        t = self.trace.totals
+        return float(t[FORWARD] + t[BACKWARD] + t[RECOMPUTE] + t[STAGE_UPDATE])
 
     def step(self, t: int) -> float | None:
         t0 = time.perf_counter()
@@ -285,184 +302,11 @@ class StageProgram(Program):
             self._update(t)
         self.slot_done = s
 
-    # -- evaluation ------------------------------------------------------------------------
-
-    def evaluate(self) -> EvalSums:
-        """The test set forward through the stages (channels of its own): stage 0 sends its
-        test slice in chunks of EVAL_ROWS, the last stage adds up loss and correct rows;
-        plus the consensus distance of the stage's P replicas. Collective over the
-        pipeline's ranks and ``comms.peers``."""
-        out = EvalSums()
-        xp = self.xp
-        y_test = self.data.y_test if self.last and self.data is not None else None
-        at = 0
-        chunk = 0
-        while True:
-            if self.first:
-                assert self.data is not None
-                xt = self.data.x_test
-                if at >= xt.shape[0]:
-                    a = None
-                else:
-                    a = xt[at : at + EVAL_ROWS]
-            else:
-                assert self.eval_in is not None
-                _, arr = self.eval_in.take(0, expect=chunk)
-                a = None if arr.shape[0] == 0 else self._dev(arr)
-            if a is None:
-                if self.eval_in is not None:
-                    self.eval_in.release()
-                if self.eval_out is not None:
-                    self.eval_out.send(0, chunk, None)
-                    self.eval_out.flush()
-                break
-            h = self.stage.forward(self.x, a, slot=EVAL_SLOT)
-            if self.eval_in is not None:
-                self.eval_in.release()
-            n = a.shape[0]
-            if self.eval_out is not None:
-                self.eval_out.send(0, chunk, h)
-            if self.last:
-                assert y_test is not None
-                loss, correct = _sums(self.stage, self.x, h, y_test[at : at + n], xp)
-                out.test_loss += loss
-                out.correct += correct
-                out.test_rows += n
-            at += n
-            chunk += 1
-        self.stage._pending.pop(EVAL_SLOT, None)
-        mean = self.mean.run(self.x, 0)
-        d = self.x - mean
-        out.distance = float(d @ d)
-        out.holders = 1.0 if self.first else 0.0
-        return out
-
-    # -- checkpoints -----------------------------------------------------------------------
-
-    def _slot(self, k: int, s: int) -> Slot:
-        """Stage k's part of global step s: :func:`mpiml.pipeline.dsp_timetable`'s grid
-        entry, computed (a run of many steps keeps no grid)."""
-        f, b = s - self.d[k], s - self.d[k] - self.m[k]
-        n = self.steps
-        return Slot(f if 0 <= f < n else None, b if 0 <= b < n else None)
-
-    def _counts(self, k: int, upto: int) -> tuple[int, int]:
-        """(forwards, backwards) of stage k in global steps 0..upto."""
-        n = self.steps
-        f = min(max(upto - self.d[k] + 1, 0), n)
-        b = min(max(upto - self.d[k] - self.m[k] + 1, 0), n)
-        return f, b
-
-    def quiesce(self) -> None:
-        """Nothing in flight: DSP takes the messages its neighbours have sent up to the
-        step it is at into its channels' local queues; every send completes."""
-        if self.algorithm == "dsp" and self.slot_done >= 0:
-            s, k = self.slot_done, self.k
-            f_me, b_me = self._counts(k, s)
-            if self.act_in is not None:
-                sent = self._counts(k - 1, s)[0]
-                self.act_in.drain(s, sent - f_me - len(self.act_in.queued))
-            if self.grad_in is not None:
-                sent = self._counts(k + 1, s)[1]
-                self.grad_in.drain(s, sent - b_me - len(self.grad_in.queued))
-        for c in (self.act_out, self.grad_out, self.eval_out):
-            if c is not None:
-                c.flush()
-
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        out = {"params": to_host(self.x).copy(), "partition": np.array(self.cut, dtype=np.int64)}
-        for key, v in self.opt_state.items():
-            if not key.startswith("_"):
-                out[f"opt/{key}"] = to_host(v).copy()
-        if self.algorithm == "dsp":
-            for name, ch in (("act_in", self.act_in), ("grad_in", self.grad_in)):
-                if ch is not None:
-                    out.update(ch.state(f"queue/{name}"))
-            out.update(self._stash_state())
-        return out
-
-    def _stash_state(self) -> dict[str, np.ndarray]:
-        """DSP's input queue M_k: the batches forwarded and not yet backwarded, with their
-        stored inputs (oldest first)."""
-        s = self.slot_done
-        f_me, b_me = self._counts(self.k, s) if s >= 0 else (0, 0)
-        ids = list(range(b_me, f_me))
-        data = [to_host(self.stage.stored_input(n % self.stash)).reshape(-1) for n in ids]
-        rows = [int(self.stage.stored_input(n % self.stash).shape[0]) for n in ids]
-        return {
-            "stash/mb": np.array(ids, dtype=np.int64),
-            "stash/rows": np.array(rows, dtype=np.int64),
-            "stash/data": np.concatenate(data) if data else np.zeros(0, dtype=self.dtype),
-        }
-
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        xp = self.xp
-        saved = [int(v) for v in arrays["partition"]]
-        if saved != self.cut:
-            raise ValueError(
-                f"the checkpoint's stages start at layers {saved}, this job's at {self.cut}: "
-                f"resume with algorithm.partition = {saved}"
-            )
-        if arrays["params"].shape != (self.x.size,):
-            raise ValueError(f"params of shape {arrays['params'].shape}, this stage holds {self.x.size}")
-        self.x[...] = xp.asarray(arrays["params"])
-        for key in self.opt_state:
-            if not key.startswith("_"):
-                self.opt_state[key][...] = xp.asarray(arrays[f"opt/{key}"])
-        if self.algorithm != "dsp":
-            return
-        for name, ch in (("act_in", self.act_in), ("grad_in", self.grad_in)):
-            if ch is not None:
-                ch.load(f"queue/{name}", arrays)
-        ids, rows, data = arrays["stash/mb"], arrays["stash/rows"], arrays["stash/data"]
-        width = self.stage.in_features
-        at = 0
-        for n, r in zip(ids.tolist(), rows.tolist(), strict=True):
-            a = np.asarray(data[at : at + r * width], dtype=self.dtype).reshape(r, width)
-            at += r * width
-            self.stage.forward(self.x, self._dev(a), slot=n % self.stash)  # marks the slot; recomputed later
-
     def close(self) -> None:
         for c in (self.act_in, self.grad_in, self.eval_in):
             if c is not None:
                 c.cancel()
         self.comm.Free()
-
-
-def measured_cut(world: Any, model: MLP, K: int, rows: int, xp: Any, repeats: int = 5) -> list[int]:
-    """The K-1 layer boundaries that balance the stages' measured time: rank 0 times each
-    layer's forward and backward pass on ``rows`` random rows (the fastest of ``repeats``),
-    cuts exactly (:func:`mpiml.models.balanced_boundaries`) and broadcasts the cut, so
-    every rank of ``world`` builds the same stages. Collective over world; prints the cut
-    on rank 0 (a resume must cut the same way: pin it with ``algorithm.partition``)."""
-    cut = None
-    if world.Get_rank() == 0:
-        rng = np.random.default_rng(0)
-        costs = []
-        for i in range(model.n_layers):
-            st = Stage(model, i, i + 1, i, model.n_layers)
-            w = xp.asarray(rng.standard_normal(st.size).astype(st.dtype) * 0.1)
-            a = xp.asarray(rng.standard_normal((rows, st.in_features)).astype(st.dtype))
-            g_out = xp.ones((rows, st.out_features), dtype=st.dtype)
-            y = xp.zeros(rows, dtype=np.int64)
-            g_w = xp.empty_like(w)
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                st.forward(w, a, slot=0)
-                if st.last:
-                    st.loss_backward(w, y, g_w, slot=0)
-                else:
-                    st.backward(w, g_out, g_w, slot=0)
-                best = min(best, time.perf_counter() - t0)
-            costs.append(best)
-        cut = balanced_boundaries(costs, K)
-        print(
-            f"mpiml: algorithm.balance = 'cost': layer times {', '.join(f'{c * 1e6:.0f}' for c in costs)} us "
-            f"-> algorithm.partition = {cut}",
-            flush=True,
-        )
-    return list(world.bcast(cut, root=0))
 
 
 def _in_features(ctx: Context) -> int:
@@ -474,11 +318,19 @@ def _in_features(ctx: Context) -> int:
     return int(data_shape(ctx.cfg).features)
 
 
-def _sums(stage: Any, w: Array, logits: Array, y: Array, xp: Any) -> tuple[float, float]:
-    """(sum of cross-entropies, correct rows) of a chunk's logits (MLP.eval_sums' formula)."""
-    if isinstance(stage, TimedStage):
-        return stage.eval_sums(w, logits, y)
-    z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
-    rows = xp.arange(logits.shape[0])
-    return -float(logp[rows, y].sum()), float((z.argmax(axis=1) == y).sum())
+def measured_cut(world: Any, model: MLP, K: int, rows: int, xp: Any, repeats: int = 5) -> list[int]:
+    """The K-1 layer boundaries that balance the stages' measured time: rank 0 times each
+    layer (:func:`mpiml.models.partition.measure_layer_costs`), cuts exactly
+    (:func:`mpiml.models.balanced_boundaries`) and broadcasts the cut, so every rank of
+    ``world`` builds the same stages. Collective over world; prints the cut on rank 0 (a
+    resume must cut the same way: pin it with ``algorithm.partition``)."""
+    cut = None
+    if world.Get_rank() == 0:
+        costs = measure_layer_costs(model, rows, xp, repeats)
+        cut = balanced_boundaries(costs, K)
+        print(
+            f"mpiml: algorithm.balance = 'cost': layer times {', '.join(f'{c * 1e6:.0f}' for c in costs)} us "
+            f"-> algorithm.partition = {cut}",
+            flush=True,
+        )
+    return list(world.bcast(cut, root=0))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from math import isfinite
-from typing import NoReturn, overload
+from typing import Any, NoReturn, overload
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from .mlp import MLP
 from .stages import LinearStage, Stage
 from .timed import TimedModel
 
-__all__ = ["balanced_boundaries", "layer_params", "split"]
+__all__ = ["balanced_boundaries", "layer_params", "measure_layer_costs", "split"]
 
 
 def layer_params(model: MLP) -> list[int]:
@@ -200,3 +200,31 @@ def split(
         return [LinearStage(model)]
     edges = [0, *cuts, n_layers]
     return [Stage(model, a, b, k, stages) for k, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))]
+
+
+def measure_layer_costs(model: MLP, rows: int, xp: Any = np, repeats: int = 5) -> list[float]:
+    """Seconds of each layer's forward plus backward pass of ``model`` on ``rows`` random
+    rows (the fastest of ``repeats``; numpy or cupy ``xp``), for ``split(..., balance="cost")``.
+    Local, no MPI. Times vary from run to run and machine to machine."""
+    import time
+
+    rng = np.random.default_rng(0)
+    costs = []
+    for i in range(model.n_layers):
+        st = Stage(model, i, i + 1, i, model.n_layers)
+        w = xp.asarray(rng.standard_normal(st.size).astype(st.dtype) * 0.1)
+        a = xp.asarray(rng.standard_normal((rows, st.in_features)).astype(st.dtype))
+        g_out = xp.ones((rows, st.out_features), dtype=st.dtype)
+        y = xp.zeros(rows, dtype=np.int64)
+        g_w = xp.empty_like(w)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            st.forward(w, a, slot=0)
+            if st.last:
+                st.loss_backward(w, y, g_w, slot=0)
+            else:
+                st.backward(w, g_out, g_w, slot=0)
+            best = min(best, time.perf_counter() - t0)
+        costs.append(best)
+    return costs

@@ -1,0 +1,129 @@
+"""What a pipeline stage saves and restores (:class:`StageState`, a part of
+:class:`mpiml.algorithms.pipeline_stage.StageProgram`): its parameters and optimizer state,
+the layer cut, and for DSP what is in flight at a step boundary: the messages its
+neighbours have already sent it (their number follows from the timetable, so the stage
+waits for exactly those and keeps them in its channels' local queues) and its stash of
+inputs forwarded and not yet backwarded (DSP's input queue M_k). A resumed stage takes the
+queued messages first and finds its stash where it was: the run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..backend import Array, to_host
+from ..pipeline import Slot
+from ..protocols.channel import Receiver, Sender
+
+__all__ = ["StageState"]
+
+
+class StageState:
+    """Checkpoint state of a pipeline stage (a mixin of StageProgram, which sets these)."""
+
+    algorithm: str
+    k: int
+    steps: int
+    d: list[int]
+    m: list[int]
+    stash: int
+    slot_done: int
+    x: Array
+    xp: Any
+    dtype: np.dtype
+    stage: Any
+    opt_state: dict[str, Array]
+    cut: list[int]
+    act_in: Receiver | None
+    grad_in: Receiver | None
+    act_out: Sender | None
+    grad_out: Sender | None
+    eval_out: Sender | None
+
+    def _dev(self, a: np.ndarray) -> Array:
+        return a if self.xp is np else self.xp.asarray(a)
+
+    def _slot(self, k: int, s: int) -> Slot:
+        """Stage k's part of global step s: :func:`mpiml.pipeline.dsp_timetable`'s grid
+        entry, computed (a run of many steps keeps no grid)."""
+        f, b = s - self.d[k], s - self.d[k] - self.m[k]
+        n = self.steps
+        return Slot(f if 0 <= f < n else None, b if 0 <= b < n else None)
+
+    def _counts(self, k: int, upto: int) -> tuple[int, int]:
+        """(forwards, backwards) of stage k in global steps 0..upto."""
+        n = self.steps
+        f = min(max(upto - self.d[k] + 1, 0), n)
+        b = min(max(upto - self.d[k] - self.m[k] + 1, 0), n)
+        return f, b
+
+    def quiesce(self) -> None:
+        """Nothing in flight: DSP takes the messages its neighbours have sent up to the
+        step it is at into its channels' local queues; every send completes."""
+        if self.algorithm == "dsp" and self.slot_done >= 0:
+            s, k = self.slot_done, self.k
+            f_me, b_me = self._counts(k, s)
+            if self.act_in is not None:
+                sent = self._counts(k - 1, s)[0]
+                self.act_in.drain(s, sent - f_me - len(self.act_in.queued))
+            if self.grad_in is not None:
+                sent = self._counts(k + 1, s)[1]
+                self.grad_in.drain(s, sent - b_me - len(self.grad_in.queued))
+        for c in (self.act_out, self.grad_out, self.eval_out):
+            if c is not None:
+                c.flush()
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        out = {"params": to_host(self.x).copy(), "partition": np.array(self.cut, dtype=np.int64)}
+        for key, v in self.opt_state.items():
+            if not key.startswith("_"):
+                out[f"opt/{key}"] = to_host(v).copy()
+        if self.algorithm == "dsp":
+            for name, ch in (("act_in", self.act_in), ("grad_in", self.grad_in)):
+                if ch is not None:
+                    out.update(ch.state(f"queue/{name}"))
+            out.update(self._stash_state())
+        return out
+
+    def _stash_state(self) -> dict[str, np.ndarray]:
+        """DSP's input queue M_k: the batches forwarded and not yet backwarded, with their
+        stored inputs (oldest first)."""
+        s = self.slot_done
+        f_me, b_me = self._counts(self.k, s) if s >= 0 else (0, 0)
+        ids = list(range(b_me, f_me))
+        data = [to_host(self.stage.stored_input(n % self.stash)).reshape(-1) for n in ids]
+        rows = [int(self.stage.stored_input(n % self.stash).shape[0]) for n in ids]
+        return {
+            "stash/mb": np.array(ids, dtype=np.int64),
+            "stash/rows": np.array(rows, dtype=np.int64),
+            "stash/data": np.concatenate(data) if data else np.zeros(0, dtype=self.dtype),
+        }
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        xp = self.xp
+        saved = [int(v) for v in arrays["partition"]]
+        if saved != self.cut:
+            raise ValueError(
+                f"the checkpoint's stages start at layers {saved}, this job's at {self.cut}: "
+                f"resume with algorithm.partition = {saved}"
+            )
+        if arrays["params"].shape != (self.x.size,):
+            raise ValueError(f"params of shape {arrays['params'].shape}, this stage holds {self.x.size}")
+        self.x[...] = xp.asarray(arrays["params"])
+        for key in self.opt_state:
+            if not key.startswith("_"):
+                self.opt_state[key][...] = xp.asarray(arrays[f"opt/{key}"])
+        if self.algorithm != "dsp":
+            return
+        for name, ch in (("act_in", self.act_in), ("grad_in", self.grad_in)):
+            if ch is not None:
+                ch.load(f"queue/{name}", arrays)
+        ids, rows, data = arrays["stash/mb"], arrays["stash/rows"], arrays["stash/data"]
+        width = self.stage.in_features
+        at = 0
+        for n, r in zip(ids.tolist(), rows.tolist(), strict=True):
+            a = np.asarray(data[at : at + r * width], dtype=self.dtype).reshape(r, width)
+            at += r * width
+            self.stage.forward(self.x, self._dev(a), slot=n % self.stash)  # marks the slot; recomputed later

@@ -24,7 +24,10 @@ DEEP = "model.hidden=[8, 8, 8, 8, 8, 8, 8, 8]"  # 9 layers: enough for K = world
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["algorithm.name=1f1b", "algorithm.stages={n1}", DEEP], "algorithm.stages = {n1} is more than the {n} ranks"),
+        (
+            ["algorithm.name=1f1b", "algorithm.stages={n1}", DEEP],
+            "algorithm.stages = {n1} is more than the {n} ranks",
+        ),
         (
             ["algorithm.name=gpipe", "algorithm.stages=2", "algorithm.pipelines={n}", DEEP],
             "algorithm.pipelines * algorithm.stages = {n} * 2 = {n2} but the job runs on {n} ranks",
@@ -37,8 +40,14 @@ DEEP = "model.hidden=[8, 8, 8, 8, 8, 8, 8, 8]"  # 9 layers: enough for K = world
             ["algorithm.name=dsp", "algorithm.stages=2", "algorithm.dsp_p=[1,0]", "algorithm.dsp_m=[0,0]"],
             "q_1 = m_0 - p_0 - m_1 = 0 - 1 - 0 = -1 < 0",
         ),
-        (["algorithm.name=1f1b", "algorithm.stages=2", "model.hidden=[]"], "is more than the model's 1 layer"),
-        (["algorithm.name=dsp", "compression.codec=topk"], "compression.codec = 'topk': algorithm.name = 'dsp'"),
+        (
+            ["algorithm.name=1f1b", "algorithm.stages=2", "model.hidden=[]"],
+            "is more than the model's 1 layer",
+        ),
+        (
+            ["algorithm.name=dsp", "compression.codec=topk"],
+            "compression.codec = 'topk': algorithm.name = 'dsp'",
+        ),
         (["algorithm.name=1f1b", "data.batch_size=10"], "data.batch_size = 10 is not a multiple of"),
     ],
 )

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from ps_launched import MPIML, REPO  # tests/ps_launched.py
 
 from mpiml.testing import Completed, run_ranks
-from ps_launched import MPIML, REPO  # tests/ps_launched.py
 
 TIMEOUT = 90.0  # seconds; the failing stage's neighbours wait on it until the abort
 
@@ -47,7 +47,9 @@ def _train(n: int, tmp: Path, sets: list[str], env: dict[str, str], cmd: list[st
     ],
     ids=["1f1b-K4-stage1", "dsp-K3-stage1", "gpipe-P2-K2-last-stage-of-pipeline-1"],
 )
-def test_a_stage_failing_mid_run_ends_the_whole_job(tmp_path: Path, n: int, sets: list[str], fail: str) -> None:
+def test_a_stage_failing_mid_run_ends_the_whole_job(
+    tmp_path: Path, n: int, sets: list[str], fail: str
+) -> None:
     """MPIML_FAIL_AT=RANK:STEP on a stage in the middle (its neighbours wait on it)."""
     res = _train(n, tmp_path, sets, {"MPIML_FAIL_AT": fail})
     rank, step = fail.split(":")
@@ -98,5 +100,7 @@ def test_an_exception_inside_a_stage_ends_the_whole_job(
     env = {"FORCE_RANK": str(rank), "FORCE_STEP": "11", "FORCE_OP": op}
     res = _train(n, tmp_path, sets, env, cmd=[sys.executable, str(script)])
     assert res.returncode != 0, (res.stdout, res.stderr)
-    assert res.stderr.count(f"ZeroDivisionError: forced error in {op} of stage {rank} at step 11") == 1, res.stderr
+    assert res.stderr.count(f"ZeroDivisionError: forced error in {op} of stage {rank} at step 11") == 1, (
+        res.stderr
+    )
     assert f"[mpiml rank {rank}]" in res.stderr, res.stderr

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from ps_launched import MPIML, REPO, TIMEOUT  # tests/ps_launched.py
 
 from mpiml.algorithms.base import check_job
 from mpiml.config import SCHEMA, load_config
@@ -21,9 +22,18 @@ from mpiml.errors import ConfigError
 from mpiml.run.setup import job_layout
 from mpiml.testing import run_ranks
 
-from ps_launched import MPIML, REPO, TIMEOUT  # tests/ps_launched.py
-
 DEEP = "model.hidden=[8, 8, 8]"  # 4 layers: enough for K = 4
+
+
+def _dsp(K: int, p: list[int], m: list[int]) -> list[str]:
+    """A DSP(p; m) job of K stages on a model deep enough."""
+    return [
+        "algorithm.name=dsp",
+        f"algorithm.stages={K}",
+        DEEP,
+        f"algorithm.dsp_p={p}",
+        f"algorithm.dsp_m={m}",
+    ]
 
 
 def _check(sets: list[str], world_size: int) -> None:
@@ -67,25 +77,25 @@ BAD = [
         id="world%K",
     ),
     pytest.param(
-        ["algorithm.name=dsp", "algorithm.stages=3", DEEP, "algorithm.dsp_p=[1,1,0]", "algorithm.dsp_m=[2,2,0]"],
+        _dsp(3, [1, 1, 0], [2, 2, 0]),
         3,
         "q_1 = m_0 - p_0 - m_1 = 2 - 1 - 2 = -1 < 0",
         id="dsp-q<0",
     ),
     pytest.param(
-        ["algorithm.name=dsp", "algorithm.stages=3", DEEP, "algorithm.dsp_p=[1,1,1]", "algorithm.dsp_m=[4,2,0]"],
+        _dsp(3, [1, 1, 1], [4, 2, 0]),
         3,
         "p_{K-1} must be 0: the last stage has no output queue (got p_2 = 1)",
         id="dsp-p_last",
     ),
     pytest.param(
-        ["algorithm.name=dsp", "algorithm.stages=3", DEEP, "algorithm.dsp_p=[1,0]", "algorithm.dsp_m=[4,2,0]"],
+        _dsp(3, [1, 0], [4, 2, 0]),
         3,
         "algorithm.dsp_p = [1, 0] must hold K = algorithm.stages = 3 values",
         id="dsp-p-length",
     ),
     pytest.param(
-        ["algorithm.name=dsp", "algorithm.stages=3", DEEP, "algorithm.dsp_p=[1,1,0]", "algorithm.dsp_m=[4,2,0,0]"],
+        _dsp(3, [1, 1, 0], [4, 2, 0, 0]),
         3,
         "algorithm.dsp_m = [4, 2, 0, 0] must hold K = algorithm.stages = 3 values",
         id="dsp-m-length",
@@ -207,12 +217,12 @@ def test_a_codec_on_stage_messages_is_refused(algorithm: str, codec: str) -> Non
         (["algorithm.name=dsp"], 2),  # DSP(1,0; 2,0)
         (["algorithm.name=dsp", "algorithm.stages=4", DEEP], 4),  # DSP(1,1,1,0; 6,4,2,0)
         (["algorithm.name=dsp", "algorithm.stages=1", "model.name=softmax"], 1),
-        (["algorithm.name=dsp", "algorithm.stages=3", DEEP, "algorithm.dsp_p=[1,1,0]", "algorithm.dsp_m=[4,2,0]"], 3),
-        (["algorithm.name=dsp", "algorithm.stages=3", DEEP, "algorithm.dsp_p=[2,2,0]", "algorithm.dsp_m=[6,3,0]"], 3),
-        (["algorithm.name=dsp", "algorithm.stages=3", DEEP, "algorithm.dsp_p=[3,3,0]", "algorithm.dsp_m=[10,5,0]"], 6),
-        (["algorithm.name=dsp", "algorithm.stages=4", DEEP, "algorithm.dsp_p=[2,2,2,0]", "algorithm.dsp_m=[9,6,3,0]"], 4),
-        (["algorithm.name=dsp", "algorithm.stages=4", DEEP, "algorithm.dsp_p=[3,3,3,0]", "algorithm.dsp_m=[15,10,5,0]"], 4),
-        (["algorithm.name=dsp", "algorithm.stages=3", DEEP, "algorithm.dsp_p=[0,0,0]", "algorithm.dsp_m=[0,0,0]"], 3),
+        (_dsp(3, [1, 1, 0], [4, 2, 0]), 3),
+        (_dsp(3, [2, 2, 0], [6, 3, 0]), 3),
+        (_dsp(3, [3, 3, 0], [10, 5, 0]), 6),
+        (_dsp(4, [2, 2, 2, 0], [9, 6, 3, 0]), 4),
+        (_dsp(4, [3, 3, 3, 0], [15, 10, 5, 0]), 4),
+        (_dsp(3, [0, 0, 0], [0, 0, 0]), 3),
         (["algorithm.name=dsp", "model.name=timed", "model.params=2"], 2),
     ],
 )
@@ -245,7 +255,7 @@ def test_layout_shows_p_pipelines_of_k_stages() -> None:
         (3, ["algorithm.name=dsp"], "the world size 3 is not a multiple of algorithm.stages = 2"),
         (
             3,
-            ["algorithm.name=dsp", "algorithm.stages=3", DEEP, "algorithm.dsp_p=[1,1,0]", "algorithm.dsp_m=[2,2,0]"],
+            _dsp(3, [1, 1, 0], [2, 2, 0]),
             "q_1 = m_0 - p_0 - m_1 = 2 - 1 - 2 = -1 < 0",
         ),
     ],
@@ -260,12 +270,18 @@ def test_layout_of_a_bad_job_exits_2_with_one_line(n: int, sets: list[str], mess
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["algorithm.name=1f1b", "algorithm.stages=4", DEEP], "algorithm.stages = 4 is more than the 2 ranks"),
+        (
+            ["algorithm.name=1f1b", "algorithm.stages=4", DEEP],
+            "algorithm.stages = 4 is more than the 2 ranks",
+        ),
         (
             ["algorithm.name=dsp", "algorithm.stages=2", "algorithm.dsp_p=[1,1]", "algorithm.dsp_m=[2,0]"],
             "p_{K-1} must be 0",
         ),
-        (["algorithm.name=gpipe", "compression.codec=qsgd"], "compression.codec = 'qsgd': algorithm.name = 'gpipe'"),
+        (
+            ["algorithm.name=gpipe", "compression.codec=qsgd"],
+            "compression.codec = 'qsgd': algorithm.name = 'gpipe'",
+        ),
     ],
 )
 def test_launched_bad_job_exits_2_with_one_line(tmp_path: Path, sets: list[str], message: str) -> None:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ps_launched import MPIML, REPO, TIMEOUT  # tests/ps_launched.py
 
 from mpiml.io import checkpoint as ckpt
 from mpiml.io import load_run
 from mpiml.testing import run_ranks
-from ps_launched import MPIML, REPO, TIMEOUT  # tests/ps_launched.py
 
 STEPS = 400
 JOB = [

@@ -113,6 +113,25 @@ BAD = [
         id="dsp-negative",
     ),
     pytest.param(
+        _dsp(3, [1, 1, 0], [4, 2, 1]),
+        3,
+        "algorithm.dsp_m = [4, 2, 1]: m_{K-1} must be 0: the last stage backwards each batch in the step "
+        "it forwards it (got m_2 = 1)",
+        id="dsp-m_last",  # Appendix A's relations hold; the last stage's y is its newest batch's
+    ),
+    pytest.param(
+        [
+            "algorithm.name=dsp",
+            "algorithm.stages=1",
+            "model.name=softmax",
+            "algorithm.dsp_p=[0]",
+            "algorithm.dsp_m=[2]",
+        ],
+        1,
+        "m_{K-1} must be 0",
+        id="dsp-K1-stale",
+    ),
+    pytest.param(
         ["algorithm.name=1f1b", "algorithm.stages=3", "model.hidden=[8]"],
         3,
         "algorithm.stages = 3 is more than the model's 2 layers (model.hidden = [8])",

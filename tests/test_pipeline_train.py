@@ -2,7 +2,7 @@
 digits reaches >= 0.95 test accuracy with K = 2 and 4 stages, for backprop on one rank
 (``sgd``), ``1f1b`` and ``dsp`` (its default configuration: DSP(1,0; 2,0) for K = 2,
 DSP(1,1,1,0; 6,4,2,0) for K = 4), and DSP ends within 1 point of backprop. And P = 2
-pipelines of K = 2 stages (4 ranks): the two replicas of each stage end identical.
+pipelines of K = 2 stages (4 ranks, 1F1B and DSP): the replicas of each stage end identical.
 
 Settings (one job for all, :data:`JOB`): 400 steps of batch 64, momentum 0.9 (the
 paper's; heavy ball, ``optimizer.name = "momentum"``), lr 0.02, float32, seed 2; 1F1B
@@ -82,13 +82,20 @@ def test_dsp_ends_within_one_point_of_backprop(accuracies: dict[str, float], nam
     assert abs(accuracies[name] - accuracies["bp"]) <= 0.01, accuracies
 
 
-def test_two_pipelines_end_with_identical_stage_replicas(tmp_path: Path) -> None:
-    """1F1B, P = 2 x K = 2 on 4 ranks: rank p*K + k is stage k of pipeline p; the
-    replicas of a stage average their gradients before every update, so ranks 0 and 2
-    (stage 0), 1 and 3 (stage 1) end with the same parameters and optimizer state, bit
-    for bit, although each pipeline read its own data shard."""
-    sets = ["algorithm.name=1f1b", "algorithm.stages=2", "algorithm.micro_batches=4"]
-    run_dir = _train(tmp_path, "1f1b-P2", 4, sets)
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["algorithm.name=1f1b", "algorithm.stages=2", "algorithm.micro_batches=4"],
+        ["algorithm.name=dsp", "algorithm.stages=2"],  # DSP(1,0; 2,0): an AllReduce per batch
+    ],
+    ids=["1f1b", "dsp"],
+)
+def test_two_pipelines_end_with_identical_stage_replicas(tmp_path: Path, sets: list[str]) -> None:
+    """P = 2 x K = 2 on 4 ranks: rank p*K + k is stage k of pipeline p; the replicas of a
+    stage sum their gradients before every update, so ranks 0 and 2 (stage 0), 1 and 3
+    (stage 1) end with the same parameters and optimizer state, bit for bit, although
+    each pipeline read its own data shard."""
+    run_dir = _train(tmp_path, "p2", 4, sets)
     states = [ckpt.read_rank(ckpt.rank_path(run_dir / "checkpoints", STEPS, r))[0] for r in range(4)]
     for a, b in ((0, 2), (1, 3)):
         for key in ("params", "opt/ys"):

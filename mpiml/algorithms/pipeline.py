@@ -248,3 +248,8 @@ class DSP(PipelineAlgorithm):
             dsp_queues(p, m)
         except ValueError as exc:
             raise ConfigError(f"algorithm.dsp_p = {p}, algorithm.dsp_m = {m}: {exc}") from None
+        if m[-1]:  # the last stage's loss takes the y of the batch it forwards in the same step
+            raise ConfigError(
+                f"algorithm.dsp_m = {m}: m_{{K-1}} must be 0: the last stage backwards each batch in the "
+                f"step it forwards it (got m_{K - 1} = {m[-1]})"
+            )

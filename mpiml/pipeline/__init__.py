@@ -1,6 +1,9 @@
 """Pipeline schedules, pure (no MPI): GPipe and 1F1B op lists per stage, a simulator that
 replays them against the send/receive pairing (deadlocks, bubbles), and DSP's queue sizes
-(Appendix A) and schedule (Figure 2: grid, op lists with recompute, channel depths). The pipeline training itself (issue #13) is not built yet."""
+(Appendix A) and schedule (Figure 2: grid, op lists with recompute, channel depths). The
+training that runs these schedules on ranks is the ``gpipe``, ``1f1b`` and ``dsp``
+algorithms (:mod:`mpiml.algorithms.pipeline`, :mod:`mpiml.algorithms.pipeline_stage`;
+docs/pipeline.md)."""
 
 from __future__ import annotations
 

@@ -109,7 +109,7 @@ BAD = [
     pytest.param(
         ["algorithm.name=dsp", "algorithm.stages=2", DEEP, "algorithm.dsp_p=[1,-1]", "algorithm.dsp_m=[2,0]"],
         2,
-        "algorithm.dsp_p must be a list of integers >= 0",
+        "algorithm.dsp_p must be a list of at most 512 integers, each in [0, 1_000_000] (got [1, -1])",
         id="dsp-negative",
     ),
     pytest.param(
@@ -164,7 +164,7 @@ BAD = [
     pytest.param(
         ["algorithm.name=1f1b", "algorithm.stages=3", DEEP, "algorithm.partition=[0,2]"],
         3,
-        "algorithm.partition must be a list of layer indices >= 1 (got [0, 2])",
+        "algorithm.partition must be a list of at most 512 integers, each in [1, 1_000_000] (got [0, 2])",
         id="partition-zero",
     ),
     pytest.param(

@@ -43,6 +43,8 @@ the P pipelines.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..config import Config, at_least, choice, field
 from ..errors import ConfigError
 from ..layout import Layout, Role, pipelines
@@ -52,6 +54,17 @@ from .base import Algorithm, Program, register
 __all__ = ["DSP", "GPipe", "OneFOneB", "PipelineAlgorithm", "dsp_config", "n_layers"]
 
 MAX_STAGES = 4096
+
+MAX_LIST = 512  # entries of a per-stage list (partition, dsp_p, dsp_m)
+
+
+def _int_list(lo: int, hi: int) -> tuple[Any, str]:
+    """A rule for an ``int_list`` of per-stage values: at most MAX_LIST entries in [lo, hi]."""
+    return (
+        lambda v: len(v) <= MAX_LIST and all(lo <= b <= hi for b in v),
+        f"a list of at most {MAX_LIST} integers, each in [{lo}, {hi:_}]",
+    )
+
 
 STAGES = field(
     "int", 2, at_least(1, most=MAX_STAGES), "K: ranks (stages) per pipeline, one block of layers each"
@@ -72,7 +85,7 @@ MICRO_BATCHES = field(
 PARTITION = field(
     "int_list",
     [],
-    (lambda v: len(v) <= MAX_STAGES and all(1 <= b <= 10**6 for b in v), "a list of layer indices >= 1"),
+    _int_list(1, 10**6),
     "the K-1 layer indices where stages 1..K-1 start ([]: balanced by parameter count)",
 )
 BALANCE = field(
@@ -85,13 +98,13 @@ BALANCE = field(
 DSP_P = field(
     "int_list",
     [],
-    (lambda v: len(v) <= MAX_STAGES and all(0 <= b <= 10**6 for b in v), "a list of integers >= 0"),
+    _int_list(0, 10**6),
     "DSP(p; m)'s p_0..p_{K-1}: output-queue lengths - 1 ([] with dsp_m = []: 1,..,1,0)",
 )
 DSP_M = field(
     "int_list",
     [],
-    (lambda v: len(v) <= MAX_STAGES and all(0 <= b <= 10**6 for b in v), "a list of integers >= 0"),
+    _int_list(0, 10**6),
     "DSP(p; m)'s m_0..m_{K-1}: layer-wise staleness = input-queue lengths - 1 ([] with dsp_p = []: "
     "2(K-1),..,2,0)",
 )

@@ -130,6 +130,45 @@ def test_async_ps_quick_measures_every_run_and_slows_the_straggler(tmp_path: Pat
     assert again.returncode == 2 and "--overwrite" in again.stderr and _sha(out) == before
 
 
+@pytest.mark.slow
+def test_pipeline_quick_measures_every_part_and_never_replaces(tmp_path: Path) -> None:
+    """benchmarks/pipeline.py --quick: every run measured, idle fractions beside the
+    formula, DSP's throughput and Table 2 verdicts with their interval, the stragglers
+    really slept on every stage, the accuracy plot drawn (when matplotlib is here);
+    never replaces."""
+    out = tmp_path / "pp.json"
+    cmd = [sys.executable, str(BENCH / "pipeline.py"), "--quick", "--out", str(out)]
+    res = _driver(cmd, 240, tmp_path)  # a plain process: it launches the ranks itself
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is True and out.with_suffix(".md").exists()
+    rows = doc["rows"]
+    assert all("error" not in r for r in rows), [r["error"] for r in rows if "error" in r]
+    assert {r["part"] for r in rows} == {"throughput", "table2", "accuracy"}
+    v = doc["verdicts"]
+    assert [(i["label"], i["formula"]) for i in v["idle"]] == [("gpipe K=2", 0.2), ("1f1b K=2", 0.2)]
+    assert all(len(i["measured_per_stage"]) == 2 and i["simulator"] == pytest.approx(0.2) for i in v["idle"])
+    (speed,) = v["dsp_speed"]
+    assert speed["K"] == 2 and speed["schedule_bound"] == 1.5 and "target (>= 1.8)" in speed["verdict"]
+    slowed = {t["schedule"]: t for t in v["table2"]}
+    assert set(slowed) == {"FR (1f1b)", "DSP(1,1,0;4,2,0)"} and "verdict" not in slowed["FR (1f1b)"]
+    assert "target (<= 16.14)" in slowed["DSP(1,1,0;4,2,0)"]["verdict"]
+    for t in slowed.values():
+        assert t["percent"] == 50 and all(s > 0 for s in t["straggler_s_per_stage"]), t
+    acc = [r for r in rows if r["part"] == "accuracy"]
+    assert [r["ranks"] for r in acc] == [1, 4, 4] and all(r["final_accuracy"] > 0.3 for r in acc)
+    png = tmp_path / "pp_accuracy.png"
+    try:
+        import matplotlib  # noqa: F401
+
+        assert doc["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    except ImportError:
+        assert doc["plot"].startswith("not drawn: matplotlib is missing (pip install -e .[plots])")
+    before = _sha(out)
+    again = _driver(cmd, 60, tmp_path)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and _sha(out) == before
+
+
 # ---------------------------------------------------------------- tests/gpu_check.sh
 
 GPU_CHECK = Path(__file__).resolve().parent / "gpu_check.sh"
@@ -189,7 +228,16 @@ def test_a_benchmark_rank_that_raises_ends_the_job(tmp_path: Path) -> None:
     res = run_ranks(2, [sys.executable, str(script)], 30, cwd=str(tmp_path))  # plain python: no -m mpi4py
     assert not res.timed_out, "the job hung instead of aborting"
     assert res.returncode != 0 and "[mpiml rank 1]" in res.stderr and "injected on rank 1" in res.stderr
-    for name in ("allreduce", "async_ps", "compress", "gossip", "loop_overhead", "overlap", "quantized"):
+    for name in (
+        "allreduce",
+        "async_ps",
+        "compress",
+        "gossip",
+        "loop_overhead",
+        "overlap",
+        "pipeline",
+        "quantized",
+    ):
         assert "_bench.abort_on_error()" in (BENCH / f"{name}.py").read_text(), name
 
 

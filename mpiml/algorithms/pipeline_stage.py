@@ -36,7 +36,6 @@ run takes them first, so it continues bit for bit.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -169,6 +168,7 @@ class StageProgram(StageState, StageEvaluation, Program):
         self.batch_y: Array | None = None
         self.losses: list[float] = []
         self.slot_done = -1  # DSP: the last global step of the timetable this stage ran
+        self.busy = 0.0  # seconds of forward/recompute/backward in this step (what a straggler slows)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -213,7 +213,9 @@ class StageProgram(StageState, StageEvaluation, Program):
             t0 = self.trace.now()
             self.h_out = self.stage.forward(self.x, self._dev(arr), slot=slot, poll=self.poll)
             self.act_in.release()
-        self.trace.record(t, FORWARD, t0, self.trace.now())
+        t1 = self.trace.now()
+        self.trace.record(t, FORWARD, t0, t1)
+        self.busy += t1 - t0
         if self.act_out is not None:
             self.act_out.send(t, i, self.h_out)
 
@@ -221,7 +223,9 @@ class StageProgram(StageState, StageEvaluation, Program):
         if recompute:
             t0 = self.trace.now()
             self.stage.recompute(self.x, slot=slot, poll=self.poll)
-            self.trace.record(t, RECOMPUTE, t0, self.trace.now())
+            t1 = self.trace.now()
+            self.trace.record(t, RECOMPUTE, t0, t1)
+            self.busy += t1 - t0
         if self.last:
             assert self.batch_y is not None
             t0 = self.trace.now()
@@ -236,7 +240,9 @@ class StageProgram(StageState, StageEvaluation, Program):
             g_h = self.stage.backward(self.x, self._dev(arr), self.g_mb, slot=slot, poll=self.poll)
             self.grad_in.release()
         self.g += self.g_mb
-        self.trace.record(t, BACKWARD, t0, self.trace.now())
+        t1 = self.trace.now()
+        self.trace.record(t, BACKWARD, t0, t1)
+        self.busy += t1 - t0
         if self.grad_out is not None:
             self.grad_out.send(t, i, g_h)
 
@@ -266,7 +272,7 @@ class StageProgram(StageState, StageEvaluation, Program):
         return float(t[FORWARD] + t[BACKWARD] + t[RECOMPUTE] + t[STAGE_UPDATE])
 
     def step(self, t: int) -> float | None:
-        t0 = time.perf_counter()
+        self.busy = 0.0
         self.losses.clear()
         if self.algorithm == "dsp":
             last = t == self.steps - 1
@@ -275,7 +281,7 @@ class StageProgram(StageState, StageEvaluation, Program):
         else:
             self._sync_step(t)
         if self.straggler is not None:
-            self.straggler.delay(t, time.perf_counter() - t0, self.poll)
+            self.straggler.delay(t, self.busy, self.poll)  # its compute, not its waits
         return float(np.mean(self.losses)) if self.losses else None
 
     def _sync_step(self, t: int) -> None:

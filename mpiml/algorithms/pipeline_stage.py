@@ -168,7 +168,6 @@ class StageProgram(StageState, StageEvaluation, Program):
         self.batch_y: Array | None = None
         self.losses: list[float] = []
         self.slot_done = -1  # DSP: the last global step of the timetable this stage ran
-        self.busy = 0.0  # seconds of forward/recompute/backward in this step (what a straggler slows)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -215,7 +214,7 @@ class StageProgram(StageState, StageEvaluation, Program):
             self.act_in.release()
         t1 = self.trace.now()
         self.trace.record(t, FORWARD, t0, t1)
-        self.busy += t1 - t0
+        self._slow(t, t1 - t0)
         if self.act_out is not None:
             self.act_out.send(t, i, self.h_out)
 
@@ -225,7 +224,7 @@ class StageProgram(StageState, StageEvaluation, Program):
             self.stage.recompute(self.x, slot=slot, poll=self.poll)
             t1 = self.trace.now()
             self.trace.record(t, RECOMPUTE, t0, t1)
-            self.busy += t1 - t0
+            self._slow(t, t1 - t0)
         if self.last:
             assert self.batch_y is not None
             t0 = self.trace.now()
@@ -242,7 +241,7 @@ class StageProgram(StageState, StageEvaluation, Program):
         self.g += self.g_mb
         t1 = self.trace.now()
         self.trace.record(t, BACKWARD, t0, t1)
-        self.busy += t1 - t0
+        self._slow(t, t1 - t0)
         if self.grad_out is not None:
             self.grad_out.send(t, i, g_h)
 
@@ -271,8 +270,14 @@ class StageProgram(StageState, StageEvaluation, Program):
         t = self.trace.totals
         return float(t[FORWARD] + t[BACKWARD] + t[RECOMPUTE] + t[STAGE_UPDATE])
 
+    def _slow(self, t: int, seconds: float) -> None:
+        """The job's ``[straggler]`` on this stage: a slowed step's every compute op takes
+        its multiplier times as long (the delay is slept right after the op, before its
+        send), as on a slower device; waits for neighbours are not stretched."""
+        if self.straggler is not None:
+            self.straggler.delay(t, seconds, self.poll)
+
     def step(self, t: int) -> float | None:
-        self.busy = 0.0
         self.losses.clear()
         if self.algorithm == "dsp":
             last = t == self.steps - 1
@@ -280,8 +285,6 @@ class StageProgram(StageState, StageEvaluation, Program):
                 self._dsp_slot(t, s, self._slot(self.k, s))
         else:
             self._sync_step(t)
-        if self.straggler is not None:
-            self.straggler.delay(t, self.busy, self.poll)  # its compute, not its waits
         return float(np.mean(self.losses)) if self.losses else None
 
     def _sync_step(self, t: int) -> None:

@@ -36,7 +36,8 @@ Parts:
 2. *table2*: DSP's §5.2 protocol at K = 3: every stage slowed by X = 20, 50, 100, 150 %
    with probability 1/3 at each step (``[straggler] probability = 1/3, percent = X``;
    the draw is per rank per step: GPipe/1F1B one minibatch, DSP one global timestamp;
-   the delay is X % of the stage's compute in that step, slept after it). Slowdown =
+   a slowed step's every forward, recompute and backward takes X % longer, slept right
+   after the op, before its send). Slowdown =
    time per batch slowed / unslowed - 1 for FR's stand-in (``1f1b``, m = ``--micro``:
    the paper's FR, Features Replay, is not built here; 1F1B is the synchronous schedule
    with flushes) and DSP(1,1,0;4,2,0), (2,2,0;6,3,0), (3,3,0;10,5,0), beside the paper's

@@ -498,13 +498,13 @@ def write(res: _bench.Results) -> None:
         "",
         "## DSP Table 2: random stragglers, K = 3",
         "",
-        f"Each stage slowed by X % of its step's compute with probability 1/3 per step; slowdown = time per "
+        f"Each stage slowed by X % of its compute with probability 1/3 per step; slowdown = time per "
         f"batch slowed / unslowed - 1 (median of {BLOCKS} blocks of steps per run, "
         f"pooled over {doc['policy']['rounds']} round(s); bootstrap 95 % CI; 'mean': of the runs' whole windows"
         f"). FR's stand-in: 1F1B, m = {doc['policy']['micro']} (the paper's Features Replay is not "
-        "built here). Floor: X/3 %, each stage's own mean extra compute. The delay is slept after the "
-        "stage's step (mpiml.algorithms.pipeline_stage): in 1F1B a later stage sleeps partly in the bubble "
-        "it waits in anyway, so the stand-in is slowed less than a device computing every op slower would be.",
+        "built here). Floor: X/3 %, each stage's own mean extra compute. A slowed step's every forward, "
+        "recompute and backward takes X % longer (slept right after the op, before its send: "
+        "mpiml.algorithms.pipeline_stage), as on a device computing every op slower.",
         "",
         "| schedule | X | slowdown % | 95 % CI | mean % | paper % | floor X/3 % | verdict |",
         "|---|---|---|---|---|---|---|---|",

@@ -1,0 +1,54 @@
+"""Review findings on issue 13 (pipelines), each a launched job that shows a defect.
+
+- A finished DSP run resumed with a larger ``run.steps`` (training it further, which
+  works for gpipe/1f1b and every other algorithm): the finished run's last step drained
+  the pipeline (every batch < run.steps backwarded on every stage), but the resumed run
+  continues the timetable as if the batches before the old run.steps were still in
+  flight; stage 0 then recomputes a stash slot that is empty and raises (a traceback on
+  some rank, the job aborts). It should either continue (refill the pipeline) or refuse
+  on every rank in one line before any communication.
+
+Launched ``mpiml train`` on 2 ranks under run_ranks' timeout. No MPI in this process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ps_launched import MPIML, REPO  # tests/ps_launched.py
+
+from mpiml.testing import Completed, run_ranks
+
+TIMEOUT = 90.0
+
+DSP = [
+    "algorithm.name=dsp",
+    "algorithm.stages=2",
+    "algorithm.dsp_p=[1, 0]",
+    "algorithm.dsp_m=[2, 0]",
+    "model.name=mlp",
+    "model.hidden=[8]",
+    "data.batch_size=8",
+    "run.eval_every=4",
+    "checkpoint.every=4",
+]
+
+
+def _train(tmp: Path, sets: list[str], *flags: str) -> Completed:
+    args = [*MPIML, "train", "--out", str(tmp / "results"), "--set", "run.name=ext", *flags]
+    for s in sets:
+        args += ["--set", s]
+    res = run_ranks(2, args, TIMEOUT, cwd=str(tmp), env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert not res.timed_out, f"the job hung:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+def test_a_finished_dsp_run_resumed_for_more_steps_continues_or_refuses_in_one_line(tmp_path: Path) -> None:
+    first = _train(tmp_path, [*DSP, "run.steps=8"])
+    assert first.returncode == 0, first.stderr
+    more = _train(tmp_path, [*DSP, "run.steps=12"], "--resume")
+    assert "Traceback" not in more.stderr, more.stderr[-3000:]
+    if more.returncode != 0:  # refused: one line naming run.steps
+        errors = [line for line in (more.stdout + more.stderr).splitlines() if "error" in line]
+        assert len(errors) == 1 and "run.steps" in errors[0], more.stdout + more.stderr

@@ -8,6 +8,14 @@
   some rank, the job aborts). It should either continue (refill the pipeline) or refuse
   on every rank in one line before any communication.
 
+- The trace's ``msg`` pairing of a stage's ``send`` and ``recv`` events (docs/pipeline.md:
+  "``msg`` pairing them"): one counter per peer (protocols.base.Messages) is shared by
+  the training channels and the evaluation channel, which run on different tags. In DSP,
+  training activations are still in flight when an evaluation starts: the receiver
+  numbers the evaluation chunks before the training message the sender numbered first,
+  so (sender, receiver, msg) pairs a send with another message's receive (different
+  byte counts).
+
 Launched ``mpiml train`` on 2 ranks under run_ranks' timeout. No MPI in this process.
 """
 
@@ -16,8 +24,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 from ps_launched import MPIML, REPO  # tests/ps_launched.py
 
+from mpiml.io import load_run
 from mpiml.testing import Completed, run_ranks
 
 TIMEOUT = 90.0
@@ -52,3 +62,19 @@ def test_a_finished_dsp_run_resumed_for_more_steps_continues_or_refuses_in_one_l
     if more.returncode != 0:  # refused: one line naming run.steps
         errors = [line for line in (more.stdout + more.stderr).splitlines() if "error" in line]
         assert len(errors) == 1 and "run.steps" in errors[0], more.stdout + more.stderr
+
+
+def test_dsp_trace_pairs_each_send_with_its_own_receive(tmp_path: Path) -> None:
+    res = _train(tmp_path, [*DSP, "run.steps=12", "checkpoint.every=0"])
+    assert res.returncode == 0, res.stderr
+    sends: dict[tuple[int, int, int], int] = {}
+    recvs: dict[tuple[int, int, int], int] = {}
+    for rank, ev in load_run(tmp_path / "results" / "ext").events.items():
+        kinds = np.char.decode(ev["kind"]) if ev["kind"].dtype.kind == "S" else ev["kind"]
+        for row in ev[kinds == "send"]:
+            sends[(rank, int(row["peer"]), int(row["msg"]))] = int(row["nbytes"])
+        for row in ev[kinds == "recv"]:
+            recvs[(int(row["peer"]), rank, int(row["msg"]))] = int(row["nbytes"])
+    assert sends.keys() == recvs.keys()
+    wrong = sorted(k for k in sends if sends[k] != recvs[k])
+    assert not wrong, [(k, sends[k], recvs[k]) for k in wrong[:4]]

@@ -1,5 +1,10 @@
 """Review findings on issue 13 (pipelines), each a launched job that shows a defect.
 
+- A finished DSP run resumed with the same ``run.steps`` (``--resume`` or
+  ``--auto-resume`` of a job that had already ended, e.g. a requeued SLURM job) HANGS:
+  the loop has no step to run, StageState.quiesce (before the end) takes slot_done =
+  run.steps - 1, not the drained last global step, and waits in Receiver.drain for
+  messages the neighbours never send; a SIGTERM does not end it (it only requests a stop).
 - A finished DSP run resumed with a larger ``run.steps`` (training it further, which
   works for gpipe/1f1b and every other algorithm): the finished run's last step drained
   the pipeline (every batch < run.steps backwarded on every stage), but the resumed run
@@ -30,7 +35,7 @@ from ps_launched import MPIML, REPO  # tests/ps_launched.py
 from mpiml.io import load_run
 from mpiml.testing import Completed, run_ranks
 
-TIMEOUT = 90.0
+TIMEOUT = 60.0
 
 DSP = [
     "algorithm.name=dsp",
@@ -78,3 +83,10 @@ def test_dsp_trace_pairs_each_send_with_its_own_receive(tmp_path: Path) -> None:
     assert sends.keys() == recvs.keys()
     wrong = sorted(k for k in sends if sends[k] != recvs[k])
     assert not wrong, [(k, sends[k], recvs[k]) for k in wrong[:4]]
+
+
+def test_a_finished_dsp_run_resumed_with_the_same_steps_ends(tmp_path: Path) -> None:
+    first = _train(tmp_path, [*DSP, "run.steps=8"])
+    assert first.returncode == 0, first.stderr
+    again = _train(tmp_path, [*DSP, "run.steps=8"], "--resume")  # hung: run_ranks' timeout
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

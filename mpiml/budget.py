@@ -150,13 +150,37 @@ def estimate(cfg: Config, shape: DataShape, n_shards: int) -> Estimate:
         held = 2 * -(-cells // max(n_shards, 1)) * 8
     else:  # the whole set read in float64, split and standardized copies, the shard in dtype
         held = cells * (shape.itemsize + 4 * 8) + -(-cells // max(n_shards, 1)) * item
-    return Estimate(
-        {
-            "parameters": ((_copies(cfg) * item + _FLOAT64_COPIES * 8) * params, pkey),
-            "activations": (act_batch + act_eval, akey),
-            "data": (held, _data_key(cfg)),
-        }
-    )
+    parts = {
+        "parameters": ((_copies(cfg) * item + _FLOAT64_COPIES * 8) * params, pkey),
+        "activations": (act_batch + act_eval, akey),
+        "data": (held, _data_key(cfg)),
+    }
+    if cfg.algorithm.name == "dsp":
+        parts["queues"] = (_dsp_queue_bytes(cfg, shape.features, widths, item), "algorithm.dsp_m")
+    return Estimate(parts)
+
+
+def _dsp_queue_bytes(cfg: Config, features: int, widths: list[int], item: int) -> int:
+    """An upper bound of DSP's queue memory on its busiest stage: the stash of 1+m_k inputs
+    with their activations, and the channels' buffers (1+p and 1+q messages each way, a
+    send and a receive ring), each message a batch of the widest layer."""
+    from .algorithms.pipeline import dsp_config
+    from .pipeline import dsp_queues
+
+    p, m = dsp_config(cfg)
+    try:
+        q = [s.gradient - 1 for s in dsp_queues(p, m)]
+    except ValueError:  # refused by the job's rules, with a better message
+        return 0
+    K = len(p)
+    wide = max([features, 16, *widths])
+    units = 0
+    for k in range(K):
+        ring = 2 * (1 + p[k]) + 2 * (1 + q[k])
+        ring += (1 + p[k - 1]) if k > 0 else 0
+        ring += (1 + q[k + 1]) if k + 1 < K else 0
+        units = max(units, (1 + m[k]) * (1 + len(widths)) + ring)
+    return units * int(cfg.data.batch_size) * wide * item
 
 
 def _bytes(n: float) -> str:
@@ -171,6 +195,7 @@ _PART = {
     "parameters": "parameters, optimizer state and message buffers",
     "activations": "activations of a minibatch and of the test slice",
     "data": "the data set",
+    "queues": "DSP's queues: stashed inputs and channel buffers",
 }
 
 

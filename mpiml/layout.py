@@ -148,9 +148,21 @@ class Layout:
         d = json.loads(text)
         return cls(str(d["name"]), tuple(Role(**r) for r in d["roles"]), int(d["n_shards"]))
 
+    def roles_line(self) -> str:
+        """The roles in a few words: ``3 workers, 1 server``; for pipelines ``2 pipelines x
+        2 stages`` (and ``, 1 scheduler``)."""
+        if self.name == "pipelines":
+            K = 1 + max(r.stage for r in self.roles)
+            P = self.n_shards
+            text = f"{P} pipeline{'s' * (P != 1)} x {K} stage{'s' * (K != 1)}"
+            if "scheduler" in self.counts:
+                text += ", 1 scheduler"
+            return text
+        return ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in self.counts.items())
+
     def describe(self) -> str:
         """A table of ranks and roles (``mpiml layout`` prints it)."""
-        counts = ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in self.counts.items())
+        counts = self.roles_line()
         ranks = f"{self.size} rank{'s' if self.size > 1 else ''}"
         shards = f"{self.n_shards} data shard{'s' if self.n_shards != 1 else ''}"
         lines = [f"layout {self.name}: {ranks} ({counts}), {shards}"]

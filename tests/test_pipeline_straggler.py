@@ -38,7 +38,6 @@ def test_a_slowed_stage_is_delayed_by_its_compute_not_its_waits(tmp_path: Path, 
     res = run_ranks(2, python_command(*args), 120, cwd=str(tmp_path))
     assert res.returncode == 0 and not res.timed_out, res.stdout + res.stderr
     run = load_run(tmp_path / "s")
-    waited = 0.0
     for rank, ev in run.events.items():
         rows = run.table("straggler")[rank]
         d = ev["t_end"] - ev["t_start"]
@@ -52,7 +51,3 @@ def test_a_slowed_stage_is_delayed_by_its_compute_not_its_waits(tmp_path: Path, 
             assert len(mine) == len(ops), (rank, step)  # one delay per compute op
             assert np.sort(mine["compute"]) == pytest.approx(np.sort(ops), abs=1e-9), (rank, step)
             assert mine["delay"].sum() == pytest.approx(0.5 * ops.sum(), abs=1e-9)
-        work = np.isin(kinds, COMPUTE + (b"straggler",))
-        span = ev["t_end"][work].max() - ev["t_start"][work].min()
-        waited += span - d[work].sum()
-    assert waited > 0.005  # the stages did wait for each other: a step's wall time is not its compute

@@ -152,7 +152,12 @@ class PipelineAlgorithm(Algorithm):
         if cfg.model.name != "timed" and K > L:
             raise ConfigError(
                 f"algorithm.stages = {K} is more than the model's {L} layer{'s' * (L != 1)} "
-                f"(model.hidden = {list(cfg.model.hidden)}): a stage holds at least one layer"
+                + (
+                    f"(model.hidden = {list(cfg.model.hidden)})"
+                    if cfg.model.name == "mlp"
+                    else "(model.name = 'softmax' is one layer; use 'mlp')"
+                )
+                + ": a stage holds at least one layer"
             )
         part = list(cfg.algorithm.partition)
         if part:

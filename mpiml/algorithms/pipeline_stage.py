@@ -63,6 +63,7 @@ RECOMPUTE = register_kind("recompute", "compute", "DSP's recomputation (Eq. 5) o
 STAGE_UPDATE = register_kind("stage_update", "compute", "a pipeline stage's optimizer step")
 
 ACT_TAG, GRAD_TAG, EVAL_TAG = 40, 41, 42
+EVAL_MSG_BASE = 1 << 40  # message ids of evaluation chunks start here
 SYNC_DEPTH = 2  # channel depth of GPipe and 1F1B
 
 
@@ -130,6 +131,12 @@ class StageProgram(StageState, StageEvaluation, Program):
         self.comm = ctx.comms.world.Dup()  # collective over world: every rank builds its program
         rank, tr = ctx.rank, ctx.trace
         self.messages = Messages(tr, self.comm.Get_size())
+        # evaluation chunks travel on their own tag, possibly overtaking DSP's training
+        # messages in flight: ids of their own (from 2**40), so that (source, destination,
+        # msg) pairs each send with its own receive
+        self.eval_messages = Messages(tr, self.comm.Get_size())
+        self.eval_messages.sent += EVAL_MSG_BASE
+        self.eval_messages.received += EVAL_MSG_BASE
         width_in = stages_out[self.k - 1] if not self.first else in_features
         width_out = stages_out[self.k]
         self.act_in = self.grad_out = self.eval_in = None
@@ -142,7 +149,9 @@ class StageProgram(StageState, StageEvaluation, Program):
             self.grad_out = Sender(
                 *args, GRAD_TAG, grad_depth, width_in, self.rows, self.dtype, tr, self.messages
             )
-            self.eval_in = Receiver(*args, EVAL_TAG, 2, width_in, EVAL_ROWS, self.dtype, tr, self.messages)
+            self.eval_in = Receiver(
+                *args, EVAL_TAG, 2, width_in, EVAL_ROWS, self.dtype, tr, self.eval_messages
+            )
         if not self.last:
             args = (self.comm, rank + 1)
             self.act_out = Sender(
@@ -151,7 +160,9 @@ class StageProgram(StageState, StageEvaluation, Program):
             self.grad_in = Receiver(
                 *args, GRAD_TAG, in_grad_depth, width_out, self.rows, self.dtype, tr, self.messages
             )
-            self.eval_out = Sender(*args, EVAL_TAG, 2, width_out, EVAL_ROWS, self.dtype, tr, self.messages)
+            self.eval_out = Sender(
+                *args, EVAL_TAG, 2, width_out, EVAL_ROWS, self.dtype, tr, self.eval_messages
+            )
         self.channels = [c for c in (self.act_in, self.grad_out, self.act_out, self.grad_in) if c is not None]
         self.peers = ctx.comms.peers
         self.allreduce = (
@@ -251,11 +262,15 @@ class StageProgram(StageState, StageEvaluation, Program):
         """Steps start..stop-1 (DSP: loop step t runs global step t of the timetable, the
         last one the drain); at the end, rank 0 prints each stage's busy share of the
         loop's wall time (collective over world, once)."""
-        self.slot_done = start - 1
+        if self.algorithm != "dsp" or start == 0:
+            self.slot_done = start - 1  # a resumed DSP stage has it from its checkpoint
         t0, busy0 = self.trace.now(), self._busy()
         super().run(start, stop, loop)
         if loop.stopped_at is not None:
             return
+        if self.algorithm == "dsp" and start >= stop:  # resumed at the end: drain what is left
+            for s in range(self.slot_done + 1, self.T):
+                self._dsp_slot(stop - 1, s, self._slot(self.k, s))
         wall = self.trace.now() - t0
         share = (self._busy() - busy0) / wall if wall > 0 else float("nan")
         shares = self.comm.gather((self.k, share), root=0)  # once per run, not a hot path

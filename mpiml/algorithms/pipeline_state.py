@@ -85,6 +85,8 @@ class StageState:
                 if ch is not None:
                     out.update(ch.state(f"queue/{name}"))
             out.update(self._stash_state())
+            out["dsp/steps"] = np.array([self.steps], dtype=np.int64)  # the timetable's run.steps
+            out["dsp/slot_done"] = np.array([self.slot_done], dtype=np.int64)
         return out
 
     def _stash_state(self) -> dict[str, np.ndarray]:
@@ -117,6 +119,14 @@ class StageState:
                 self.opt_state[key][...] = xp.asarray(arrays[f"opt/{key}"])
         if self.algorithm != "dsp":
             return
+        steps, done = int(arrays["dsp/steps"][0]), int(arrays["dsp/slot_done"][0])
+        if steps != self.steps and done >= min(steps, self.steps):
+            raise ValueError(
+                f"this DSP checkpoint is from global step {done} of a timetable of run.steps = {steps}, "
+                f"past its last forward (its pipeline drains at the end): DSP continues it only with "
+                f"run.steps = {steps}, not {self.steps}"
+            )
+        self.slot_done = done
         for name, ch in (("act_in", self.act_in), ("grad_in", self.grad_in)):
             if ch is not None:
                 ch.load(f"queue/{name}", arrays)

@@ -29,7 +29,8 @@ from exactly the messages that were queued.
 
 Events (per message, :class:`~mpiml.protocols.base.Messages` ids, so a report pairs each
 send with its receive): ``send`` (starting the Isend), ``recv`` (the wait for the
-message; the time a stage idles for its input), ``pipe_full`` (a send waiting for room).
+message), ``pipe_wait`` (the same wait, in the wait category: the time a stage idles for
+its input or gradient; the progress line's ``wait``), ``pipe_full`` (a send waiting for room).
 """
 
 from __future__ import annotations
@@ -45,9 +46,14 @@ from ..kinds import register_kind
 from ..trace import Trace
 from .base import Messages
 
-__all__ = ["HEADER", "FULL", "Receiver", "Sender"]
+__all__ = ["FULL", "HEADER", "IDLE", "Receiver", "Sender"]
 
 HEADER = 16  # bytes: int64 micro-batch id, int64 rows
+IDLE = register_kind(
+    "pipe_wait",
+    "wait",
+    "a pipeline stage waiting for a message it needs next (its input or a gradient): idle",
+)
 FULL = register_kind(
     "pipe_full", "wait", "a pipeline send waiting for room in a full channel (all its buffers unreceived)"
 )
@@ -176,6 +182,7 @@ class Receiver(_End):
             status = MPI.Status()
             self.reqs[i].Wait(status)
             t1 = self.trace.now()
+            self.trace.record(step, IDLE, t0, t1, peer=self.peer)  # counted as wait (the recv event is not)
             self.messages.recv(step, self.peer, t0, t1, status.Get_count(MPI.BYTE))
             head = self.bufs[i][:HEADER].view(np.int64)
             mb, rows = int(head[0]), int(head[1])

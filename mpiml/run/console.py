@@ -22,11 +22,7 @@ __all__ = ["header", "progress", "summary"]
 
 
 def header(cfg: Config, layout: Layout, threads: int, run_dir: Path, stream: TextIO) -> None:
-    roles = (
-        ""
-        if layout.name == "data_parallel"
-        else (" (" + ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in layout.counts.items()) + ")")
-    )
+    roles = "" if layout.name == "data_parallel" else f" ({layout.roles_line()})"
     print(
         f"mpiml: {cfg.algorithm.name} on {layout.size} rank{'s' * (layout.size != 1)}{roles} ({threads} BLAS thread(s) each), "
         f"model {cfg.model.name}, data {cfg.data.name}, optimizer {cfg.optimizer.name} lr={cfg.optimizer.lr}, "

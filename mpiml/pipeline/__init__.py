@@ -3,7 +3,8 @@ replays them against the send/receive pairing (deadlocks, bubbles), and DSP's qu
 (Appendix A) and schedule (Figure 2: grid, op lists with recompute, channel depths). The
 training that runs these schedules on ranks is the ``gpipe``, ``1f1b`` and ``dsp``
 algorithms (:mod:`mpiml.algorithms.pipeline`, :mod:`mpiml.algorithms.pipeline_stage`;
-docs/pipeline.md)."""
+docs/pipeline.md). And SDPIPE's rule for forming groups of ready replicas
+(:mod:`mpiml.pipeline.groups`: groundwork for issue #14, not yet used by a program)."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ __all__ = [
     "Array",
     "Staging",
     "array_module",
+    "as_xp",
     "axpy",
     "cupy_available",
     "cuda_aware_from_env",
@@ -76,6 +77,11 @@ def to_host(x: Array) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
     return x.get()
+
+
+def as_xp(xp: Any, a: np.ndarray) -> Array:
+    """Host array ``a`` as an array of ``xp``: itself for numpy, a device copy for cupy."""
+    return a if xp is np else xp.asarray(a)
 
 
 def axpy(a: float, x: Array, y: Array, tmp: Array) -> None:

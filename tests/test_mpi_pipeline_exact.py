@@ -93,8 +93,6 @@ def test_micro_batches_give_the_minibatch_gradient(
     (got,) = _pipeline_model(comm, res, K, K)
     want = comm.bcast(ref.params if ref is not None else None, root=0)
     _same(comm, got / lr, want / lr, f"{schedule} K={K} m={m} gradient vs the minibatch's", tol=1e-12)
-    differs = comm.bcast(not np.array_equal(got, want), root=0)
-    del differs  # m > 1 sums in another order; equal or not, within 1e-12 is what is claimed
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "dsp"])

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import pytest
 
-from mpiml.pipeline import Deadlock, Op, Slot, dsp, dsp_depths, dsp_timetable, gpipe, simulate
+from mpiml.pipeline import (
+    PAPER_CONFIGS,
+    Deadlock,
+    Op,
+    Slot,
+    Timetable,
+    dsp,
+    dsp_depths,
+    dsp_timetable,
+    gpipe,
+    simulate,
+)
 
-# DSP(p; m) configurations of the paper's experiments (Tables 1 and 2)
-PAPER = [
-    ((1, 1, 0), (4, 2, 0)),
-    ((2, 2, 0), (6, 3, 0)),
-    ((3, 3, 0), (10, 5, 0)),
-    ((1, 1, 1, 0), (6, 4, 2, 0)),
-    ((2, 2, 2, 0), (9, 6, 3, 0)),
-    ((3, 3, 3, 0), (15, 10, 5, 0)),
-]
+PAPER = PAPER_CONFIGS  # DSP(p; m) of the paper's experiments (Tables 1 and 2)
 _KIND = {"F": "forward", "B": "backward", "R": "recompute"}
 _MSG = {"sa": "send_act", "ra": "recv_act", "sg": "send_grad", "rg": "recv_grad"}
 
@@ -187,22 +190,17 @@ def test_bad_arguments(args: tuple[tuple[int, ...], tuple[int, ...], int], messa
         dsp(*args)
 
 
-def test_stage_program_slots_and_counts_are_the_timetable() -> None:
-    """StageProgram computes its timetable entries and message counts (no grid kept for
-    long runs): they equal dsp_timetable's grid, for the paper's configurations."""
-    from types import SimpleNamespace
-
-    from mpiml.algorithms.pipeline_stage import StageProgram
-
-    for p, m in [([1, 1, 0], [4, 2, 0]), ([3, 3, 3, 0], [15, 10, 5, 0]), ([0, 0], [0, 0])]:
+def test_timetable_counts_are_the_grids() -> None:
+    """Timetable.counts (what a training stage has sent and taken by a global step, by
+    arithmetic, for its checkpoints) equals counting dsp_timetable's grid (whose entries
+    the literal tables above check), for the paper's configurations and zero staleness."""
+    for p, m in [*PAPER, ((0, 0), (0, 0))]:
         steps = 7
-        grid = dsp_timetable(p, m, steps)
-        K = len(p)
-        prog = SimpleNamespace(p=p, m=m, steps=steps, d=[sum(p[:k]) for k in range(K)])
-        for k in range(K):
-            assert len(grid[k]) == max(sum(p[:j]) + m[j] for j in range(K)) + steps
-            for s, want in enumerate(grid[k]):
-                assert StageProgram._slot(prog, k, s) == want  # type: ignore[arg-type]
-                row = grid[k][: s + 1]
-                counts = (sum(x.forward is not None for x in row), sum(x.backward is not None for x in row))
-                assert StageProgram._counts(prog, k, s) == counts  # type: ignore[arg-type]
+        grid = dsp_timetable(list(p), list(m), steps)
+        table = Timetable(list(p), list(m), steps)
+        for k, row in enumerate(grid):
+            assert len(row) == table.length
+            for s in range(table.length):
+                done = row[: s + 1]
+                want = (sum(x.forward is not None for x in done), sum(x.backward is not None for x in done))
+                assert table.counts(k, s) == want

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mpiml.pipeline import (
+    PAPER_CONFIGS,
     Deadlock,
     Op,
     ScheduleError,
@@ -181,15 +182,7 @@ def test_a_message_never_received_and_a_bad_peer_are_refused() -> None:
         simulate(gpipe(2, 2), depth=0)
 
 
-# DSP(p; m) configurations of the paper's experiments (Table 2 and §4)
-PAPER = [
-    ((1, 1, 0), (4, 2, 0)),
-    ((2, 2, 0), (6, 3, 0)),
-    ((3, 3, 0), (10, 5, 0)),
-    ((1, 1, 1, 0), (6, 4, 2, 0)),
-    ((2, 2, 2, 0), (9, 6, 3, 0)),
-    ((3, 3, 3, 0), (15, 10, 5, 0)),
-]
+PAPER = PAPER_CONFIGS  # DSP(p; m) of the paper's experiments (Table 2 and §4)
 
 
 @pytest.mark.parametrize(("p", "m"), PAPER)

@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Array
+from ..backend import Array, as_xp
 from ..data import RankData
-from ..models.timed import TimedStage
 from ..protocols.allreduce import AllReduce
 from ..protocols.channel import Receiver, Sender
 from .base import EvalSums
@@ -35,10 +34,7 @@ class StageEvaluation:
     data: RankData | None
     eval_in: Receiver | None
     eval_out: Sender | None
-    mean: AllReduce
-
-    def _dev(self, a: np.ndarray) -> Array:
-        return a if self.xp is np else self.xp.asarray(a)
+    mean: AllReduce | None
 
     def evaluate(self) -> EvalSums:
         """The test set forward through the stages (channels of its own): stage 0 sends its
@@ -46,7 +42,6 @@ class StageEvaluation:
         plus the consensus distance of the stage's P replicas. Collective over the
         pipeline's ranks and ``comms.peers``."""
         out = EvalSums()
-        xp = self.xp
         y_test = self.data.y_test if self.last and self.data is not None else None
         at = 0
         chunk = 0
@@ -61,7 +56,7 @@ class StageEvaluation:
             else:
                 assert self.eval_in is not None
                 _, arr = self.eval_in.take(0, expect=chunk)
-                a = None if arr.shape[0] == 0 else self._dev(arr)
+                a = None if arr.shape[0] == 0 else as_xp(self.xp, arr)
             if a is None:
                 if self.eval_in is not None:
                     self.eval_in.release()
@@ -77,16 +72,16 @@ class StageEvaluation:
                 self.eval_out.send(0, chunk, h)
             if self.last:
                 assert y_test is not None
-                loss, correct = _sums(self.stage, self.x, h, y_test[at : at + n], xp)
+                loss, correct = self.stage.eval_sums(self.x, h, y_test[at : at + n])
                 out.test_loss += loss
                 out.correct += correct
                 out.test_rows += n
             at += n
             chunk += 1
-        self.stage._pending.pop(EVAL_SLOT, None)
-        mean = self.mean.run(self.x, 0)
-        d = self.x - mean
-        out.distance = float(d @ d)
+        self.stage.drop(EVAL_SLOT)
+        if self.mean is not None:  # P > 1 replicas of this stage
+            d = self.x - self.mean.run(self.x, 0)
+            out.distance = float(d @ d)
         out.holders = 1.0 if self.first else 0.0
         return out
 
@@ -99,13 +94,3 @@ def busy_line(algorithm: str, K: int, m: int, shares: list[tuple[int, float]]) -
     if m > 0 and K > 1:
         text += f" (GPipe/1F1B's bubble with equal stages: (K-1)/(m+K-1) = {(K - 1) / (m + K - 1):.0%} idle)"
     return text
-
-
-def _sums(stage: Any, w: Array, logits: Array, y: Array, xp: Any) -> tuple[float, float]:
-    """(sum of cross-entropies, correct rows) of a chunk's logits (MLP.eval_sums' formula)."""
-    if isinstance(stage, TimedStage):
-        return stage.eval_sums(w, logits, y)
-    z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
-    rows = xp.arange(logits.shape[0])
-    return -float(logp[rows, y].sum()), float((z.argmax(axis=1) == y).sum())

@@ -40,12 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Array
+from ..backend import Array, as_xp
 from ..kinds import register_kind
 from ..models import MLP, TimedModel, balanced_boundaries, split
 from ..models.partition import measure_layer_costs
 from ..models.timed import TimedStage
-from ..pipeline import Slot, dsp_depths, dsp_timetable, gpipe, one_f_one_b, simulate
+from ..pipeline import Slot, Timetable, dsp_depths, gpipe, one_f_one_b, simulate
 from ..protocols.allreduce import AllReduce
 from ..protocols.base import Messages
 from ..protocols.channel import Receiver, Sender
@@ -107,17 +107,15 @@ class StageProgram(StageState, StageEvaluation, Program):
         self.dtype = np.dtype(self.x.dtype)
 
         if self.algorithm == "dsp":
-            self.p, self.m = dsp_config(cfg)
-            dsp_timetable(self.p, self.m, 1)  # checks the configuration (the job's rules did already)
-            self.d = [sum(self.p[:k]) for k in range(self.K)]  # stage k forwards batch n at step n + d_k
-            self.T = max(d + m for d, m in zip(self.d, self.m, strict=True)) + self.steps  # global steps
-            depths = dsp_depths(self.p, self.m)
+            p, m = dsp_config(cfg)
+            self.table = Timetable(p, m, self.steps)  # Figure 2's grid, computed per entry
+            depths = dsp_depths(p, m)
             act_depth = depths.get((self.k, self.k + 1, "act"), 1)
             grad_depth = depths.get((self.k, self.k - 1, "grad"), 1)
             in_act_depth = depths.get((self.k - 1, self.k, "act"), 1)
             in_grad_depth = depths.get((self.k + 1, self.k, "grad"), 1)
             self.rows = self.B
-            self.stash = 1 + self.m[self.k]
+            self.stash = 1 + m[self.k]  # M_k: batch n kept in slot n mod (1 + m_k)
         else:
             self.micro = int(cfg.algorithm.micro_batches)
             sched = gpipe if self.algorithm == "gpipe" else one_f_one_b
@@ -170,8 +168,10 @@ class StageProgram(StageState, StageEvaluation, Program):
             if self.P > 1
             else None
         )
-        self.mean = AllReduce(
-            self.peers, self.x.size, self.dtype, xp, op="mean", trace=tr, cuda_aware=ctx.cuda_aware
+        self.mean = (  # evaluation's consensus distance among the replicas
+            AllReduce(self.peers, self.x.size, self.dtype, xp, op="mean", trace=tr, cuda_aware=ctx.cuda_aware)
+            if self.P > 1
+            else None
         )
         self.straggler = Straggler.for_rank(cfg, rank, tr)
         self.data = ctx.data
@@ -221,7 +221,7 @@ class StageProgram(StageState, StageEvaluation, Program):
             assert self.act_in is not None
             _, arr = self.act_in.take(t, expect=i)
             t0 = self.trace.now()
-            self.h_out = self.stage.forward(self.x, self._dev(arr), slot=slot, poll=self.poll)
+            self.h_out = self.stage.forward(self.x, as_xp(self.xp, arr), slot=slot, poll=self.poll)
             self.act_in.release()
         t1 = self.trace.now()
         self.trace.record(t, FORWARD, t0, t1)
@@ -247,7 +247,7 @@ class StageProgram(StageState, StageEvaluation, Program):
             assert self.grad_in is not None
             _, arr = self.grad_in.take(t, expect=i)
             t0 = self.trace.now()
-            g_h = self.stage.backward(self.x, self._dev(arr), self.g_mb, slot=slot, poll=self.poll)
+            g_h = self.stage.backward(self.x, as_xp(self.xp, arr), self.g_mb, slot=slot, poll=self.poll)
             self.grad_in.release()
         self.g += self.g_mb
         t1 = self.trace.now()
@@ -269,8 +269,8 @@ class StageProgram(StageState, StageEvaluation, Program):
         if loop.stopped_at is not None:
             return
         if self.algorithm == "dsp" and start >= stop:  # resumed at the end: drain what is left
-            for s in range(self.slot_done + 1, self.T):
-                self._dsp_slot(stop - 1, s, self._slot(self.k, s))
+            for s in range(self.slot_done + 1, self.table.length):
+                self._dsp_slot(stop - 1, s, self.table.slot(self.k, s))
         wall = self.trace.now() - t0
         share = (self._busy() - busy0) / wall if wall > 0 else float("nan")
         shares = self.comm.gather((self.k, share), root=0)  # once per run, not a hot path
@@ -296,8 +296,8 @@ class StageProgram(StageState, StageEvaluation, Program):
         self.losses.clear()
         if self.algorithm == "dsp":
             last = t == self.steps - 1
-            for s in range(t, self.T if last else t + 1):
-                self._dsp_slot(t, s, self._slot(self.k, s))
+            for s in range(t, self.table.length if last else t + 1):
+                self._dsp_slot(t, s, self.table.slot(self.k, s))
         else:
             self._sync_step(t)
         return float(np.mean(self.losses)) if self.losses else None
@@ -322,7 +322,7 @@ class StageProgram(StageState, StageEvaluation, Program):
         if slot.backward is not None:
             self.g.fill(0)
             b = slot.backward
-            self._backward(t, b, b % self.stash, recompute=self.m[self.k] > 0)
+            self._backward(t, b, b % self.stash, recompute=self.stash > 1)
             self._update(t)
         self.slot_done = s
 

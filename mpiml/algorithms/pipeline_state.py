@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Array, to_host
-from ..pipeline import Slot
+from ..backend import Array, as_xp, to_host
+from ..pipeline import Timetable
 from ..protocols.channel import Receiver, Sender
 
 __all__ = ["StageState"]
@@ -26,8 +26,7 @@ class StageState:
     algorithm: str
     k: int
     steps: int
-    d: list[int]
-    m: list[int]
+    table: Timetable
     stash: int
     slot_done: int
     x: Array
@@ -42,34 +41,17 @@ class StageState:
     grad_out: Sender | None
     eval_out: Sender | None
 
-    def _dev(self, a: np.ndarray) -> Array:
-        return a if self.xp is np else self.xp.asarray(a)
-
-    def _slot(self, k: int, s: int) -> Slot:
-        """Stage k's part of global step s: :func:`mpiml.pipeline.dsp_timetable`'s grid
-        entry, computed (a run of many steps keeps no grid)."""
-        f, b = s - self.d[k], s - self.d[k] - self.m[k]
-        n = self.steps
-        return Slot(f if 0 <= f < n else None, b if 0 <= b < n else None)
-
-    def _counts(self, k: int, upto: int) -> tuple[int, int]:
-        """(forwards, backwards) of stage k in global steps 0..upto."""
-        n = self.steps
-        f = min(max(upto - self.d[k] + 1, 0), n)
-        b = min(max(upto - self.d[k] - self.m[k] + 1, 0), n)
-        return f, b
-
     def quiesce(self) -> None:
         """Nothing in flight: DSP takes the messages its neighbours have sent up to the
         step it is at into its channels' local queues; every send completes."""
         if self.algorithm == "dsp" and self.slot_done >= 0:
             s, k = self.slot_done, self.k
-            f_me, b_me = self._counts(k, s)
+            f_me, b_me = self.table.counts(k, s)
             if self.act_in is not None:
-                sent = self._counts(k - 1, s)[0]
+                sent = self.table.counts(k - 1, s)[0]
                 self.act_in.drain(s, sent - f_me - len(self.act_in.queued))
             if self.grad_in is not None:
-                sent = self._counts(k + 1, s)[1]
+                sent = self.table.counts(k + 1, s)[1]
                 self.grad_in.drain(s, sent - b_me - len(self.grad_in.queued))
         for c in (self.act_out, self.grad_out, self.eval_out):
             if c is not None:
@@ -93,10 +75,11 @@ class StageState:
         """DSP's input queue M_k: the batches forwarded and not yet backwarded, with their
         stored inputs (oldest first)."""
         s = self.slot_done
-        f_me, b_me = self._counts(self.k, s) if s >= 0 else (0, 0)
+        f_me, b_me = self.table.counts(self.k, s) if s >= 0 else (0, 0)
         ids = list(range(b_me, f_me))
-        data = [to_host(self.stage.stored_input(n % self.stash)).reshape(-1) for n in ids]
-        rows = [int(self.stage.stored_input(n % self.stash).shape[0]) for n in ids]
+        stored = [to_host(self.stage.stored_input(n % self.stash)) for n in ids]
+        data = [a.reshape(-1) for a in stored]
+        rows = [int(a.shape[0]) for a in stored]
         return {
             "stash/mb": np.array(ids, dtype=np.int64),
             "stash/rows": np.array(rows, dtype=np.int64),
@@ -136,4 +119,6 @@ class StageState:
         for n, r in zip(ids.tolist(), rows.tolist(), strict=True):
             a = np.asarray(data[at : at + r * width], dtype=self.dtype).reshape(r, width)
             at += r * width
-            self.stage.forward(self.x, self._dev(a), slot=n % self.stash)  # marks the slot; recomputed later
+            self.stage.forward(
+                self.x, as_xp(self.xp, a), slot=n % self.stash
+            )  # marks the slot; recomputed later

@@ -15,7 +15,7 @@ import numpy as np
 from ..backend import Array, array_module
 from .flat import ParamLayout
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "logit_sums"]
 
 
 class MLP:
@@ -172,9 +172,14 @@ class MLP:
         that ranks holding slices of a test set can add them up."""
         if x.shape[0] == 0:
             return 0.0, 0.0
-        xp = array_module(w)
-        logits = self.forward(w, x)[-1]
-        z = logits - logits.max(axis=1, keepdims=True)
-        logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
-        rows = xp.arange(x.shape[0])
-        return -float(logp[rows, y].sum()), float((z.argmax(axis=1) == y).sum())
+        return logit_sums(self.forward(w, x)[-1], y)
+
+
+def logit_sums(logits: Array, y: Array) -> tuple[float, float]:
+    """(sum of softmax cross-entropies, number of rows whose argmax is the label) of
+    ``logits`` (rows x classes) against integer labels ``y`` (rows,); numpy or cupy."""
+    xp = array_module(logits)
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+    rows = xp.arange(logits.shape[0])
+    return -float(logp[rows, y].sum()), float((z.argmax(axis=1) == y).sum())

@@ -40,7 +40,7 @@ import numpy as np
 from ..backend import Array, array_module
 from .flat import ParamLayout
 from .linear import LinearRegression
-from .mlp import MLP
+from .mlp import MLP, logit_sums
 
 __all__ = ["LinearStage", "Poll", "Stage"]
 
@@ -84,6 +84,11 @@ class _SlotStage:
             raise ValueError(f"a_in must be {self.dtype} like the model (got {a_in.dtype})")
         xp = array_module(w)
         return xp, (int(slot), a_in.shape[0], id(xp))
+
+    def drop(self, slot: int) -> None:
+        """Forget the slot's pending forward pass (one whose backward will not come, e.g.
+        an evaluation's); its buffers stay allocated for the next one."""
+        self._pending.pop(int(slot), None)
 
     def stored_input(self, slot: int) -> Array:
         """The copy of the input ``h_k`` that the slot's pending forward pass kept (the
@@ -382,6 +387,12 @@ class Stage(_SlotStage):
         else:
             p *= scale
         return loss, self._backprop(xp, w, key, p, g_w, poll)
+
+    def eval_sums(self, w: Array, logits: Array, y: Array) -> tuple[float, float]:
+        """(sum of cross-entropies, correct rows) of the last stage's ``logits`` (its
+        forward output, rows x classes) against labels ``y``: ``MLP.eval_sums`` split at
+        the logits (``w`` unused)."""
+        return logit_sums(logits, y)
 
     def _backprop(
         self, xp: Any, w: Array, key: tuple[int, int, int], delta: Array, g_w: Array, poll: Poll

@@ -147,6 +147,9 @@ class TimedStage:
         self._model._busy_until(t_end, poll)
         return out
 
+    def drop(self, slot: int) -> None:
+        self._pending.pop(slot, None)
+
     def stored_input(self, slot: int) -> Array:
         if slot not in self._pending:
             raise ValueError(f"slot {slot} holds no forward pass waiting for its backward ({self!r})")

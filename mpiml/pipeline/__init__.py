@@ -8,18 +8,20 @@ docs/pipeline.md). And SDPIPE's rule for forming groups of ready replicas
 
 from __future__ import annotations
 
-from .dsp import QueueSizes, Slot, dsp, dsp_depths, dsp_queues, dsp_timetable
+from .dsp import PAPER_CONFIGS, QueueSizes, Slot, Timetable, dsp, dsp_depths, dsp_queues, dsp_timetable
 from .schedule import KINDS, Op, gpipe, one_f_one_b
 from .simulate import Deadlock, Event, ScheduleError, Trace, bubble_fraction, simulate
 
 __all__ = [
     "KINDS",
+    "PAPER_CONFIGS",
     "Deadlock",
     "Event",
     "Op",
     "QueueSizes",
     "ScheduleError",
     "Slot",
+    "Timetable",
     "Trace",
     "bubble_fraction",
     "dsp",

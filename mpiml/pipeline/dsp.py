@@ -28,7 +28,26 @@ from dataclasses import dataclass
 
 from .schedule import Op, backward_ops, forward_ops
 
-__all__ = ["QueueSizes", "Slot", "dsp", "dsp_depths", "dsp_queues", "dsp_timetable"]
+__all__ = [
+    "PAPER_CONFIGS",
+    "QueueSizes",
+    "Slot",
+    "Timetable",
+    "dsp",
+    "dsp_depths",
+    "dsp_queues",
+    "dsp_timetable",
+]
+
+# DSP(p; m) of the paper's experiments (Tables 1 and 2): K = 3 and K = 4
+PAPER_CONFIGS: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = (
+    ((1, 1, 0), (4, 2, 0)),
+    ((2, 2, 0), (6, 3, 0)),
+    ((3, 3, 0), (10, 5, 0)),
+    ((1, 1, 1, 0), (6, 4, 2, 0)),
+    ((2, 2, 2, 0), (9, 6, 3, 0)),
+    ((3, 3, 3, 0), (15, 10, 5, 0)),
+)
 
 
 @dataclass(frozen=True)
@@ -113,20 +132,36 @@ def dsp_timetable(p: Sequence[int], m: Sequence[int], steps: int) -> list[list[S
     Returns, per stage, one :class:`Slot` per global step 0..T-1, T = max_k(d_k+m_k)+steps
     (idle slots are Slot(None, None)). Raises ValueError naming a bad argument.
     """
-    dsp_queues(p, m)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1 (got {steps!r})")
-    K = len(p)
-    d = [sum(p[:k]) for k in range(K)]
-    T = max(d[k] + m[k] for k in range(K)) + steps
-    grid = []
-    for k in range(K):
-        row = []
-        for t in range(T):
-            f, b = t - d[k], t - d[k] - m[k]
-            row.append(Slot(f if 0 <= f < steps else None, b if 0 <= b < steps else None))
-        grid.append(row)
-    return grid
+    table = Timetable(p, m, steps)
+    return [[table.slot(k, t) for t in range(table.length)] for k in range(len(table.p))]
+
+
+class Timetable:
+    """:func:`dsp_timetable`'s grid as arithmetic: any entry, and message counts, without
+    keeping K x T slots (a training stage of a long run uses this). ``p``, ``m``,
+    ``steps`` as there (checked; ValueError naming a bad argument)."""
+
+    def __init__(self, p: Sequence[int], m: Sequence[int], steps: int) -> None:
+        dsp_queues(p, m)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1 (got {steps!r})")
+        self.p, self.m, self.steps = list(p), list(m), steps
+        self.d = [sum(self.p[:k]) for k in range(len(self.p))]  # stage k forwards batch n at step n + d_k
+        self.length = max(d + mk for d, mk in zip(self.d, self.m, strict=True)) + steps  # T global steps
+
+    def slot(self, k: int, t: int) -> Slot:
+        """Stage k's part of global step t."""
+        f, b = t - self.d[k], t - self.d[k] - self.m[k]
+        n = self.steps
+        return Slot(f if 0 <= f < n else None, b if 0 <= b < n else None)
+
+    def counts(self, k: int, upto: int) -> tuple[int, int]:
+        """(forwards, backwards) stage k has run in global steps 0..upto: what it has
+        sent its neighbours and taken from them by then."""
+        n = self.steps
+        f = min(max(upto - self.d[k] + 1, 0), n)
+        b = min(max(upto - self.d[k] - self.m[k] + 1, 0), n)
+        return f, b
 
 
 def dsp(p: Sequence[int], m: Sequence[int], steps: int) -> list[list[Op]]:

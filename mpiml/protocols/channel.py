@@ -166,6 +166,27 @@ class Receiver(_End):
     def _post(self, i: int) -> None:
         self.reqs[i] = self.comm.Irecv([self.bufs[i], MPI.BYTE], self.peer, self.tag)
 
+    def _arrive(self, step: int) -> tuple[int, np.ndarray]:
+        """Wait for the message of the head slot (traced: ``pipe_wait`` and its ``recv``);
+        its (micro-batch id, rows x width view). RuntimeError when the message is not as
+        long as its header says."""
+        i = self.head
+        t0 = self.trace.now()
+        status = MPI.Status()
+        self.reqs[i].Wait(status)
+        t1 = self.trace.now()
+        nbytes = status.Get_count(MPI.BYTE)
+        self.trace.record(step, IDLE, t0, t1, peer=self.peer)  # counted as wait (the recv event is not)
+        self.messages.recv(step, self.peer, t0, t1, nbytes)
+        head = self.bufs[i][:HEADER].view(np.int64)
+        mb, rows = int(head[0]), int(head[1])
+        if nbytes != HEADER + rows * self.width * self.dtype.itemsize:
+            raise RuntimeError(
+                f"channel from rank {self.peer}: a message of {nbytes} bytes "
+                f"does not hold the {rows} rows its header announces"
+            )
+        return mb, self._data(self.bufs[i], rows)
+
     def take(self, step: int, expect: int | None = None) -> tuple[int, np.ndarray]:
         """The next message: (micro-batch id, host array of shape (rows, width)), waiting
         for it. The array stays valid until :meth:`release`. ``expect``: the micro-batch
@@ -177,22 +198,8 @@ class Receiver(_End):
             mb, arr = self.queued[0]
             self._held_queued = True
         else:
-            i = self.head
-            t0 = self.trace.now()
-            status = MPI.Status()
-            self.reqs[i].Wait(status)
-            t1 = self.trace.now()
-            self.trace.record(step, IDLE, t0, t1, peer=self.peer)  # counted as wait (the recv event is not)
-            self.messages.recv(step, self.peer, t0, t1, status.Get_count(MPI.BYTE))
-            head = self.bufs[i][:HEADER].view(np.int64)
-            mb, rows = int(head[0]), int(head[1])
-            if status.Get_count(MPI.BYTE) != HEADER + rows * self.width * self.dtype.itemsize:
-                raise RuntimeError(
-                    f"channel from rank {self.peer}: a message of {status.Get_count(MPI.BYTE)} bytes "
-                    f"does not hold the {rows} rows its header announces"
-                )
-            arr = self._data(self.bufs[i], rows)
-            self.held = i
+            mb, arr = self._arrive(step)
+            self.held = self.head
         if expect is not None and mb != expect:
             raise RuntimeError(
                 f"channel from rank {self.peer}: micro-batch {mb} arrived where the schedule expects {expect}"
@@ -215,16 +222,10 @@ class Receiver(_End):
         """Wait for the next ``n`` messages from the MPI buffers (already sent, or about to
         be) and keep copies of them in the local FIFO; their buffers are posted again."""
         for _ in range(n):
-            i = self.head
-            status = MPI.Status()
-            t0 = self.trace.now()
-            self.reqs[i].Wait(status)
-            self.messages.recv(step, self.peer, t0, self.trace.now(), status.Get_count(MPI.BYTE))
-            head = self.bufs[i][:HEADER].view(np.int64)
-            mb, rows = int(head[0]), int(head[1])
-            self.queued.append((mb, self._data(self.bufs[i], rows).copy()))
-            self._post(i)
-            self.head = (i + 1) % self.depth
+            mb, arr = self._arrive(step)
+            self.queued.append((mb, arr.copy()))
+            self._post(self.head)
+            self.head = (self.head + 1) % self.depth
 
     def state(self, prefix: str) -> dict[str, np.ndarray]:
         """The local FIFO as arrays (``<prefix>/mb``, ``<prefix>/rows``, ``<prefix>/data``)."""

@@ -32,97 +32,20 @@ balanced by parameter count or by measured per-layer costs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..backend import Array, array_module
 from .flat import ParamLayout
-from .linear import LinearRegression
+from .linear_stage import LinearStage
 from .mlp import MLP, logit_sums
+from .slots import Poll, SlotStage
 
-__all__ = ["LinearStage", "Poll", "Stage"]
-
-Poll = Callable[[], Any] | None
-"""Called after each layer of a pass, so communication in flight progresses during compute."""
+__all__ = ["LinearStage", "Poll", "Stage"]  # LinearStage and Poll re-exported: every model's stages
 
 
-class _SlotStage:
-    """What every stage shares: its slice of the whole vector and its micro-batch slots.
-
-    ``_pending[slot]`` is the buffer key ``(slot, rows, id(xp))`` of the slot's last forward
-    pass, until a backward pass consumes it (a second backward pass on the same forward pass,
-    e.g. after the softmax overwrote the logits, is an error rather than a wrong gradient).
-    """
-
-    offset: int
-    size: int
-    whole_size: int
-    in_features: int
-    dtype: np.dtype
-
-    def __init__(self) -> None:
-        self._pending: dict[int, tuple[int, int, int]] = {}
-
-    def view(self, whole: Array) -> Array:
-        """This stage's slice of the whole model's flat vector ``whole`` (a view, no copy)."""
-        if whole.ndim != 1 or whole.size != self.whole_size:
-            raise ValueError(
-                f"whole must be a 1-D array of {self.whole_size} values (got shape {whole.shape})"
-            )
-        return whole[self.offset : self.offset + self.size]
-
-    def _begin(self, w: Array, a_in: Array, slot: int) -> tuple[Any, tuple[int, int, int]]:
-        """``xp`` and the buffer key of a forward pass, after checking its arguments."""
-        _check_slot(slot)
-        if a_in.ndim != 2 or a_in.shape[1] != self.in_features:
-            raise ValueError(
-                f"a_in must have shape (rows, {self.in_features}) (got {a_in.shape}) in {self!r}"
-            )
-        if a_in.dtype != self.dtype:
-            raise ValueError(f"a_in must be {self.dtype} like the model (got {a_in.dtype})")
-        xp = array_module(w)
-        return xp, (int(slot), a_in.shape[0], id(xp))
-
-    def drop(self, slot: int) -> None:
-        """Forget the slot's pending forward pass (one whose backward will not come, e.g.
-        an evaluation's); its buffers stay allocated for the next one."""
-        self._pending.pop(int(slot), None)
-
-    def stored_input(self, slot: int) -> Array:
-        """The copy of the input ``h_k`` that the slot's pending forward pass kept (the
-        slot's buffer: DSP's input queue M_k holds these, §3.3). ValueError when the slot
-        has no forward pass waiting for its backward."""
-        _check_slot(slot)
-        key = self._pending.get(int(slot))
-        if key is None:
-            raise ValueError(f"slot {slot} holds no forward pass waiting for its backward ({self!r})")
-        return self._acts[key][0]  # type: ignore[attr-defined]  # both stage kinds keep (input, ...)
-
-    def recompute(self, w: Array, *, slot: int, poll: Poll = None) -> Array:
-        """DSP's recomputation, Eq. (5): the forward pass of the slot's stored input again,
-        with the parameters ``w`` that the backward pass will use, so that the backward
-        differentiates at x_k^{t_{2K-1-k}} (the Backward Parameters) while its input is
-        F(h_0; x_0^{t_0}; ...; x_{k-1}^{t_{k-1}}) (the Forward Parameters of the blocks
-        below). Returns the output, as :meth:`forward`."""
-        return self.forward(w, self.stored_input(slot), slot=slot, poll=poll)  # type: ignore[attr-defined]
-
-    def _take(self, slot: int, what: str) -> tuple[int, int, int]:
-        """The key of slot's pending forward pass, which ``what`` consumes."""
-        _check_slot(slot)
-        key = self._pending.pop(int(slot), None)
-        if key is None:
-            raise ValueError(f"{what}(slot={slot}) needs a forward pass on slot {slot} first ({self!r})")
-        return key
-
-
-def _check_slot(slot: int) -> None:
-    if not isinstance(slot, int | np.integer) or slot < 0:
-        raise ValueError(f"slot must be an integer >= 0 (got {slot!r})")
-
-
-class Stage(_SlotStage):
+class Stage(SlotStage):
     """Layers ``start .. stop-1`` of an :class:`MLP`, on their own flat parameter slice.
 
     Parameters
@@ -423,89 +346,3 @@ class Stage(_SlotStage):
             if poll is not None:
                 poll()
         return grad_in
-
-
-class LinearStage(_SlotStage):
-    """The whole of a :class:`LinearRegression` as the one stage of a K = 1 pipeline.
-
-    Same interface as :class:`Stage`; the output is the prediction ``x w + b`` of shape
-    (rows,), and ``loss_backward`` is ``LinearRegression.loss_and_grad`` operation for
-    operation (loss ``1/(2n) ||x w + b - y||^2``).
-    """
-
-    task = "regression"
-    index = 0
-    n_stages = 1
-    offset = 0
-    first = True
-    last = True
-    out_features = 1
-
-    def __init__(self, model: LinearRegression) -> None:
-        if not isinstance(model, LinearRegression):
-            raise TypeError(f"LinearStage needs a LinearRegression (got {type(model).__name__})")
-        super().__init__()
-        self.layers = range(0, 1)
-        self.dtype = model.dtype
-        self.layout = model.layout
-        self.size = model.size
-        self.whole_size = model.size
-        self.in_features = model.d
-        self._acts: dict[tuple[int, int, int], tuple[Array, Array]] = {}
-
-    def __repr__(self) -> str:
-        return f"LinearStage(0/1: {self.in_features} features, {self.size} parameters)"
-
-    def forward(self, w: Array, a_in: Array, *, slot: int = 0, poll: Poll = None) -> Array:
-        """Predictions ``x w + b``, shape (rows,), in the slot's buffer (see :meth:`Stage.forward`)."""
-        xp, key = self._begin(w, a_in, slot)
-        v = self.layout.views(w)
-        bufs = self._acts.get(key)
-        if bufs is None:
-            n = a_in.shape[0]
-            bufs = self._acts[key] = (
-                xp.empty((n, self.in_features), dtype=self.dtype),
-                xp.empty(n, dtype=self.dtype),
-            )
-        inp, r = bufs
-        xp.copyto(inp, a_in)
-        xp.matmul(inp, v["w"], out=r)
-        r += v["b"][0]
-        if poll is not None:
-            poll()
-        self._pending[key[0]] = key
-        return r
-
-    def backward(self, w: Array, g_out: Array, g_w: Array, *, slot: int = 0, poll: Poll = None) -> None:
-        """``g_w`` <- gradient for the error gradient ``g_out`` (rows,) of the predictions."""
-        key = self._take(slot, "backward")
-        if g_out.shape != (key[1],):
-            raise ValueError(f"g_out must have shape ({key[1]},) (got {g_out.shape})")
-        self._backprop(array_module(w), key, g_out, g_w, poll)
-
-    def loss_backward(
-        self,
-        w: Array,
-        y: Array,
-        g_w: Array,
-        scale: float | None = None,
-        *,
-        slot: int = 0,
-        poll: Poll = None,
-    ) -> tuple[float, None]:
-        """Mean squared-error loss / 2 and its gradient, as ``LinearRegression.loss_and_grad``."""
-        key = self._take(slot, "loss_backward")
-        n = key[1]
-        r = self._acts[key][1]
-        r -= y
-        loss = 0.5 * float(r @ r) / n
-        r *= 1.0 / n if scale is None else scale  # scale the n residuals, not the d gradients
-        self._backprop(array_module(w), key, r, g_w, poll)
-        return loss, None
-
-    def _backprop(self, xp: Any, key: tuple[int, int, int], r: Array, g_w: Array, poll: Poll) -> None:
-        g = self.layout.views(g_w)
-        xp.matmul(self._acts[key][0].T, r, out=g["w"])
-        g["b"][0] = r.sum()
-        if poll is not None:
-            poll()

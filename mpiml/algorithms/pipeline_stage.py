@@ -132,9 +132,7 @@ class StageProgram(StageState, StageEvaluation, Program):
         # evaluation chunks travel on their own tag, possibly overtaking DSP's training
         # messages in flight: ids of their own (from 2**40), so that (source, destination,
         # msg) pairs each send with its own receive
-        self.eval_messages = Messages(tr, self.comm.Get_size())
-        self.eval_messages.sent += EVAL_MSG_BASE
-        self.eval_messages.received += EVAL_MSG_BASE
+        self.eval_messages = Messages(tr, self.comm.Get_size(), first=EVAL_MSG_BASE)
         width_in = stages_out[self.k - 1] if not self.first else in_features
         width_out = stages_out[self.k]
         self.act_in = self.grad_out = self.eval_in = None

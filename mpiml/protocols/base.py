@@ -86,15 +86,17 @@ class Messages:
     order they were sent, so the sender's k-th message to j is j's k-th receive from
     the sender: both carry ``msg`` = k. A protocol whose one logical message is
     several MPI messages (a length, then a payload) records it once and counts it once.
-    The counts start at 0 with the protocol (a resumed run restarts them).
+    The counts start at ``first`` (0) with the protocol (a resumed run restarts them);
+    channels on another tag between the same ranks take ids of their own by starting far
+    apart (a pipeline's evaluation messages start at 2**40).
     """
 
     __slots__ = ("received", "sent", "trace")
 
-    def __init__(self, trace: Trace, n: int) -> None:
+    def __init__(self, trace: Trace, n: int, first: int = 0) -> None:
         self.trace = trace
-        self.sent = np.zeros(n, dtype=np.int64)
-        self.received = np.zeros(n, dtype=np.int64)
+        self.sent = np.full(n, first, dtype=np.int64)
+        self.received = np.full(n, first, dtype=np.int64)
 
     def send(self, step: int, dest: int, t_start: float, t_end: float, nbytes: int) -> None:
         k = int(self.sent[dest])

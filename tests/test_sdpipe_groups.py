@@ -110,20 +110,45 @@ def _bound_round_opened(g: StageGroups) -> None:
 
 @pytest.mark.parametrize("via", ["due", "ready"])
 def test_a_bound_round_closes_when_a_regular_group_connects_the_period(via: str) -> None:
-    """While 0 waits in batch 2's round, 1 (batch 1) and 2 (batch 0) form a regular group;
-    when it closes at its deadline ({0,1} + {1,2} connect all), the round closes too,
-    returned by ``due`` or by the next ``ready`` (which first closes the expired group)."""
-    g = StageGroups(3, ssp_bound=3)
-    _bound_round_opened(g)
+    """P = 4, ssp_bound = 3: batch 0 {0, 1} and {2, 3}, batch 1 {0}; 0 waits in batch 2's
+    round while 1 and 2 (batch 1) form a regular group (3 is busy); when it closes at its
+    deadline ({0,1} + {2,3} + {1,2} connect all), the round closes too, returned by
+    ``due`` or by the next ``ready`` (which first closes the expired group)."""
+    g = StageGroups(4, ssp_bound=3)
+    for pair in ((0, 1), (2, 3)):
+        g.ready(pair[0], 0.0, 1.0, 0, REGULAR)
+        g.ready(pair[1], 0.0001, 1.0, 0, REGULAR)
+        assert [x.members for x in g.due(0.01)] == [pair]
+    g.ready(0, 0.02, 1.0, 1, REGULAR)
+    g.due(0.03)
+    assert g.ready(0, 0.04, 1.0, 2, BOUND) == [] and g.round == [0] and g.next_deadline() is None
     g.ready(1, 0.05, 1.0, 1, REGULAR)
-    g.ready(2, 0.0501, 1.0, 0, REGULAR)
+    g.ready(2, 0.0501, 1.0, 1, REGULAR)
     assert g.round == [0] and g.members == [1, 2] and g.due(0.0505) == []
-    out = g.due(0.052) if via == "due" else g.ready(2, 0.06, 1.0, 1, REGULAR)
+    out = g.due(0.052) if via == "due" else g.ready(3, 0.06, 1.0, 1, REGULAR)
     assert [(x.members, x.why, x.kind, x.batch) for x in out] == [
         ((1, 2), "deadline", REGULAR, -1),
         ((0,), "connected", BOUND, 2),
     ]
     assert out[1].deadline is None and out[1].opened == 0.04 and not g.round
+
+
+@pytest.mark.parametrize("last", ["regular", "round"])
+def test_a_regular_group_closes_when_the_others_wait_in_the_round(last: str) -> None:
+    """P = 3, 0 waits in batch 1's sync round. Once every replica is ready (in the regular
+    group or in the round) nobody can join the regular group: it closes then, not at its
+    deadline, whether the last one to be ready joins it or the round."""
+    g = StageGroups(3, ssp_bound=100)
+    assert g.ready(0, 0.0, 1.0, 1, SYNC) == []
+    g.ready(1, 0.01, 1.0, 0, REGULAR)
+    if last == "regular":
+        (closed,) = g.ready(2, 0.0101, 1.0, 0, REGULAR)
+        assert closed.members == (1, 2) and g.round == [0]
+    else:
+        (closed,) = g.ready(2, 0.0101, 1.0, 1, SYNC)
+        assert closed.members == (1,) and g.round == [0, 2]
+    assert closed.why == "all" and closed.kind == REGULAR and closed.closed == 0.0101
+    assert g.next_deadline() is None
 
 
 def test_a_bound_round_closes_when_its_members_connect_the_period_and_later_arrivals_are_regular() -> None:

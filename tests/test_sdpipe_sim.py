@@ -148,3 +148,16 @@ def test_mixing_and_bad_arguments() -> None:
         simulate_sdpipe(2, [0], [0], 4, rule="fifo")
     with pytest.raises(ValueError, match="p_"):
         simulate_sdpipe(2, [1], [0], 4)
+
+
+@pytest.mark.parametrize("K", [1, 2, 3])
+def test_with_endless_waits_no_group_waits_for_its_deadline(K: int) -> None:
+    """Waits of 100 s, far beyond any op: a regular group closes once every replica is ready
+    (some may wait in a round, out of its reach), so no group ever closes at its deadline and
+    the run takes simulated milliseconds, not hundreds of seconds."""
+    p, m = _dsp(K)
+    run = simulate_sdpipe(3, p, m, STEPS, ssp_bound=2, sync_every=5, wait_ms=1e5, wait_max_ms=1e5, seed=1)
+    for groups in run.groups:
+        _check_stage(groups, 3, STEPS, "batch")
+        assert [g for g in groups if g.why == "deadline"] == []
+    assert run.end < 1.0

@@ -7,7 +7,8 @@ scheduler forms the groups from the replicas' ready signals; the published artif
 mechanism, which issue #14 specifies:
 
 - the first ready replica of a stage opens a group with deadline = now + its wait time;
-  the group closes when all P replicas are in it or when the deadline passes;
+  the group closes when all P replicas are ready (in it, or waiting in a round: none
+  can join it any more) or when the deadline passes;
 - a replica's wait time adapts (:func:`next_wait`): it doubles (up to ``wait_max_ms``)
   after a group of fewer than 2 members, else shrinks x0.9 (down to 0.01 ms);
 - ``ssp_bound``: a *bound round* follows every ``ssp_bound * P`` updates of a stage (a
@@ -206,12 +207,15 @@ class StageGroups:
                 out.append(self._close_round(now, "sync" if kind == SYNC else "all"))
             else:
                 out += self._round_connects(now)
+            if self.members and len(self.members) + len(self.round) == self.P:  # all ready
+                out.append(self._close(now, "all"))
+                out += self._round_connects(now)
             return out
         if not self.members:
             self.opened = now
             self.deadline = now + wait_ms / 1000.0
         self.members.append(replica)
-        if len(self.members) == self.P:
+        if len(self.members) + len(self.round) == self.P:
             out.append(self._close(now, "all"))
             out += self._round_connects(now)
         return out

@@ -233,12 +233,13 @@ def simulate_sdpipe(
                 return
             pc[q, k] += 1
 
-    t = 0.0
+    end = 0.0
     while heap:
         t, _, q, k = heapq.heappop(heap)  # in time order
         if q < 0:
             release(k, rules[k].due(t), t)
         else:
+            end = t  # (a deadline may fire after the last worker is done)
             advance(q, k, t)
     for (q, k), why in blocked.items():
         if why.startswith("in "):  # where it waits, and with whom
@@ -246,4 +247,4 @@ def simulate_sdpipe(
             blocked[q, k] += f" ({'round' if rnd else 'regular group'}: {ms})"
     if blocked:
         raise Deadlock(dict(blocked))
-    return Run(groups, t)
+    return Run(groups, end)

@@ -161,8 +161,7 @@ def simulate_sdpipe(
     ``steps``. ValueError for a bad ``rule`` (or as Timetable / StageGroups)."""
     if rule not in ("batch", "count"):
         raise ValueError(f"rule must be 'batch' or 'count' (got {rule!r})")
-    table, K = Timetable(p, m, steps), len(p)
-    sync = steps if sync_every is None else sync_every
+    table, K, sync = Timetable(p, m, steps), len(p), (steps if sync_every is None else sync_every)
     rules: list[StageGroups | CountGroups] = [
         StageGroups(P, ssp_bound) if rule == "batch" else CountGroups(P, ssp_bound) for _ in range(K)
     ]

@@ -473,7 +473,7 @@ class GroupScheduler:
             reg, bnd, syn = (int(v) for v in self.rounds[k])
             lines.append(
                 f"sdpipe stage {k}: {n} groups, mean size {mean:.2f} of P = {self.P} (sizes {hist}); "
-                f"{bnd} bound rounds, {syn} sync rounds"
+                f"{bnd + self.stages[k].met} bound rounds ({self.stages[k].met} met at once), {syn} sync rounds"
             )
         return "\n".join(lines)
 

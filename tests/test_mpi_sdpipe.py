@@ -184,3 +184,35 @@ def test_stop_and_resume_end_where_the_run_ends(comm: MPI.Comm, shared_tmp: Path
     got, want = _replicas(comm, res, P), _replicas(comm, full, P)
     ok = all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
     assert_all(comm, ok, f"stopped at step {at} and resumed: the replicas differ from the uninterrupted run")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algorithm.wait_ms=0"], "algorithm.wait_ms"),
+        (["algorithm.wait_ms=-1"], "algorithm.wait_ms"),
+        (["algorithm.ssp_bound=0"], "algorithm.ssp_bound"),
+        (["algorithm.sync_every=0"], "algorithm.sync_every"),
+        (["algorithm.wait_ms=20"], "algorithm.wait_ms = 20.0 is more than algorithm.wait_max_ms = 10.0"),
+        (["algorithm.stages=2"], "launch P * 2 + 1 for some P >= 1 ranks (got 4)"),
+        (["algorithm.pipelines=2"], "launch P * K + 1 = 2 * 1 + 1 = 3 ranks (got 4)"),
+    ],
+)
+def test_bad_sdpipe_job_raises_the_same_config_error_on_every_rank(
+    comm: MPI.Comm, shared_tmp: Path, overrides: list[str], message: str
+) -> None:
+    from mpiml.errors import ConfigError
+    from mpiml.trainer import train
+    from ps_ranks import NULL
+
+    cfg = None
+    got = ""
+    try:
+        cfg = _job("bad", *overrides, "model.hidden=[8, 8]")
+        train(cfg, comm, out=shared_tmp / "bad", stream=NULL)
+    except ConfigError as exc:
+        got = str(exc)
+    seen = comm.allgather(got)
+    assert_all(comm, message in got and "\n" not in got, f"got {got!r}")
+    assert_all(comm, len(set(seen)) == 1, f"different messages on different ranks: {seen}")
+    assert_all(comm, not (shared_tmp / "bad").exists(), "a run folder was written")

@@ -64,7 +64,7 @@ def _check_log(run_dir: Path, P: int, steps: int) -> list[str]:
     scheduler's; each period connected."""
     bad: list[str] = []
     groups, members = read_groups(run_dir, P + 1)
-    for (k, seq), ms in members.items():
+    for (_k, seq), ms in members.items():
         w = np.eye(P)
         for i in ms:
             w[i, :] = 0.0
@@ -82,7 +82,9 @@ def _check_log(run_dir: Path, P: int, steps: int) -> list[str]:
         for row in avg:
             ms = members.get((0, int(row["seq"])), [])
             if q not in ms or len(ms) != int(row["size"]):
-                bad.append(f"replica {q}: group {int(row['seq'])} is {ms} at the scheduler, size {int(row['size'])}")
+                bad.append(
+                    f"replica {q}: group {int(row['seq'])} is {ms} at the scheduler, size {int(row['size'])}"
+                )
         used += len(avg)
     if sum(len(m) for m in members.values()) != used:
         bad.append(f"{sum(len(m) for m in members.values())} memberships at the scheduler, {used} updates")
@@ -160,7 +162,9 @@ def test_all_ready_is_synchronous_data_parallelism(comm: MPI.Comm, shared_tmp: P
     ok = all(np.array_equal(g, got[0]) for g in got)
     assert_all(comm, ok, "the replicas differ although every group held all of them")
     diff = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want, strict=True))
-    assert_all(comm, diff < 1e-12, f"SDPIPE with all replicas always ready vs dsp P = 3: max |diff| {diff:.3e}")
+    assert_all(
+        comm, diff < 1e-12, f"SDPIPE with all replicas always ready vs dsp P = 3: max |diff| {diff:.3e}"
+    )
     run_dir = comm.bcast(res.run_dir if res is not None else None, root=0)
 
     def check() -> list[str]:
@@ -168,7 +172,9 @@ def test_all_ready_is_synchronous_data_parallelism(comm: MPI.Comm, shared_tmp: P
         bad = [f"group {k} is {m}" for k, m in members.items() if len(m) != P]
         order = [members[(0, int(s))] for s in np.sort(groups["seq"])]
         want = sdpipe_replay(sd, P, order)
-        bad += [f"replica {q} differs from the replay" for q in range(P) if not np.array_equal(got[q], want[q])]
+        bad += [
+            f"replica {q} differs from the replay" for q in range(P) if not np.array_equal(got[q], want[q])
+        ]
         return bad
 
     check_on_rank_0(comm, check)
@@ -201,9 +207,10 @@ def test_stop_and_resume_end_where_the_run_ends(comm: MPI.Comm, shared_tmp: Path
 def test_bad_sdpipe_job_raises_the_same_config_error_on_every_rank(
     comm: MPI.Comm, shared_tmp: Path, overrides: list[str], message: str
 ) -> None:
+    from ps_ranks import NULL
+
     from mpiml.errors import ConfigError
     from mpiml.trainer import train
-    from ps_ranks import NULL
 
     cfg = None
     got = ""

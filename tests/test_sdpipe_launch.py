@@ -106,7 +106,9 @@ def test_p2_k2_on_five_ranks_reaches_095_and_its_log_is_sound(tmp_path: Path) ->
     ],
     ids=["scheduler-P3", "stage-P3", "scheduler-P2K2", "stage-P2K2"],
 )
-def test_a_rank_dying_ends_the_whole_job(tmp_path: Path, n: int, sets: list[str], fail: str, line: str) -> None:
+def test_a_rank_dying_ends_the_whole_job(
+    tmp_path: Path, n: int, sets: list[str], fail: str, line: str
+) -> None:
     res = _train(n, tmp_path, [*sets, "run.steps=100000", "run.eval_every=100000"], {"MPIML_FAIL_AT": fail})
     assert res.returncode != 0, (res.stdout, res.stderr)
     assert res.stderr.count(line) == 1, res.stderr[-3000:]

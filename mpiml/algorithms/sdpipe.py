@@ -54,8 +54,8 @@ from ..budget import data_shape
 from ..config import Config, at_least, field
 from ..errors import ConfigError
 from ..layout import Layout, Role, pipelines
-from .base import Program, register
 from ..pipeline import Timetable
+from .base import Program, register
 from .pipeline import DSP, DSP_M, DSP_P, PipelineAlgorithm
 
 __all__ = ["SDPipe", "drain_gap", "sync_period", "updates_through"]

@@ -151,9 +151,9 @@ class SDPipeStage(StageProgram):
         start, length = (int(v) for v in arrays["sdpipe/segment"])
         done = int(arrays["dsp/slot_done"][0])
         self._segment(start)
-        if self.seg_start != start or (self.table.steps != length and done < Timetable(
-            self.dsp_p, self.dsp_m, length
-        ).length - 1):
+        if self.seg_start != start or (
+            self.table.steps != length and done < Timetable(self.dsp_p, self.dsp_m, length).length - 1
+        ):
             raise ValueError(
                 f"this SDPIPE checkpoint is inside a segment of {length} batches from batch {start}; this job's "
                 f"segment there has {self.table.steps} (algorithm.sync_every = {self.period}, run.steps = "

@@ -258,7 +258,14 @@ class StageGroups:
             raise RuntimeError(
                 f"a stage's groups hold waiting replicas {self.waiting()}: nothing to checkpoint"
             )
-        return [self.round_done, self.updates, self.met, self.links.sets, *self.links.parent, *self.links.size]
+        return [
+            self.round_done,
+            self.updates,
+            self.met,
+            self.links.sets,
+            *self.links.parent,
+            *self.links.size,
+        ]
 
     def load(self, values: list[int]) -> None:
         P = self.P

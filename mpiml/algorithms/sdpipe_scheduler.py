@@ -89,7 +89,8 @@ class SchedulerProgram(Program):
             sched.serve(reached, tick)
             s = sched.stop_step
             if 0 <= s < target and s < stop:  # a stop before the next checkpoint
-                sched.serve(lambda s=s: sched.done_through(s - 1), tick)
+                last = s - 1
+                sched.serve(lambda: sched.done_through(last), tick)
                 loop.checkpoint(s)
                 loop.stop_by(sched.flags_seen)
                 loop.stopped(s)

@@ -13,6 +13,7 @@ stop step: the furthest step reported + the longest run of steps without an upda
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -89,8 +90,7 @@ class SchedulerProgram(Program):
             sched.serve(reached, tick)
             s = sched.stop_step
             if 0 <= s < target and s < stop:  # a stop before the next checkpoint
-                last = s - 1
-                sched.serve(lambda: sched.done_through(last), tick)
+                sched.serve(functools.partial(sched.done_through, s - 1), tick)
                 loop.checkpoint(s)
                 loop.stop_by(sched.flags_seen)
                 loop.stopped(s)

@@ -1,7 +1,7 @@
 """``sdpipe``: P pipelines of K stages whose stage replicas average in groups of the ready
 ones, chosen by a central scheduler (Miao et al., "SDPipe: A Semi-Decentralized Framework
 for Heterogeneity-aware Pipeline-parallel Training", VLDB 2023; update rule from the
-appendix, ../shared/papers/sdpipe-appendix-proof.txt, B.1.1):
+appendix B.1.1, DOI 10.14778/3598581.3598604):
 
     X_{k+1} = (X_k - eta G_k) W_k
 

@@ -28,7 +28,7 @@ from .replica import Replica
 __all__ = ["REGISTRY", "Algorithm", "Context", "EvalSums", "Program", "Replica", "register"]
 
 # the modules whose import registers their algorithms, in the order the docs list them
-MODULES = ("sgd", "local_sgd", "dasgd", "gossip", "ps", "pipeline")
+MODULES = ("sgd", "local_sgd", "dasgd", "gossip", "ps", "pipeline", "sdpipe")
 for _module in MODULES:
     import_module(f"{__name__}.{_module}")
 

@@ -73,7 +73,8 @@ PIPELINES = field(
     "int",
     -1,
     at_least(1, most=10**6),
-    "P: copies of the pipeline (data parallel; world size = P * K; omitted, shown as -1: world size / K)",
+    "P: copies of the pipeline (data parallel; world size = P * K, sdpipe P * K + 1; omitted, shown as -1: "
+    "the most that fit)",
     unset=True,
 )
 MICRO_BATCHES = field(

@@ -65,6 +65,7 @@ STAGE_UPDATE = register_kind("stage_update", "compute", "a pipeline stage's opti
 ACT_TAG, GRAD_TAG, EVAL_TAG = 40, 41, 42
 EVAL_MSG_BASE = 1 << 40  # message ids of evaluation chunks start here
 SYNC_DEPTH = 2  # channel depth of GPipe and 1F1B
+STALE = ("dsp", "sdpipe")  # the algorithms whose stages run DSP's timetable
 
 
 class StageProgram(StageState, StageEvaluation, Program):
@@ -77,6 +78,7 @@ class StageProgram(StageState, StageEvaluation, Program):
         super().__init__(ctx)
         cfg, role, lay = ctx.cfg, ctx.role, ctx.layout
         self.algorithm = str(cfg.algorithm.name)
+        self.stale = self.algorithm in STALE  # DSP's timetable (dsp, and sdpipe inside each pipeline)
         self.K, self.k, self.P = int(cfg.algorithm.stages), role.stage, lay.n_shards
         self.first, self.last = self.k == 0, self.k == self.K - 1
         self.xp = xp = ctx.xp
@@ -93,7 +95,7 @@ class StageProgram(StageState, StageEvaluation, Program):
             assert isinstance(model, MLP)
             part = list(cfg.algorithm.partition) or None
             if part is None and cfg.algorithm.balance == "cost":
-                rows = self.B if self.algorithm == "dsp" else self.B // int(cfg.algorithm.micro_batches)
+                rows = self.B if self.stale else self.B // int(cfg.algorithm.micro_batches)
                 part = measured_cut(ctx.comms.world, model, self.K, rows, xp)
             stages = split(model, self.K, boundaries=part)
             self.cut = [s.layers[0] for s in stages[1:]]
@@ -106,7 +108,7 @@ class StageProgram(StageState, StageEvaluation, Program):
         self.opt_state = self.opt.init(self.x)
         self.dtype = np.dtype(self.x.dtype)
 
-        if self.algorithm == "dsp":
+        if self.stale:
             p, m = dsp_config(cfg)
             self.table = Timetable(p, m, self.steps)  # Figure 2's grid, computed per entry
             depths = dsp_depths(p, m)
@@ -195,11 +197,12 @@ class StageProgram(StageState, StageEvaluation, Program):
 
     def _rows_of(self, a: Array, i: int) -> Array:
         """Micro-batch i's rows of the step's minibatch (GPipe/1F1B) or the batch (DSP)."""
-        if self.algorithm == "dsp":
+        if self.stale:
             return a
         return a[i * self.rows : (i + 1) * self.rows]
 
-    def _update(self, t: int) -> None:
+    def _update(self, t: int, batch: int = -1) -> None:
+        """The step's update (``batch``: DSP's batch id in its timetable)."""
         g = self.g
         if self.allreduce is not None:
             g = self.allreduce.run(g, t)
@@ -321,7 +324,7 @@ class StageProgram(StageState, StageEvaluation, Program):
             self.g.fill(0)
             b = slot.backward
             self._backward(t, b, b % self.stash, recompute=self.stash > 1)
-            self._update(t)
+            self._update(t, b)
         self.slot_done = s
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ class StageState:
     """Checkpoint state of a pipeline stage (a mixin of StageProgram, which sets these)."""
 
     algorithm: str
+    stale: bool
     k: int
     steps: int
     table: Timetable
@@ -44,7 +45,7 @@ class StageState:
     def quiesce(self) -> None:
         """Nothing in flight: DSP takes the messages its neighbours have sent up to the
         step it is at into its channels' local queues; every send completes."""
-        if self.algorithm == "dsp" and self.slot_done >= 0:
+        if self.stale and self.slot_done >= 0:
             s, k = self.slot_done, self.k
             f_me, b_me = self.table.counts(k, s)
             if self.act_in is not None:
@@ -62,12 +63,12 @@ class StageState:
         for key, v in self.opt_state.items():
             if not key.startswith("_"):
                 out[f"opt/{key}"] = to_host(v).copy()
-        if self.algorithm == "dsp":
+        if self.stale:
             for name, ch in (("act_in", self.act_in), ("grad_in", self.grad_in)):
                 if ch is not None:
                     out.update(ch.state(f"queue/{name}"))
             out.update(self._stash_state())
-            out["dsp/steps"] = np.array([self.steps], dtype=np.int64)  # the timetable's run.steps
+            out["dsp/steps"] = np.array([self.table.steps], dtype=np.int64)  # the timetable's batches
             out["dsp/slot_done"] = np.array([self.slot_done], dtype=np.int64)
         return out
 
@@ -100,14 +101,15 @@ class StageState:
         for key in self.opt_state:
             if not key.startswith("_"):
                 self.opt_state[key][...] = xp.asarray(arrays[f"opt/{key}"])
-        if self.algorithm != "dsp":
+        if not self.stale:
             return
         steps, done = int(arrays["dsp/steps"][0]), int(arrays["dsp/slot_done"][0])
-        if steps != self.steps and done >= min(steps, self.steps):
+        mine = self.table.steps
+        if steps != mine and done >= min(steps, mine):
             raise ValueError(
                 f"this DSP checkpoint is from global step {done} of a timetable of run.steps = {steps}, "
                 f"past its last forward (its pipeline drains at the end): DSP continues it only with "
-                f"run.steps = {steps}, not {self.steps}"
+                f"run.steps = {steps}, not {mine}"
             )
         self.slot_done = done
         for name, ch in (("act_in", self.act_in), ("grad_in", self.grad_in)):

@@ -35,9 +35,10 @@ that a test (or a replay) decides every arrival; :class:`mpiml.protocols.sdpipe.
 runs it on real ready signals. Choices where the issue is silent: an arrival at or
 after the open group's deadline first closes that group, then opens a new one; a
 replica already waiting is an error (it cannot be ready twice); a bound round whose
-period already connects all replicas closes at its first arrival (a group of one:
-W_k = I); the first arrival of a round does not close the regular group (it keeps its
-deadline).
+period already connects all replicas when its first replica arrives is met at once: the
+next period starts there and the arrival joins the regular group (no group of one, and
+no wait; :attr:`StageGroups.met` counts these); the first arrival of a round does not
+close the regular group (it keeps its deadline).
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ class StageGroups:
         self.round: list[int] = []  # the open round's members
         self.round_kind, self.round_batch, self.round_opened = REGULAR, -1, 0.0
         self.round_done = -1  # the batch of the last round closed
+        self.met = 0  # bound rounds met at their first arrival (the period already connected)
         self.updates = 0  # memberships of closed groups since the last round
         self.links = UnionFind(P)  # the groups since the last round
 
@@ -194,6 +196,10 @@ class StageGroups:
         out = self.due(now)
         if replica in self.members or replica in self.round:
             raise ValueError(f"replica {replica} is already waiting in an open group")
+        if kind == BOUND and batch > self.round_done and not self.round and self.links.connected():
+            self.round_done, self.updates, self.links = batch, 0, UnionFind(self.P)  # met: a new period
+            self.met += 1
+            kind = REGULAR
         if kind != REGULAR and batch > self.round_done:
             if self.round and batch != self.round_batch:
                 raise ValueError(
@@ -256,12 +262,19 @@ class StageGroups:
             raise RuntimeError(
                 f"a stage's groups hold waiting replicas {self.waiting()}: nothing to checkpoint"
             )
-        return [self.round_done, self.updates, self.links.sets, *self.links.parent, *self.links.size]
+        return [
+            self.round_done,
+            self.updates,
+            self.met,
+            self.links.sets,
+            *self.links.parent,
+            *self.links.size,
+        ]
 
     def load(self, values: list[int]) -> None:
         P = self.P
-        if len(values) != 3 + 2 * P:
-            raise ValueError(f"a stage's group state for P = {P} has {3 + 2 * P} values (got {len(values)})")
-        self.round_done, self.updates, self.links.sets = values[0], values[1], values[2]
-        self.links.parent = list(values[3 : 3 + P])
-        self.links.size = list(values[3 + P : 3 + 2 * P])
+        if len(values) != 4 + 2 * P:
+            raise ValueError(f"a stage's group state for P = {P} has {4 + 2 * P} values (got {len(values)})")
+        self.round_done, self.updates, self.met, self.links.sets = values[:4]
+        self.links.parent = list(values[4 : 4 + P])
+        self.links.size = list(values[4 + P : 4 + 2 * P])

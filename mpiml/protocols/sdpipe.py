@@ -10,9 +10,10 @@ the mixing tool's world):
   :class:`~mpiml.pipeline.groups.StageGroups` per stage, serving ready signals in arrival
   order (one receive preposted per worker; completed ones taken in the order
   ``MPI_Testsome`` returns them, oldest first). A ready signal is 6 float64 values
-  (stage, replica, batch id, step, stop-request bits, wait time in ms); the reply 4 + P
+  (stage, replica, batch id, step, stop-request bits, wait time in ms); the reply 5 + P
   int64 values (the group's sequence number at its stage, its size, why it closed, the
-  agreed stop step or -1, then the members' replica indices, ascending, padded with -1).
+  agreed stop step or -1, the stop-request bits seen, then the members' replica indices,
+  ascending, padded with -1).
   Buffers, no pickles. Closed groups are logged (tables ``sdpipe_groups`` and
   ``sdpipe_members``, always kept: a replay needs them).
 - :class:`GroupClient` (each worker): split-phase: :meth:`GroupClient.ready` starts the
@@ -61,6 +62,7 @@ __all__ = [
 
 READY_TAG, REPLY_TAG, AVG_TAG = 50, 51, 52
 READY_LEN = 6  # stage, replica, batch, step, stop bits, wait_ms (float64)
+REPLY_HEAD = 5  # seq, size, why, stop step, stop bits (int64), then P members
 
 GROUP_AVG = register_kind(
     "group_average", "communication", "SDPIPE: averaging a stage's parameters over its group"
@@ -100,12 +102,14 @@ AVG_DTYPE = np.dtype(  # one row per averaging event, on the worker
 
 class Reply:
     """A worker's group: ``seq`` (its number at the stage), ``members`` (replica indices,
-    ascending), ``why`` ("all", "deadline", "connected", "sync"), ``stop_step`` (-1: none)."""
+    ascending), ``why`` ("all", "deadline", "connected", "sync"), ``stop_step`` (-1: none)
+    and ``stop_bits`` (the stop requests the scheduler has seen)."""
 
-    __slots__ = ("members", "seq", "stop_step", "why")
+    __slots__ = ("members", "seq", "stop_bits", "stop_step", "why")
 
-    def __init__(self, seq: int, members: list[int], why: str, stop_step: int) -> None:
+    def __init__(self, seq: int, members: list[int], why: str, stop_step: int, stop_bits: int = 0) -> None:
         self.seq, self.members, self.why, self.stop_step = seq, members, why, stop_step
+        self.stop_bits = stop_bits
 
 
 class GroupClient:
@@ -135,13 +139,14 @@ class GroupClient:
         self.wait_ms, self.wait_max_ms = float(wait_ms), float(wait_max_ms)
         self.trace = trace if trace is not None else Trace(enabled=False)
         self.out = np.zeros(READY_LEN, dtype=np.float64)
-        self.inbox = np.zeros(4 + P, dtype=np.int64)
+        self.inbox = np.zeros(REPLY_HEAD + P, dtype=np.int64)
         self._reqs: list[MPI.Request] = []
         self._t0 = 0.0
         self._step = 0
         self._batch = -1
         self._wait_in_force = self.wait_ms
         self.stop_step = -1
+        self.stop_bits = 0
         self.messages = Messages(self.trace, comm.Get_size())
 
     def ready(self, batch: int, step: int, flags: int = 0) -> None:
@@ -169,12 +174,12 @@ class GroupClient:
         t1 = self.trace.now()
         self.trace.record(self._step, GROUP_WAIT, t0, t1)
         self.messages.recv(self._step, self.scheduler, t0, t1, self.inbox.nbytes)
-        seq, size, why, stop = (int(v) for v in self.inbox[:4])
-        members = [int(v) for v in self.inbox[4 : 4 + size]]
+        seq, size, why, stop, bits = (int(v) for v in self.inbox[:REPLY_HEAD])
+        members = [int(v) for v in self.inbox[REPLY_HEAD : REPLY_HEAD + size]]
         if size < 1 or self.replica not in members:
             raise RuntimeError(f"SDPIPE scheduler sent replica {self.replica} a group {members} without it")
         if stop >= 0:
-            self.stop_step = stop
+            self.stop_step, self.stop_bits = stop, bits
         self.wait_ms = next_wait(self.wait_ms, size, self.wait_max_ms)
         self.trace.add_row(
             "sdpipe_average",
@@ -182,7 +187,7 @@ class GroupClient:
             (self._step, self._batch, seq, size, self._wait_in_force, t1 - self._t0),
             always=True,
         )
-        return Reply(seq, members, WHY[why], stop)
+        return Reply(seq, members, WHY[why], stop, bits)
 
 
 class GroupAverage:
@@ -193,19 +198,27 @@ class GroupAverage:
     Dup of the stage's replicas); receive buffers for every other rank allocated once
     (``(n - 1) x size``). Split-phase: :meth:`start` copies the buffer and posts every
     send and receive; :meth:`finish` waits and writes the average into the array passed
-    to :meth:`start`. Host buffers (a device array is staged through the host)."""
+    to :meth:`start`. Host buffers (a device array is staged through the host).
+    ``world_ranks[i]``: the rank the trace names for member i (default i), so that sends
+    and receives pair up with the job's other messages (ids on a channel of their own)."""
 
     def __init__(
-        self, comm: MPI.Comm, size: int, dtype: Any, xp: Any = np, trace: Trace | None = None
+        self,
+        comm: MPI.Comm,
+        size: int,
+        dtype: Any,
+        xp: Any = np,
+        trace: Trace | None = None,
+        world_ranks: Sequence[int] | None = None,
+        world_size: int = 0,
     ) -> None:
         self.comm, self.n, self.rank = comm, comm.Get_size(), comm.Get_rank()
+        self.names = list(world_ranks) if world_ranks is not None else list(range(self.n))
         self.size, self.dtype, self.xp = int(size), np.dtype(dtype), xp
         self.trace = trace if trace is not None else Trace(enabled=False)
-        self.bufs = np.zeros(
-            (self.n, self.size), dtype=self.dtype
-        )  # row i: member i's buffer (own row: the send)
+        self.bufs = np.zeros((self.n, self.size), dtype=self.dtype)  # row i: member i's (own row: the send)
         self.acc = np.zeros(self.size, dtype=self.dtype)
-        self.messages = Messages(self.trace, self.n)
+        self.messages = Messages(self.trace, max(world_size, max(self.names) + 1))
         self._reqs: list[MPI.Request] = []
         self._members: list[int] = []
         self._x: Array | None = None
@@ -233,7 +246,7 @@ class GroupAverage:
         for m in ms:
             if m != self.rank:
                 reqs.append(self.comm.Isend(own, dest=m, tag=AVG_TAG))
-                self.messages.send(step, m, t0, t0, own.nbytes)
+                self.messages.send(step, self.names[m], t0, t0, own.nbytes)
                 self.trace.sent(own.nbytes)
         self._reqs = reqs
 
@@ -246,7 +259,7 @@ class GroupAverage:
         t1 = self.trace.now()
         for m in ms:
             if m != self.rank:
-                self.messages.recv(self._step, m, t0, t1, self.bufs[m].nbytes)
+                self.messages.recv(self._step, self.names[m], t0, t1, self.bufs[m].nbytes)
         if len(ms) > 1:
             acc = self.acc
             acc[...] = self.bufs[ms[0]]
@@ -323,7 +336,7 @@ class GroupScheduler:
         self.order = [r for ranks in self.workers for r in ranks]  # one receive per worker, in this order
         n = len(self.order)
         self.inbox = np.zeros((n, READY_LEN), dtype=np.float64)
-        self.outbox = np.zeros((n, 4 + self.P), dtype=np.int64)
+        self.outbox = np.zeros((n, REPLY_HEAD + self.P), dtype=np.int64)
         self.stages = [StageGroups(self.P, ssp_bound) for _ in range(self.K)]
         self.seq = np.zeros(self.K, dtype=np.int64)
         self.answered = np.zeros((self.K, self.P), dtype=np.int64)  # updates answered per worker
@@ -429,9 +442,9 @@ class GroupScheduler:
             if self._send[i] != MPI.REQUEST_NULL:
                 self._send[i].Wait()  # the previous reply (received long ago: the worker has sent since)
             out = self.outbox[i]
-            out[:4] = (seq, size, WHY.index(g.why), self.stop_step)
-            out[4:] = -1
-            out[4 : 4 + size] = g.members
+            out[:REPLY_HEAD] = (seq, size, WHY.index(g.why), self.stop_step, self.flags_seen)
+            out[REPLY_HEAD:] = -1
+            out[REPLY_HEAD : REPLY_HEAD + size] = g.members
             self._send[i] = self.comm.Isend([out, MPI.INT64_T], dest=r, tag=REPLY_TAG)
             self.messages.send(int(self.last_step[k, p]), r, now, now, out.nbytes)
             tr.sent(out.nbytes)
@@ -460,7 +473,7 @@ class GroupScheduler:
             reg, bnd, syn = (int(v) for v in self.rounds[k])
             lines.append(
                 f"sdpipe stage {k}: {n} groups, mean size {mean:.2f} of P = {self.P} (sizes {hist}); "
-                f"{bnd} bound rounds, {syn} sync rounds"
+                f"{bnd + self.stages[k].met} bound rounds ({self.stages[k].met} met at once), {syn} sync rounds"
             )
         return "\n".join(lines)
 

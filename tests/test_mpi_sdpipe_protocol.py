@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpiml.pipeline.groups import REGULAR, WHY, next_wait, round_kind
+from mpiml.pipeline.groups import REGULAR, SYNC, WHY, next_wait, round_kind
 from mpiml.protocols.sdpipe import GroupAverage, GroupClient, GroupScheduler, average_of
 from mpiml.trace import Trace
 
@@ -57,9 +57,10 @@ def _run(
     seed: int,
     alone_first: bool = False,
     stop_at: tuple[int, int] | None = None,
-) -> tuple[list[list[dict[str, Any]]], dict[str, np.ndarray], int]:
+) -> tuple[list[list[dict[str, Any]]], dict[str, np.ndarray], int, int]:
     """One run on the first 4 ranks of ``world``; returns, on every rank, each worker's events,
-    the scheduler's tables and its stop step. ``alone_first``: workers 1 and 2 start only
+    the scheduler's tables, its stop step and its bound rounds met at once (no group, the
+    period already connected). ``alone_first``: workers 1 and 2 start only
     once worker 0 has its first group (which is then 0 alone, closed at its deadline);
     ``stop_at`` = (worker, batch): that worker's ready signal for that batch carries a stop
     request."""
@@ -68,14 +69,14 @@ def _run(
     workers = comm.Split(0 if rank < P else MPI.UNDEFINED, rank)  # GroupAverage's communicator
     events: list[dict[str, Any]] = []
     tables: dict[str, np.ndarray] = {}
-    stop = -1
+    stop = met = -1
     with _or_abort():
         if rank == SCHED:
             trace = Trace()
             sched = GroupScheduler(comm, [list(range(P))], ssp_bound, sync_every, batches, trace=trace)
             sched.serve(until=lambda: sched.done_through(batches - 1))
             sched.close()
-            tables, stop = trace.take_tables(), sched.stop_step
+            tables, stop, met = trace.take_tables(), sched.stop_step, sched.stages[0].met
             assert sched.answered.tolist() == [[batches] * P]
         elif rank < P:
             rng = np.random.default_rng(seed + 1000 * rank)
@@ -101,13 +102,13 @@ def _run(
                         comm.send(None, dest=r, tag=99)
             stop = client.stop_step
     got = comm.allgather(events)[:P]
-    tables = comm.bcast(tables, root=SCHED)
+    tables, met = comm.bcast((tables, met), root=SCHED)
     stops = comm.allgather(stop)
     if workers != MPI.COMM_NULL:
         workers.Free()
     comm.Free()
     assert stops[:P] == [stops[SCHED]] * P, f"stop steps: workers {stops[:P]}, scheduler {stops[SCHED]}"
-    return got, tables, stops[SCHED]
+    return got, tables, stops[SCHED], met
 
 
 def _check_groups(got: list[list[dict[str, Any]]], tables: dict[str, np.ndarray], batches: int) -> dict:
@@ -148,18 +149,21 @@ def _check_groups(got: list[list[dict[str, Any]]], tables: dict[str, np.ndarray]
 @pytest.mark.parametrize("wait_ms", [0.05, 1.0])
 def test_groups_averages_tables_and_adaptive_waits(comm: MPI.Comm, wait_ms: float) -> None:
     batches, ssp_bound, sync_every, wait_max = 24, 3, 8, 4.0
-    got, tables, stop = _run(
+    got, tables, stop, met = _run(
         comm, batches, wait_ms=wait_ms, wait_max_ms=wait_max, ssp_bound=ssp_bound,
         sync_every=sync_every, seed=int(wait_ms * 100), alone_first=True,
     )  # fmt: skip
     _check_groups(got, tables, batches)
     assert stop == -1 and all(e["stop"] == -1 for evs in got for e in evs)
-    # a round at every round batch, in order, of the right kind; sync rounds hold all
+    # a round at every round batch (but the bound rounds met at once), in order, of the right
+    # kind; sync rounds hold all
     rows = tables["sdpipe_groups"]
     rounds = rows[rows["kind"] != REGULAR]
     kinds = [round_kind(b, ssp_bound, sync_every, batches) for b in range(batches)]
-    assert rounds["step"].tolist() == [b for b in range(batches) if kinds[b] != REGULAR]
-    assert rounds["kind"].tolist() == [k for k in kinds if k != REGULAR]
+    steps = rounds["step"].tolist()
+    assert steps == sorted(set(steps)) and len(steps) + met == sum(k != REGULAR for k in kinds)
+    assert {b for b in range(batches) if kinds[b] == SYNC} <= set(steps)
+    assert rounds["kind"].tolist() == [kinds[b] for b in steps]
     assert all(int(r["size"]) == P for r in rounds if WHY[int(r["why"])] == "sync")
     # adaptive waits: each next wait follows from the last group's size; 0 began alone: doubled
     for evs in got:
@@ -173,7 +177,7 @@ def test_with_endless_waits_every_group_is_all_three(comm: MPI.Comm) -> None:
     """No bound round, a sync round at the last batch, waits of 1000 s: no deadline ever
     passes, every group closes with all three."""
     batches = 12
-    got, tables, _ = _run(
+    got, tables, _, _ = _run(
         comm, batches, wait_ms=1e6, wait_max_ms=1e6, ssp_bound=batches + 1, sync_every=100, seed=7
     )
     by_seq = _check_groups(got, tables, batches)
@@ -186,7 +190,7 @@ def test_a_stop_request_reaches_every_worker_with_the_replies(comm: MPI.Comm) ->
     """Worker 1 asks to stop with its ready signal of batch 3: its reply, and every reply
     after it, carries the scheduler's stop step (the furthest step reported + 1 + margin)."""
     batches = 10
-    got, tables, stop = _run(
+    got, tables, stop, _ = _run(
         comm, batches, wait_ms=0.5, wait_max_ms=2.0, ssp_bound=2, sync_every=5, seed=3, stop_at=(1, 3)
     )
     _check_groups(got, tables, batches)

@@ -162,12 +162,15 @@ def test_a_bound_round_closes_when_its_members_connect_the_period_and_later_arri
     assert (closed.members, closed.why, closed.kind, closed.batch) == ((0, 2), "connected", BOUND, 2)
     assert g.ready(1, 1.5, 1.0, 2, BOUND) == []  # batch 2's round is done: 1 joins a regular group
     assert g.members == [1] and not g.round and g.next_deadline() == pytest.approx(1.501)
-    # the next period: a round whose period already connects all closes at its first arrival
+    # the next period: a round whose period already connects all is met at its first
+    # arrival, which joins a regular group; the period starts again there
     g.ready(0, 1.5002, 1.0, 3, REGULAR)
     (closed,) = g.ready(2, 1.5003, 1.0, 3, REGULAR)
     assert closed.members == (0, 1, 2) and closed.why == "all"
-    (closed,) = g.ready(1, 1.6, 1.0, 5, BOUND)
-    assert (closed.members, closed.why, closed.batch) == ((1,), "connected", 5)
+    assert g.ready(1, 1.6, 1.0, 5, BOUND) == [] and g.members == [1] and not g.round and g.met == 1
+    g.ready(0, 1.6001, 1.0, 5, BOUND)  # batch 5's round is met: regular
+    (closed,) = g.ready(2, 1.6002, 1.0, 4, REGULAR)
+    assert closed.members == (0, 1, 2) and g.state()[:4] == [5, 3, 1, 1]  # round_done, updates, met, sets
 
 
 def test_a_sync_round_waits_for_all_and_takes_only_its_batch() -> None:
@@ -188,7 +191,7 @@ def test_a_sync_round_waits_for_all_and_takes_only_its_batch() -> None:
     (closed,) = g.ready(2, 1e9, 1.0, 1, SYNC)
     assert (closed.members, closed.why, closed.kind, closed.batch) == ((0, 1, 2), "sync", SYNC, 1)
     assert closed.deadline is None and not g.open
-    assert g.state()[:3] == [1, 0, 3]  # round_done = 1, no updates, no links since
+    assert g.state()[:4] == [1, 0, 0, 3]  # round_done = 1, no updates, none met, no links since
 
 
 def test_a_replica_that_skips_a_round_is_an_error() -> None:
@@ -215,7 +218,7 @@ def test_state_round_trip_and_no_state_while_replicas_wait() -> None:
     g.ready(3, 0.0301, 1.0, 2, REGULAR)
     g.due(0.04)  # {2, 3} in the new period
     state = g.state()
-    assert state == [1, 2, 3, 0, 1, 2, 2, 1, 1, 2, 1]  # round_done, updates, sets, parent, size
+    assert state == [1, 2, 0, 3, 0, 1, 2, 2, 1, 1, 2, 1]  # round_done, updates, met, sets, parent, size
     h = StageGroups(4, ssp_bound=2)
     h.load(state)
     assert h.state() == state
@@ -228,7 +231,7 @@ def test_state_round_trip_and_no_state_while_replicas_wait() -> None:
     g.ready(0, 0.1, 1.0, 4, REGULAR)
     with pytest.raises(RuntimeError, match="nothing to checkpoint"):
         g.state()
-    with pytest.raises(ValueError, match="has 11 values"):
+    with pytest.raises(ValueError, match="has 12 values"):
         h.load(state[:-1])
 
 
@@ -271,10 +274,14 @@ def test_random_arrivals_mix_doubly_stochastic_and_every_period_connects(
                 waits[m] = next_wait(waits[m], len(grp.members))
                 arrive[m] = t + float(rng.exponential(1e-3)) * (3.0 if m == 0 else 1.0)
     assert not g.open
-    expect = [b for b in range(batches) if round_kind(b, bound, sync, batches) != REGULAR]
-    assert [x.batch for x in rounds] == expect
+    kinds = [round_kind(b, bound, sync, batches) for b in range(batches)]
+    # one round per round batch, in order, but for the bound rounds met at once (no group)
+    got = [x.batch for x in rounds]
+    assert got == sorted(set(got)) and len(got) + g.met == sum(k != REGULAR for k in kinds)
+    assert {b for b in range(batches) if kinds[b] == SYNC} <= set(got)
+    assert all(kinds[x.batch] == x.kind for x in rounds)
     assert all(len(x.members) == P for x in rounds if x.kind == SYNC)
-    assert any(x.kind == BOUND and len(x.members) < P for x in rounds) or bound == 1
+    assert any(x.kind == BOUND for x in rounds) or bound == 1
 
 
 def test_bad_arguments() -> None:

@@ -189,11 +189,15 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     labels = list(dict.fromkeys(a["label"] for a in rows))
-    for label in labels:
+    for i, label in enumerate(labels):
         rs = sorted((a for a in rows if a["label"] == label), key=lambda a: a["n"])
-        ax.plot([a["n"] for a in rs], [a["t_mix"] for a in rs], marker="o", label=label)
+        ns = [a["n"] for a in rs]
+        style = {"marker": "osD^v"[i % 5], "color": f"C{i}"}
+        ax.plot(ns, [a["t_mix"] for a in rs], label=label, linestyle="--" if i == 0 else "-", **style)
+        if rs[0]["protocol"] == "sdpipe":  # the mean over trials, dotted
+            ax.plot(ns, [a["t_mix_mean"] for a in rs], linestyle=":", alpha=0.7, **style)
     ax.set_xlabel("workers n (SDPIPE: replicas; + 1 scheduler rank)")
-    ax.set_ylabel("t_mix (time steps, max over trials)")
+    ax.set_ylabel("t_mix (time steps; max over trials, SDPIPE's mean dotted)")
     ax.set_title("SDPIPE's groups vs AllReduce and gossip: mixing time")
     ax.set_xticks(sorted({a["n"] for a in rows}))
     ax.grid(alpha=0.3)

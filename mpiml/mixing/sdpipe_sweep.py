@@ -192,10 +192,17 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     for i, label in enumerate(labels):
         rs = sorted((a for a in rows if a["label"] == label), key=lambda a: a["n"])
         ns = [a["n"] for a in rs]
-        style = {"marker": "osD^v"[i % 5], "color": f"C{i}"}
-        ax.plot(ns, [a["t_mix"] for a in rs], label=label, linestyle="--" if i == 0 else "-", **style)
+        marker, color = "osD^v"[i % 5], f"C{i}"
+        ax.plot(
+            ns,
+            [a["t_mix"] for a in rs],
+            label=label,
+            linestyle="--" if i == 0 else "-",
+            marker=marker,
+            color=color,
+        )
         if rs[0]["protocol"] == "sdpipe":  # the mean over trials, dotted
-            ax.plot(ns, [a["t_mix_mean"] for a in rs], linestyle=":", alpha=0.7, **style)
+            ax.plot(ns, [a["t_mix_mean"] for a in rs], linestyle=":", alpha=0.7, marker=marker, color=color)
     ax.set_xlabel("workers n (SDPIPE: replicas; + 1 scheduler rank)")
     ax.set_ylabel("t_mix (time steps; max over trials, SDPIPE's mean dotted)")
     ax.set_title("SDPIPE's groups vs AllReduce and gossip: mixing time")

@@ -190,6 +190,20 @@ def test_stop_and_resume_end_where_the_run_ends(comm: MPI.Comm, shared_tmp: Path
     got, want = _replicas(comm, res, P), _replicas(comm, full, P)
     ok = all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
     assert_all(comm, ok, f"stopped at step {at} and resumed: the replicas differ from the uninterrupted run")
+    dirs = comm.bcast((full.run_dir, res.run_dir) if full is not None and res is not None else None, root=0)
+
+    def check() -> list[str]:  # the scheduler's counters continue: the same groups, numbered alike
+        (g_full, _), (g_res, m_res) = (read_groups(d, P + 1) for d in dirs)
+        bad = []
+        if sorted(g_res["seq"].tolist()) != list(range(len(g_full))):
+            bad.append(
+                f"resumed run's group numbers {sorted(g_res['seq'].tolist())}, uninterrupted 0..{len(g_full) - 1}"
+            )
+        if sorted(len(m) for m in m_res.values()) != [P] * len(g_full):
+            bad.append("the resumed run's groups are not the uninterrupted run's")
+        return bad
+
+    check_on_rank_0(comm, check)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,10 @@
 - AsyncPS: :mod:`~mpiml.mixing.ps_model` (its matrices, closed forms, a pull schedule's
   t_mix), :mod:`~mpiml.mixing.ps_sim` (an event simulator of the schedule),
   :mod:`~mpiml.mixing.ps_ranks` (the measurement on the parameter server's ranks);
+- SDPIPE's groups: :mod:`~mpiml.mixing.sdpipe_model` (W_S, the replay, a group
+  schedule's t_mix), :mod:`~mpiml.mixing.sdpipe_ranks` (the measurement on P replicas
+  and the scheduler rank), :mod:`~mpiml.mixing.sdpipe_sweep` (beside AllReduce and
+  gossip, results/mixing/sdpipe/);
 - :mod:`~mpiml.mixing.store`: the table and the HDF5 result file;
 - :mod:`~mpiml.mixing.svg`: a hand-written SVG line plot;
 - :mod:`~mpiml.mixing.cli`: ``mpiml mixing`` (also ``python -m mpiml.mixing``);

@@ -3,6 +3,7 @@
     mpiexec -n 8 mpiml mixing --protocol gossip --topology ring
     mpiexec -n 8 python -m mpi4py -m mpiml.mixing.cli --protocol local_step --m 3
     mpiexec -n 5 mpiml mixing --protocol async_ps --slow 4 --staleness 1   # 4 workers + 1 server
+    mpiexec -n 5 mpiml mixing --protocol sdpipe --slow 2 --jitter 0.5      # 4 replicas + the scheduler
 
 Every rank measures (the measurement is collective); rank 0 prints the table and
 writes ``<out>/<protocol>-<variant>-n<N>.h5`` (:mod:`mpiml.mixing.store`). An existing
@@ -64,12 +65,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--staleness", type=_nonnegative, help="async_ps: SSP bound s (default: fully asynchronous; 0: BSP)"
     )
-    p.add_argument("--slow", type=_positive, help="async_ps: worker 0 is SLOW times slower (default 1)")
     p.add_argument(
-        "--rounds", type=_positive, help="async_ps: pushes of the slow worker per trial (default 4)"
+        "--slow", type=_positive, help="async_ps, sdpipe: worker/replica 0 is SLOW times slower (default 1)"
     )
     p.add_argument(
-        "--period", type=float, help="async_ps: seconds a fast worker sleeps per step (default 0.05)"
+        "--rounds",
+        type=_positive,
+        help="async_ps: pushes of the slow worker per trial (default 4); sdpipe: updates per replica (40)",
+    )
+    p.add_argument(
+        "--period",
+        type=float,
+        help="async_ps: seconds a fast worker sleeps per step (default 0.05); sdpipe: per batch (0.01)",
+    )
+    p.add_argument("--wait-ms", type=float, help="sdpipe: a replica's initial wait time, ms (default 1.0)")
+    p.add_argument("--wait-max-ms", type=float, help="sdpipe: the wait time's cap, ms (default 10.0)")
+    p.add_argument("--ssp-bound", type=int, help="sdpipe: a bound round every SSP_BOUND batches (default 10)")
+    p.add_argument(
+        "--sync-every", type=int, help="sdpipe: a sync round every SYNC_EVERY batches (default none)"
+    )
+    p.add_argument(
+        "--jitter",
+        type=float,
+        help="sdpipe: a batch's sleep is PERIOD x U(1 - JITTER, 1 + JITTER) (default 0)",
     )
     p.add_argument("--trials", type=_positive, default=20, help="random starting states (default 20)")
     p.add_argument("--dim", type=_positive, default=8, help="values per rank (default 8)")
@@ -95,7 +113,7 @@ def _params(args: argparse.Namespace) -> dict[str, object]:
     takes = PARAMS[args.protocol]
     wrong = [k for k in given if k not in takes]
     if wrong:
-        raise ValueError(f"--{wrong[0]} does not apply to --protocol {args.protocol}")
+        raise ValueError(f"--{wrong[0].replace('_', '-')} does not apply to --protocol {args.protocol}")
     if args.protocol in _TOPOLOGICAL:
         given.setdefault("topology", "ring")
     return given
@@ -130,6 +148,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"--dim must be >= --servers (got {args.dim} < {full['servers']})")
             if args.max_time is not None:
                 raise ValueError("--max-time does not apply to --protocol async_ps (use --rounds)")
+        if args.protocol == "sdpipe":
+            from .sdpipe_ranks import sdpipe_defaults
+
+            try:
+                sdpipe_defaults(params)
+            except ValueError as exc:
+                raise ValueError(f"--protocol sdpipe: {exc}") from None
+            if comm.Get_size() < 3:
+                raise ValueError(
+                    f"--protocol sdpipe needs at least 3 ranks: 2 replicas and the scheduler "
+                    f"(got {comm.Get_size()})"
+                )
+            if args.max_time is not None:
+                raise ValueError("--max-time does not apply to --protocol sdpipe (use --rounds)")
         if not 0.0 <= args.floor < 0.5:
             raise ValueError(f"--floor must be in [0, 0.5) (got {args.floor})")
     except ValueError as exc:
@@ -169,7 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _workers(protocol: str, size: int, params: dict[str, object]) -> int:
-    """MixML's n: the ranks, less the servers for async_ps."""
+    """MixML's n: the ranks, less the servers for async_ps and the scheduler for sdpipe."""
+    if protocol == "sdpipe":
+        return size - 1
     return size - int(params.get("servers", 1)) if protocol == "async_ps" else size  # type: ignore[call-overload]
 
 

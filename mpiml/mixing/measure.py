@@ -31,6 +31,12 @@ anywhere (footnote 2), so a step in which all n workers update is n time steps:
     :func:`mpiml.mixing.ps_ranks.measure_ps` (time = pushes applied, from the servers'
     logs; t_mix = the longest gap between two pulls of a worker, Assumption 2's worst
     state; docs/mixing.md "AsyncPS").
+``sdpipe`` (``wait_ms``, ``wait_max_ms``, ``ssp_bound``, ``sync_every``, ``slow``, ``rounds``,
+``period``, ``jitter``)
+    SDPIPE's groups of ready replicas on P replicas + a scheduler rank, measured as a
+    whole by :func:`mpiml.mixing.sdpipe_ranks.measure_sdpipe` (time = updates: a group
+    of |S| replicas is |S| time steps, an iteration of every replica P; t_mix =
+    Assumption 2 on the scheduler's groups for the worst state; docs/mixing.md "SDPIPE").
 
 The initial state of trial ``trial`` on rank r is N(0, 1)^d drawn from
 ``numpy.random.default_rng([seed, trial, r])``. The distance is measured in float64 by
@@ -50,6 +56,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .ps_ranks import PS_PARAMS, measure_ps
+from .sdpipe_ranks import SDPIPE_PARAMS, measure_sdpipe
 from .spectral import gossip_estimate
 from .tmix import summarize, t_mix_of_curve
 
@@ -157,9 +164,11 @@ PROTOCOLS: dict[str, Callable[..., Any]] = {
     "gossip": _Gossip,
     "async_gossip": _AsyncGossip,
     "async_ps": measure_ps,
+    "sdpipe": measure_sdpipe,
 }
-"""Protocol name -> driver factory ``(comm, dim, seed, **params)``; ``async_ps`` -> its
-whole measurement (:func:`~mpiml.mixing.ps_ranks.measure_ps`), not a driver of events."""
+"""Protocol name -> driver factory ``(comm, dim, seed, **params)``; ``async_ps`` and
+``sdpipe`` -> their whole measurement (:func:`~mpiml.mixing.ps_ranks.measure_ps`,
+:func:`~mpiml.mixing.sdpipe_ranks.measure_sdpipe`), not a driver of events."""
 
 PARAMS: dict[str, tuple[str, ...]] = {
     "allreduce": (),
@@ -167,6 +176,7 @@ PARAMS: dict[str, tuple[str, ...]] = {
     "gossip": ("topology", "method", "gamma"),
     "async_gossip": ("topology", "every"),
     "async_ps": PS_PARAMS,
+    "sdpipe": SDPIPE_PARAMS,
 }
 
 
@@ -196,6 +206,8 @@ class MixingResult:
     curves: list[tuple[np.ndarray, np.ndarray]] = field(repr=False)
     pulls: list[list[np.ndarray]] | None = field(default=None, repr=False)
     """async_ps: per trial, the pull times of each (worker, shard) pair (worker-major)."""
+    groups: list[list[tuple[int, tuple[int, ...]]]] | None = field(default=None, repr=False)
+    """sdpipe: per trial, the scheduler's groups in order: (round kind, members)."""
 
     @property
     def trials(self) -> int:
@@ -231,8 +243,10 @@ def measure(
     """Measure ``protocol``'s t_mix over ``n_trials`` random states of ``d`` float64 values
     per rank; collective over ``comm``. ``params`` are the protocol's own (``m``;
     ``topology``, ``method``, ``gamma``; ``topology``, ``every``; async_ps's
-    ``servers``, ``staleness``, ``slow``, ``rounds``, ``period``). A trial stops at
-    d_t <= rel_floor d_0 / 2 or at ``max_time`` (default 10000 n) time steps.
+    ``servers``, ``staleness``, ``slow``, ``rounds``, ``period``; sdpipe's
+    :data:`~mpiml.mixing.sdpipe_ranks.SDPIPE_PARAMS`). A trial stops at
+    d_t <= rel_floor d_0 / 2 or at ``max_time`` (default 10000 n) time steps (async_ps
+    and sdpipe: after ``rounds``).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)} (got {protocol!r})")
@@ -248,6 +262,10 @@ def measure(
         if max_time is not None:
             raise ValueError("max_time does not apply to async_ps (its length is rounds, pushes per worker)")
         return measure_ps(comm, n_trials, d=d, seed=seed, rel_floor=rel_floor, **params)
+    if protocol == "sdpipe":
+        if max_time is not None:
+            raise ValueError("max_time does not apply to sdpipe (its length is rounds, updates per replica)")
+        return measure_sdpipe(comm, n_trials, d=d, seed=seed, rel_floor=rel_floor, **params)
     n, rank = comm.Get_size(), comm.Get_rank()
     limit = 10_000 * n if max_time is None else int(max_time)
     driver = PROTOCOLS[protocol](comm, d, seed, **params)

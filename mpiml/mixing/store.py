@@ -3,7 +3,8 @@
 File ``<protocol>-<variant>-n<N>.h5`` (:func:`result_name`; the variant is the topology
 for the gossip protocols, ``m<M>`` for local_step, nothing for allreduce, ``S<servers>``
 then ``-s<staleness>`` and ``-r<slow>`` where given for async_ps, whose N is the
-workers):
+workers; ``r<slow>`` and ``j<jitter>`` where not the default for sdpipe, whose N is the
+replicas):
 
 - attributes: ``protocol``, ``n``, ``trials``, ``dim``, ``seed``, ``rel_floor``,
   ``resolution`` (time steps between records), ``t_mix`` (max over trials of the
@@ -19,7 +20,12 @@ workers):
   (worker, shard) pair: the pushes applied when each of its pulls was answered) and
   ``pair`` (int64 rows trial, worker, shard); attribute ``gap_mean``, the mean gap
   between a pair's pulls (the first counted from t = 0) over all trials. A parameter that is None (staleness:
-  fully asynchronous) is left out of the attributes.
+  fully asynchronous) is left out of the attributes;
+- sdpipe only, group ``groups``: ``size``, ``kind`` (0 regular, 1 bound round, 2 sync
+  round) and ``members`` (ragged int64, one row per trial: the groups in the
+  scheduler's order, ``members`` their replicas concatenated); attributes
+  ``group_mean`` (mean group size over all trials) and ``group_full`` (the fraction of
+  groups with all P replicas).
 
 Written by one rank (every rank holds the same result).
 """
@@ -42,7 +48,7 @@ __all__ = ["format_table", "read_attrs", "result_name", "write_result"]
 
 def result_name(protocol: str, n: int, params: dict[str, Any]) -> str:
     """'gossip-ring-n8.h5', 'async_gossip-ring-n8.h5', 'local_step-m2-n8.h5', 'allreduce-n8.h5',
-    'async_ps-S1-s1-r4-n8.h5' (8 workers)."""
+    'async_ps-S1-s1-r4-n8.h5' (8 workers), 'sdpipe-r2-j0.5-n4.h5' (4 replicas)."""
     if "topology" in params:
         variant = Path(str(params["topology"])).stem  # a .toml path names its file
     elif protocol == "local_step":
@@ -53,6 +59,11 @@ def result_name(protocol: str, n: int, params: dict[str, Any]) -> str:
             variant += f"-s{params['staleness']}"
         if int(params.get("slow", 1)) != 1:
             variant += f"-r{params['slow']}"
+    elif protocol == "sdpipe":
+        parts = [f"r{params['slow']}"] if int(params.get("slow", 1)) != 1 else []
+        if float(params.get("jitter", 0.0)) != 0.0:
+            parts.append(f"j{params['jitter']:g}")
+        variant = "-".join(parts)
     else:
         variant = ""
     return f"{protocol}-{variant}-n{n}.h5" if variant else f"{protocol}-n{n}.h5"
@@ -127,6 +138,22 @@ def _write_h5(path: Path, r: MixingResult) -> None:
             p["pair"] = np.array(rows, dtype=np.int64).reshape(-1, 3)
             gaps = [np.diff(t, prepend=0) for trial in r.pulls for t in trial]
             a["gap_mean"] = float(np.mean(np.concatenate(gaps))) if gaps else math.nan
+        if r.groups is not None:
+            _write_groups(f, r)
+
+
+def _write_groups(f: h5py.File, r: MixingResult) -> None:
+    assert r.groups is not None
+    g = f.create_group("groups")
+    vlen = h5py.vlen_dtype(np.int64)
+    size, kind, members = (g.create_dataset(k, (r.trials,), dtype=vlen) for k in ("size", "kind", "members"))
+    for i, sched in enumerate(r.groups):
+        size[i] = np.array([len(ms) for _, ms in sched], dtype=np.int64)
+        kind[i] = np.array([k for k, _ in sched], dtype=np.int64)
+        members[i] = np.array([m for _, ms in sched for m in ms], dtype=np.int64)
+    sizes = np.array([len(ms) for sched in r.groups for _, ms in sched], dtype=np.float64)
+    f.attrs["group_mean"] = float(sizes.mean()) if sizes.size else math.nan
+    f.attrs["group_full"] = float((sizes == r.n).mean()) if sizes.size else math.nan
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
@@ -150,6 +177,13 @@ def _variant(params: dict[str, Any]) -> str:
         return " ".join([str(params["topology"]), *extra])
     if "m" in params:
         return f"m={params['m']}"
+    if "ssp_bound" in params:
+        out = [f"b={params['ssp_bound']}"]
+        if int(params.get("slow", 1)) != 1:
+            out.append(f"r={params['slow']}")
+        if float(params.get("jitter", 0.0)) != 0.0:
+            out.append(f"j={params['jitter']:g}")
+        return " ".join(out)
     if "servers" in params:
         s = params.get("staleness")
         out = [f"S={params['servers']}", "async" if s is None else f"s={s}"]

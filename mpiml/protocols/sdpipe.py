@@ -392,9 +392,10 @@ class GroupScheduler:
             if served:
                 idle_since = tr.now()
             else:
+                # yield the core to the ranks that compute: 50 us while a group's deadline is
+                # pending (it closes within that of its time), 200 us with none open
                 nxt = [d for d in (st.next_deadline() for st in self.stages) if d is not None]
-                gap = min(nxt) - now if nxt else 1e-3
-                time.sleep(min(max(gap, 0.0), 50e-6))  # keep the core for the ranks that compute
+                time.sleep(min(max(min(nxt) - now, 0.0), 50e-6) if nxt else 200e-6)
 
     def _ready(self, i: int, now: float) -> None:
         stage, replica, batch, step, flags, wait_ms = self.inbox[i]

@@ -529,8 +529,8 @@ def bound_note(vs: list[dict]) -> list[str]:
         "freedom with K >= 2). While the fast replicas wait in the round of batch b, the slow replica's "
         "arrivals of earlier batches go to regular groups, where it is alone; a period in which the slow "
         "replica met no fast one therefore closes only when the slow replica itself reaches batch b (closed "
-        "as 'all'): the fast pipelines wait until it catches up, up to ssp_bound x (1 - 1/2) slow batches "
-        "at 2x. A count-based round (the issue's wording: after ssp_bound P updates, the next round waits "
+        "as 'all'): the fast pipelines wait until it catches up, the whole lag accumulated since the last "
+        "catch-up (at 2x the slow replica falls one batch behind every two fast batches). A count-based round (the issue's wording: after ssp_bound P updates, the next round waits "
         "until connected) would take the slow replica in at its next arrival, whatever its batch. Measured, "
         "same benchmark run: " + "; ".join(rows) + ".",
     ]
@@ -611,11 +611,13 @@ def write(res: _bench.Results) -> None:
         "## sdpipe's groups (in the window) and waits",
         "",
         "Groups opened in the window (after it the fast pipelines wait at the final sync round and the slow "
-        "one averages alone; whole-run counts in the JSON). why: all P ready / deadline / connected at a "
-        "bound round / sync round. Wait: ready signal to reply (`sdpipe_average.waited`), mean per update "
+        "one averages alone; whole-run counts in the JSON). Why each closed: all ready (all P in the group: a "
+        "regular group, or a bound round that waited until the slow replica reached its batch) / deadline / "
+        "bound round (closed once connected, with fewer than P) / sync round. Bound rounds met at their first "
+        "arrival (the period already connected) are no group: they are not counted. Wait: ready signal to reply (`sdpipe_average.waited`), mean per update "
         "over the batches before the last.",
         "",
-        "| P | K | sdpipe | condition | groups | mean size | sizes 1..P (share) | all ready | deadline | bound round | "
+        "| P | K | sdpipe | condition | groups | mean size | sizes 1..P (share) | all ready | deadline | connected | "
         "sync | wait ms (all / peers / slow pipeline) | bound rounds that waited, per run | peers' bound-round "
         "wait / window |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",

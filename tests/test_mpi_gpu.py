@@ -37,7 +37,18 @@ def test_device_allreduce_equals_host_allreduce(comm: MPI.Comm, cuda_aware: bool
 
 @pytest.mark.parametrize(
     "alg",
-    ["sgd", "local_sgd", "dasgd-test", "dasgd-thread", "qsgd", "qpr_sgd", "dqpr_sgd", "1f1b", "dsp", "sdpipe"],
+    [
+        "sgd",
+        "local_sgd",
+        "dasgd-test",
+        "dasgd-thread",
+        "qsgd",
+        "qpr_sgd",
+        "dqpr_sgd",
+        "1f1b",
+        "dsp",
+        "sdpipe",
+    ],
     ids=lambda a: a,
 )
 def test_algorithm_on_gpu_matches_cpu(comm: MPI.Comm, shared_tmp, alg: str) -> None:  # type: ignore[no-untyped-def]
@@ -55,7 +66,9 @@ def test_algorithm_on_gpu_matches_cpu(comm: MPI.Comm, shared_tmp, alg: str) -> N
             if name == "1f1b"
             else ["algorithm.dsp_p=[1, 0]", "algorithm.dsp_m=[2, 0]"]
         )
-    if name == "sdpipe":  # world - 1 pipelines of one stage + the scheduler; every group complete (deterministic)
+    if (
+        name == "sdpipe"
+    ):  # world - 1 pipelines of one stage + the scheduler; every group complete (deterministic)
         base += ["algorithm.stages=1", "model.name=mlp", "model.hidden=[32, 16]"]
         base += ["algorithm.wait_ms=60000", "algorithm.wait_max_ms=60000", "algorithm.sync_every=7"]
     cpu = train(

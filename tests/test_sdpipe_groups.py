@@ -293,3 +293,26 @@ def test_bad_arguments() -> None:
         StageGroups(3).ready(3, 0.0, 1.0)
     with pytest.raises(ValueError, match="wait_ms"):
         StageGroups(3).ready(0, 0.0, 0.0)
+
+
+def test_with_join_any_a_lagging_arrival_joins_the_bound_round() -> None:
+    """K = 1 (join_any): the round of batch 3 (ssp_bound 4) takes replica 2's arrival for
+    batch 1 and closes connected, instead of waiting for replica 2 to reach batch 3; without
+    join_any that arrival forms a regular group of its own and the round stays open."""
+    from mpiml.pipeline.groups import BOUND, REGULAR
+
+    for join in (True, False):
+        g = StageGroups(3, ssp_bound=4, join_any=join)
+        g.ready(0, 0.0, 1.0, batch=0, kind=REGULAR)
+        g.ready(1, 0.0001, 1.0, batch=0, kind=REGULAR)
+        (first,) = g.due(0.01)
+        assert first.members == (0, 1)
+        assert g.ready(0, 1.0, 1.0, batch=3, kind=BOUND) == []  # 2 is not connected: the round waits
+        assert g.ready(1, 1.0001, 1.0, batch=3, kind=BOUND) == []
+        out = g.ready(2, 1.0002, 1.0, batch=1, kind=REGULAR)  # replica 2, far behind
+        if join:
+            (closed,) = out
+            assert closed.members == (0, 1, 2) and closed.kind == BOUND and closed.batch == 3
+            assert not g.open and g.round_done == 3
+        else:  # alone in a regular group (every other replica is in the round): W = I, the round waits on
+            assert [x.members for x in out] == [(2,)] and out[0].kind == REGULAR and g.round == [0, 1]

@@ -147,7 +147,7 @@ def test_count_groups_open_a_round_after_ssp_bound_times_p_updates() -> None:
 def test_mixing_and_bad_arguments() -> None:
     (w,) = mixing([Group((0, 2), 0.0, 1.0, None, "all")], 3)
     assert np.array_equal(w, [[0.5, 0, 0.5], [0, 1, 0], [0.5, 0, 0.5]])
-    with pytest.raises(ValueError, match="rule must be 'batch' or 'count'"):
+    with pytest.raises(ValueError, match="rule must be 'batch', 'count' or 'join'"):
         simulate_sdpipe(2, [0], [0], 4, rule="fifo")
     with pytest.raises(ValueError, match="p_"):
         simulate_sdpipe(2, [1], [0], 4)
@@ -164,3 +164,39 @@ def test_with_endless_waits_no_group_waits_for_its_deadline(K: int) -> None:
         _check_stage(groups, 3, STEPS, "batch")
         assert [g for g in groups if g.why == "deadline"] == []
     assert run.end < 1.0
+
+
+def test_one_stage_rounds_take_any_arrival_and_complete() -> None:
+    """K = 1 with a 3x slow pipeline: the scheduler's rule lets the slow replica's next
+    arrival close a bound round (join_any); periods stay connected and no round waits for
+    the slow replica to reach the round's batch (each round's members include a replica
+    at another batch at least once)."""
+    for seed in range(4):
+        run = simulate_sdpipe(
+            3,
+            [0],
+            [0],
+            40,
+            rule="batch",
+            ssp_bound=2,
+            seed=seed,
+            slow=2,
+            slow_factor=3.0,
+            wait_ms=0.05,
+            wait_max_ms=0.1,
+        )
+        _check_stage(run.groups[0], 3, 40, "batch")
+
+
+def test_rounds_taking_any_arrival_deadlock_with_two_stages() -> None:
+    """Why join_any is for K = 1 only: with K = 2 (a random search found this pace) a lagging
+    replica waiting in stage 0's round holds back its own stage 1, which stage 1's round
+    waits for, while a replica that round holds back is what stage 0's round waits for.
+    The scheduler's rule (rounds by batch, join_any only at K = 1) completes it."""
+    pace = dict(ssp_bound=3, seed=664466, slow=2, slow_factor=5.0, wait_ms=0.01, wait_max_ms=1.0, hetero=10.0)
+    p, m = _dsp(2)
+    with pytest.raises(Deadlock):
+        simulate_sdpipe(3, p, m, 40, rule="join", bounded=False, **pace)  # type: ignore[arg-type]
+    run = simulate_sdpipe(3, p, m, 40, rule="batch", bounded=False, **pace)  # type: ignore[arg-type]
+    for groups in run.groups:
+        _check_stage(groups, 3, 40, "batch")

@@ -144,14 +144,21 @@ class StageGroups:
 
     Two queues: the regular group (deadline from its first arrival) and the round of a
     batch b (bound or sync; no deadline), open at the same time only while replicas
-    behind b still average among themselves."""
+    behind b still average among themselves.
 
-    def __init__(self, P: int, ssp_bound: int = 10) -> None:
+    ``join_any`` (for pipelines of one stage, K = 1): while a bound round is open, every
+    arrival joins it, whatever its batch, as in the artifact, so a round waits at most
+    for the next arrival of each replica it needs, not for a slow one to reach batch b.
+    Deadlock-free only when no replica waits on another stage (K = 1): with K >= 2 a
+    lagging member of one stage's round can hold back its pipeline's next stage, which
+    another stage's round waits for (docs/sdpipe.md)."""
+
+    def __init__(self, P: int, ssp_bound: int = 10, join_any: bool = False) -> None:
         if P < 1:
             raise ValueError(f"P must be >= 1 (got {P})")
         if ssp_bound < 1:
             raise ValueError(f"ssp_bound must be >= 1 (got {ssp_bound})")
-        self.P, self.ssp_bound = P, ssp_bound
+        self.P, self.ssp_bound, self.join_any = P, ssp_bound, join_any
         self.members: list[int] = []  # the regular group
         self.opened = 0.0
         self.deadline: float | None = None
@@ -200,6 +207,8 @@ class StageGroups:
             self.round_done, self.updates, self.links = batch, 0, UnionFind(self.P)  # met: a new period
             self.met += 1
             kind = REGULAR
+        if self.join_any and kind == REGULAR and self.round and self.round_kind == BOUND:
+            kind, batch = BOUND, self.round_batch  # K = 1: any arrival joins the open bound round
         if kind != REGULAR and batch > self.round_done:
             if self.round and batch != self.round_batch:
                 raise ValueError(

@@ -159,11 +159,16 @@ def simulate_sdpipe(
     channels hold DSP's queues (:func:`dsp_depths`), a send into a full one blocks.
     ``wait_ms`` / ``wait_max_ms``: a replica's first / largest wait; ``sync_every``: default
     ``steps``. ValueError for a bad ``rule`` (or as Timetable / StageGroups)."""
-    if rule not in ("batch", "count"):
-        raise ValueError(f"rule must be 'batch' or 'count' (got {rule!r})")
+    if rule not in ("batch", "count", "join"):
+        raise ValueError(f"rule must be 'batch', 'count' or 'join' (got {rule!r})")
     table, K, sync = Timetable(p, m, steps), len(p), (steps if sync_every is None else sync_every)
     rules: list[StageGroups | CountGroups] = [
-        StageGroups(P, ssp_bound) if rule == "batch" else CountGroups(P, ssp_bound) for _ in range(K)
+        # "batch": the scheduler's rule (any arrival joins a bound round only when K = 1);
+        # "join": any arrival joins a bound round whatever K (not deadlock-free for K >= 2)
+        StageGroups(P, ssp_bound, join_any=K == 1 or rule == "join")
+        if rule != "count"
+        else CountGroups(P, ssp_bound)
+        for _ in range(K)
     ]
     caps = dsp_depths(p, m) if bounded else {}
     ops = [_ops(table, k) for k in range(K)]

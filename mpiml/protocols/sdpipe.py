@@ -337,7 +337,8 @@ class GroupScheduler:
         n = len(self.order)
         self.inbox = np.zeros((n, READY_LEN), dtype=np.float64)
         self.outbox = np.zeros((n, REPLY_HEAD + self.P), dtype=np.int64)
-        self.stages = [StageGroups(self.P, ssp_bound) for _ in range(self.K)]
+        # one stage per pipeline: a bound round takes any arrival (nothing else to wait on)
+        self.stages = [StageGroups(self.P, ssp_bound, join_any=self.K == 1) for _ in range(self.K)]
         self.seq = np.zeros(self.K, dtype=np.int64)
         self.answered = np.zeros((self.K, self.P), dtype=np.int64)  # updates answered per worker
         self.last_step = np.full((self.K, self.P), -1, dtype=np.int64)

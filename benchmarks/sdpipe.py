@@ -524,14 +524,15 @@ def bound_note(vs: list[dict]) -> list[str]:
     if not rows:
         return []
     return [
-        "**Bound rounds under a persistent straggler.** mpiml aligns a bound round on a batch id "
-        "(`mpiml.pipeline.groups`: the round of batch b waits only for arrivals of batch b, for deadlock "
-        "freedom with K >= 2). While the fast replicas wait in the round of batch b, the slow replica's "
-        "arrivals of earlier batches go to regular groups, where it is alone; a period in which the slow "
-        "replica met no fast one therefore closes only when the slow replica itself reaches batch b (closed "
-        "as 'all'): the fast pipelines wait until it catches up, the whole lag accumulated since the last "
-        "catch-up (at 2x the slow replica falls one batch behind every two fast batches). A count-based round (the issue's wording: after ssp_bound P updates, the next round waits "
-        "until connected) would take the slow replica in at its next arrival, whatever its batch. Measured, "
+        "**Bound rounds under a persistent straggler.** With one stage per pipeline (K = 1) any arrival "
+        "joins an open bound round, whatever its batch (`StageGroups(join_any=True)`: no stage waits on "
+        "another, so this cannot deadlock): a round waits at most for the slow replica's next update. With "
+        "K >= 2 mpiml aligns a bound round on a batch id (the round of batch b takes only arrivals of batch b: "
+        "letting lagging replicas in deadlocks in the simulator, docs/sdpipe.md). While the fast replicas "
+        "wait in the round of batch b, the slow replica's arrivals of earlier batches go to regular groups, "
+        "where it is alone; a period in which the slow replica met no fast one therefore closes only when the "
+        "slow replica itself reaches batch b (closed as 'all'): the fast pipelines wait until it catches up "
+        "(at 2x the slow replica falls one batch behind every two fast batches). Measured, "
         "same benchmark run: " + "; ".join(rows) + ".",
     ]
 

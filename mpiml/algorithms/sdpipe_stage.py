@@ -23,10 +23,14 @@ stage's adaptive wait time is saved too.
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any
 
 import numpy as np
 
+from ..comm import EX_DIVERGED
+from ..errors import DivergenceError
 from ..pipeline import Timetable
 from ..protocols.sdpipe import GroupAverage, GroupClient
 from .base import Context
@@ -117,7 +121,7 @@ class SDPipeStage(StageProgram):
                 loop.loss_count += 1
             done = t + 1
             if done % cfg.run.eval_every == 0 or done == cfg.run.steps:
-                loop.evaluate_now(t)
+                self._evaluate(loop, t)
             every = cfg.checkpoint.every
             ckpt = bool(every) and (done % every == 0 or done == cfg.run.steps)
             if ckpt:
@@ -140,6 +144,19 @@ class SDPipeStage(StageProgram):
         shares = self.ctx.comms.role.gather((self.k, share), root=0)  # once per run, not a hot path
         if shares is not None:
             print(busy_line(self.algorithm, self.K, 0, shares), file=loop.stream, flush=True)
+
+    def _evaluate(self, loop: Any, t: int) -> None:
+        """The loop's evaluation after step ``t`` (collective over the stages). A
+        divergence it finds is agreed over the stages only: the scheduler, which does not
+        evaluate, would serve on and the job would hang; so the lowest stage rank prints
+        the one line and every stage aborts the job with the divergence status."""
+        try:
+            loop.evaluate_now(t)
+        except DivergenceError as exc:
+            if self.ctx.comms.role.Get_rank() == 0:
+                print(f"mpiml: error: training diverged: {exc}", file=sys.stderr, flush=True)
+            time.sleep(0.5)  # let mpiexec forward the line before MPI_Abort (as the abort hook does)
+            self.ctx.comms.world.Abort(EX_DIVERGED)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         out = super().state_arrays()

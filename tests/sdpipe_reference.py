@@ -8,7 +8,9 @@ group: each member takes its next minibatch (batch n of pipeline q is the n-th o
 shard q's sampler), computes its gradient at its current parameters, steps its own
 optimizer, and then the members' stepped parameters are replaced by their average,
 summed in ascending member order and divided by |S|
-(:func:`mpiml.protocols.sdpipe.average_of`). A replica's next update uses the
+(:func:`mpiml.protocols.sdpipe.average_of`); the optimizer's position state (SUM's
+y^s, :data:`mpiml.optim.POSITION_STATE`) moves with them, so momentum stays each
+replica's own. A replica's next update uses the
 parameters its last group left, as on the ranks, so the replay ends where the run ended,
 bit for bit.
 """
@@ -24,7 +26,7 @@ import numpy as np
 from mpiml.data import build_data
 from mpiml.io.runfile import rank_file_name
 from mpiml.models import initial_params, job_model, split
-from mpiml.optim import build_optimizer
+from mpiml.optim import POSITION_STATE, build_optimizer
 from mpiml.protocols.sdpipe import average_of
 
 __all__ = ["read_groups", "sdpipe_replay"]
@@ -54,6 +56,7 @@ def sdpipe_replay(cfg: Any, P: int, groups: list[list[int]]) -> list[np.ndarray]
     x = [st.view(x0).copy() for st in stages]
     state = [opt.init(w) for w in x]
     g_mb = [np.zeros_like(w) for w in x]
+    position = POSITION_STATE[type(opt)]  # SUM's y^s: moved with x, so a jump is not velocity
     for members in groups:
         for q in members:
             xb, yb = datas[q].sampler.next()
@@ -65,5 +68,11 @@ def sdpipe_replay(cfg: Any, P: int, groups: list[list[int]]) -> list[np.ndarray]
             opt.step(x[q], g, state[q])
         avg = average_of(x, members)
         for q in members:
+            if len(members) > 1:
+                for key in position:
+                    state[q][key] -= x[q]
             x[q][...] = avg
+            if len(members) > 1:
+                for key in position:
+                    state[q][key] += x[q]
     return x

@@ -201,6 +201,15 @@ def test_stop_and_resume_end_where_the_run_ends(comm: MPI.Comm, shared_tmp: Path
             )
         if sorted(len(m) for m in m_res.values()) != [P] * len(g_full):
             bad.append("the resumed run's groups are not the uninterrupted run's")
+        # each replica's adaptive wait continues from its checkpoint (all groups complete:
+        # x0.9 per update), so the waits the scheduler logged are the uninterrupted run's
+        waits = []
+        for d in dirs:
+            with h5py.File(Path(d) / rank_file_name(P), "r") as f:
+                m = f["sdpipe_members"][()]
+            waits.append(np.sort(m, order=["seq", "replica"])["wait_ms"])
+        if not np.array_equal(*waits):
+            bad.append("the resumed run's wait times are not the uninterrupted run's")
         return bad
 
     check_on_rank_0(comm, check)

@@ -113,3 +113,24 @@ def test_a_rank_dying_ends_the_whole_job(
     assert res.returncode != 0, (res.stdout, res.stderr)
     assert res.stderr.count(line) == 1, res.stderr[-3000:]
     assert res.stderr.count("Traceback") == 1, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("n", "sets"), [(4, []), (5, ["algorithm.stages=2"])], ids=["P3K1", "P2K2"])
+def test_a_diverged_evaluation_ends_the_job_with_the_scheduler(
+    tmp_path: Path, n: int, sets: list[str]
+) -> None:
+    """The evaluation's divergence verdict is agreed over the stages only: the scheduler,
+    which does not evaluate, must not be left serving (the job hung before)."""
+    args = [*MPIML, "train", str(EXAMPLE), "--out", str(tmp_path / "results")]
+    for s in [
+        *sets,
+        "optimizer.lr=1000000",
+        "optimizer.momentum=0.99",
+        "run.eval_every=10",
+        "checkpoint.every=0",
+    ]:
+        args += ["--set", s]
+    res = run_ranks(n, args, 60.0, cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert not res.timed_out, f"the job hung after the divergence:\n{res.stderr[-3000:]}"
+    assert res.returncode == 3, (res.returncode, res.stderr[-3000:])
+    assert res.stderr.count("mpiml: error: training diverged") == 1, res.stderr[-3000:]

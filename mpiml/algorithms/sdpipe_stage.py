@@ -7,7 +7,8 @@ column): the ready signal goes to the scheduler first, the optimizer steps on th
 stage's own gradient g (the batch mean, 1/``data.batch_size``) while the scheduler
 decides, then the stepped parameters are averaged over the group it sends back
 (:class:`mpiml.protocols.sdpipe.GroupAverage`). The optimizer's state (momentum) stays
-each replica's own; only parameters are averaged.
+each replica's own; only parameters are averaged (its position state, SUM's y^s, moves
+with them, as :mod:`mpiml.optim` asks, so an average's jump is not read as velocity).
 
 Segments: batches [j S, (j+1) S) (S = ``algorithm.sync_every``) run one DSP timetable of
 S batches (:class:`mpiml.pipeline.Timetable`), which drains at its last step: the loop
@@ -23,10 +24,15 @@ stage's adaptive wait time is saved too.
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any
 
 import numpy as np
 
+from ..comm import EX_DIVERGED
+from ..errors import DivergenceError
+from ..optim import POSITION_STATE
 from ..pipeline import Timetable
 from ..protocols.sdpipe import GroupAverage, GroupClient
 from .base import Context
@@ -74,6 +80,7 @@ class SDPipeStage(StageProgram):
             world_size=lay.size,
         )
         self.flags: Any = lambda: 0
+        self.position = POSITION_STATE[type(self.opt)]  # keys looked up per update: buffers swap
 
     def _segment(self, t: int) -> None:
         """The DSP timetable of the segment holding loop step ``t``."""
@@ -88,7 +95,15 @@ class SDPipeStage(StageProgram):
         self.opt.step(self.x, self.g, self.opt_state)
         self.trace.record(t, STAGE_UPDATE, t0, self.trace.now())
         reply = self.client.group()
+        # the optimizer's position state (SUM's y^s) moves with x, or the average's jump
+        # would read as velocity and momentum would amplify it (~1/(1-beta)): momentum
+        # stays each replica's own, as with a velocity buffer (mpiml.optim)
+        shift = self.position if len(reply.members) > 1 else ()
+        for key in shift:
+            self.opt_state[key] -= self.x
         self.avg.run(self.x, reply.members, t)
+        for key in shift:
+            self.opt_state[key] += self.x
 
     def step(self, t: int) -> float | None:
         self.losses.clear()
@@ -117,7 +132,7 @@ class SDPipeStage(StageProgram):
                 loop.loss_count += 1
             done = t + 1
             if done % cfg.run.eval_every == 0 or done == cfg.run.steps:
-                loop.evaluate_now(t)
+                self._evaluate(loop, t)
             every = cfg.checkpoint.every
             ckpt = bool(every) and (done % every == 0 or done == cfg.run.steps)
             if ckpt:
@@ -140,6 +155,19 @@ class SDPipeStage(StageProgram):
         shares = self.ctx.comms.role.gather((self.k, share), root=0)  # once per run, not a hot path
         if shares is not None:
             print(busy_line(self.algorithm, self.K, 0, shares), file=loop.stream, flush=True)
+
+    def _evaluate(self, loop: Any, t: int) -> None:
+        """The loop's evaluation after step ``t`` (collective over the stages). A
+        divergence it finds is agreed over the stages only: the scheduler, which does not
+        evaluate, would serve on and the job would hang; so the lowest stage rank prints
+        the one line and every stage aborts the job with the divergence status."""
+        try:
+            loop.evaluate_now(t)
+        except DivergenceError as exc:
+            if self.ctx.comms.role.Get_rank() == 0:
+                print(f"mpiml: error: training diverged: {exc}", file=sys.stderr, flush=True)
+            time.sleep(0.5)  # let mpiexec forward the line before MPI_Abort (as the abort hook does)
+            self.ctx.comms.world.Abort(EX_DIVERGED)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         out = super().state_arrays()

@@ -316,3 +316,17 @@ def test_with_join_any_a_lagging_arrival_joins_the_bound_round() -> None:
             assert not g.open and g.round_done == 3
         else:  # alone in a regular group (every other replica is in the round): W = I, the round waits on
             assert [x.members for x in out] == [(2,)] and out[0].kind == REGULAR and g.round == [0, 1]
+
+
+def test_the_scheduler_lets_rounds_take_any_arrival_only_with_one_stage() -> None:
+    """GroupScheduler's wiring of join_any: K = 1 (no stage waits on another) yes; K >= 2 no
+    (tests/test_sdpipe_sim.py: rounds taking any arrival deadlock through the pipelines).
+    The constructor communicates nothing, so COMM_SELF serves."""
+    from mpi4py import MPI
+
+    from mpiml.protocols.sdpipe import GroupScheduler
+
+    one = GroupScheduler(MPI.COMM_SELF, [[0, 1, 2]], 10, 100, 100)
+    two = GroupScheduler(MPI.COMM_SELF, [[0, 2], [1, 3]], 10, 100, 100)
+    assert [s.join_any for s in one.stages] == [True]
+    assert [s.join_any for s in two.stages] == [False, False]

@@ -55,6 +55,7 @@ from ..config import Config, at_least, field
 from ..errors import ConfigError
 from ..layout import Layout, Role, pipelines
 from ..pipeline import Timetable
+from ..pipeline.groups import WAIT_FLOOR_MS
 from .base import Program, register
 from .pipeline import DSP, DSP_M, DSP_P, PipelineAlgorithm
 
@@ -63,12 +64,15 @@ __all__ = ["SDPipe", "drain_gap", "sync_period", "updates_through"]
 WAIT_MS = field(
     "float",
     1.0,
-    at_least(0.0, strict=True, most=60_000.0),
+    at_least(WAIT_FLOOR_MS, most=60_000.0),
     "ms a group waits after its first ready replica (initial; each replica adapts its own: x2 when it "
-    "averaged with nobody, x0.9 otherwise)",
+    "averaged with nobody, x0.9 otherwise, down to 0.01 ms)",
 )
 WAIT_MAX_MS = field(
-    "float", 10.0, at_least(0.0, strict=True, most=60_000.0), "the cap of a replica's adaptive wait time (ms)"
+    "float",
+    10.0,
+    at_least(WAIT_FLOOR_MS, most=60_000.0),
+    "the cap of a replica's adaptive wait time (ms; at least the floor, 0.01 ms)",
 )
 SSP_BOUND = field(
     "int",

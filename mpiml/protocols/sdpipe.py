@@ -20,8 +20,8 @@ the mixing tool's world):
   ready signal's Isend and the reply's Irecv; the worker steps its optimizer meanwhile;
   :meth:`GroupClient.group` waits for the reply and adapts the wait time
   (:func:`~mpiml.pipeline.groups.next_wait`).
-- :class:`GroupAverage` (each worker): averages a flat buffer over the members, point to
-  point: every member sends its buffer to every other member (Isend) and receives theirs
+- :class:`~mpiml.protocols.group_average.GroupAverage` (each worker): averages a flat
+  buffer over the members, point to point: every member sends its buffer to every other member (Isend) and receives theirs
   into receive buffers allocated once (Irecv), all posted before any wait, so no order of
   arrival can deadlock (every member of a group posts all of its sends and receives for
   that group, and a member's groups come in the order the scheduler closed them, the same
@@ -35,16 +35,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
-from ..backend import Array, to_host
 from ..kinds import register_kind
 from ..pipeline.groups import WHY, Group, StageGroups, next_wait, round_kind
 from ..trace import Trace
-from .base import WAIT, Messages
+from .base import Messages
+from .group_average import AVG_TAG, GroupAverage, average_of
 
 __all__ = [
     "AVG_DTYPE",
@@ -60,13 +59,10 @@ __all__ = [
     "average_of",
 ]
 
-READY_TAG, REPLY_TAG, AVG_TAG = 50, 51, 52
+READY_TAG, REPLY_TAG = 50, 51
 READY_LEN = 6  # stage, replica, batch, step, stop bits, wait_ms (float64)
 REPLY_HEAD = 5  # seq, size, why, stop step, stop bits (int64), then P members
 
-GROUP_AVG = register_kind(
-    "group_average", "communication", "SDPIPE: averaging a stage's parameters over its group"
-)
 GROUP_WAIT = register_kind(
     "group_wait", "wait", "SDPIPE: a replica waiting for the scheduler to close its group"
 )
@@ -188,106 +184,6 @@ class GroupClient:
             always=True,
         )
         return Reply(seq, members, WHY[why], stop, bits)
-
-
-class GroupAverage:
-    """Average a flat buffer of ``size`` values of ``dtype`` over a group of the ranks of
-    ``comm`` (member i = rank i of ``comm``; the caller's own rank is a member).
-
-    Point to point on tag AVG_TAG of ``comm`` (give it a communicator of its own, e.g. a
-    Dup of the stage's replicas); receive buffers for every other rank allocated once
-    (``(n - 1) x size``). Split-phase: :meth:`start` copies the buffer and posts every
-    send and receive; :meth:`finish` waits and writes the average into the array passed
-    to :meth:`start`. Host buffers (a device array is staged through the host).
-    ``world_ranks[i]``: the rank the trace names for member i (default i), so that sends
-    and receives pair up with the job's other messages (ids on a channel of their own)."""
-
-    def __init__(
-        self,
-        comm: MPI.Comm,
-        size: int,
-        dtype: Any,
-        xp: Any = np,
-        trace: Trace | None = None,
-        world_ranks: Sequence[int] | None = None,
-        world_size: int = 0,
-    ) -> None:
-        self.comm, self.n, self.rank = comm, comm.Get_size(), comm.Get_rank()
-        self.names = list(world_ranks) if world_ranks is not None else list(range(self.n))
-        self.size, self.dtype, self.xp = int(size), np.dtype(dtype), xp
-        self.trace = trace if trace is not None else Trace(enabled=False)
-        self.bufs = np.zeros((self.n, self.size), dtype=self.dtype)  # row i: member i's (own row: the send)
-        self.acc = np.zeros(self.size, dtype=self.dtype)
-        self.messages = Messages(self.trace, max(world_size, max(self.names) + 1))
-        self._reqs: list[MPI.Request] = []
-        self._members: list[int] = []
-        self._x: Array | None = None
-        self._t0 = 0.0
-        self._step = 0
-
-    def start(self, x: Array, members: Sequence[int], step: int = 0) -> None:
-        """Begin averaging ``x`` (flat, ``size`` values) over ``members`` (ascending ranks
-        of ``comm``, this rank among them). ValueError for a bad group."""
-        ms = [int(m) for m in members]
-        if self.rank not in ms or ms != sorted(set(ms)) or ms[0] < 0 or ms[-1] >= self.n:
-            raise ValueError(
-                f"a group must list ascending ranks of 0..{self.n - 1} including {self.rank} (got {ms})"
-            )
-        if self._members:
-            raise RuntimeError("GroupAverage.start() while the previous average is in flight")
-        self._members, self._x, self._step = ms, x, step
-        self._t0 = t0 = self.trace.now()
-        own = self.bufs[self.rank]
-        own[...] = to_host(x)
-        reqs = []
-        for m in ms:
-            if m != self.rank:
-                reqs.append(self.comm.Irecv(self.bufs[m], source=m, tag=AVG_TAG))
-        for m in ms:
-            if m != self.rank:
-                reqs.append(self.comm.Isend(own, dest=m, tag=AVG_TAG))
-                self.messages.send(step, self.names[m], t0, t0, own.nbytes)
-                self.trace.sent(own.nbytes)
-        self._reqs = reqs
-
-    def finish(self) -> Array:
-        """Wait; write (sum over members in ascending order) / |S| into ``x``; return it."""
-        ms, x = self._members, self._x
-        assert x is not None and ms
-        t0 = self.trace.now()
-        MPI.Request.Waitall(self._reqs)
-        t1 = self.trace.now()
-        for m in ms:
-            if m != self.rank:
-                self.messages.recv(self._step, self.names[m], t0, t1, self.bufs[m].nbytes)
-        if len(ms) > 1:
-            acc = self.acc
-            acc[...] = self.bufs[ms[0]]
-            for m in ms[1:]:
-                acc += self.bufs[m]
-            acc /= self.dtype.type(len(ms))
-            x[...] = self.xp.asarray(acc) if self.xp is not np else acc
-        self.trace.record(
-            self._step, GROUP_AVG, self._t0, self.trace.now(), self.bufs[self.rank].nbytes * (len(ms) - 1)
-        )
-        self.trace.record(self._step, WAIT, t0, t1)
-        self._reqs, self._members, self._x = [], [], None
-        return x
-
-    def run(self, x: Array, members: Sequence[int], step: int = 0) -> Array:
-        self.start(x, members, step)
-        return self.finish()
-
-
-def average_of(buffers: Sequence[np.ndarray], members: Sequence[int]) -> np.ndarray:
-    """What :class:`GroupAverage` computes, serially: (sum in ascending member order) / |S|
-    (a replay uses it)."""
-    acc = np.array(buffers[members[0]], copy=True)
-    for m in members[1:]:
-        acc += buffers[m]
-    if len(members) > 1:
-        acc /= acc.dtype.type(len(members))
-    return acc
 
 
 class GroupScheduler:

@@ -43,6 +43,22 @@ RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 LEVEL = 0.95
 
 
+def train_job(out: Path, name: str, n: int, sets: dict[str, Any], timeout: float) -> Path:
+    """Train one job on ``n`` ranks (``mpiexec ... python -m mpiml.cli train``, run.name =
+    ``name``, every ``--set`` of ``sets``) into ``out``; its run folder. RuntimeError with
+    the output's tail when it fails or times out."""
+    from mpiml.testing import python_command, run_ranks
+
+    args = ["train", "--out", str(out), "--overwrite", "--set", f"run.name={name}"]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    r = run_ranks(n, python_command("-m", "mpiml.cli", *args), timeout, cwd=str(ROOT))
+    if r.returncode != 0:
+        tail = (r.stdout[-1500:] + "\n" + r.stderr[-2500:]).strip()
+        raise RuntimeError(f"{name}: exit {r.returncode}{' (timed out)' if r.timed_out else ''}: {tail}")
+    return out / name
+
+
 def launched_by_mpiexec() -> bool:
     """True in a process that mpiexec (or srun) started as an MPI rank."""
     return any(v in os.environ for v in RANK_VARS)

@@ -102,16 +102,7 @@ class Bench:
         self.a, self.out, self.res = a, out, res
 
     def train(self, name: str, n: int, sets: dict[str, Any]) -> Path:
-        from mpiml.testing import python_command, run_ranks
-
-        args = ["train", "--out", str(self.out), "--overwrite", "--set", f"run.name={name}"]
-        for k, v in sets.items():
-            args += ["--set", f"{k}={v}"]
-        r = run_ranks(n, python_command("-m", "mpiml.cli", *args), self.a.timeout, cwd=str(ROOT))
-        if r.returncode != 0:
-            tail = (r.stdout[-1500:] + "\n" + r.stderr[-2500:]).strip()
-            raise RuntimeError(f"{name}: exit {r.returncode}{' (timed out)' if r.timed_out else ''}: {tail}")
-        return self.out / name
+        return _bench.train_job(self.out, name, n, sets, self.a.timeout)
 
     def point(self, part: str, label: str, n: int, sets: dict[str, Any], **info: Any) -> dict:
         name = f"{part}-{label}".translate(str.maketrans(" (),;=", "______"))
@@ -558,7 +549,7 @@ def main() -> None:
         "--t2-sync-compute-ms", type=float, help="Table 2, 1f1b: ms per micro-batch (30; --quick 15)"
     )
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per training run")
-    _bench.add_output_args(ap, "pipeline", "K = 2, X = 50 % only, short runs (< 1 min)")
+    _bench.add_output_args(ap, "pipeline", "K = 2, X = 50 %% only, short runs (< 1 min)")
     a = ap.parse_args()
     full = {
         "ks": [2, 4],

@@ -97,6 +97,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import _bench  # noqa: E402
 
+from mpiml.pipeline.groups import WHY  # noqa: E402
+
 BLOCKS = 8
 GOAL = 0.9  # sdpipe keeps >= 0.9x of its no-straggler throughput (issue #14)
 SYNC_DROP = 0.5  # "the synchronous baseline drops to about 0.5x"
@@ -104,7 +106,6 @@ PROBABILITY = 0.1  # the artifact's knob
 NO_BOUND = "sdpipe, no bound rounds"  # ssp_bound = run.steps: the bound rounds' share, measured
 ALGORITHMS = ("sdpipe", "1f1b", "dsp", NO_BOUND)
 CONDITIONS = ("none", "random", "slow pipeline")
-WHY = ("all", "deadline", "connected", "sync")  # mpiml.pipeline.groups.WHY, codes 0..3
 
 
 # ---------------------------------------------------------------- launching and reading
@@ -115,16 +116,7 @@ class Bench:
         self.a, self.out, self.res = a, out, res
 
     def train(self, name: str, n: int, sets: dict[str, Any]) -> Path:
-        from mpiml.testing import python_command, run_ranks
-
-        args = ["train", "--out", str(self.out), "--overwrite", "--set", f"run.name={name}"]
-        for k, v in sets.items():
-            args += ["--set", f"{k}={v}"]
-        r = run_ranks(n, python_command("-m", "mpiml.cli", *args), self.a.timeout, cwd=str(ROOT))
-        if r.returncode != 0:
-            tail = (r.stdout[-1500:] + "\n" + r.stderr[-2500:]).strip()
-            raise RuntimeError(f"{name}: exit {r.returncode}{' (timed out)' if r.timed_out else ''}: {tail}")
-        return self.out / name
+        return _bench.train_job(self.out, name, n, sets, self.a.timeout)
 
     def point(self, alg: str, P: int, K: int, cond: str, rnd: int) -> dict:
         a = self.a

@@ -17,16 +17,11 @@ from mpiml.pipeline.groups import (
     Group,
     StageGroups,
     UnionFind,
+    doubly_stochastic,
+    group_matrix,
     next_wait,
     round_kind,
 )
-
-
-def _w(P: int, members: tuple[int, ...]) -> np.ndarray:
-    """W_k of one group: 1/|S| on the group's block, the identity elsewhere."""
-    w = np.eye(P)
-    w[np.ix_(members, members)] = 1.0 / len(members)
-    return w
 
 
 def _connects(P: int, groups: list[tuple[int, ...]]) -> bool:
@@ -261,8 +256,8 @@ def test_random_arrivals_mix_doubly_stochastic_and_every_period_connects(
             out = g.ready(r, t, waits[r], batch[r], round_kind(batch[r], bound, sync, batches))
             arrive[r] = math.nan
         for grp in out:
-            w = _w(P, grp.members)
-            assert np.array_equal(w, w.T) and np.allclose(w.sum(axis=0), 1) and np.allclose(w.sum(axis=1), 1)
+            w = group_matrix(P, grp.members)
+            assert doubly_stochastic(w)
             assert len(set(grp.members)) == len(grp.members)
             period.append(grp.members)
             if grp.kind != REGULAR:

@@ -23,7 +23,7 @@ import pytest
 from ps_launched import MPIML, REPO  # tests/ps_launched.py
 
 from mpiml.io.runfile import rank_file_name
-from mpiml.pipeline.groups import BOUND, SYNC, UnionFind
+from mpiml.pipeline.groups import BOUND, SYNC, UnionFind, doubly_stochastic, group_matrix
 from mpiml.testing import Completed, run_ranks
 
 TIMEOUT = 240.0
@@ -58,11 +58,7 @@ def _periods_connect(run_dir: Path, P: int, K: int) -> list[str]:
             if len(ms) != int(g["size"]) or len(set(ms)) != len(ms):
                 bad.append(f"stage {k} group {int(g['seq'])}: members {ms}, size {int(g['size'])}")
                 continue
-            w = np.eye(P)
-            for i in ms:
-                w[i, :] = 0.0
-                w[i, ms] = 1.0 / len(ms)
-            if not (np.array_equal(w, w.T) and np.allclose(w.sum(0), 1) and np.allclose(w.sum(1), 1)):
+            if not doubly_stochastic(group_matrix(P, ms)):
                 bad.append(f"stage {k} group {int(g['seq'])}: W not symmetric doubly stochastic")
             for m in ms[1:]:
                 uf.union(ms[0], m)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..pipeline.groups import group_matrix
+
 __all__ = [
     "ScheduleMix",
     "consensus_curve",
@@ -39,20 +41,6 @@ __all__ = [
     "replay",
     "t_mix_of_groups",
 ]
-
-
-def group_matrix(P: int, members: Sequence[int]) -> np.ndarray:
-    """W_S, P x P float64: the rows of ``members`` replaced by their mean (left-multiplies X).
-
-    >>> group_matrix(3, (0, 2)).tolist()
-    [[0.5, 0.0, 0.5], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5]]
-    """
-    ms = [int(m) for m in members]
-    if not ms or ms != sorted(set(ms)) or ms[0] < 0 or ms[-1] >= P:
-        raise ValueError(f"a group must list ascending replicas of 0..{P - 1} (got {list(members)})")
-    w = np.eye(P)
-    w[np.ix_(ms, ms)] = 1.0 / len(ms)
-    return w
 
 
 def group_times(groups: Sequence[Sequence[int]]) -> np.ndarray:

@@ -43,9 +43,14 @@ close the regular group (it keeps its deadline).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = [
+    "doubly_stochastic",
+    "group_matrix",
     "BOUND",
     "REGULAR",
     "ROUND_NAMES",
@@ -74,6 +79,33 @@ def round_kind(batch: int, ssp_bound: int, sync_every: int, batches: int) -> int
     if (batch + 1) % ssp_bound == 0:
         return BOUND
     return REGULAR
+
+
+def group_matrix(P: int, members: Sequence[int]) -> np.ndarray:
+    """W_S of a group (SDPIPE appendix B.1.1): P x P float64, 1/|S| on the block of
+    ``members``, the identity elsewhere (the rows of ``members`` replaced by their mean
+    when it left-multiplies X). ValueError unless ``members`` are ascending, distinct
+    replicas of 0..P-1.
+
+    >>> group_matrix(3, (0, 2)).tolist()
+    [[0.5, 0.0, 0.5], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5]]
+    """
+    ms = [int(m) for m in members]
+    if not ms or ms != sorted(set(ms)) or ms[0] < 0 or ms[-1] >= P:
+        raise ValueError(f"a group must list ascending replicas of 0..{P - 1} (got {list(members)})")
+    w = np.eye(P)
+    w[np.ix_(ms, ms)] = 1.0 / len(ms)
+    return w
+
+
+def doubly_stochastic(w: np.ndarray) -> bool:
+    """Assumption 2 (4): ``w`` symmetric, non-negative, every row and column summing to 1."""
+    return bool(
+        np.array_equal(w, w.T)
+        and (w >= 0).all()
+        and np.allclose(w.sum(0), 1.0)
+        and np.allclose(w.sum(1), 1.0)
+    )
 
 
 def next_wait(wait_ms: float, group_size: int, wait_max_ms: float = 10.0) -> float:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dsp import Timetable, dsp_depths
-from .groups import BOUND, REGULAR, Group, StageGroups, UnionFind, next_wait, round_kind
+from .groups import BOUND, REGULAR, Group, StageGroups, UnionFind, group_matrix, next_wait, round_kind
 from .simulate import ScheduleError
 
 __all__ = ["CountGroups", "Deadlock", "Run", "mixing", "simulate_sdpipe"]
@@ -114,10 +114,7 @@ class Run:
 
 def mixing(groups: Sequence[Group], P: int) -> list[np.ndarray]:
     """W_k of each group, in order: P x P float64, 1/|S| on the group's block, identity elsewhere."""
-    out = [np.eye(P) for _ in groups]
-    for w, g in zip(out, groups, strict=True):
-        w[np.ix_(g.members, g.members)] = 1.0 / len(g.members)
-    return out
+    return [group_matrix(P, g.members) for g in groups]
 
 
 def _ops(table: Timetable, k: int) -> list[tuple[str, int]]:

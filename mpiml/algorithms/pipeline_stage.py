@@ -73,6 +73,10 @@ class StageProgram(StageState, StageEvaluation, Program):
     constructor (a Dup for the channels); its channels' receives are posted there."""
 
     synchronous = True
+    # the P replicas of a stage sum their gradients (AllReduce) before every update; a
+    # subclass that averages parameters instead (sdpipe) sets False: no AllReduce is built
+    # and each replica's gradient is its own batch's mean
+    sums_gradients = True
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -126,7 +130,7 @@ class StageProgram(StageState, StageEvaluation, Program):
             self.ops = lists[self.k]
             act_depth = grad_depth = in_act_depth = in_grad_depth = SYNC_DEPTH
             self.rows = self.B // self.micro
-        self.scale = 1.0 / (self.B * self.P)
+        self.scale = 1.0 / (self.B * (self.P if self.sums_gradients else 1))
 
         self.comm = ctx.comms.world.Dup()  # collective over world: every rank builds its program
         rank, tr = ctx.rank, ctx.trace
@@ -165,7 +169,7 @@ class StageProgram(StageState, StageEvaluation, Program):
         self.peers = ctx.comms.peers
         self.allreduce = (
             AllReduce(self.peers, self.x.size, self.dtype, xp, op="sum", trace=tr, cuda_aware=ctx.cuda_aware)
-            if self.P > 1
+            if self.P > 1 and self.sums_gradients
             else None
         )
         self.mean = (  # evaluation's consensus distance among the replicas

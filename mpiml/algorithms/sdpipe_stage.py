@@ -49,11 +49,11 @@ class SDPipeStage(StageProgram):
     in the constructor (the channels' Dup, as every pipeline stage) and over the stage's
     replicas (``comms.peers``: a Dup for the group averages)."""
 
+    sums_gradients = False  # each replica steps on its own batch's mean; parameters are averaged in groups
+
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         cfg, lay = ctx.cfg, ctx.layout
-        self.scale = 1.0 / self.B  # each replica steps on its own batch's mean gradient
-        self.allreduce = None  # no gradient AllReduce: replicas average parameters in groups
         self.dsp_p, self.dsp_m = dsp_config(cfg)
         self.period = sync_period(cfg, self.P)
         self.replica = ctx.role.group

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from ..backend import Array, to_host
+from ..backend import Array, is_device_array
 from ..kinds import register_kind
 from ..trace import Trace
 from .base import WAIT, Messages
@@ -44,7 +44,8 @@ class GroupAverage:
     Dup of the stage's replicas); receive buffers for every other rank allocated once
     (``(n - 1) x size``). Split-phase: :meth:`start` copies the buffer and posts every
     send and receive; :meth:`finish` waits and writes the average into the array passed
-    to :meth:`start`. Host buffers (a device array is staged through the host).
+    to :meth:`start`. Host buffers (a device array is copied into its send row and the
+    average copied back into it: no allocation per average).
     ``world_ranks[i]``: the rank the trace names for member i (default i), so that sends
     and receives pair up with the job's other messages (ids on a channel of their own)."""
 
@@ -84,7 +85,10 @@ class GroupAverage:
         self._members, self._x, self._step = ms, x, step
         self._t0 = t0 = self.trace.now()
         own = self.bufs[self.rank]
-        own[...] = to_host(x)
+        if is_device_array(x):
+            x.get(out=own)  # into the send row: no temporary host copy
+        else:
+            own[...] = x
         reqs = []
         for m in ms:
             if m != self.rank:
@@ -112,7 +116,10 @@ class GroupAverage:
             for m in ms[1:]:
                 acc += self.bufs[m]
             acc /= self.dtype.type(len(ms))
-            x[...] = self.xp.asarray(acc) if self.xp is not np else acc
+            if is_device_array(x):
+                x.set(acc)  # back into the device array: no new device allocation per average
+            else:
+                x[...] = acc
         self.trace.record(
             self._step, GROUP_AVG, self._t0, self.trace.now(), self.bufs[self.rank].nbytes * (len(ms) - 1)
         )

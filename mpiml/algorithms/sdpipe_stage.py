@@ -74,7 +74,6 @@ class SDPipeStage(StageProgram):
             self.avg_comm,
             self.x.size,
             self.dtype,
-            self.xp,
             ctx.trace,
             world_ranks=ctx.layout.ranks("stage", stage=self.k),
             world_size=lay.size,

@@ -25,7 +25,7 @@ from mpi4py import MPI
 from ..backend import Array, is_device_array
 from ..kinds import register_kind
 from ..trace import Trace
-from .base import WAIT, Messages
+from .base import FLOATS, WAIT, Messages, check_spec
 
 __all__ = ["AVG_TAG", "GROUP_AVG", "GroupAverage", "average_of"]
 
@@ -42,7 +42,7 @@ class GroupAverage:
 
     Point to point on tag AVG_TAG of ``comm`` (give it a communicator of its own, e.g. a
     Dup of the stage's replicas); receive buffers for every other rank allocated once
-    (``(n - 1) x size``). Split-phase: :meth:`start` copies the buffer and posts every
+    (``n x size``: a row per rank, this rank's own row the send buffer). Split-phase: :meth:`start` copies the buffer and posts every
     send and receive; :meth:`finish` waits and writes the average into the array passed
     to :meth:`start`. Host buffers (a device array is copied into its send row and the
     average copied back into it: no allocation per average).
@@ -54,14 +54,13 @@ class GroupAverage:
         comm: MPI.Comm,
         size: int,
         dtype: Any,
-        xp: Any = np,
         trace: Trace | None = None,
         world_ranks: Sequence[int] | None = None,
         world_size: int = 0,
     ) -> None:
         self.comm, self.n, self.rank = comm, comm.Get_size(), comm.Get_rank()
         self.names = list(world_ranks) if world_ranks is not None else list(range(self.n))
-        self.size, self.dtype, self.xp = int(size), np.dtype(dtype), xp
+        self.size, self.dtype = check_spec("group_average", size, dtype, FLOATS)  # ValueError
         self.trace = trace if trace is not None else Trace(enabled=False)
         self.bufs = np.zeros((self.n, self.size), dtype=self.dtype)  # row i: member i's (own row: the send)
         self.acc = np.zeros(self.size, dtype=self.dtype)

@@ -140,7 +140,6 @@ class GroupClient:
         self._t0 = 0.0
         self._step = 0
         self._batch = -1
-        self._wait_in_force = self.wait_ms
         self.stop_step = -1
         self.stop_bits = 0
         self.messages = Messages(self.trace, comm.Get_size())
@@ -152,7 +151,7 @@ class GroupClient:
             raise RuntimeError("GroupClient.ready() while the previous group is not taken")
         self.out[:] = (self.stage, self.replica, batch, step, flags, self.wait_ms)
         self._t0 = self.trace.now()
-        self._step, self._batch, self._wait_in_force = step, batch, self.wait_ms
+        self._step, self._batch = step, batch
         self._reqs = [
             self.comm.Irecv([self.inbox, MPI.INT64_T], source=self.scheduler, tag=REPLY_TAG),
             self.comm.Isend([self.out, MPI.DOUBLE], dest=self.scheduler, tag=READY_TAG),
@@ -176,13 +175,13 @@ class GroupClient:
             raise RuntimeError(f"SDPIPE scheduler sent replica {self.replica} a group {members} without it")
         if stop >= 0:
             self.stop_step, self.stop_bits = stop, bits
-        self.wait_ms = next_wait(self.wait_ms, size, self.wait_max_ms)
-        self.trace.add_row(
+        self.trace.add_row(  # wait_ms: the one in force when the ready signal went
             "sdpipe_average",
             AVG_DTYPE,
-            (self._step, self._batch, seq, size, self._wait_in_force, t1 - self._t0),
+            (self._step, self._batch, seq, size, self.wait_ms, t1 - self._t0),
             always=True,
         )
+        self.wait_ms = next_wait(self.wait_ms, size, self.wait_max_ms)
         return Reply(seq, members, WHY[why], stop, bits)
 
 
@@ -229,7 +228,7 @@ class GroupScheduler:
                 raise ValueError(f"every stage needs P = {self.P} replicas (stage {k} has {len(ranks)})")
             for p, r in enumerate(ranks):
                 self.index[r] = (k, p)
-        self.order = [r for ranks in self.workers for r in ranks]  # one receive per worker, in this order
+        self.order = [r for ranks in self.workers for r in ranks]  # worker i = k * P + p: one receive each
         n = len(self.order)
         self.inbox = np.zeros((n, READY_LEN), dtype=np.float64)
         self.outbox = np.zeros((n, REPLY_HEAD + self.P), dtype=np.int64)
@@ -246,7 +245,6 @@ class GroupScheduler:
         self.messages = Messages(self.trace, comm.Get_size())
         self._recv: list[MPI.Request] = [MPI.REQUEST_NULL] * n
         self._send: list[MPI.Request] = [MPI.REQUEST_NULL] * n
-        self._slot = {r: i for i, r in enumerate(self.order)}
 
     # -- the service loop -----------------------------------------------------------
 
@@ -335,8 +333,8 @@ class GroupScheduler:
         now = tr.now()
         for p in g.members:
             tr.add_row("sdpipe_members", MEMBER_DTYPE, (g.batch, k, seq, p, self.wait_ms[k, p]), always=True)
-            r = self.workers[k][p]
-            i = self._slot[r]
+            i = k * self.P + p
+            r = self.order[i]
             if self._send[i] != MPI.REQUEST_NULL:
                 self._send[i].Wait()  # the previous reply (received long ago: the worker has sent since)
             out = self.outbox[i]

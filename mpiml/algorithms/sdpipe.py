@@ -50,6 +50,8 @@ sends it with every reply, so all stop after the same step, with a checkpoint.
 
 from __future__ import annotations
 
+import functools
+
 from ..budget import data_shape
 from ..config import Config, at_least, field
 from ..errors import ConfigError
@@ -114,7 +116,14 @@ def updates_through(p: list[int], m: list[int], period: int, steps: int, k: int,
     i = step - start
     if i >= length - 1:
         return start + length
-    return start + Timetable(p, m, length).counts(k, i)[1]
+    return start + _timetable(tuple(p), tuple(m), length).counts(k, i)[1]
+
+
+@functools.lru_cache(maxsize=8)
+def _timetable(p: tuple[int, ...], m: tuple[int, ...], length: int) -> Timetable:
+    """A segment's timetable, built once (the scheduler asks on every pass of its loop;
+    a run has at most two segment lengths)."""
+    return Timetable(p, m, length)
 
 
 def drain_gap(p: list[int], m: list[int]) -> int:

@@ -177,17 +177,15 @@ class SDPipeStage(StageProgram):
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         start, length = (int(v) for v in arrays["sdpipe/segment"])
         done = int(arrays["dsp/slot_done"][0])
+        saved = Timetable(self.dsp_p, self.dsp_m, length)
         self._segment(start)
-        if self.seg_start != start or (
-            self.table.steps != length and done < Timetable(self.dsp_p, self.dsp_m, length).length - 1
-        ):
+        if self.seg_start != start or (self.table.steps != length and done < saved.length - 1):
             raise ValueError(
                 f"this SDPIPE checkpoint is inside a segment of {length} batches from batch {start}; this job's "
                 f"segment there has {self.table.steps} (algorithm.sync_every = {self.period}, run.steps = "
                 f"{self.steps}): resume with the same sync_every, or run.steps"
             )
-        if self.table.steps != length:  # the saved segment had ended: keep its shape until run() moves on
-            self.table = Timetable(self.dsp_p, self.dsp_m, length)
+        self.table = saved  # a finished segment keeps its shape until run() moves on
         super().load_state(arrays)
         self.client.wait_ms = float(arrays["sdpipe/wait_ms"][0])
 

@@ -169,6 +169,56 @@ def test_pipeline_quick_measures_every_part_and_never_replaces(tmp_path: Path) -
     assert again.returncode == 2 and "--overwrite" in again.stderr and _sha(out) == before
 
 
+def test_report_quick_measures_the_baseline_beside_each_command_on_a_paired_synthetic_run(
+    tmp_path: Path,
+) -> None:
+    """benchmarks/report.py --quick: a synthetic run written by mpiml's writers (its sends
+    and receives pair by msg id, as docs/run-file.md says), the floor, the h5py read and
+    a stand-in command measured (time, CPU, peak RSS, ratios to the read); an mpiml
+    command either measured without error or skipped with its line; never replaces."""
+    import h5py
+    import numpy as np
+
+    out, runs = tmp_path / "r.json", tmp_path / "runs"
+    stand_in = 'stand-in={python} -c "import sys; print(sys.argv[1])" {run}'
+    cmd = [sys.executable, str(BENCH / "report.py"), "--quick", "--out", str(out), "--runs", str(runs)]
+    res = _driver([*cmd, "--also", stand_in], 240, tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is True and out.with_suffix(".md").exists() and doc["sizes"] == [20_000]
+    rows = {r["label"]: r for r in doc["rows"]}
+    for label in ("floor", "h5py read", "stand-in"):
+        assert (
+            rows[label]["wall_s"] > 0
+            and rows[label]["peak_rss_mib"] > 0
+            and rows[label]["runs"][0]["exit"] == 0
+        )
+    assert rows["stand-in"]["time_ratio"]["median"] > 0 and rows["stand-in"]["rss_ratio"] > 0
+    for label, row in rows.items():
+        if label.startswith("mpiml"):
+            skipped = "skipped" in row and f"{label}: skipped: " in res.stdout
+            assert skipped or row["runs"][0]["exit"] == 0, row
+    (run,) = runs.iterdir()
+    events = {}
+    for p in sorted((run / "ranks").glob("rank-*.h5")):
+        with h5py.File(p, "r") as f:
+            events[int(f.attrs["rank"])] = f["events"][()]
+    assert (
+        sorted(events) == [0, 1, 2, 3] and sum(map(len, events.values())) == rows["floor"]["events"] > 19_000
+    )
+    for i, ev in events.items():  # the k-th send i -> j is j's k-th receive from i, same bytes
+        assert np.all(np.diff(ev["t_start"]) >= 0)
+        for j in (i - 1) % 4, (i + 1) % 4:
+            send = ev[(ev["kind"] == b"send") & (ev["peer"] == j)]
+            recv = events[j][(events[j]["kind"] == b"recv") & (events[j]["peer"] == i)]
+            assert len(send) == len(recv) > 0 and np.array_equal(send["msg"], np.arange(len(send)))
+            assert np.array_equal(send["msg"], recv["msg"]) and np.array_equal(send["nbytes"], recv["nbytes"])
+            assert np.all(recv["t_end"] >= send["t_start"])
+    before = _sha(out)
+    again = _driver(cmd, 60, tmp_path)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and _sha(out) == before
+
+
 # ---------------------------------------------------------------- tests/gpu_check.sh
 
 GPU_CHECK = Path(__file__).resolve().parent / "gpu_check.sh"

@@ -5,7 +5,8 @@ For each size N (a synthetic ring-gossip run of N events over R ranks, written b
 mpiml's own writers: benchmarks/_synthetic_run.py), every command runs in a fresh
 Python process, side by side, the repeats interleaved so that they share the machine's
 load; for each: wall time (launch to exit), CPU time (user + system) and peak RSS
-(``ru_maxrss`` of that child from ``wait4``):
+(``ru_maxrss`` of that child from ``wait4``, spawned by a 10 MiB launcher so that the
+benchmark's own size does not leak into it: see :data:`LAUNCHER`):
 
 - **floor**: ``python -c "import h5py, numpy"`` (the interpreter and the imports);
 - **h5py read** (the baseline): every rank's ``/events`` read whole with plain h5py
@@ -45,10 +46,10 @@ import os
 import pstats
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -115,29 +116,54 @@ def _commit(tree: Path) -> str:
     return head[:90] + (" (+ uncommitted changes)" if dirty else "")
 
 
+# The command runs as the child of this small launcher (``python -I -S``, ~10 MiB), which
+# reports the child's wall time and rusage. A child's ru_maxrss starts from the RSS of the
+# process that spawned it (the kernel carries the pre-exec address space's high-water mark
+# across exec), so spawning from the benchmark itself (numpy, h5py, mpiml imported, a run
+# just generated: 60+ MiB) would floor every measurement at the benchmark's own size.
+LAUNCHER = (
+    "import os, sys, time\n"
+    "t0 = time.perf_counter()\n"
+    "pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)\n"
+    "_, status, ru = os.wait4(pid, 0)\n"
+    "wall = time.perf_counter() - t0\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    f.write(f'{wall} {ru.ru_utime + ru.ru_stime} {ru.ru_maxrss} {os.waitstatus_to_exitcode(status)}')\n"
+)
+
+
 def measure(argv: list[str], env: dict[str, str], cwd: str, stdout: Path) -> dict[str, Any]:
-    """Run ``argv`` to its end: wall seconds, CPU seconds (user + system of it and the
-    children it waited for), peak RSS (MiB, ``ru_maxrss`` from ``wait4``) and exit code;
-    stdout goes to ``stdout``, the tail of stderr is kept when it fails."""
-    err = stdout.with_suffix(".stderr")
+    """Run ``argv`` to its end (under :data:`LAUNCHER`): wall seconds, CPU seconds (user +
+    system of it and the children it waited for), peak RSS (MiB: ``ru_maxrss`` from
+    ``wait4``) and exit code; stdout goes to ``stdout``, the tail of stderr is kept when
+    it fails. Killed (with what it started) after :data:`TIMEOUT` seconds."""
+    err, report = stdout.with_suffix(".stderr"), stdout.with_suffix(".rusage")
+    report.unlink(missing_ok=True)
     with open(stdout, "wb") as out, open(err, "wb") as errf:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=errf)
-        timer = threading.Timer(TIMEOUT, proc.kill)
-        timer.start()
+        launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(report), *argv]
+        proc = subprocess.Popen(launcher, env=env, cwd=cwd, stdout=out, stderr=errf, start_new_session=True)
         try:
-            _, status, ru = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+            proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if not report.exists():
+        tail = err.read_bytes().decode(errors="replace")[-1500:]
+        return {
+            "wall_s": 0.0,
+            "cpu_s": 0.0,
+            "peak_rss_mib": 0.0,
+            "exit": proc.returncode or -1,
+            "stderr_tail": tail,
+        }
+    wall, cpu, rss, code = report.read_text().split()
     row: dict[str, Any] = {
-        "wall_s": round(wall, 4),
-        "cpu_s": round(ru.ru_utime + ru.ru_stime, 4),
-        "peak_rss_mib": round(ru.ru_maxrss / 1024, 1),
-        "exit": proc.returncode,
+        "wall_s": round(float(wall), 4),
+        "cpu_s": round(float(cpu), 4),
+        "peak_rss_mib": round(int(rss) / 1024, 1),
+        "exit": int(code),
     }
-    if proc.returncode != 0:
+    if row["exit"] != 0:
         row["stderr_tail"] = err.read_bytes().decode(errors="replace")[-1500:]
     return row
 

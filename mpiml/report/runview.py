@@ -1,9 +1,8 @@
 """What the protocol sections read of a run, one rank or one table at a time.
 
-Thin accessors over :class:`mpiml.io.Run` that work with the lazy reader
-(``iter_events``, ``ranks``, ``role``) and with the eager one it replaces
-(``events[r]``), so that an analysis never holds more than one rank's table or one
-chunk of events. Pure reading; no MPI.
+Thin accessors over the lazy :class:`mpiml.io.Run` (``ranks``, ``tables``,
+``iter_events``), so that an analysis never holds more than one rank's tables or one
+chunk of events at a time. Pure reading; no MPI.
 """
 
 from __future__ import annotations
@@ -18,10 +17,7 @@ __all__ = ["algorithm", "iter_events", "metric_rows", "ranks", "role", "stage_ra
 
 def ranks(run: Any) -> list[int]:
     """Ranks whose files could be read, ascending."""
-    got = getattr(run, "ranks", None)
-    if got is not None and not callable(got):
-        return sorted(int(r) for r in got)
-    return sorted(int(r) for r in run.tables) if run.tables else sorted(int(r) for r in run.events)
+    return sorted(int(r) for r in run.ranks)
 
 
 def algorithm(run: Any) -> str:
@@ -78,13 +74,5 @@ def metric_rows(run: Any, name: str) -> np.ndarray | None:
 
 
 def iter_events(run: Any, r: int, kinds: Iterable[str] | None = None) -> Iterator[np.ndarray]:
-    """Rank r's events (READ_DTYPE rows), in chunks: the lazy reader's
-    ``iter_events``; with the eager reader, the rank's table filtered once."""
-    wanted = None if kinds is None else set(kinds)
-    if hasattr(run, "iter_events"):
-        yield from run.iter_events(r, kinds=wanted)
-        return
-    ev = run.events[r]
-    if wanted is not None:
-        ev = ev[np.isin(ev["kind"], list(wanted))]
-    yield ev
+    """Rank r's events (READ_DTYPE rows) in the reader's chunks, ``kinds`` only if given."""
+    yield from run.iter_events(r, kinds=None if kinds is None else set(kinds))

@@ -557,7 +557,9 @@ def main() -> None:
     )
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per training run")
     _bench.add_output_args(ap, "pipeline", "K = 2, X = 50 %% only, short runs (< 1 min)")
-    ap.add_argument("--redraw", action="store_true", help="draw the PNG again from the --out JSON; run nothing")
+    ap.add_argument(
+        "--redraw", action="store_true", help="draw the PNG again from the --out JSON; run nothing"
+    )
     a = ap.parse_args()
     if a.redraw:
         print(redraw(_bench.output_path(a.out, "pipeline", a.quick)))

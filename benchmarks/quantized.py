@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -306,7 +305,9 @@ def main() -> None:
         ap, "quantized", "seed 0, hidden 64, 200 steps, target 0.9: under a minute on 4 ranks"
     )
     ap.add_argument(
-        "--redraw", action="store_true", help="draw the .png again from the --out JSON; train nothing (no mpiexec)"
+        "--redraw",
+        action="store_true",
+        help="draw the .png again from the --out JSON; train nothing (no mpiexec)",
     )
     _bench.abort_on_error()
     a = ap.parse_args()

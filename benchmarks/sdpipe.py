@@ -668,7 +668,9 @@ def main() -> None:
         help="P,K (repeatable; default 3,1 and 2,2; --quick 3,1)",
     )
     _bench.add_output_args(ap, "sdpipe", "P = 3, K = 1 only, one round, short runs (~1-2 min)")
-    ap.add_argument("--redraw", action="store_true", help="draw the PNG again from the --out JSON; run nothing")
+    ap.add_argument(
+        "--redraw", action="store_true", help="draw the PNG again from the --out JSON; run nothing"
+    )
     a = ap.parse_args()
     if a.redraw:
         print(redraw(_bench.output_path(a.out, "sdpipe", a.quick)))

@@ -188,7 +188,13 @@ def figure_panel(rows: Sequence[dict[str, Any]]) -> Any:
     by = _by_label(rows)
     series = [Series([a["n"] for a in rs], [a["t_mix"] for a in rs], label) for label, rs in by.items()]
     series += [
-        Series([a["n"] for a in rs], [a["estimate"] for a in rs], f"{label} spectral bound", dashed=True, color="black")
+        Series(
+            [a["n"] for a in rs],
+            [a["estimate"] for a in rs],
+            f"{label} spectral bound",
+            dashed=True,
+            color="black",
+        )
         for label, rs in by.items()
         if rs[0]["protocol"] == "gossip"
     ]
@@ -208,7 +214,9 @@ def draw_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixin
     return line_panels([figure_panel(rows)], Path(out) / "figure3.png", size=(8.0, 5.0), legend="outside")
 
 
-def redraw(out: str | Path = "results/mixing", ns: Sequence[int] = range(2, 9), topology: str = "ring", m: int = 2) -> Path:
+def redraw(
+    out: str | Path = "results/mixing", ns: Sequence[int] = range(2, 9), topology: str = "ring", m: int = 2
+) -> Path:
     """Draw figure3.png again from the result files already in ``out`` (every protocol of
     :data:`LABELS` at ``ns``), measuring nothing; figure3.md is left as it is (it holds
     the sweep's wall times, which the files do not). Raises FileNotFoundError when
@@ -275,7 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="results/mixing", help="result folder (default results/mixing)")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
     p.add_argument(
-        "--redraw", action="store_true", help="draw figure3.png again from the result files in --out; measure nothing"
+        "--redraw",
+        action="store_true",
+        help="draw figure3.png again from the result files in --out; measure nothing",
     )
     args = p.parse_args(argv)
     if args.redraw:

@@ -85,8 +85,8 @@ def line_panels_figure(
                 ax.plot(x, y, "--", color=colour, label=s.label)
             else:
                 ax.plot(x, y, "-o", color=colour, markersize=3, label=s.label)
-        for y, label in p.hlines:
-            ax.axhline(y, color="#777777", linestyle=":", linewidth=1.2, label=label)
+        for level, label in p.hlines:
+            ax.axhline(level, color="#777777", linestyle=":", linewidth=1.2, label=label)
         ax.set(title=p.title, xlabel=p.xlabel, ylabel=p.ylabel, xscale=p.xscale, yscale=p.yscale)
         if p.bytes_x:
             from matplotlib.ticker import FuncFormatter

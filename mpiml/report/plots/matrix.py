@@ -24,7 +24,11 @@ ANNOTATE_UP_TO = 12  # cells are annotated with their byte count up to this many
 
 
 def comm_matrix_figure(
-    matrix: Any, *, labels: Sequence[str] | None = None, title: str = "", size: tuple[float, float] | None = None
+    matrix: Any,
+    *,
+    labels: Sequence[str] | None = None,
+    title: str = "",
+    size: tuple[float, float] | None = None,
 ) -> Figure:
     """The Figure of :func:`comm_matrix`."""
     m = np.asarray(matrix, dtype=float)
@@ -42,9 +46,16 @@ def comm_matrix_figure(
     bar.formatter = FuncFormatter(style.fmt_bytes)
     bar.update_ticks()
     bar.set_label("bytes sent")
-    ax.set_xticks(range(n), labels, rotation=45 if max(map(len, labels)) > 3 else 0, ha="right" if max(map(len, labels)) > 3 else "center")
+    ax.set_xticks(
+        range(n),
+        labels,
+        rotation=45 if max(map(len, labels)) > 3 else 0,
+        ha="right" if max(map(len, labels)) > 3 else "center",
+    )
     ax.set_yticks(range(n), labels)
-    ax.set(xlabel="destination rank", ylabel="source rank", title=title or "bytes sent, source -> destination")
+    ax.set(
+        xlabel="destination rank", ylabel="source rank", title=title or "bytes sent, source -> destination"
+    )
     if n <= ANNOTATE_UP_TO:
         top = float(m.max()) or 1.0
         for i in range(n):
@@ -84,7 +95,9 @@ def _counts(data: Any) -> tuple[np.ndarray, np.ndarray] | None:
     else:
         return None
     if v.shape != c.shape or v.ndim != 1:
-        raise ValueError(f"histogram: values and counts must be 1-D of one length (got {v.shape} and {c.shape})")
+        raise ValueError(
+            f"histogram: values and counts must be 1-D of one length (got {v.shape} and {c.shape})"
+        )
     return v, c
 
 

@@ -53,7 +53,9 @@ def write_plots(runs: Sequence[Any], reports: Sequence[Sequence[Any]], out_dir: 
     metrics, then per run timeline, comm_matrix, staleness. Raises ValueError when
     ``reports`` is not one list per run; ImportError without matplotlib."""
     if len(reports) != len(runs):
-        raise ValueError(f"write_plots: {len(reports)} reports for {len(runs)} runs (one list of sections per run)")
+        raise ValueError(
+            f"write_plots: {len(reports)} reports for {len(runs)} runs (one list of sections per run)"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -77,5 +79,12 @@ def write_plots(runs: Sequence[Any], reports: Sequence[Sequence[Any]], out_dir: 
         s = _section(sections, "staleness")
         h = None if s is None else _staleness(s.data)
         if s is not None and h is not None:
-            written.append(histogram(h, out / f"staleness{tag}.png", title=f"{run_name(run)}: {s.title}", xlabel="staleness (versions)"))
+            written.append(
+                histogram(
+                    h,
+                    out / f"staleness{tag}.png",
+                    title=f"{run_name(run)}: {s.title}",
+                    xlabel="staleness (versions)",
+                )
+            )
     return written

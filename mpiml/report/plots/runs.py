@@ -70,7 +70,9 @@ def metric_curves_figure(
             xs = _x(run, rows, x)
             if xs is None:
                 continue
-            ax.plot(xs, rows["value"], "-o", markersize=3, color=style.PALETTE[i % len(style.PALETTE)], label=name)
+            ax.plot(
+                xs, rows["value"], "-o", markersize=3, color=style.PALETTE[i % len(style.PALETTE)], label=name
+            )
         ax.set(xlabel=XAXES[x], ylabel=YLABELS.get(m, m), title=YLABELS.get(m, m))
         if x == "bytes":
             from matplotlib.ticker import FuncFormatter
@@ -83,7 +85,11 @@ def metric_curves_figure(
 
 
 def metric_curves(
-    runs: Any | Sequence[Any], path: str | Path, *, x: str = "step", metrics: Sequence[str] = ("loss", "accuracy")
+    runs: Any | Sequence[Any],
+    path: str | Path,
+    *,
+    x: str = "step",
+    metrics: Sequence[str] = ("loss", "accuracy"),
 ) -> Path:
     """Plot ``metrics`` of one run or several (loaded with :func:`mpiml.io.load_run`)
     against ``x``: ``"step"`` (the metric row's step), ``"time"`` (its wall time, seconds

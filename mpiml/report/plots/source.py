@@ -61,7 +61,9 @@ def rank_events(run: Any, rank: int, *, steps: Window = None, time: Window = Non
     return _window(run.events[rank], steps, time)
 
 
-def messages(run: Any, *, ranks: Sequence[int] | None = None, steps: Window = None, time: Window = None) -> np.ndarray:
+def messages(
+    run: Any, *, ranks: Sequence[int] | None = None, steps: Window = None, time: Window = None
+) -> np.ndarray:
     """The paired point-to-point messages (send on src, recv of the same msg id on dst)
     whose both ends are in ``ranks`` and in the window, as one structured array with
     :data:`MESSAGE_FIELDS`, ordered by send start. The reader's ``run.messages`` when it
@@ -88,7 +90,17 @@ def _pair(run: Any, keep: set[int], steps: Window, time: Window) -> np.ndarray:
         for e in ev[ev["kind"] == "recv"]:
             recvs[(int(e["peer"]), r, int(e["msg"]))] = e
     rows = [
-        (k[0], k[1], k[2], s["step"], s["nbytes"], s["t_start"], s["t_end"], recvs[k]["t_start"], recvs[k]["t_end"])
+        (
+            k[0],
+            k[1],
+            k[2],
+            s["step"],
+            s["nbytes"],
+            s["t_start"],
+            s["t_end"],
+            recvs[k]["t_start"],
+            recvs[k]["t_end"],
+        )
         for k, s in sends.items()
         if k in recvs
     ]

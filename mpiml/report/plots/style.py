@@ -50,7 +50,9 @@ def require() -> Any:
     return matplotlib
 
 
-def figure(size: tuple[float, float] = SIZE, nrows: int = 1, ncols: int = 1, **subplots: Any) -> tuple[Figure, Any]:
+def figure(
+    size: tuple[float, float] = SIZE, nrows: int = 1, ncols: int = 1, **subplots: Any
+) -> tuple[Figure, Any]:
     """A new Figure on an Agg canvas with ``nrows x ncols`` Axes (``size`` in inches, drawn
     at :data:`DPI`), laid out by matplotlib's constrained layout; returns (figure, axes)
     where axes is one Axes for 1 x 1, else the numpy array ``Figure.subplots`` gives.

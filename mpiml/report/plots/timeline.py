@@ -97,9 +97,13 @@ def timeline_figure(
             cats_seen.add(cat)
             spans = np.column_stack([sel["t_start"], sel["t_end"] - sel["t_start"]])
             if cat == "in_flight":
-                ax.broken_barh(spans, (y + BAR / 2 + 0.02, THIN), facecolors=style.CATEGORY_COLORS[cat], alpha=0.6)
+                ax.broken_barh(
+                    spans, (y + BAR / 2 + 0.02, THIN), facecolors=style.CATEGORY_COLORS[cat], alpha=0.6
+                )
             else:
-                ax.broken_barh(spans, (y - BAR / 2, BAR), facecolors=style.CATEGORY_COLORS[cat], edgecolor="none")
+                ax.broken_barh(
+                    spans, (y - BAR / 2, BAR), facecolors=style.CATEGORY_COLORS[cat], edgecolor="none"
+                )
     msgs = messages(run, ranks=shown, steps=steps, time=time)
     arrows = msgs[:max_arrows]
     for m in arrows:
@@ -107,7 +111,14 @@ def timeline_figure(
             "",
             xy=(float(m["t_recv_end"]), row[int(m["dst"])]),
             xytext=(float(m["t_send_start"]), row[int(m["src"])]),
-            arrowprops={"arrowstyle": "->", "color": "#333333", "lw": 0.7, "alpha": 0.7, "shrinkA": 0, "shrinkB": 0},
+            arrowprops={
+                "arrowstyle": "->",
+                "color": "#333333",
+                "lw": 0.7,
+                "alpha": 0.7,
+                "shrinkA": 0,
+                "shrinkB": 0,
+            },
         )
     if time is not None:
         lo, hi = time
@@ -130,10 +141,14 @@ def timeline_figure(
     from matplotlib.patches import Patch
 
     handles: list[Any] = [
-        Patch(color=style.CATEGORY_COLORS[c], label=c.replace("_", " ")) for c in style.CATEGORY_COLORS if c in cats_seen
+        Patch(color=style.CATEGORY_COLORS[c], label=c.replace("_", " "))
+        for c in style.CATEGORY_COLORS
+        if c in cats_seen
     ]
     if len(arrows):
-        handles.append(Line2D([], [], color="#333333", lw=0.7, marker=">", label="message (send start -> recv end)"))
+        handles.append(
+            Line2D([], [], color="#333333", lw=0.7, marker=">", label="message (send start -> recv end)")
+        )
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.grid(axis="x", alpha=0.3)
@@ -163,6 +178,4 @@ def timeline(
     Raises ValueError when both windows are given or a rank has no events file;
     ImportError without matplotlib.
     """
-    return style.save(
-        timeline_figure(run, ranks=ranks, time=time, steps=steps, size=size), path
-    )
+    return style.save(timeline_figure(run, ranks=ranks, time=time, steps=steps, size=size), path)

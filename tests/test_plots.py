@@ -199,6 +199,10 @@ def test_write_plots_writes_the_files_that_apply(run: Any, tmp_path: Path) -> No
     out = plots.write_plots([run], [sections], tmp_path / "all")
     assert [p.name for p in out] == ["metrics.png", "timeline.png", "comm_matrix.png", "staleness.png"]
     assert all(png_size(p) for p in out)
+    # the report's own form of the matrix: {"src": {"dst": bytes}}
+    nested = Section("comm_matrix", "Bytes", data={"matrix": {"0": {"1": 10, "2": 5}, "1": {"0": 20}}})
+    figs = plots.write_plots([run], [[nested]], tmp_path / "nested")
+    assert [p.name for p in figs] == ["metrics.png", "timeline.png", "comm_matrix.png"]
     out = plots.write_plots([run], [[]], tmp_path / "some")
     assert sorted(p.name for p in (tmp_path / "some").iterdir()) == ["metrics.png", "timeline.png"]
     bare = SimpleNamespace(path=Path("/x/e/run.h5"), config={}, metrics={}, events={}, kinds={})

@@ -4,8 +4,10 @@
   (:func:`~mpiml.report.plots.runs.metric_curves`), when some run has either metric;
 - ``timeline.png``: the per-rank Gantt chart of the default window
   (:func:`~mpiml.report.plots.timeline.timeline`), when the run has events;
-- ``comm_matrix.png``: from the report's ``comm_matrix`` section (its ``data["matrix"]``,
-  n x n bytes source -> destination, and ``data["ranks"]``, the tick labels);
+- ``comm_matrix.png``: from the report's ``comm_matrix`` section: its ``data["matrix"]``,
+  bytes source -> destination as ``{"src": {"dst": bytes}}`` (what ``mpiml report``
+  writes; the ranks are the union of sources and destinations) or as an n x n list of
+  lists with ``data["ranks"]`` for the labels;
 - ``staleness.png``: from the ``staleness`` section (``data["histogram"]``,
   ``{"values": [...], "counts": [...]}``).
 
@@ -19,6 +21,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .matrix import comm_matrix, histogram
 from .runs import metric_curves
@@ -37,6 +41,23 @@ def _has_events(run: Any) -> bool:
     if callable(n_events):
         return any(n_events(r) for r in ranks_of(run))
     return any(len(run.events[r]) for r in ranks_of(run))
+
+
+def _matrix(data: dict[str, Any]) -> tuple[Any, list[str] | None] | None:
+    """(n x n bytes, labels) of a comm_matrix section's data, None when it has none."""
+    m = data.get("matrix")
+    if not m:
+        return None
+    if isinstance(m, dict):
+        ranks = sorted({int(s) for s in m} | {int(d) for row in m.values() for d in row})
+        pos = {r: i for i, r in enumerate(ranks)}
+        out = np.zeros((len(ranks), len(ranks)))
+        for src, row in m.items():
+            for dst, nbytes in row.items():
+                out[pos[int(src)], pos[int(dst)]] = nbytes
+        return out, [str(r) for r in ranks]
+    labels = data.get("ranks")
+    return m, None if labels is None else [str(x) for x in labels]
 
 
 def _staleness(data: dict[str, Any]) -> Any | None:
@@ -66,13 +87,13 @@ def write_plots(runs: Sequence[Any], reports: Sequence[Sequence[Any]], out_dir: 
         if ranks_of(run) and _has_events(run):
             written.append(timeline(run, out / f"timeline{tag}.png"))
         s = _section(sections, "comm_matrix")
-        if s is not None and s.data.get("matrix"):
-            labels = s.data.get("ranks")
+        m = None if s is None else _matrix(s.data)
+        if m is not None:
             written.append(
                 comm_matrix(
-                    s.data["matrix"],
+                    m[0],
                     out / f"comm_matrix{tag}.png",
-                    labels=None if labels is None else [str(x) for x in labels],
+                    labels=m[1],
                     title=f"{run_name(run)}: bytes sent, source -> destination",
                 )
             )

@@ -4,10 +4,10 @@ run's paired messages; write_plots writes the files that apply; no matplotlib, o
 
 from __future__ import annotations
 
+import json
 import struct
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -15,27 +15,20 @@ import pytest
 from matplotlib.text import Annotation
 
 from mpiml.io import load_run
+from mpiml.io.runfile import RankFile, RunFile
+from mpiml.kinds import register_kind
 from mpiml.report import Section, plots
 from mpiml.testing import run_ranks
+from mpiml.trace import EVENT_DTYPE
 
-EVENT = np.dtype(
-    [
-        ("step", "i8"),
-        ("kind", "U32"),
-        ("t_start", "f8"),
-        ("t_end", "f8"),
-        ("nbytes", "i8"),
-        ("peer", "i4"),
-        ("msg", "i8"),
-    ]
-)
-KINDS = {
-    "compute": "compute",
-    "allreduce": "communication",
-    "send": "in_flight",
-    "recv": "in_flight",
-    "wait": "wait",
-}
+# the kinds the synthetic runs record, as their owners register them (a no-op when imported)
+for _name, _cat in (
+    ("compute", "compute"),
+    ("allreduce", "communication"),
+    ("send", "in_flight"),
+    ("recv", "in_flight"),
+):
+    register_kind(_name, _cat, f"{_name} (as registered by its owner)")
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -56,31 +49,34 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return load_run(tmp / "default")
 
 
-def synthetic(name: str, *, messages: bool) -> Any:
-    """Two ranks, three steps: compute then an allreduce, or then a send/recv pair each way."""
-    rows: dict[int, list[tuple]] = {0: [], 1: []}
-    for s in range(3):
-        t = float(s)
-        for r in (0, 1):
-            rows[r].append((s, "compute", t, t + 0.5, 0, -1, -1))
+def synthetic(folder: Path, *, messages: bool, metrics: bool = True) -> Any:
+    """A run file written by mpiml's writers: two ranks, three steps (step s from s/10 s)
+    of compute (50 ms) then an allreduce, or then one send/recv pair each way (message id
+    s); loss and accuracy at steps 5 and 10, bytes_sent (0, 0) and (10, 1000)."""
+    name = folder.name
+    folder.mkdir(parents=True)
+    run = RunFile(folder, 2, {"config": json.dumps({"run": {"name": name, "steps": 3}})}, None)
+    for r in (0, 1):
+        rows = []
+        for s in range(3):
+            t = s / 10
+            rows.append((s, b"compute", t, t + 0.05, 0, -1, -1))
             if messages:
-                rows[r].append((s, "send", t + 0.5, t + 0.7, 100, 1 - r, s))
-                rows[r].append((s, "recv", t + 0.5, t + 0.9, 100, 1 - r, s))
+                rows.append((s, b"send", t + 0.05, t + 0.07, 100, 1 - r, s))
+                rows.append((s, b"recv", t + 0.05, t + 0.09, 100, 1 - r, s))
             else:
-                rows[r].append((s, "allreduce", t + 0.5, t + 0.9, 100, -1, -1))
-    steps = np.array([(5, 0.5, 0.0), (10, 1.0, 0.0)], dtype=[("step", "i8"), ("time", "f8"), ("value", "f8")])
-    metrics = {
-        "loss": np.array([(5, 0.5, 2.0), (10, 1.0, 1.0)], dtype=steps.dtype),
-        "accuracy": np.array([(5, 0.5, 0.5), (10, 1.0, 0.8)], dtype=steps.dtype),
-        "bytes_sent": np.array([(0, 0.0, 0.0), (10, 1.0, 1000.0)], dtype=steps.dtype),
-    }
-    return SimpleNamespace(
-        path=Path(f"/nowhere/{name}/run.h5"),
-        config={"run": {"name": name, "steps": 3}},
-        metrics=metrics,
-        events={r: np.array(v, dtype=EVENT) for r, v in rows.items()},
-        kinds=KINDS,
-    )
+                rows.append((s, b"allreduce", t + 0.05, t + 0.09, 100, -1, -1))
+        f = RankFile(folder, r, 0.0, None)
+        f.append_events(np.array(rows, dtype=EVENT_DTYPE))
+        f.close()
+    if metrics:
+        for step, time, loss, acc in ((5, 0.5, 2.0, 0.5), (10, 1.0, 1.0, 0.8)):
+            run.metric("loss", step, time, loss)
+            run.metric("accuracy", step, time, acc)
+        run.metric("bytes_sent", 0, 0.0, 0.0)
+        run.metric("bytes_sent", 10, 1.0, 1000.0)
+    run.close()
+    return load_run(folder)
 
 
 def arrows(fig: Any) -> list[Annotation]:
@@ -96,8 +92,8 @@ def test_metric_curves_of_a_real_run_is_a_png_of_the_size_asked(run: Any, tmp_pa
     assert path == tmp_path / f"m-{x}.png" and png_size(path) == (800, 450)
 
 
-def test_metric_curves_against_bytes_interpolate_bytes_sent_at_the_metric_steps() -> None:
-    a, b = synthetic("a", messages=True), synthetic("b", messages=False)
+def test_metric_curves_against_bytes_interpolate_bytes_sent_at_the_metric_steps(tmp_path: Path) -> None:
+    a, b = synthetic(tmp_path / "a", messages=True), synthetic(tmp_path / "b", messages=False)
     fig = plots.metric_curves_figure([a, b], x="bytes", metrics=("loss", "accuracy", "nothing"))
     assert len(fig.axes) == 2  # a metric no run has gets no panel
     lines = fig.axes[0].get_lines()
@@ -138,13 +134,16 @@ def test_a_timeline_caps_its_arrows_and_says_so(run: Any) -> None:
 
 
 def test_a_run_without_messages_draws_no_arrows(tmp_path: Path) -> None:
-    fig = plots.timeline_figure(synthetic("c", messages=False), steps=(0, 3))
+    quiet = synthetic(tmp_path / "c", messages=False)
+    fig = plots.timeline_figure(quiet, steps=(0, 3))
     assert arrows(fig) == [] and len(fig.axes[0].collections) > 0
-    fig = plots.timeline_figure(synthetic("d", messages=True), steps=(0, 3))
+    fig = plots.timeline_figure(synthetic(tmp_path / "d", messages=True), steps=(0, 3))
     assert len(arrows(fig)) == 6
-    assert png_size(plots.timeline(synthetic("c", messages=False), tmp_path / "c.png")) == (800, 300)
+    fig = plots.timeline_figure(synthetic(tmp_path / "e", messages=True), time=(0.0, 0.1))
+    assert len(arrows(fig)) == 2  # step 0's pair only
+    assert png_size(plots.timeline(quiet, tmp_path / "c.png")) == (800, 300)
     with pytest.raises(ValueError, match="not both"):
-        plots.timeline_figure(synthetic("c", messages=False), steps=(0, 1), time=(0.0, 1.0))
+        plots.timeline_figure(quiet, steps=(0, 1), time=(0.0, 1.0))
 
 
 # ---------------------------------------------------------------- matrix and histogram
@@ -205,9 +204,13 @@ def test_write_plots_writes_the_files_that_apply(run: Any, tmp_path: Path) -> No
     assert [p.name for p in figs] == ["metrics.png", "timeline.png", "comm_matrix.png"]
     out = plots.write_plots([run], [[]], tmp_path / "some")
     assert sorted(p.name for p in (tmp_path / "some").iterdir()) == ["metrics.png", "timeline.png"]
-    bare = SimpleNamespace(path=Path("/x/e/run.h5"), config={}, metrics={}, events={}, kinds={})
-    assert plots.write_plots([bare], [[]], tmp_path / "none") == []
-    two = plots.write_plots([run, synthetic("b", messages=True)], [[], []], tmp_path / "two")
+    (tmp_path / "bare").mkdir()
+    bare = RunFile(tmp_path / "bare", 2, {"config": "{}"}, None)  # no metrics, no rank file
+    bare.close()
+    with pytest.warns(UserWarning, match="their files are missing"):
+        bare_run = load_run(tmp_path / "bare")
+    assert plots.write_plots([bare_run], [[]], tmp_path / "none") == []
+    two = plots.write_plots([run, synthetic(tmp_path / "b", messages=True)], [[], []], tmp_path / "two")
     assert [p.name for p in two] == ["metrics.png", "timeline-1-default.png", "timeline-2-b.png"]
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from .runs import metric_curves
 from .source import ranks_of, run_name
 from .timeline import timeline
 
+if TYPE_CHECKING:
+    from ...io.reader import Run
+
 __all__ = ["write_plots"]
 
 
@@ -36,11 +39,8 @@ def _section(sections: Sequence[Any], key: str) -> Any | None:
     return next((s for s in sections if s.key == key), None)
 
 
-def _has_events(run: Any) -> bool:
-    n_events = getattr(run, "n_events", None)
-    if callable(n_events):
-        return any(n_events(r) for r in ranks_of(run))
-    return any(len(run.events[r]) for r in ranks_of(run))
+def _has_events(run: Run) -> bool:
+    return any(run.n_events(r) for r in ranks_of(run))
 
 
 def _matrix(data: dict[str, Any]) -> tuple[Any, list[str] | None] | None:
@@ -67,7 +67,7 @@ def _staleness(data: dict[str, Any]) -> Any | None:
     return None
 
 
-def write_plots(runs: Sequence[Any], reports: Sequence[Sequence[Any]], out_dir: str | Path) -> list[Path]:
+def write_plots(runs: Sequence[Run], reports: Sequence[Sequence[Any]], out_dir: str | Path) -> list[Path]:
     """Write the PNGs that apply to ``runs`` (loaded with :func:`mpiml.io.load_run`) into
     ``out_dir`` (created), using ``reports[i]``, the list of
     :class:`mpiml.report.Section` of ``runs[i]``; returns the paths written, in the order

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +19,8 @@ from .source import run_name
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from ...io.reader import Run
 
 __all__ = ["XAXES", "metric_curves", "metric_curves_figure"]
 
@@ -35,7 +37,7 @@ YLABELS = {
 }
 
 
-def _x(run: Any, rows: np.ndarray, x: str) -> np.ndarray | None:
+def _x(run: Run, rows: np.ndarray, x: str) -> np.ndarray | None:
     if x == "step":
         return rows["step"].astype(float)
     if x == "time":
@@ -47,10 +49,10 @@ def _x(run: Any, rows: np.ndarray, x: str) -> np.ndarray | None:
 
 
 def metric_curves_figure(
-    runs: Any | Sequence[Any], *, x: str = "step", metrics: Sequence[str] = ("loss", "accuracy")
+    runs: Run | Sequence[Run], *, x: str = "step", metrics: Sequence[str] = ("loss", "accuracy")
 ) -> Figure:
     """The Figure of :func:`metric_curves` (one panel per metric some run has)."""
-    runs = list(runs) if isinstance(runs, list | tuple) else [runs]
+    runs = list(runs) if isinstance(runs, Sequence) else [runs]
     if x not in XAXES:
         raise ValueError(f"metric_curves: x must be one of {', '.join(map(repr, XAXES))} (got {x!r})")
     if not runs:
@@ -85,7 +87,7 @@ def metric_curves_figure(
 
 
 def metric_curves(
-    runs: Any | Sequence[Any],
+    runs: Run | Sequence[Run],
     path: str | Path,
     *,
     x: str = "step",

@@ -25,6 +25,8 @@ from .source import messages, rank_events, ranks_of, run_name
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from ...io.reader import Run
+
 __all__ = ["DEFAULT_STEPS", "MAX_ARROWS", "MAX_EVENTS", "default_window", "timeline", "timeline_figure"]
 
 MAX_EVENTS = 4000  # bars drawn, all ranks together
@@ -34,7 +36,7 @@ BAR = 0.56  # height of an event bar (one rank's row is 1)
 THIN = 0.12  # height of an in-flight bar
 
 
-def default_window(run: Any) -> tuple[int, int]:
+def default_window(run: Run) -> tuple[int, int]:
     """Steps [1, 1 + DEFAULT_STEPS): step 0 carries the start-up (compiling codec kernels,
     the first connections), which would squeeze the steady steps to slivers; [0, 3)
     when the run has at most DEFAULT_STEPS + 1 steps."""
@@ -43,14 +45,13 @@ def default_window(run: Any) -> tuple[int, int]:
     return first, first + DEFAULT_STEPS
 
 
-def _label(run: Any, r: int) -> str:
-    describe = getattr(run, "describe", None)
-    role = describe(r) if callable(describe) else ""
+def _label(run: Run, r: int) -> str:
+    role = run.describe(r)
     return f"rank {r}" + (f"\n{role}" if role and role != "rank" else "")
 
 
 def timeline_figure(
-    run: Any,
+    run: Run,
     *,
     ranks: Sequence[int] | None = None,
     time: tuple[float, float] | None = None,
@@ -156,7 +157,7 @@ def timeline_figure(
 
 
 def timeline(
-    run: Any,
+    run: Run,
     path: str | Path,
     *,
     ranks: Sequence[int] | None = None,

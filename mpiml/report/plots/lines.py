@@ -88,6 +88,12 @@ def line_panels_figure(
         for level, label in p.hlines:
             ax.axhline(level, color="#777777", linestyle=":", linewidth=1.2, label=label)
         ax.set(title=p.title, xlabel=p.xlabel, ylabel=p.ylabel, xscale=p.xscale, yscale=p.yscale)
+        xs = np.concatenate([np.asarray(s.x, dtype=float) for s in p.series])
+        # a few whole numbers (workers n): whole ticks, not 2.25, 2.5...
+        if p.xscale == "linear" and np.all(xs == np.round(xs)) and np.ptp(xs) <= 20:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if p.bytes_x:
             from matplotlib.ticker import FuncFormatter
 

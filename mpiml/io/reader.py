@@ -486,18 +486,23 @@ class Run:
             ds = self._group(f, rank)["events"]
             stored = ds.dtype.names or ()
             read = [n for n in need if n in stored]
+            # whole rows into one buffer reused for every chunk (faster than a field
+            # selection, which HDF5 converts row by row); the columns asked for are copied
+            buf = np.empty(min(chunk, s.n_events), ds.dtype)
             for a in range(0, s.n_events, chunk):
                 b = min(a + chunk, s.n_events)
+                raw = buf[: b - a]
                 try:
-                    raw = ds.fields(read)[a:b] if read else None
+                    if read:
+                        ds.read_direct(raw, np.s_[a:b], np.s_[0 : b - a])
                 except (OSError, KeyError, ValueError) as exc:
                     raise RankReadError(rank, f"{s.file}: rows {a}-{b - 1}: {_why(exc)}") from None
                 cols: dict[str, np.ndarray] = {}
                 for n in need:
                     if n == "kind":
-                        cols[n] = self._kind_codes.codes(raw[n])  # type: ignore[index]
+                        cols[n] = self._kind_codes.codes(raw[n])
                     elif n in stored:
-                        cols[n] = np.asarray(raw[n])  # type: ignore[index]
+                        cols[n] = raw[n].copy()
                     else:
                         cols[n] = np.full(b - a, EVENT_DEFAULTS[n], EVENT_DTYPE[n])
                 keep = None

@@ -299,13 +299,19 @@ def summarise(doc: dict[str, Any]) -> None:
             word = "meets" if growth <= FLAT_TARGET else "MISSES"
             if label == "h5py read":  # the reference: it holds one rank's whole table by design
                 word = "for reference (it holds one rank's table), not judged against"
+            # from the second-largest size too: a reader's fixed-size chunk buffers are only
+            # full once a rank has more rows than a chunk, so the smallest size reads low
+            mid = sorted(doc["sizes"])[-2]
+            upper = last / peak[label, mid] if (label, mid) in peak else float("nan")
             doc["verdicts"].append(
                 {
                     "goal": "memory",
                     "label": label,
                     "growth": round(growth, 3),
+                    "growth_upper": round(upper, 3),
                     "verdict": f"{label}: peak RSS {first:.0f} MiB at {_label(lo)} -> {last:.0f} MiB at "
-                    f"{_label(hi)} events (x{growth:.2f}): {word} the flat-memory target (<= x{FLAT_TARGET})",
+                    f"{_label(hi)} events (x{growth:.2f}; x{upper:.2f} from {_label(mid)}): {word} the "
+                    f"flat-memory target (<= x{FLAT_TARGET} from {_label(lo)})",
                 }
             )
 
@@ -384,6 +390,18 @@ def _profile(c: dict[str, Any], run: Path, tmp: Path, cwd: str) -> list[dict[str
     return sorted(rows, key=lambda r: -r["tottime"])[:10]
 
 
+def render(path: Path) -> str:
+    """The .md of a result file ``path`` (its verdicts recomputed from its measurements),
+    written beside it: ``python benchmarks/report.py --render results/benchmarks/report.json``."""
+    import json
+
+    doc = json.loads(path.read_text())
+    summarise(doc)
+    text = markdown(doc)
+    path.with_suffix(".md").write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     _bench.abort_on_error()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -397,7 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="profile each mpiml command at the largest N")
     ap.add_argument("--runs", type=Path, help="keep the synthetic runs in this folder (default: temporary)")
     _bench.add_output_args(ap, "report", "one run of 20k events, one repeat: a few seconds")
+    ap.add_argument("--render", type=Path, metavar="JSON", help="only rewrite the .md of a result file")
     a = ap.parse_args(argv)
+    if a.render:
+        print(render(a.render))
+        return 0
     sizes = (
         [_size(s) for s in a.sizes.split(",")]
         if a.sizes

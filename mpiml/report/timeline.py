@@ -132,8 +132,8 @@ class Partition:
     moved up to it and is counted in ``out_of_order``.
     """
 
-    def __init__(self) -> None:
-        self.frontier = -np.inf
+    def __init__(self, start: float = -np.inf) -> None:
+        self.frontier = start  # time before it is accounted for; -inf: from the first interval
         self.carry: dict[str, float] = {}  # label -> end of [frontier, end)
         self.exclusive = dict.fromkeys(PRIORITY, 0.0)
         self.idle = 0.0
@@ -308,6 +308,8 @@ def rank_timeline(
             k.count += int(counts[i])
             k.time += float(times[i])
             k.nbytes += int(nbytes[i])
+        if not np.isfinite(part.frontier):  # the accounting starts at the rank's first event
+            part.frontier = float(s.min())
         part.feed({c: (s[cats == c], e[cats == c]) for c in _LABELS}, frontier)
         # steps seen and each step's first training event
         step = ev["step"]

@@ -92,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     la.add_argument("--overwrite", action="store_true", help="replace files that exist in DIR/launch")
     sub.add_parser("topology", help="a topology's W: degree, diameter, spectral gap rho", add_help=False)
     sub.add_parser("mixing", help="measure a protocol's mixing time (MixML), under mpiexec", add_help=False)
-    sub.add_parser("report", help="summarise runs from their traces (time, POP, stragglers, bytes)", add_help=False)
+    sub.add_parser(
+        "report", help="summarise runs from their traces (time, POP, stragglers, bytes)", add_help=False
+    )
     sub.add_parser(
         "plan",
         help="DaSGD's analytic model: t_p, t_c, the delay that hides communication, time per epoch",

@@ -75,7 +75,14 @@ class _FakeRun:
             yield ev[i : i + chunk]
 
 
-KIND_OF = {"c": "compute", "k": "codec", "m": "communication", "w": "wait", "b": "bookkeeping", "f": IN_FLIGHT}
+KIND_OF = {
+    "c": "compute",
+    "k": "codec",
+    "m": "communication",
+    "w": "wait",
+    "b": "bookkeeping",
+    "f": IN_FLIGHT,
+}
 
 interval = st.tuples(
     st.sampled_from(sorted(KIND_OF)),
@@ -179,9 +186,7 @@ def test_comm_matrix_equals_traced_bytes(runs: dict[str, Path], name: str) -> No
 
 
 def test_sections_apply_only_where_they_do(runs: dict[str, Path]) -> None:
-    keys = {
-        name: {s.key for s in build_report(load(path)).sections} for name, path in runs.items()
-    }
+    keys = {name: {s.key for s in build_report(load(path)).sections} for name, path in runs.items()}
     assert {"summary", "time", "pop", "stragglers", "kinds"} <= keys["sgd"]
     assert "late_sender" not in keys["sgd"] and "comm_matrix" not in keys["sgd"]
     assert {"late_sender", "late_sender_pairs", "comm_matrix"} <= keys["dpsgd"]
@@ -220,7 +225,9 @@ def _write_run(folder: Path, events: dict[int, list[tuple]]) -> Path:
     rf = RunFile(folder, len(events), {"config": "{}", "algorithm": "handmade"}, None)
     for r, rows in events.items():
         f = RankFile(folder, r, 0.0, None)
-        f.append_events(np.array([(s, k.encode(), a, b, n, p, m) for s, k, a, b, n, p, m in rows], EVENT_DTYPE))
+        f.append_events(
+            np.array([(s, k.encode(), a, b, n, p, m) for s, k, a, b, n, p, m in rows], EVENT_DTYPE)
+        )
         f.close()
     rf.close()
     return folder
@@ -233,8 +240,16 @@ def test_late_sender_on_a_hand_made_run(tmp_path: Path) -> None:
     run = _write_run(
         tmp_path / "ls",
         {
-            0: [(0, "send", 1.0, 1.5, 8, 1, 0), (1, "send", 2.0, 2.1, 8, 1, 1), (2, "send", 3.0, 3.1, 8, 1, 2)],
-            1: [(0, "recv", 0.2, 1.6, 8, 0, 0), (1, "recv", 2.05, 2.2, 8, 0, 1), (2, "recv", 2.5, 2.7, 8, 0, 2)],
+            0: [
+                (0, "send", 1.0, 1.5, 8, 1, 0),
+                (1, "send", 2.0, 2.1, 8, 1, 1),
+                (2, "send", 3.0, 3.1, 8, 1, 2),
+            ],
+            1: [
+                (0, "recv", 0.2, 1.6, 8, 0, 0),
+                (1, "recv", 2.05, 2.2, 8, 0, 1),
+                (2, "recv", 2.5, 2.7, 8, 0, 2),
+            ],
         },
     )
     rep = build_report(load(run))

@@ -141,23 +141,24 @@ def _time_section(run: Any, tl: dict[int, RankTimeline]) -> Section:
         role = role_of(run, r)
         roles.setdefault(role, []).append(t)
         rows.append(
-            [r, role, *[t.exclusive[c] for c in PRIORITY], t.idle, t.wall, t.in_flight, t.hidden, _pct(t.overlap)]
-        )
-    for role, ts in roles.items():
-        mean = lambda f: float(np.mean([f(t) for t in ts]))  # noqa: E731
-        fly, hid = sum(t.in_flight for t in ts), sum(t.hidden for t in ts)
-        rows.append(
             [
-                f"mean of {len(ts)}",
+                r,
                 role,
-                *[mean(lambda t, c=c: t.exclusive[c]) for c in PRIORITY],
-                mean(lambda t: t.idle),
-                mean(lambda t: t.wall),
-                mean(lambda t: t.in_flight),
-                mean(lambda t: t.hidden),
-                _pct(hid / fly) if fly > 0 else None,
+                *[t.exclusive[c] for c in PRIORITY],
+                t.idle,
+                t.wall,
+                t.in_flight,
+                t.hidden,
+                _pct(t.overlap),
             ]
         )
+    for role, ts in roles.items():
+        parts = np.array(
+            [[*(t.exclusive[c] for c in PRIORITY), t.idle, t.wall, t.in_flight, t.hidden] for t in ts]
+        )
+        fly, hid = parts[:, -2].sum(), parts[:, -1].sum()
+        mean: list[Cell] = [float(x) for x in parts.mean(axis=0)]
+        rows.append([f"mean of {len(ts)}", role, *mean, _pct(hid / fly) if fly > 0 else None])
     return Section(
         "time",
         "Time per rank and role (seconds)",
@@ -214,8 +215,16 @@ def _pop_section(run: Any, tl: dict[int, RankTimeline]) -> list[Section]:
         Section(
             "pop",
             "POP efficiencies",
-            ["over", "ranks", "load balance", "comm. efficiency", "parallel efficiency", "useful mean (s)",
-             "useful max (s)", "runtime (s)"],
+            [
+                "over",
+                "ranks",
+                "load balance",
+                "comm. efficiency",
+                "parallel efficiency",
+                "useful mean (s)",
+                "useful max (s)",
+                "runtime (s)",
+            ],
             rows,
             [
                 "useful = compute + codec (the time partition's parts); runtime = first event's start to "
@@ -264,7 +273,9 @@ def _straggler_section(run: Any, tl: dict[int, RankTimeline], threshold: float) 
     if injected:
         notes.append(
             "The run injected delays (the /ranks/<r>/straggler table, job section [straggler]): "
-            + "; ".join(f"rank {r}: {n} slowed steps, mean x{m:.2f}" for r, (n, m) in sorted(injected.items()))
+            + "; ".join(
+                f"rank {r}: {n} slowed steps, mean x{m:.2f}" for r, (n, m) in sorted(injected.items())
+            )
         )
     return [
         Section(
@@ -294,7 +305,9 @@ def _peerless_section(tl: dict[int, RankTimeline]) -> list[Section]:
     kinds = sorted({k for t in tl.values() for k in t.collective_bytes})
     if not kinds:
         return []
-    rows: list[list[Cell]] = [[r, *[t.collective_bytes.get(k, 0) for k in kinds]] for r, t in sorted(tl.items())]
+    rows: list[list[Cell]] = [
+        [r, *[t.collective_bytes.get(k, 0) for k in kinds]] for r, t in sorted(tl.items())
+    ]
     return [
         Section(
             "bytes_no_peer",
@@ -350,7 +363,9 @@ def build_report(
     """
     rep = Report(str(run.path))
     rep.missing += [f"rank {r}: file missing" for r in getattr(run, "missing_ranks", [])]
-    rep.missing += [f"rank {r}: unreadable: {e}" for r, e in sorted(getattr(run, "unreadable_ranks", {}).items())]
+    rep.missing += [
+        f"rank {r}: unreadable: {e}" for r, e in sorted(getattr(run, "unreadable_ranks", {}).items())
+    ]
     for r in _ranks(run):
         try:
             rep.timelines[r] = rank_timeline(run, r, steps=steps, time=time, chunk=chunk)

@@ -52,9 +52,13 @@ def _threshold(text: str) -> float:
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mpiml report", description="Summarise runs from their traces (run.h5).")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="a run folder or its run.h5 (several: side by side)")
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN", help="a run folder or its run.h5 (several: side by side)"
+    )
     fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="one JSON document {runs: [{path, sections, missing}]}")
+    fmt.add_argument(
+        "--json", action="store_true", help="one JSON document {runs: [{path, sections, missing}]}"
+    )
     fmt.add_argument("--markdown", action="store_true", help="Markdown tables")
     p.add_argument(
         "--straggler-threshold",
@@ -64,7 +68,9 @@ def parser() -> argparse.ArgumentParser:
         help="a rank is a straggler when its median step time exceeds its role's median by more than F "
         "(fraction; default 0.1)",
     )
-    p.add_argument("--steps", type=lambda t: _window(t, int), metavar="A:B", help="only steps A..B-1 (0-based)")
+    p.add_argument(
+        "--steps", type=lambda t: _window(t, int), metavar="A:B", help="only steps A..B-1 (0-based)"
+    )
     p.add_argument(
         "--time", type=lambda t: _window(t, float), metavar="A:B", help="only seconds A..B of the run clock"
     )

@@ -68,8 +68,7 @@ def paired_messages(
         return
     S = [np.concatenate(x) for x in zip(*sends, strict=True)]
     R = [np.concatenate(x) for x in zip(*recvs, strict=True)]
-    key_s = np.rec.fromarrays([S[0], S[1], S[2]["msg"]], names="a,b,c")
-    key_r = np.rec.fromarrays([R[0], R[1], R[2]["msg"]], names="a,b,c")
+    key_s, key_r = _keys(S[0], S[1], S[2]["msg"]), _keys(R[0], R[1], R[2]["msg"])
     common, i_s, i_r = np.intersect1d(key_s, key_r, assume_unique=False, return_indices=True)
     out = np.empty(common.size, MESSAGE_DTYPE)
     out["src"], out["dst"], out["msg"] = S[0][i_s], S[1][i_s], S[2]["msg"][i_s]
@@ -78,6 +77,12 @@ def paired_messages(
     out["t_send_start"], out["t_send_end"] = ev_s["t_start"], ev_s["t_end"]
     out["t_recv_start"], out["t_recv_end"] = ev_r["t_start"], ev_r["t_end"]
     yield out
+
+
+def _keys(src: np.ndarray, dst: np.ndarray, msg: np.ndarray) -> np.ndarray:
+    out = np.empty(src.size, [("src", "i8"), ("dst", "i8"), ("msg", "i8")])
+    out["src"], out["dst"], out["msg"] = src, dst, msg
+    return out
 
 
 def late_sender(msgs: np.ndarray) -> np.ndarray:
@@ -128,7 +133,9 @@ def late_sender_sections(
     if unpaired:
         notes.append(f"{unpaired} send/recv events had no other end in the file (or window): not counted.")
     rows_dst: list[list[Cell]] = [[d, int(a[0]), int(a[1]), a[2], a[3]] for d, a in sorted(by_dst.items())]
-    rows_pair: list[list[Cell]] = [[s, d, int(a[0]), int(a[1]), a[2], a[3]] for (s, d), a in sorted(pairs.items())]
+    rows_pair: list[list[Cell]] = [
+        [s, d, int(a[0]), int(a[1]), a[2], a[3]] for (s, d), a in sorted(pairs.items())
+    ]
     return [
         Section(
             "late_sender",

@@ -46,7 +46,7 @@ def _merged_summary(reports: Sequence[Any]) -> Section:
                     if str(row[0]) not in fields:
                         fields.append(str(row[0]))
         values.append(got)
-    notes = next((s.notes for s in reports[0].sections if s.key == "summary"), [])
+    notes: list[str] = next((s.notes for s in reports[0].sections if s.key == "summary"), [])
     return Section(
         "summary",
         "Runs",
@@ -64,7 +64,9 @@ def _text_table(s: Section) -> list[str]:
         right = [any(_is_number(row[i]) for row in s.rows) for i in range(len(s.columns))]
 
         def line(vals: list[str]) -> str:
-            return "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(vals, widths, right, strict=True))
+            return "  ".join(
+                v.rjust(w) if r else v.ljust(w) for v, w, r in zip(vals, widths, right, strict=True)
+            )
 
         lines.append(line(list(s.columns)).rstrip())
         lines.append("  ".join("-" * w for w in widths))
@@ -78,8 +80,13 @@ def _md_table(s: Section) -> list[str]:
     if s.columns:
         esc = lambda x: x.replace("|", "\\|")  # noqa: E731
         lines.append("| " + " | ".join(esc(c) if c else " " for c in s.columns) + " |")
-        lines.append("|" + "|".join("---:" if any(_is_number(r[i]) for r in s.rows) else "---"
-                                    for i in range(len(s.columns))) + "|")
+        lines.append(
+            "|"
+            + "|".join(
+                "---:" if any(_is_number(r[i]) for r in s.rows) else "---" for i in range(len(s.columns))
+            )
+            + "|"
+        )
         lines += ["| " + " | ".join(esc(cell(v)) for v in row) + " |" for row in s.rows]
         lines.append("")
     lines += [f"- {n}" for n in s.notes]
@@ -128,4 +135,6 @@ def _jsonable(x: Any) -> Any:
 def render_json(reports: Sequence[Any]) -> str:
     """One JSON document: ``{"runs": [{"path", "sections": [...], "missing": [...]}]}``
     (NaN and infinities as null)."""
-    return json.dumps({"runs": [_jsonable(rep.to_dict()) for rep in reports]}, indent=1, allow_nan=False) + "\n"
+    return (
+        json.dumps({"runs": [_jsonable(rep.to_dict()) for rep in reports]}, indent=1, allow_nan=False) + "\n"
+    )

@@ -105,7 +105,11 @@ def _summary(run: Any, tl: dict[int, RankTimeline]) -> Section:
         ranks_line += f" ({len(tl)} read)"
     firsts = [t.t_first for t in tl.values() if t.n_events]
     lasts = [t.t_last for t in tl.values() if t.n_events]
-    steps = max((int(t.steps.max()) + 1 for t in tl.values() if t.steps.size), default=0)
+    seen = [t.steps for t in tl.values() if t.steps.size]
+    steps: Cell = 0
+    if seen:
+        lo, hi = min(int(x[0]) for x in seen), max(int(x[-1]) for x in seen)
+        steps = hi + 1 if lo == 0 else f"{hi - lo + 1} (steps {lo}..{hi}, 0-based)"
     sent = sum(sum(t.sent_to_peer.values()) for t in tl.values())
     rows: list[list[Cell]] = [
         ["algorithm", str(run.attrs.get("algorithm", run.config.get("algorithm", {}).get("name", "-")))],

@@ -19,6 +19,7 @@ role, of their median step times by more than ``straggler_threshold`` (a fractio
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,8 +87,11 @@ def _final_metrics(run: Any) -> list[tuple[str, Cell]]:
     out: list[tuple[str, Cell]] = []
     try:
         names = list(run.metrics)  # names, whether a dict or the lazy reader's mapping
-    except TypeError:
-        names = []
+    except TypeError:  # not iterable: the names from the file
+        import h5py
+
+        with h5py.File(run.path, "r", locking=False) as f:
+            names = list(f.get("metrics", {}))
     for name in sorted(names):
         try:
             steps, values = run.metric(name)
@@ -392,12 +396,13 @@ def build_report(
     odd = {r: t.out_of_order for r, t in tl.items() if t.out_of_order}
     if odd:
         rep.missing.append(f"events out of t_start order (their start moved up; ranks {sorted(odd)})")
-    try:
-        from .protocols import protocol_sections  # written apart; absent in some trees
-    except ImportError:
-        pass
-    else:
-        rep.sections += protocol_sections(run)
+    if importlib.util.find_spec(f"{__package__}.protocols") is not None:  # written apart; may be absent
+        from .protocols import protocol_sections
+
+        try:
+            rep.sections += protocol_sections(run)
+        except (OSError, KeyError, ValueError) as exc:  # a damaged table: say so, report the rest
+            rep.missing.append(f"protocol sections: unreadable: {type(exc).__name__}: {exc}")
     return rep
 
 

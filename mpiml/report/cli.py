@@ -13,6 +13,7 @@ rank that could not be read.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -83,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .analysis import build_report, load
     from .render import render_json, render_markdown, render_text
 
+    if args.plots and importlib.util.find_spec(f"{__package__}.plots") is None:
+        sys.stderr.write("mpiml report: error: plots: not available\n")
+        return 2
     runs = []
     for path in args.runs:
         try:
@@ -97,11 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     render = render_json if args.json else render_markdown if args.markdown else render_text
     sys.stdout.write(render(reports))
     if args.plots:
-        try:
-            from .plots import write_plots
-        except ImportError:
-            sys.stderr.write("mpiml report: error: plots: not available\n")
-            return 2
+        from .plots import write_plots
+
         write_plots(runs, reports, args.plots)
     return 0
 

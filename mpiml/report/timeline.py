@@ -47,6 +47,7 @@ __all__ = [
     "KindTotal",
     "RankTimeline",
     "Partition",
+    "iter_columns",
     "iter_events",
     "rank_timeline",
     "step_times",
@@ -170,7 +171,7 @@ class Partition:
                 self.carry.pop(label, None)
             e = np.minimum(e, frontier)
             keep = e > s
-            spans[label] = (np.sort(s[keep]), np.sort(e[keep]))
+            spans[label] = (s[keep], e[keep])
             edges += [s[keep], e[keep]]
         self.frontier = frontier
         if not edges:
@@ -181,8 +182,10 @@ class Partition:
             return
         at, length = b[:-1], np.diff(b)
         cover = {}
-        for label, (s, e) in spans.items():
-            cover[label] = np.searchsorted(s, at, "right") - np.searchsorted(e, at, "right") > 0
+        for label, (s, e) in spans.items():  # coverage counts: +1 at each start, -1 at each end
+            delta = np.bincount(np.searchsorted(b, s), minlength=b.size)
+            delta -= np.bincount(np.searchsorted(b, e), minlength=b.size)
+            cover[label] = np.cumsum(delta[:-1]) > 0
         none = np.zeros(at.size, bool)
         free = np.ones(at.size, bool)
         for c in PRIORITY:
@@ -265,6 +268,33 @@ def iter_events(
         yield ev[i : i + chunk]
 
 
+_FIELDS = ("step", "kind", "t_start", "t_end", "nbytes", "peer")
+
+
+def iter_columns(
+    run: Any,
+    rank: int,
+    *,
+    steps: tuple[int, int] | None = None,
+    time: tuple[float, float] | None = None,
+    chunk: int = 65536,
+) -> Iterator[tuple[dict[str, np.ndarray], list[str]]]:
+    """Rank ``rank``'s events as ({column: array}, kind names): ``kind`` an int code
+    into the names (``run.iter_columns`` of the lazy reader; codes made here from
+    :func:`iter_events` for a reader without it)."""
+    if callable(getattr(run, "iter_columns", None)):
+        for cols in run.iter_columns(rank, _FIELDS, steps=steps, time=time, chunk=chunk):
+            yield cols, run.kind_names
+        return
+    known: dict[str, int] = {}  # codes stable across chunks, as the reader's
+    for ev in iter_events(run, rank, steps=steps, time=time, chunk=chunk):
+        names, codes = np.unique(ev["kind"], return_inverse=True)
+        to_known = np.array([known.setdefault(str(k), len(known)) for k in names], np.int32)
+        cols = {n: ev[n] for n in _FIELDS if n != "kind"}
+        cols["kind"] = to_known[codes]
+        yield cols, list(known)
+
+
 def rank_timeline(
     run: Any,
     rank: int,
@@ -284,58 +314,64 @@ def rank_timeline(
     out = RankTimeline(rank)
     part = Partition()
     firsts: list[tuple[np.ndarray, np.ndarray]] = []
-    sent = np.zeros(0, np.int64)
     seen: list[np.ndarray] = []
+    sent = np.zeros(0, np.int64)
+    per_kind = np.zeros((0, 3))  # per kind code: count, time, bytes
     t_first, t_last = np.inf, -np.inf
-    for ev in iter_events(run, rank, steps=steps, time=time, chunk=chunk):
-        if not len(ev):
+    label_of = {c: i for i, c in enumerate(_LABELS)}
+    book, fly, comm = label_of["bookkeeping"], label_of[IN_FLIGHT], label_of["communication"]
+    for cols, names in iter_columns(run, rank, steps=steps, time=time, chunk=chunk):
+        n = len(cols["step"])
+        if not n:
             continue
-        s, e = ev["t_start"].astype(np.float64), ev["t_end"].astype(np.float64)
+        s, e = cols["t_start"].astype(np.float64), cols["t_end"].astype(np.float64)
         if time is not None:
             s, e = np.clip(s, *time), np.clip(e, *time)
-        frontier = float(s.max())
+        code, step, peer, nbytes = cols["kind"], cols["step"], cols["peer"], cols["nbytes"]
         t_first, t_last = min(t_first, float(s.min())), max(t_last, float(e.max()))
-        out.n_events += len(ev)
-        names, inv = np.unique(ev["kind"], return_inverse=True)
-        cats = np.array([kinds.get(str(n), "") for n in names], dtype=object)[inv]
-        out.unknown_events += int(np.count_nonzero(cats == ""))
-        dur = e - s
-        counts = np.bincount(inv, minlength=len(names))
-        times = np.bincount(inv, weights=dur, minlength=len(names))
-        nbytes = np.bincount(inv, weights=ev["nbytes"], minlength=len(names))
-        for i, n in enumerate(names):  # one pass per distinct kind, not per event
-            k = out.kinds.setdefault(str(n), KindTotal())
-            k.count += int(counts[i])
-            k.time += float(times[i])
-            k.nbytes += int(nbytes[i])
+        out.n_events += n
+        # category of every kind code (-1: a kind the file's /kinds does not list)
+        cat_of = np.array([label_of.get(kinds.get(k, ""), -1) for k in names], np.int8)
+        cat = cat_of[code]
+        out.unknown_events += int(np.count_nonzero(cat < 0))
+        m = len(names)
+        if per_kind.shape[0] < m:
+            per_kind = np.vstack([per_kind, np.zeros((m - per_kind.shape[0], 3))])
+        per_kind[:m, 0] += np.bincount(code, minlength=m)
+        per_kind[:m, 1] += np.bincount(code, weights=e - s, minlength=m)
+        per_kind[:m, 2] += np.bincount(code, weights=nbytes, minlength=m)
         if not np.isfinite(part.frontier):  # the accounting starts at the rank's first event
             part.frontier = float(s.min())
-        part.feed({c: (s[cats == c], e[cats == c]) for c in _LABELS}, frontier)
+        mask = {c: cat == i for c, i in label_of.items()}
+        part.feed({c: (s[k], e[k]) for c, k in mask.items() if k.any()}, float(s.max()))
         # steps seen and each step's first training event
-        step = ev["step"]
         seen.append(np.unique(step[step >= 0]))
-        train = (step >= 0) & (cats != "bookkeeping") & (cats != "")
+        train = (step >= 0) & (cat != book) & (cat >= 0)
         if train.any():
-            order = np.argsort(step[train], kind="stable")
-            st, ts = step[train][order], s[train][order]
+            st, ts = step[train], s[train]
+            if np.any(st[1:] < st[:-1]):
+                order = np.argsort(st, kind="stable")
+                st, ts = st[order], ts[order]
             uniq, at = np.unique(st, return_index=True)
             firsts.append((uniq, np.minimum.reduceat(ts, at)))
         # bytes: to a peer, and of peerless collectives
-        peer = ev["peer"]
-        to_peer = np.isin(ev["kind"], PEER_SENDS) & (peer >= 0)
+        sends = [i for i, k in enumerate(names) if k in PEER_SENDS]
+        to_peer = np.isin(code, sends) & (peer >= 0)
         if to_peer.any():
-            add = np.bincount(peer[to_peer], weights=ev["nbytes"][to_peer]).astype(np.int64)
+            add = np.bincount(peer[to_peer], weights=nbytes[to_peer]).astype(np.int64)
             if add.size > sent.size:
                 sent = np.concatenate([sent, np.zeros(add.size - sent.size, np.int64)])
             sent[: add.size] += add
-        coll = (peer < 0) & ((cats == "communication") | (cats == IN_FLIGHT)) & (ev["nbytes"] > 0)
+        coll = (peer < 0) & ((cat == comm) | (cat == fly)) & (nbytes > 0)
         if coll.any():
-            cn, ci = np.unique(ev["kind"][coll], return_inverse=True)
-            cb = np.bincount(ci, weights=ev["nbytes"][coll])
-            for n, b in zip(cn, cb, strict=True):
-                out.collective_bytes[str(n)] = out.collective_bytes.get(str(n), 0) + int(b)
+            cb = np.bincount(code[coll], weights=nbytes[coll], minlength=m)
+            for i in np.flatnonzero(cb):
+                out.collective_bytes[names[i]] = out.collective_bytes.get(names[i], 0) + int(cb[i])
     if not out.n_events:
         return out
+    out.kinds = {
+        names[i]: KindTotal(int(c), float(t), int(b)) for i, (c, t, b) in enumerate(per_kind) if c > 0
+    }
     part.close(t_last)
     out.t_first, out.t_last = t_first, t_last
     out.exclusive, out.idle = part.exclusive, part.idle

@@ -142,7 +142,7 @@ def _pct(x: float | None) -> float | None:
 
 
 def _time_section(run: Any, tl: dict[int, RankTimeline]) -> Section:
-    cols = ["rank", "role", *PRIORITY, "idle", "wall", "in flight", "hidden", "overlap %"]
+    cols = ["rank", "role", *PRIORITY, "idle", "wall", "in flight", "hidden", "overlap %", "blocked %"]
     rows: list[list[Cell]] = []
     roles: dict[str, list[RankTimeline]] = {}
     for r, t in sorted(tl.items()):
@@ -158,15 +158,17 @@ def _time_section(run: Any, tl: dict[int, RankTimeline]) -> Section:
                 t.in_flight,
                 t.hidden,
                 _pct(t.overlap),
+                _pct(t.blocked_share),
             ]
         )
     for role, ts in roles.items():
         parts = np.array(
             [[*(t.exclusive[c] for c in PRIORITY), t.idle, t.wall, t.in_flight, t.hidden] for t in ts]
         )
-        fly, hid = parts[:, -2].sum(), parts[:, -1].sum()
+        fly, hid, blk = parts[:, -2].sum(), parts[:, -1].sum(), sum(t.blocked for t in ts)
         mean: list[Cell] = [float(x) for x in parts.mean(axis=0)]
-        rows.append([f"mean of {len(ts)}", role, *mean, _pct(hid / fly) if fly > 0 else None])
+        shares = [_pct(hid / fly), _pct(blk / fly)] if fly > 0 else [None, None]
+        rows.append([f"mean of {len(ts)}", role, *mean, *shares])
     return Section(
         "time",
         "Time per rank and role (seconds)",
@@ -178,7 +180,10 @@ def _time_section(run: Any, tl: dict[int, RankTimeline]) -> Section:
             "communication > wait > bookkeeping; idle is the untraced remainder, so the parts and idle "
             "sum to wall.",
             "in flight: union of the split-phase operations' and messages' spans (start to observed "
-            "completion); hidden: its part under compute or codec; overlap % = hidden / in flight.",
+            "completion); hidden: its part under compute or codec; overlap % = hidden / in flight; "
+            "blocked % = its part under a wait / in flight (the exposed transfer). A span ends at its "
+            "observed completion: an operation that only moves in its wait still spans the compute "
+            "before it, so a run without progress shows in blocked %, not in overlap %.",
         ],
         {"ranks": {str(r): _timeline_dict(t) for r, t in tl.items()}},
     )
@@ -193,6 +198,7 @@ def _timeline_dict(t: RankTimeline) -> dict[str, Any]:
         "idle": t.idle,
         "in_flight": t.in_flight,
         "hidden": t.hidden,
+        "blocked": t.blocked,
         "events": t.n_events,
         "median_step_time": t.median_step_time,
     }

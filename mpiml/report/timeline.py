@@ -17,7 +17,11 @@ bookkeeping only where nothing else was recorded). ``in_flight`` is not part of 
 partition: it is the measure of the union of in-flight spans (split-phase operations
 and their messages), and ``hidden`` its part covered by compute or codec; overlap =
 hidden / in_flight (HTA's "communication-computation overlap": the share of
-communication time under computation).
+communication time under computation). ``blocked`` is in-flight time under a ``wait``
+event: the exposed part of a split-phase operation. An in-flight span ends at its
+*observed* completion, so an operation that only moves in its wait (DaSGD with
+``progress = "none"``) still spans the compute before it: its overlap stays high and
+its blocked share shows the difference.
 
 Categories come from the run file's ``/kinds`` (:attr:`mpiml.io.Run.kinds`), never from
 lists of kind names; a kind the file does not list is counted in ``unknown_events`` and
@@ -79,7 +83,7 @@ class RankTimeline:
 
     ``exclusive[c]`` for c in :data:`PRIORITY` plus ``idle`` sum to ``wall``;
     ``in_flight`` is the union of in-flight spans, ``hidden`` its part under compute or
-    codec. ``step_times``: seconds per step for the steps ``step_time_steps`` (see the
+    codec, ``blocked`` its part under a wait (the exposed transfer). ``step_times``: seconds per step for the steps ``step_time_steps`` (see the
     module's docstring). ``sent_to_peer``: {peer: bytes} from :data:`PEER_SENDS` events;
     ``collective_bytes``: {kind: bytes} of peerless communication and in-flight events.
     """
@@ -92,6 +96,7 @@ class RankTimeline:
     idle: float = 0.0
     in_flight: float = 0.0
     hidden: float = 0.0
+    blocked: float = 0.0
     kinds: dict[str, KindTotal] = field(default_factory=dict)
     steps: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     step_times: np.ndarray = field(default_factory=lambda: np.empty(0))
@@ -117,6 +122,11 @@ class RankTimeline:
         return self.hidden / self.in_flight if self.in_flight > 0 else None
 
     @property
+    def blocked_share(self) -> float | None:
+        """blocked / in_flight: the exposed part of communication, None without time in flight."""
+        return self.blocked / self.in_flight if self.in_flight > 0 else None
+
+    @property
     def median_step_time(self) -> float | None:
         return float(np.median(self.step_times)) if self.step_times.size else None
 
@@ -140,6 +150,7 @@ class Partition:
         self.idle = 0.0
         self.in_flight = 0.0
         self.hidden = 0.0
+        self.blocked = 0.0
         self.out_of_order = 0
         self._book: list[tuple[np.ndarray, np.ndarray]] = []  # bookkeeping-exclusive segments
 
@@ -200,6 +211,7 @@ class Partition:
         self.in_flight += float(length[fly].sum())
         busy = cover.get("compute", none) | cover.get("codec", none)
         self.hidden += float(length[fly & busy].sum())
+        self.blocked += float(length[fly & cover.get("wait", none)].sum())
 
     def close(self, end: float) -> None:
         """Measure what is carried, up to ``end`` (the rank's last event's end)."""
@@ -376,6 +388,7 @@ def rank_timeline(
     out.t_first, out.t_last = t_first, t_last
     out.exclusive, out.idle = part.exclusive, part.idle
     out.in_flight, out.hidden, out.out_of_order = part.in_flight, part.hidden, part.out_of_order
+    out.blocked = part.blocked
     out.steps = np.unique(np.concatenate(seen)) if seen else out.steps
     out.sent_to_peer = {int(p): int(b) for p, b in enumerate(sent) if b}
     if firsts:

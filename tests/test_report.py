@@ -35,6 +35,12 @@ JOBS = {  # name: (ranks, job file or None, extra --set)
     "dasgd": (2, None, ["algorithm.name=dasgd"]),
     "dpsgd": (3, "examples/dpsgd_ring.toml", []),
     "async_gossip": (3, "examples/async_gossip_ring.toml", []),
+    # rank 1's compute stretched 10x ([straggler]); local steps between averages let it fall behind
+    "straggler": (
+        2,
+        None,
+        ["algorithm.name=local_sgd", "algorithm.tau=8", "straggler.ranks=[1]", "straggler.factor=10.0"],
+    ),
 }
 
 
@@ -205,6 +211,26 @@ def test_json_and_markdown(runs: dict[str, Path]) -> None:
     assert "|   | run 1 | run 2 |" in lines  # the summary: one column per run
     assert any(line.startswith("|---") for line in lines)
     assert "### Time per rank and role (seconds)" in lines
+
+
+def test_windows_cut_and_clip(runs: dict[str, Path]) -> None:
+    doc = json.loads(_report(str(runs["dpsgd"]), "--json", "--steps", "10:20").stdout)
+    (summary,) = [s for s in doc["runs"][0]["sections"] if s["key"] == "summary"]
+    assert ["steps", "10 (steps 10..19, 0-based)"] in summary["rows"]
+    run = load(runs["dpsgd"])
+    whole = rank_timeline(run, 0)
+    a = whole.t_first + 0.25 * whole.wall
+    b = a + 0.5 * whole.wall
+    for r in (0, 1, 2):
+        t = rank_timeline(run, r, time=(a, b))
+        assert a <= t.t_first and t.t_last <= b
+        assert sum(t.exclusive.values()) + t.idle == pytest.approx(t.wall, rel=1e-9)
+
+
+def test_the_slowed_rank_is_the_straggler(runs: dict[str, Path]) -> None:
+    (sec,) = [s for s in build_report(load(runs["straggler"])).sections if s.key == "stragglers"]
+    assert [row[0] for row in sec.rows] == [1]
+    assert any("rank 1: 36 slowed steps, mean x10.00" in n for n in sec.notes)
 
 
 def test_straggler_threshold_flags_the_slow_rank(runs: dict[str, Path]) -> None:

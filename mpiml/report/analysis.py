@@ -110,7 +110,7 @@ def _summary(run: Any, tl: dict[int, RankTimeline]) -> Section:
     firsts = [t.t_first for t in tl.values() if t.n_events]
     lasts = [t.t_last for t in tl.values() if t.n_events]
     seen = [t.steps for t in tl.values() if t.steps.size]
-    steps: Cell = 0
+    steps: Cell = None
     if seen:
         lo, hi = min(int(x[0]) for x in seen), max(int(x[-1]) for x in seen)
         steps = hi + 1 if lo == 0 else f"{hi - lo + 1} (steps {lo}..{hi}, 0-based)"
@@ -125,16 +125,13 @@ def _summary(run: Any, tl: dict[int, RankTimeline]) -> Section:
         *[[k, v] for k, v in _final_metrics(run)],
         ["bytes to peers (traced)", sent],
     ]
-    return Section(
-        "summary",
-        "Run",
-        ["", "value"],
-        rows,
-        [
-            "wall: first event's start to last event's end over the ranks read (seconds, run clock). "
-            "bytes_sent: the run's metric (every byte handed to MPI); bytes to peers: send/push events.",
-        ],
-    )
+    notes = [
+        "wall: first event's start to last event's end over the ranks read (seconds, run clock). "
+        "bytes_sent: the run's metric (every byte handed to MPI); bytes to peers: send/push events.",
+    ]
+    if tl and not any(t.n_events for t in tl.values()):
+        notes.append("No events were recorded (trace.events = false?): only this summary can be given.")
+    return Section("summary", "Run", ["", "value"], rows, notes)
 
 
 def _pct(x: float | None) -> float | None:

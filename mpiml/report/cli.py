@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plots:
         from .plots import write_plots
 
-        write_plots(runs, reports, args.plots)
+        write_plots(runs, [rep.sections for rep in reports], args.plots)
     return 0
 
 

@@ -64,6 +64,16 @@ def role_of(run: Any, rank: int) -> str:
     return str(roles[rank]["kind"]) if roles and rank < len(roles) else "rank"
 
 
+def _describe(run: Any, rank: int) -> str:
+    """The rank's role in words ("replica (shard 2)", "stage 1 of pipeline 0"), or its kind."""
+    if callable(getattr(run, "describe", None)):
+        try:
+            return str(run.describe(rank))
+        except (KeyError, IndexError, ValueError, TypeError):
+            pass
+    return role_of(run, rank)
+
+
 def _layout_line(run: Any) -> str:
     text = run.attrs.get("layout", "")
     if not text:
@@ -143,12 +153,11 @@ def _time_section(run: Any, tl: dict[int, RankTimeline]) -> Section:
     rows: list[list[Cell]] = []
     roles: dict[str, list[RankTimeline]] = {}
     for r, t in sorted(tl.items()):
-        role = role_of(run, r)
-        roles.setdefault(role, []).append(t)
+        roles.setdefault(role_of(run, r), []).append(t)
         rows.append(
             [
                 r,
-                role,
+                _describe(run, r),
                 *[t.exclusive[c] for c in PRIORITY],
                 t.idle,
                 t.wall,

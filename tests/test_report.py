@@ -68,17 +68,21 @@ def _report(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 class _FakeRun:
-    """The reader's interface over in-memory events (for the oracle test)."""
+    """The reader's chunked interface (``iter_columns``, ``kind_names``) over events in
+    memory, so that hypothesis can try hundreds of event sets without writing files."""
 
     def __init__(self, events: np.ndarray, kinds: dict[str, str]) -> None:
         self._ev, self.kinds, self.attrs = events, kinds, {}
+        self.kind_names = list(kinds)
 
-    def iter_events(self, rank, *, steps=None, time=None, chunk=65536):  # noqa: ANN001, ANN202
+    def iter_columns(self, rank, fields, *, steps=None, time=None, chunk=65536):  # noqa: ANN001, ANN202
         ev = self._ev
         if time is not None:
             ev = ev[(ev["t_end"] >= time[0]) & (ev["t_start"] < time[1])]
         for i in range(0, len(ev), chunk):
-            yield ev[i : i + chunk]
+            part = ev[i : i + chunk]
+            codes = np.array([self.kind_names.index(k) for k in part["kind"]], np.int32)
+            yield {f: codes if f == "kind" else part[f] for f in fields}
 
 
 KIND_OF = {

@@ -31,7 +31,7 @@ from .messages import comm_matrix_section, late_sender_sections
 from .section import Cell, Section
 from .timeline import PRIORITY, RankTimeline, rank_timeline
 
-__all__ = ["TRAINING_ROLES", "Report", "build_report", "role_of"]
+__all__ = ["TRAINING_ROLES", "Report", "build_report"]
 
 TRAINING_ROLES = ("replica", "worker", "stage", "rank")
 """Roles whose ranks train (POP's "training ranks"); servers and the scheduler serve."""
@@ -56,24 +56,6 @@ class Report:
         return {"path": self.path, "sections": [s.to_dict() for s in self.sections], "missing": self.missing}
 
 
-def role_of(run: Any, rank: int) -> str:
-    """The rank's role (``run.role``; from the layout for an older reader; "rank" without one)."""
-    if callable(getattr(run, "role", None)):
-        return str(run.role(rank))
-    roles = (run.layout or {}).get("roles") if isinstance(run.layout, dict) else None
-    return str(roles[rank]["kind"]) if roles and rank < len(roles) else "rank"
-
-
-def _describe(run: Any, rank: int) -> str:
-    """The rank's role in words ("replica (shard 2)", "stage 1 of pipeline 0"), or its kind."""
-    if callable(getattr(run, "describe", None)):
-        try:
-            return str(run.describe(rank))
-        except (KeyError, IndexError, ValueError, TypeError):
-            pass
-    return role_of(run, rank)
-
-
 def _layout_line(run: Any) -> str:
     text = run.attrs.get("layout", "")
     if not text:
@@ -85,12 +67,6 @@ def _layout_line(run: Any) -> str:
         return f"{lay.name}: {lay.roles_line()}"
     except (ValueError, KeyError, TypeError):
         return str(run.layout.get("name", "-")) if isinstance(run.layout, dict) else "-"
-
-
-def _ranks(run: Any) -> list[int]:
-    if hasattr(run, "ranks") and not callable(run.ranks):
-        return list(run.ranks)
-    return sorted(run.events)
 
 
 def _final_metrics(run: Any) -> list[tuple[str, Cell]]:
@@ -153,11 +129,11 @@ def _time_section(run: Any, tl: dict[int, RankTimeline]) -> Section:
     rows: list[list[Cell]] = []
     roles: dict[str, list[RankTimeline]] = {}
     for r, t in sorted(tl.items()):
-        roles.setdefault(role_of(run, r), []).append(t)
+        roles.setdefault(run.role(r), []).append(t)
         rows.append(
             [
                 r,
-                _describe(run, r),
+                run.describe(r),
                 *[t.exclusive[c] for c in PRIORITY],
                 t.idle,
                 t.wall,
@@ -212,13 +188,13 @@ def _timeline_dict(t: RankTimeline) -> dict[str, Any]:
 
 def _pop_section(run: Any, tl: dict[int, RankTimeline]) -> list[Section]:
     groups: list[tuple[str, list[int]]] = []
-    train = [r for r in sorted(tl) if role_of(run, r) in TRAINING_ROLES and tl[r].n_events]
+    train = [r for r in sorted(tl) if run.role(r) in TRAINING_ROLES and tl[r].n_events]
     if train:
         groups.append(("training ranks", train))
     by_role: dict[str, list[int]] = {}
     for r in sorted(tl):
         if tl[r].n_events:
-            by_role.setdefault(role_of(run, r), []).append(r)
+            by_role.setdefault(run.role(r), []).append(r)
     if len(by_role) > 1 or not train:
         groups += sorted(by_role.items())
     rows: list[list[Cell]] = []
@@ -269,7 +245,7 @@ def _straggler_section(run: Any, tl: dict[int, RankTimeline], threshold: float) 
     for r, t in sorted(tl.items()):
         m = t.median_step_time
         if m is not None:
-            by_role.setdefault(role_of(run, r), []).append((r, m))
+            by_role.setdefault(run.role(r), []).append((r, m))
     rows: list[list[Cell]] = []
     judged = False
     for role, ms in by_role.items():
@@ -382,11 +358,9 @@ def build_report(
     unreadable: <error>"); the sections describe the ranks read.
     """
     rep = Report(str(run.path))
-    rep.missing += [f"rank {r}: file missing" for r in getattr(run, "missing_ranks", [])]
-    rep.missing += [
-        f"rank {r}: unreadable: {e}" for r, e in sorted(getattr(run, "unreadable_ranks", {}).items())
-    ]
-    for r in _ranks(run):
+    rep.missing += [f"rank {r}: file missing" for r in run.missing_ranks]
+    rep.missing += [f"rank {r}: unreadable: {e}" for r, e in sorted(run.unreadable_ranks.items())]
+    for r in run.ranks:
         try:
             rep.timelines[r] = rank_timeline(run, r, steps=steps, time=time, chunk=chunk)
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
@@ -397,7 +371,7 @@ def build_report(
         rep.sections.append(_time_section(run, tl))
     rep.sections += _pop_section(run, tl)
     rep.sections += _straggler_section(run, tl, straggler_threshold)
-    read = [r for r in _ranks(run) if r in tl]
+    read = [r for r in run.ranks if r in tl]
     try:
         rep.sections += late_sender_sections(run, ranks=read, steps=steps, time=time)
     except (OSError, KeyError, ValueError) as exc:

@@ -12,15 +12,14 @@ from the events that carry a peer (:data:`mpiml.report.timeline.PEER_SENDS`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from .section import Cell, Section
-from .timeline import PEER_SENDS, RankTimeline, iter_events
+from .timeline import PEER_SENDS, RankTimeline
 
-__all__ = ["MESSAGE_DTYPE", "comm_matrix_section", "late_sender_sections", "paired_messages"]
+__all__ = ["comm_matrix_section", "late_sender_sections"]
 
 MESSAGE_DTYPE = np.dtype(
     [
@@ -43,48 +42,6 @@ _SCALASCA = (
 )
 
 
-def paired_messages(
-    run: Any,
-    *,
-    ranks: list[int] | None = None,
-    steps: tuple[int, int] | None = None,
-    time: tuple[float, float] | None = None,
-) -> Iterator[np.ndarray]:
-    """``run.messages()`` (the lazy reader pairs within resume segments), or, for a
-    reader without it, a pairing of every rank's ``send`` and ``recv`` events on
-    (src, dst, msg) here (read whole; ids repeat after a resume, so a resumed run pairs
-    only the first segment's ids uniquely: rows whose key repeats are dropped)."""
-    if callable(getattr(run, "messages", None)):
-        yield from run.messages(ranks=ranks, steps=steps, time=time)
-        return
-    sends, recvs = [], []
-    for r in ranks if ranks is not None else sorted(run.events):
-        for ev in iter_events(run, r, steps=steps, time=time):
-            m = ev["msg"] >= 0
-            s, v = m & (ev["kind"] == "send"), m & (ev["kind"] == "recv")
-            sends.append((np.full(s.sum(), r), ev["peer"][s], ev[s]))
-            recvs.append((ev["peer"][v], np.full(v.sum(), r), ev[v]))
-    if not sends:
-        return
-    S = [np.concatenate(x) for x in zip(*sends, strict=True)]
-    R = [np.concatenate(x) for x in zip(*recvs, strict=True)]
-    key_s, key_r = _keys(S[0], S[1], S[2]["msg"]), _keys(R[0], R[1], R[2]["msg"])
-    common, i_s, i_r = np.intersect1d(key_s, key_r, assume_unique=False, return_indices=True)
-    out = np.empty(common.size, MESSAGE_DTYPE)
-    out["src"], out["dst"], out["msg"] = S[0][i_s], S[1][i_s], S[2]["msg"][i_s]
-    ev_s, ev_r = S[2][i_s], R[2][i_r]
-    out["step"], out["nbytes"] = ev_s["step"], ev_s["nbytes"]
-    out["t_send_start"], out["t_send_end"] = ev_s["t_start"], ev_s["t_end"]
-    out["t_recv_start"], out["t_recv_end"] = ev_r["t_start"], ev_r["t_end"]
-    yield out
-
-
-def _keys(src: np.ndarray, dst: np.ndarray, msg: np.ndarray) -> np.ndarray:
-    out = np.empty(src.size, [("src", "i8"), ("dst", "i8"), ("msg", "i8")])
-    out["src"], out["dst"], out["msg"] = src, dst, msg
-    return out
-
-
 def late_sender(msgs: np.ndarray) -> np.ndarray:
     """Late-sender seconds of each paired message (MESSAGE_DTYPE rows)."""
     wait = np.maximum(0.0, msgs["t_send_start"] - msgs["t_recv_start"])
@@ -101,7 +58,7 @@ def late_sender_sections(
     """Two sections (per receiving rank; per (src, dst)) when the run has paired
     messages, else none. Streams the messages; holds per-pair sums only."""
     pairs: dict[tuple[int, int], list[float]] = {}  # (src, dst) -> [messages, late, total, max]
-    for msgs in paired_messages(run, ranks=ranks, steps=steps, time=time):
+    for msgs in run.messages(ranks=ranks, steps=steps, time=time):
         if not len(msgs):
             continue
         wait = late_sender(msgs)
@@ -128,7 +85,7 @@ def late_sender_sections(
         acc[2] += tot
         acc[3] = max(acc[3], mx)
     cols = ["messages", "late", "late-sender total (s)", "late-sender max (s)"]
-    unpaired = getattr(run, "unpaired", None)
+    unpaired = run.unpaired
     notes = [_SCALASCA, "late: messages whose receive waited (late-sender time > 0)."]
     if unpaired:
         notes.append(f"{unpaired} send/recv events had no other end in the file (or window): not counted.")

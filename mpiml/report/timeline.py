@@ -38,7 +38,7 @@ numpy only (the run object supplies the events).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,8 +51,6 @@ __all__ = [
     "KindTotal",
     "RankTimeline",
     "Partition",
-    "iter_columns",
-    "iter_events",
     "rank_timeline",
     "step_times",
 ]
@@ -258,55 +256,6 @@ def step_times(
     return steps[:-1][ok], t[ok]
 
 
-def iter_events(
-    run: Any,
-    rank: int,
-    *,
-    steps: tuple[int, int] | None = None,
-    time: tuple[float, float] | None = None,
-    chunk: int = 65536,
-) -> Iterator[np.ndarray]:
-    """``run.iter_events`` (the lazy reader), or chunks of ``run.events[rank]`` for a
-    reader that has none (read whole, then cut as ``iter_events`` would)."""
-    if callable(getattr(run, "iter_events", None)):
-        yield from run.iter_events(rank, steps=steps, time=time, chunk=chunk)
-        return
-    ev = run.events[rank]
-    if steps is not None:
-        ev = ev[(ev["step"] >= steps[0]) & (ev["step"] < steps[1])]
-    if time is not None:
-        ev = ev[(ev["t_end"] >= time[0]) & (ev["t_start"] < time[1])]
-    for i in range(0, len(ev), chunk):
-        yield ev[i : i + chunk]
-
-
-_FIELDS = ("step", "kind", "t_start", "t_end", "nbytes", "peer")
-
-
-def iter_columns(
-    run: Any,
-    rank: int,
-    *,
-    steps: tuple[int, int] | None = None,
-    time: tuple[float, float] | None = None,
-    chunk: int = 65536,
-) -> Iterator[tuple[dict[str, np.ndarray], list[str]]]:
-    """Rank ``rank``'s events as ({column: array}, kind names): ``kind`` an int code
-    into the names (``run.iter_columns`` of the lazy reader; codes made here from
-    :func:`iter_events` for a reader without it)."""
-    if callable(getattr(run, "iter_columns", None)):
-        for cols in run.iter_columns(rank, _FIELDS, steps=steps, time=time, chunk=chunk):
-            yield cols, run.kind_names
-        return
-    known: dict[str, int] = {}  # codes stable across chunks, as the reader's
-    for ev in iter_events(run, rank, steps=steps, time=time, chunk=chunk):
-        names, codes = np.unique(ev["kind"], return_inverse=True)
-        to_known = np.array([known.setdefault(str(k), len(known)) for k in names], np.int32)
-        cols = {n: ev[n] for n in _FIELDS if n != "kind"}
-        cols["kind"] = to_known[codes]
-        yield cols, list(known)
-
-
 def rank_timeline(
     run: Any,
     rank: int,
@@ -332,7 +281,9 @@ def rank_timeline(
     t_first, t_last = np.inf, -np.inf
     label_of = {c: i for i, c in enumerate(_LABELS)}
     book, fly, comm = label_of["bookkeeping"], label_of[IN_FLIGHT], label_of["communication"]
-    for cols, names in iter_columns(run, rank, steps=steps, time=time, chunk=chunk):
+    names = run.kind_names  # grows as the reader meets kinds; codes stay
+    fields = ("step", "kind", "t_start", "t_end", "nbytes", "peer")
+    for cols in run.iter_columns(rank, fields, steps=steps, time=time, chunk=chunk):
         n = len(cols["step"])
         if not n:
             continue

@@ -1,0 +1,212 @@
+"""What an export takes from a run: the window (ranks, steps, time) and its events.
+
+A :class:`Window` is parsed from the command line's ``--ranks 0,2-3``, ``--steps A:B``
+and ``--time A:B``; :func:`rank_events` streams one rank's events inside it in chunks
+(memory O(chunk)); :func:`scan` is the first pass every format makes: which messages
+have both ends in the window (for flow arrows and OTF2's MPI records) and the earliest
+event time (OTF2 and Perfetto timestamps are unsigned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CHUNK",
+    "ExportError",
+    "Scan",
+    "Window",
+    "describe",
+    "flow_id",
+    "message_keys",
+    "parse_range",
+    "parse_ranks",
+    "rank_events",
+    "scan",
+    "segments",
+]
+
+CHUNK = 65536  # rows read at a time: memory per rank is O(CHUNK), whatever the file size
+
+MessageKey = tuple[int, int, int, int]  # (src, dst, msg, segment)
+
+
+class ExportError(ValueError):
+    """A bad window or format: the command prints it as one line (exit status 2)."""
+
+
+def parse_ranks(text: str) -> list[int]:
+    """``"0,2-3"`` -> ``[0, 2, 3]`` (sorted, no repeats). ExportError when malformed."""
+    ranks: set[int] = set()
+    for part in text.split(","):
+        a, sep, b = part.strip().partition("-")
+        try:
+            lo = int(a)
+            hi = int(b) if sep else lo
+        except ValueError:
+            raise ExportError(f"--ranks takes a list of ranks and ranges like 0,2-3 (got {text!r})") from None
+        if lo < 0 or hi < lo:
+            raise ExportError(f"--ranks: {part.strip()!r} is not a rank or a range lo-hi with 0 <= lo <= hi")
+        ranks.update(range(lo, hi + 1))
+    return sorted(ranks)
+
+
+def parse_range(option: str, text: str, kind: type[int] | type[float]) -> tuple[Any, Any]:
+    """``"A:B"`` -> (A, B), half-open; either end may be left out (``":B"``, ``"A:"``).
+    ExportError unless A < B."""
+    a, sep, b = text.partition(":")
+    if not sep:
+        raise ExportError(f"{option} takes A:B (got {text!r})")
+    try:
+        lo = kind(a) if a.strip() else -np.inf
+        hi = kind(b) if b.strip() else np.inf
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise ExportError(f"{option} takes A:B with {what} A < B (got {text!r})") from None
+    if not lo < hi:
+        raise ExportError(f"{option} takes A:B with A < B (got {text!r})")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Window:
+    """The part of a run to export. ``ranks``: None for every rank; ``steps``: [a, b) on
+    the 0-based ``step`` column; ``time``: [t0, t1) in seconds on the run clock, keeping
+    the events that overlap it (not clipped)."""
+
+    ranks: tuple[int, ...] | None = None
+    steps: tuple[float, float] | None = None
+    time: tuple[float, float] | None = None
+
+    def select(self, run: Any) -> list[int]:
+        """The ranks to export: the window's, each checked against the run (ExportError
+        for a rank the run does not have), less those whose files are missing or
+        unreadable (the caller says which)."""
+        world = run.world_size
+        if self.ranks is not None:
+            bad = [r for r in self.ranks if r >= world]
+            if bad:
+                raise ExportError(f"--ranks: rank {bad[0]} is not in the run (ranks 0..{world - 1})")
+        there = set(_ranks(run))
+        return [r for r in (self.ranks if self.ranks is not None else range(world)) if r in there]
+
+    def absent(self, run: Any) -> list[tuple[int, str]]:
+        """(rank, why) for each rank of the window whose file is missing or unreadable."""
+        wanted = set(self.ranks) if self.ranks is not None else set(range(run.world_size))
+        out = [(r, "its file is missing") for r in run.missing_ranks if r in wanted]
+        out += [
+            (r, f"its file could not be read ({e})") for r, e in run.unreadable_ranks.items() if r in wanted
+        ]
+        return sorted(out)
+
+
+def _ranks(run: Any) -> list[int]:
+    ranks = getattr(run, "ranks", None)
+    if isinstance(ranks, list):
+        return ranks
+    return sorted(run.events)  # the old eager reader: the ranks it read
+
+
+def describe(run: Any, rank: int) -> str:
+    """``rank 3 · stage 1 of pipeline 0``: the rank and its role, for track names."""
+    text = None
+    if hasattr(run, "describe"):
+        text = run.describe(rank)
+    elif run.layout:  # the old eager reader: the parsed layout attribute
+        from ...layout import Role
+
+        text = Role(**run.layout["roles"][rank]).describe()
+    return f"rank {rank} · {text}" if text else f"rank {rank}"
+
+
+def rank_events(run: Any, rank: int, window: Window, chunk: int = CHUNK) -> Iterator[np.ndarray]:
+    """Rank ``rank``'s events inside ``window``, in file order, in chunks of at most
+    ``chunk`` rows (``READ_DTYPE``: step, kind str, t_start, t_end s, nbytes, peer, msg)."""
+    steps = None if window.steps is None else _int_range(window.steps)
+    if hasattr(run, "iter_events"):
+        yield from run.iter_events(rank, steps=steps, time=window.time, chunk=chunk)
+        return
+    ev = run.events[rank]  # the old eager reader holds it already
+    keep = np.ones(len(ev), bool)
+    if steps is not None:
+        keep &= (ev["step"] >= steps[0]) & (ev["step"] < steps[1])
+    if window.time is not None:
+        t0, t1 = window.time
+        keep &= (ev["t_end"] >= t0) & (ev["t_start"] < t1)
+    ev = ev[keep]
+    for i in range(0, len(ev), chunk):
+        yield ev[i : i + chunk]
+
+
+def _int_range(steps: tuple[float, float]) -> tuple[int, int]:
+    big = np.iinfo(np.int64).max
+    lo = -big if steps[0] == -np.inf else int(steps[0])
+    hi = big if steps[1] == np.inf else int(steps[1])
+    return lo, hi
+
+
+def segments(run: Any) -> np.ndarray:
+    """The steps at which the run was resumed (message ids restart there), sorted."""
+    return np.sort(np.asarray(run.attrs.get("resumed_at_steps", []), dtype=np.int64).ravel())
+
+
+@dataclass
+class Scan:
+    """What the first pass found: ``paired`` the keys (src, dst, msg, segment) of the
+    messages whose send and receive are both in the window; ``t0`` the earliest event
+    start (0.0 when there is none); ``counts`` events per rank; ``names`` each rank's
+    track name (:func:`describe`)."""
+
+    paired: set[MessageKey] = field(default_factory=set)
+    t0: float = 0.0
+    counts: dict[int, int] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
+
+
+def message_keys(chunk: np.ndarray, rank: int, resumed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(is a send, key rows (src, dst, msg, segment)) of the message events of ``chunk``."""
+    is_msg = (chunk["msg"] >= 0) & ((chunk["kind"] == "send") | (chunk["kind"] == "recv"))
+    m = chunk[is_msg]
+    send = m["kind"] == "send"
+    me = np.full(len(m), rank, np.int64)
+    peer = m["peer"].astype(np.int64)
+    seg = np.searchsorted(resumed, m["step"], side="right").astype(np.int64)
+    keys = np.stack(
+        [np.where(send, me, peer), np.where(send, peer, me), m["msg"].astype(np.int64), seg], axis=1
+    )
+    return send, keys
+
+
+def scan(run: Any, ranks: Sequence[int], window: Window) -> Scan:
+    """First pass over the window: paired messages (memory O(messages in the window):
+    the keys of the sends and of the receives seen), earliest start, counts per rank."""
+    resumed = segments(run)
+    sends: set[MessageKey] = set()
+    recvs: set[MessageKey] = set()
+    out = Scan(t0=np.inf)
+    for r in ranks:
+        n = 0
+        for chunk in rank_events(run, r, window):
+            n += len(chunk)
+            if len(chunk):
+                out.t0 = min(out.t0, float(chunk["t_start"].min()))
+            send, keys = message_keys(chunk, r, resumed)
+            for k, s in zip(map(tuple, keys.tolist()), send.tolist(), strict=True):
+                (sends if s else recvs).add(k)
+        out.counts[r] = n
+        out.names[r] = describe(run, r)
+    out.paired = sends & recvs
+    if out.t0 == np.inf:
+        out.t0 = 0.0
+    return out
+
+
+def flow_id(key: MessageKey, world: int) -> int:
+    """A message's flow id, the same in every format: unique per (src, dst, msg, segment)
+    in a run of ``world`` ranks, >= 1, below 2**63 for any realistic run."""
+    src, dst, msg, seg = key
+    return 1 + ((msg * 1024 + seg) * world + src) * world + dst

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .tracks import Lanes, group_of, track_name
-from .window import Scan, Window, message_keys, rank_events, segments
+from .window import Scan, Window, rank_events
 
 __all__ = ["write_otf2"]
 
@@ -40,7 +40,6 @@ def write_otf2(run: Any, ranks: Sequence[int], window: Window, found: Scan, out:
     import otf2
     from otf2.enums import GroupType, Paradigm
 
-    resumed = segments(run)
     index = {r: i for i, r in enumerate(ranks)}  # rank in the exported communicator
     t_zero = found.t0
 
@@ -70,9 +69,10 @@ def write_otf2(run: Any, ranks: Sequence[int], window: Window, found: Scan, out:
             pending: list[tuple[int, int, int, int]] = []  # (tick, order, sender, bytes) of MpiRecv
             order = 0
             for chunk in rank_events(run, r, window):
-                send, keys = message_keys(chunk, r, resumed)
-                key_at = iter(zip(send.tolist(), map(tuple, keys.tolist()), strict=True))
-                for _step, kind, t0, t1, nbytes, peer, msg in chunk.tolist():
+                sends, flows = found.flows(chunk, r)
+                for (_step, kind, t0, t1, nbytes, peer, msg), is_send, fid in zip(
+                    chunk.tolist(), sends, flows, strict=True
+                ):
                     group = group_of(kind, msg, run.kinds)
                     lane, new = lanes.place(group, t0, t1)
                     if new:
@@ -86,14 +86,11 @@ def write_otf2(run: Any, ranks: Sequence[int], window: Window, found: Scan, out:
                     while pending and pending[0][0] <= a:
                         at, _, sender, length = heapq.heappop(pending)
                         mpi[r].mpi_recv(at, index[sender], comm, 0, length)
-                    if group in ("send", "recv") and msg >= 0:
-                        is_send, key = next(key_at)
-                        if key in found.paired:
-                            if is_send:
-                                mpi[r].mpi_send(a, index[peer], comm, 0, nbytes)
-                            else:
-                                heapq.heappush(pending, (b, order, peer, nbytes))
-                                order += 1
+                    if fid and is_send:
+                        mpi[r].mpi_send(a, index[peer], comm, 0, nbytes)
+                    elif fid:
+                        heapq.heappush(pending, (b, order, peer, nbytes))
+                        order += 1
                     w.leave(b, region)
                     n += 1
             for at, _, sender, length in sorted(pending):

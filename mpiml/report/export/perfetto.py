@@ -4,8 +4,7 @@
 Layout: one process track per rank (``pid`` = rank, named by its role), and under it one
 child track per activity and lane (:mod:`.tracks`); each event is a TrackEvent slice
 (``TYPE_SLICE_BEGIN`` at ``t_start``, ``TYPE_SLICE_END`` at ``t_end``; timestamps in ns
-from the window's earliest event, whose run-clock time is in the process names' trace
-``t0``) with debug annotations step, bytes, peer, msg. A message with both ends in the
+from the window's earliest event) with debug annotations step, bytes, peer, msg. A message with both ends in the
 window carries a flow: its id (:func:`.window.flow_id`) in the send's ``flow_ids`` and in
 the receive's ``terminating_flow_ids``, drawn as an arrow by the UI.
 
@@ -20,7 +19,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from .tracks import GROUPS, Lanes, group_of, track_name
-from .window import Scan, Window, flow_id, message_keys, rank_events, segments
+from .window import Scan, Window, rank_events
 
 __all__ = ["BATCH", "write_perfetto"]
 
@@ -30,11 +29,16 @@ BATCH = 4096  # packets per Trace message written
 def write_perfetto(run: Any, ranks: Sequence[int], window: Window, found: Scan, fh: IO[bytes]) -> int:
     """Write ``ranks``' events in ``window`` to ``fh`` as a Perfetto protobuf trace; returns
     the number of slices written. ImportError without the ``perfetto`` package."""
-    from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
+    from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import (
+        Trace,
+        TracePacket,
+        TrackDescriptor,
+        TrackEvent,
+    )
 
     BEGIN, END = TrackEvent.Type.TYPE_SLICE_BEGIN, TrackEvent.Type.TYPE_SLICE_END
-    resumed = segments(run)
-    world = run.world_size
+    CLEARED = TracePacket.SequenceFlags.SEQ_INCREMENTAL_STATE_CLEARED
+    EXPLICIT = TrackDescriptor.ChildTracksOrdering.EXPLICIT
     t_zero = found.t0
     trace = Trace()
     n = 0
@@ -50,14 +54,17 @@ def write_perfetto(run: Any, ranks: Sequence[int], window: Window, found: Scan, 
         proc_uuid = (r + 1) << 20
         p = trace.packet.add()
         p.trusted_packet_sequence_id = seq
+        p.sequence_flags = CLEARED  # a sequence's first packet (no interned state is used)
         p.track_descriptor.uuid = proc_uuid
         p.track_descriptor.process.pid = r
         p.track_descriptor.process.process_name = found.names[r]
+        p.track_descriptor.child_ordering = EXPLICIT  # activities in GROUPS order
         lanes = Lanes()
         for chunk in rank_events(run, r, window):
-            send, keys = message_keys(chunk, r, resumed)
-            key_at = iter(zip(send.tolist(), map(tuple, keys.tolist()), strict=True))
-            for step, kind, t0, t1, nbytes, peer, msg in chunk.tolist():
+            sends, flows = found.flows(chunk, r)
+            for (step, kind, t0, t1, nbytes, peer, msg), is_send, fid in zip(
+                chunk.tolist(), sends, flows, strict=True
+            ):
                 group = group_of(kind, msg, run.kinds)
                 lane, new = lanes.place(group, t0, t1)
                 uuid = proc_uuid + 64 * GROUPS.index(group) + lane + 1
@@ -80,10 +87,8 @@ def write_perfetto(run: Any, ranks: Sequence[int], window: Window, found: Scan, 
                     a = te.debug_annotations.add()
                     a.name = key
                     a.int_value = value
-                if group in ("send", "recv") and msg >= 0:
-                    is_send, mkey = next(key_at)
-                    if mkey in found.paired:
-                        (te.flow_ids if is_send else te.terminating_flow_ids).append(flow_id(mkey, world))
+                if fid:
+                    (te.flow_ids if is_send else te.terminating_flow_ids).append(fid)
                 e = trace.packet.add()
                 e.timestamp = _ns(t1, t_zero)
                 e.trusted_packet_sequence_id = seq

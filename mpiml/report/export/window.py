@@ -21,8 +21,7 @@ __all__ = [
     "Scan",
     "Window",
     "describe",
-    "flow_id",
-    "message_keys",
+    "message_ids",
     "parse_range",
     "parse_ranks",
     "rank_events",
@@ -31,8 +30,6 @@ __all__ = [
 ]
 
 CHUNK = 65536  # rows read at a time: memory per rank is O(CHUNK), whatever the file size
-
-MessageKey = tuple[int, int, int, int]  # (src, dst, msg, segment)
 
 
 class ExportError(ValueError):
@@ -154,59 +151,71 @@ def segments(run: Any) -> np.ndarray:
     return np.sort(np.asarray(run.attrs.get("resumed_at_steps", []), dtype=np.int64).ravel())
 
 
+SEGMENTS = 1024  # run segments (resumes + 1) a flow id tells apart
+
+
 @dataclass
 class Scan:
-    """What the first pass found: ``paired`` the keys (src, dst, msg, segment) of the
-    messages whose send and receive are both in the window; ``t0`` the earliest event
-    start (0.0 when there is none); ``counts`` events per rank; ``names`` each rank's
-    track name (:func:`describe`)."""
+    """What the first pass found: ``paired`` the flow ids (:func:`message_ids`) of the
+    messages whose send and receive are both in the window, sorted (8 bytes a message);
+    ``t0`` the earliest event start (0.0 when there is none); ``counts`` events per rank;
+    ``names`` each rank's track name (:func:`describe`)."""
 
-    paired: set[MessageKey] = field(default_factory=set)
+    world: int
+    resumed: np.ndarray
+    paired: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     t0: float = 0.0
     counts: dict[int, int] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)
 
+    def flows(self, chunk: np.ndarray, rank: int) -> tuple[list[bool], list[int]]:
+        """Per row of ``chunk`` (rank ``rank``'s events): whether it is a send, and its
+        flow id when it is a message with both ends in the window, else 0."""
+        send, ids = message_ids(chunk, rank, self.resumed, self.world)
+        ids[~np.isin(ids, self.paired)] = 0
+        return send.tolist(), ids.tolist()
 
-def message_keys(chunk: np.ndarray, rank: int, resumed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(is a send, key rows (src, dst, msg, segment)) of the message events of ``chunk``."""
-    is_msg = (chunk["msg"] >= 0) & ((chunk["kind"] == "send") | (chunk["kind"] == "recv"))
-    m = chunk[is_msg]
-    send = m["kind"] == "send"
-    me = np.full(len(m), rank, np.int64)
-    peer = m["peer"].astype(np.int64)
-    seg = np.searchsorted(resumed, m["step"], side="right").astype(np.int64)
-    keys = np.stack(
-        [np.where(send, me, peer), np.where(send, peer, me), m["msg"].astype(np.int64), seg], axis=1
-    )
-    return send, keys
+
+def message_ids(
+    chunk: np.ndarray, rank: int, resumed: np.ndarray, world: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(is a send, flow id) per row of ``chunk``; the id is 0 for a row that is not a
+    message (``send``/``recv`` with ``msg`` >= 0). A message's id is the same at both
+    ends, unique in the run: 1 + ((msg * SEGMENTS + segment) * world + src) * world + dst,
+    where the segment counts the resumes at or before its step (ids restart there)."""
+    kind = chunk["kind"]
+    send = kind == "send"
+    is_msg = (chunk["msg"] >= 0) & (send | (kind == "recv"))
+    peer = chunk["peer"].astype(np.int64)
+    src = np.where(send, rank, peer)
+    dst = np.where(send, peer, rank)
+    seg = np.searchsorted(resumed, chunk["step"], side="right").astype(np.int64)
+    ids = 1 + ((chunk["msg"].astype(np.int64) * SEGMENTS + seg) * world + src) * world + dst
+    return send, np.where(is_msg, ids, 0)
 
 
 def scan(run: Any, ranks: Sequence[int], window: Window) -> Scan:
-    """First pass over the window: paired messages (memory O(messages in the window):
-    the keys of the sends and of the receives seen), earliest start, counts per rank."""
+    """First pass over the window: the paired messages (memory O(messages in the window):
+    8 bytes for each send and receive seen), the earliest start, counts per rank."""
     resumed = segments(run)
-    sends: set[MessageKey] = set()
-    recvs: set[MessageKey] = set()
-    out = Scan(t0=np.inf)
+    if len(resumed) >= SEGMENTS:
+        raise ExportError(f"the run was resumed {len(resumed)} times; flow ids tell {SEGMENTS - 1} apart")
+    out = Scan(run.world_size, resumed, t0=np.inf)
+    sends: list[np.ndarray] = []
+    recvs: list[np.ndarray] = []
     for r in ranks:
         n = 0
         for chunk in rank_events(run, r, window):
             n += len(chunk)
             if len(chunk):
                 out.t0 = min(out.t0, float(chunk["t_start"].min()))
-            send, keys = message_keys(chunk, r, resumed)
-            for k, s in zip(map(tuple, keys.tolist()), send.tolist(), strict=True):
-                (sends if s else recvs).add(k)
+            send, ids = message_ids(chunk, r, resumed, out.world)
+            sends.append(np.unique(ids[send & (ids > 0)]))
+            recvs.append(np.unique(ids[~send & (ids > 0)]))
         out.counts[r] = n
         out.names[r] = describe(run, r)
-    out.paired = sends & recvs
+    if sends:
+        out.paired = np.intersect1d(np.concatenate(sends), np.concatenate(recvs))
     if out.t0 == np.inf:
         out.t0 = 0.0
     return out
-
-
-def flow_id(key: MessageKey, world: int) -> int:
-    """A message's flow id, the same in every format: unique per (src, dst, msg, segment)
-    in a run of ``world`` ranks, >= 1, below 2**63 for any realistic run."""
-    src, dst, msg, seg = key
-    return 1 + ((msg * 1024 + seg) * world + src) * world + dst

@@ -29,6 +29,7 @@ from .window import Scan, Window, rank_events
 __all__ = ["write_otf2"]
 
 TICKS = 10**9  # timer resolution: ns
+CHUNK_BYTES = 256 * 1024  # an event writer's buffer chunk (OTF2's smallest; its default, 1 MiB, x locations)
 
 
 def write_otf2(run: Any, ranks: Sequence[int], window: Window, found: Scan, out: Path) -> int:
@@ -47,7 +48,7 @@ def write_otf2(run: Any, ranks: Sequence[int], window: Window, found: Scan, out:
         return max(0, round((t - t_zero) * TICKS))
 
     n = 0
-    with otf2.writer.open(str(out), timer_resolution=TICKS) as archive:
+    with otf2.writer.open(str(out), timer_resolution=TICKS, chunk_size_events=CHUNK_BYTES) as archive:
         archive.description = f"mpiml run {run.path}; tick 0 = {t_zero!r} s on the run clock"
         archive.creator = "mpiml trace export"
         defs = archive.definitions

@@ -128,15 +128,14 @@ def rank_events(run: Any, rank: int, window: Window, chunk: int = CHUNK) -> Iter
         yield from run.iter_events(rank, steps=steps, time=window.time, chunk=chunk)
         return
     ev = run.events[rank]  # the old eager reader holds it already
-    keep = np.ones(len(ev), bool)
-    if steps is not None:
-        keep &= (ev["step"] >= steps[0]) & (ev["step"] < steps[1])
-    if window.time is not None:
-        t0, t1 = window.time
-        keep &= (ev["t_end"] >= t0) & (ev["t_start"] < t1)
-    ev = ev[keep]
     for i in range(0, len(ev), chunk):
-        yield ev[i : i + chunk]
+        part = ev[i : i + chunk]
+        keep = np.ones(len(part), bool)
+        if steps is not None:
+            keep &= (part["step"] >= steps[0]) & (part["step"] < steps[1])
+        if window.time is not None:
+            keep &= (part["t_end"] >= window.time[0]) & (part["t_start"] < window.time[1])
+        yield part if keep.all() else part[keep]
 
 
 def _int_range(steps: tuple[float, float]) -> tuple[int, int]:

@@ -88,7 +88,10 @@ def export(
         if warn is not None:
             warn(f"rank {r} left out: {why}")
     found = scan(run, ranks, window)
-    return writer(run, ranks, window, found, out)
+    for r, why in found.failed.items():
+        if warn is not None:
+            warn(f"rank {r} left out: its file could not be read ({why})")
+    return writer(run, [r for r in ranks if r not in found.failed], window, found, out)
 
 
 class _UsageError(Exception):

@@ -88,7 +88,7 @@ class Window:
             bad = [r for r in self.ranks if r >= world]
             if bad:
                 raise ExportError(f"--ranks: rank {bad[0]} is not in the run (ranks 0..{world - 1})")
-        there = set(_ranks(run))
+        there = set(run.ranks)
         return [r for r in (self.ranks if self.ranks is not None else range(world)) if r in there]
 
     def absent(self, run: Any) -> list[tuple[int, str]]:
@@ -101,41 +101,19 @@ class Window:
         return sorted(out)
 
 
-def _ranks(run: Any) -> list[int]:
-    ranks = getattr(run, "ranks", None)
-    if isinstance(ranks, list):
-        return ranks
-    return sorted(run.events)  # the old eager reader: the ranks it read
-
-
 def describe(run: Any, rank: int) -> str:
-    """``rank 3 · stage 1 of pipeline 0``: the rank and its role, for track names."""
-    text = None
-    if hasattr(run, "describe"):
-        text = run.describe(rank)
-    elif run.layout:  # the old eager reader: the parsed layout attribute
-        from ...layout import Role
-
-        text = Role(**run.layout["roles"][rank]).describe()
-    return f"rank {rank} · {text}" if text else f"rank {rank}"
+    """``rank 3 · stage 1 of pipeline 0``: the rank and its role, for track names
+    (``rank 3`` alone for a run file without a layout)."""
+    text = run.describe(rank)
+    return f"rank {rank}" if text == "rank" else f"rank {rank} · {text}"
 
 
 def rank_events(run: Any, rank: int, window: Window, chunk: int = CHUNK) -> Iterator[np.ndarray]:
     """Rank ``rank``'s events inside ``window``, in file order, in chunks of at most
-    ``chunk`` rows (``READ_DTYPE``: step, kind str, t_start, t_end s, nbytes, peer, msg)."""
+    ``chunk`` rows (``READ_DTYPE``: step, kind str, t_start, t_end s, nbytes, peer, msg),
+    read by the lazy reader (memory O(chunk)). RankReadError when the file fails."""
     steps = None if window.steps is None else _int_range(window.steps)
-    if hasattr(run, "iter_events"):
-        yield from run.iter_events(rank, steps=steps, time=window.time, chunk=chunk)
-        return
-    ev = run.events[rank]  # the old eager reader holds it already
-    for i in range(0, len(ev), chunk):
-        part = ev[i : i + chunk]
-        keep = np.ones(len(part), bool)
-        if steps is not None:
-            keep &= (part["step"] >= steps[0]) & (part["step"] < steps[1])
-        if window.time is not None:
-            keep &= (part["t_end"] >= window.time[0]) & (part["t_start"] < window.time[1])
-        yield part if keep.all() else part[keep]
+    yield from run.iter_events(rank, steps=steps, time=window.time, chunk=chunk)
 
 
 def _int_range(steps: tuple[float, float]) -> tuple[int, int]:
@@ -147,7 +125,7 @@ def _int_range(steps: tuple[float, float]) -> tuple[int, int]:
 
 def segments(run: Any) -> np.ndarray:
     """The steps at which the run was resumed (message ids restart there), sorted."""
-    return np.sort(np.asarray(run.attrs.get("resumed_at_steps", []), dtype=np.int64).ravel())
+    return np.sort(run.resumed_at_steps)
 
 
 SEGMENTS = 1024  # run segments (resumes + 1) a flow id tells apart
@@ -158,7 +136,8 @@ class Scan:
     """What the first pass found: ``paired`` the flow ids (:func:`message_ids`) of the
     messages whose send and receive are both in the window, sorted (8 bytes a message);
     ``t0`` the earliest event start (0.0 when there is none); ``counts`` events per rank;
-    ``names`` each rank's track name (:func:`describe`)."""
+    ``names`` each rank's track name (:func:`describe`); ``failed`` {rank: error} for
+    the ranks whose file failed part way (left out of the export)."""
 
     world: int
     resumed: np.ndarray
@@ -166,6 +145,7 @@ class Scan:
     t0: float = 0.0
     counts: dict[int, int] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
 
     def flows(self, chunk: np.ndarray, rank: int) -> tuple[list[bool], list[int]]:
         """Per row of ``chunk`` (rank ``rank``'s events): whether it is a send, and its
@@ -204,13 +184,21 @@ def scan(run: Any, ranks: Sequence[int], window: Window) -> Scan:
     recvs: list[np.ndarray] = []
     for r in ranks:
         n = 0
-        for chunk in rank_events(run, r, window):
-            n += len(chunk)
-            if len(chunk):
-                out.t0 = min(out.t0, float(chunk["t_start"].min()))
-            send, ids = message_ids(chunk, r, resumed, out.world)
-            sends.append(np.unique(ids[send & (ids > 0)]))
-            recvs.append(np.unique(ids[~send & (ids > 0)]))
+        these: list[tuple[np.ndarray, np.ndarray]] = []
+        t0 = np.inf
+        try:
+            for chunk in rank_events(run, r, window):
+                n += len(chunk)
+                if len(chunk):
+                    t0 = min(t0, float(chunk["t_start"].min()))
+                send, ids = message_ids(chunk, r, resumed, out.world)
+                these.append((np.unique(ids[send & (ids > 0)]), np.unique(ids[~send & (ids > 0)])))
+        except OSError as exc:  # RankReadError: the file is cut short or damaged past its header
+            out.failed[r] = str(exc)
+            continue
+        out.t0 = min(out.t0, t0)
+        sends += [s for s, _ in these]
+        recvs += [v for _, v in these]
         out.counts[r] = n
         out.names[r] = describe(run, r)
     if sends:

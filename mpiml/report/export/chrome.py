@@ -23,7 +23,7 @@ from typing import IO, Any
 import numpy as np
 
 from .tracks import GROUPS, Lanes, group_of, track_name
-from .window import Scan, Window, rank_events
+from .window import WRITE_CHUNK, Scan, Window, rank_events
 
 __all__ = ["write_chrome"]
 
@@ -72,7 +72,7 @@ def write_chrome(run: Any, ranks: Sequence[int], window: Window, found: Scan, fh
         out.event({"ph": "M", "pid": r, "tid": 0, "name": "process_name", "args": {"name": found.names[r]}})
         out.event({"ph": "M", "pid": r, "tid": 0, "name": "process_sort_index", "args": {"sort_index": r}})
         lanes = Lanes()
-        for chunk in rank_events(run, r, window):
+        for chunk in rank_events(run, r, window, WRITE_CHUNK):
             sends, flows = found.flows(chunk, r)
             text: list[str] = []
             for (step, kind, t0, t1, nbytes, peer, msg), is_send, fid in zip(

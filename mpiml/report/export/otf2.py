@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .tracks import Lanes, group_of, track_name
-from .window import Scan, Window, rank_events
+from .window import WRITE_CHUNK, Scan, Window, rank_events
 
 __all__ = ["write_otf2"]
 
@@ -69,7 +69,7 @@ def write_otf2(run: Any, ranks: Sequence[int], window: Window, found: Scan, out:
             writers: dict[tuple[str, int], Any] = {}
             pending: list[tuple[int, int, int, int]] = []  # (tick, order, sender, bytes) of MpiRecv
             order = 0
-            for chunk in rank_events(run, r, window):
+            for chunk in rank_events(run, r, window, WRITE_CHUNK):
                 sends, flows = found.flows(chunk, r)
                 for (_step, kind, t0, t1, nbytes, peer, msg), is_send, fid in zip(
                     chunk.tolist(), sends, flows, strict=True

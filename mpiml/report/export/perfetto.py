@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from .tracks import GROUPS, Lanes, group_of, track_name
-from .window import Scan, Window, rank_events
+from .window import WRITE_CHUNK, Scan, Window, rank_events
 
 __all__ = ["BATCH", "write_perfetto"]
 
@@ -60,7 +60,7 @@ def write_perfetto(run: Any, ranks: Sequence[int], window: Window, found: Scan, 
         p.track_descriptor.process.process_name = found.names[r]
         p.track_descriptor.child_ordering = EXPLICIT  # activities in GROUPS order
         lanes = Lanes()
-        for chunk in rank_events(run, r, window):
+        for chunk in rank_events(run, r, window, WRITE_CHUNK):
             sends, flows = found.flows(chunk, r)
             for (step, kind, t0, t1, nbytes, peer, msg), is_send, fid in zip(
                 chunk.tolist(), sends, flows, strict=True

@@ -17,6 +17,7 @@ import numpy as np
 
 __all__ = [
     "CHUNK",
+    "WRITE_CHUNK",
     "ExportError",
     "Scan",
     "Window",
@@ -29,7 +30,10 @@ __all__ = [
     "segments",
 ]
 
-CHUNK = 65536  # rows read at a time: memory per rank is O(CHUNK), whatever the file size
+CHUNK = 65536  # rows the first pass reads at a time: memory O(CHUNK), whatever the file size
+# rows a writer formats at a time: each row becomes Python objects (~100 bytes a field),
+# so fewer than the first pass's
+WRITE_CHUNK = 8192
 
 
 class ExportError(ValueError):

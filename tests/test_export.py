@@ -4,6 +4,7 @@ back and compared with the run file's events (read with plain h5py)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -269,3 +270,37 @@ def test_damaged_run_exports_what_is_there(run: Path, tmp_path: Path) -> None:
     events = json.loads(out.read_text())["traceEvents"]
     assert Counter(e["pid"] for e in events if e["ph"] == "X") == {0: len(_events(run, 0))}
     assert not [e for e in events if e["ph"] in "sf"]  # no peer left to receive
+
+
+def test_resumed_run_pairs_messages_within_segments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Message ids restart at a resume: a flow joins the send and receive of one segment."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "mpiml.cli",
+        "train",
+        str(EXAMPLES / "dpsgd_ring.toml"),
+        "--out",
+        str(tmp_path),
+    ]
+    cmd += ["--set", "run.steps=20", "--set", "run.eval_every=10", "--set", "checkpoint.every=10"]
+    killed = run_ranks(2, cmd, TIMEOUT, env={**os.environ, "MPIML_KILL_AT_CHECKPOINT": "10"})
+    assert not killed.timed_out and killed.returncode != 0
+    res = run_ranks(2, [*cmd, "--resume"], TIMEOUT)
+    assert not res.timed_out and res.returncode == 0, res.stderr[-2000:]
+    run = tmp_path / "dpsgd_ring"
+    ev = _events(run, 0)
+    sends = ev[ev["kind"] == b"send"]
+    assert sends["msg"][sends["step"] == 10].tolist() == [0]  # the ids restarted
+    events = _chrome(capsys, run, tmp_path / "t.json")
+    xs = {(e["pid"], e["tid"], e["ts"]): e for e in events if e["ph"] == "X"}
+    ends: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for e in events:
+        if e["ph"] in "sf":
+            ends[e["id"]].append(xs[e["pid"], e["tid"], e["ts"]])
+    n_sends = sum(int((_events(run, r)["kind"] == b"send").sum()) for r in (0, 1))
+    assert len(ends) == n_sends == 40
+    for send, recv in ends.values():
+        assert send["args"]["step"] == recv["args"]["step"]  # the same round, not the same id a segment later

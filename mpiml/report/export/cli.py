@@ -147,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (_UsageError, ExportError) as exc:
         print(f"mpiml trace export: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the output cannot be written (no such folder, disk full...)
+        print(f"mpiml trace export: error: {exc}", file=sys.stderr)
+        return 2
     print(f"{out}: {n} events ({args.format})")
     return 0
 

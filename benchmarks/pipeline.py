@@ -55,7 +55,8 @@ Parts:
 Writes the JSON (``--out``; default results/benchmarks/pipeline.json, or a fresh
 temporary file with ``--quick``) after every run, ``"complete": false`` until the end,
 and the .md and the PNG beside it; an existing file is replaced only with
-``--overwrite``. The plot needs matplotlib: ``pip install -e .[plots]``.
+``--overwrite``. The plot needs matplotlib (:mod:`mpiml.report.plots`): ``pip install -e .[plots]``;
+``--redraw`` draws it again from the JSON, running nothing.
 """
 
 from __future__ import annotations
@@ -403,35 +404,41 @@ def verdicts(doc: dict) -> dict[str, list[dict]]:
 
 
 def plot(doc: dict, path: Path) -> str:
-    """The accuracy curves, accuracy against wall time and against batches, as a PNG."""
+    """The accuracy curves, accuracy against wall time and against batches, as a PNG
+    (:func:`mpiml.report.plots.line_panels`); returns its path, or why it was not drawn."""
     try:
-        import matplotlib
+        from mpiml.report.plots import Panel, Series, line_panels
+        from mpiml.report.plots.style import require
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        require()
     except ImportError:
         return "not drawn: matplotlib is missing (pip install -e .[plots])"
     rows = [r for r in doc["rows"] if r["part"] == "accuracy" and "error" not in r]
     if not rows:
         return "not drawn: no accuracy run succeeded"
-    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for r in rows:
-        ax_t.plot(r["time_s"], r["accuracy"], marker=".", label=r["label"])
-        ax_s.plot(r["steps"], r["accuracy"], marker=".", label=r["label"])
     m = doc["machine"]
-    ax_t.set(xlabel="wall time (s, run clock)", ylabel="test accuracy", title="digits, MLP 4 x 64 hidden")
-    ax_s.set(
-        xlabel="batches (of 32 rows)", title=f"{m['nproc']} CPUs, load {' '.join(m['loadavg_at_start'])}"
-    )
-    for ax in (ax_t, ax_s):
-        ax.grid(alpha=0.3)
-    ax_s.legend(loc="lower right")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return str(path)
+    panels = [
+        Panel(
+            [Series(r["time_s"], r["accuracy"], r["label"]) for r in rows],
+            title="digits, MLP 4 x 64 hidden",
+            xlabel="wall time (s, run clock)",
+            ylabel="test accuracy",
+        ),
+        Panel(
+            [Series(r["steps"], r["accuracy"], r["label"]) for r in rows],
+            title=f"{m['nproc']} CPUs, load {' '.join(m['loadavg_at_start'])}",
+            xlabel="batches (of 32 rows)",
+            ylabel="test accuracy",
+        ),
+    ]
+    return str(line_panels(panels, path, ncols=2, size=(10.0, 4.0), sharey=True, legend="lower right"))
+
+
+def redraw(path: Path) -> str:
+    """Draw ``<stem>_accuracy.png`` again from the JSON at ``path``, running nothing."""
+    import json
+
+    return plot(json.loads(path.read_text()), path.with_name(f"{path.stem}_accuracy.png"))
 
 
 def fmt(x: float | None, spec: str = ".3f") -> str:
@@ -550,7 +557,13 @@ def main() -> None:
     )
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per training run")
     _bench.add_output_args(ap, "pipeline", "K = 2, X = 50 %% only, short runs (< 1 min)")
+    ap.add_argument(
+        "--redraw", action="store_true", help="draw the PNG again from the --out JSON; run nothing"
+    )
     a = ap.parse_args()
+    if a.redraw:
+        print(redraw(_bench.output_path(a.out, "pipeline", a.quick)))
+        return
     full = {
         "ks": [2, 4],
         "compute_ms": 120.0,

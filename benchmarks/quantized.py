@@ -33,8 +33,10 @@ the held-out 20 % of digits (359 samples, so one sample is 0.28 %).
 
 Rank 0 writes the JSON (``--out``; default results/benchmarks/quantized.json, or a
 fresh temporary file with ``--quick``) after every training, ``"complete": false``
-until the end, then the .md and .svg beside it; an existing file is replaced only with
-``--overwrite`` (checked before any rank trains). Reductions are given as the median
+until the end, then the .md and the .png (matplotlib: :mod:`mpiml.report.plots`, the
+``plots`` extra) beside it; an existing file is replaced only with ``--overwrite``
+(checked before any rank trains). ``python benchmarks/quantized.py --redraw [--out PATH]``
+draws the .png again from the JSON, training nothing. Reductions are given as the median
 over seeds with its 95 % order-statistic interval (NaN with fewer than 6 seeds).
 """
 
@@ -42,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -52,7 +53,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
 import numpy as np
 from mpi4py import MPI
@@ -65,7 +65,6 @@ import _bench  # noqa: E402
 from mpiml.config import load_config  # noqa: E402
 from mpiml.io import load_run  # noqa: E402
 from mpiml.kinds import kinds_in  # noqa: E402
-from mpiml.mixing.svg import PALETTE  # noqa: E402
 from mpiml.trainer import train  # noqa: E402
 
 # label -> (overrides, paradigm); the labels are algorithm.name where one exists
@@ -246,81 +245,49 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f} %"
 
 
-def svg_panels(panels: list[tuple[str, dict[str, dict[str, list[float]]]]], target: float) -> str:
-    """Test accuracy (y) against cumulative bytes sent (x, log scale), one line per
-    algorithm, the target dashed; one panel per model, stacked."""
-    width, ph, pw = 860, 300, 600
-    left, top, gap = 70, 44, 86
-    height = top + len(panels) * (ph + gap)
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
-    ]
-    for p, (title, series) in enumerate(panels):
-        y0 = top + p * (ph + gap)
-        xs = [x for s in series.values() for x in s["bytes_sent"] if x > 0]
-        lo, hi = math.floor(math.log10(min(xs))), math.ceil(math.log10(max(xs)))
-        accs = [y for s in series.values() for y in s["accuracy"]]
-        ymin = min(math.floor(10 * min(accs)) / 10, math.floor(10 * target) / 10)
-        ystep = 0.05 if ymin >= 0.6 else 0.1
+def figure_panels(doc: dict[str, Any]) -> list[Any]:
+    """The figure of a result document (the JSON): per model, test accuracy against
+    cumulative bytes sent (log scale), one line per algorithm of the first seed, the
+    target as a dotted line."""
+    from mpiml.report.plots import Panel, Series
 
-        def sx(x: float, lo: int = lo, hi: int = hi) -> float:
-            return left + (math.log10(x) - lo) / (hi - lo) * pw
-
-        def sy(y: float, y0: float = y0, ymin: float = ymin) -> float:
-            return y0 + ph - (y - ymin) / (1.0 - ymin) * ph
-
-        out.append(
-            f'<text x="{left + pw / 2}" y="{y0 - 14}" text-anchor="middle" font-size="14">{escape(title)}</text>'
-        )
-        for e in range(lo, hi + 1):
-            x = sx(10.0**e)
-            label = _bytes(10.0**e)
-            out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y0 + ph}" stroke="#e5e5e5"/>')
-            out.append(f'<line x1="{x:.1f}" y1="{y0 + ph}" x2="{x:.1f}" y2="{y0 + ph + 5}" stroke="black"/>')
-            out.append(f'<text x="{x:.1f}" y="{y0 + ph + 18}" text-anchor="middle">{label}</text>')
-            for m in range(2, 10) if e < hi else ():
-                xm = sx(m * 10.0**e)
-                out.append(
-                    f'<line x1="{xm:.1f}" y1="{y0 + ph}" x2="{xm:.1f}" y2="{y0 + ph + 3}" stroke="black"/>'
-                )
-        for v in np.arange(ymin, 1.0 + ystep / 2, ystep).round(2):
-            y = sy(v)
-            out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#e5e5e5"/>')
-            out.append(f'<line x1="{left - 5}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="black"/>')
-            out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{v:g}</text>')
-        out.append(f'<rect x="{left}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="black"/>')
-        out.append(
-            f'<text x="{left + pw / 2}" y="{y0 + ph + 38}" text-anchor="middle">'
-            "cumulative bytes sent, all ranks (bytes_sent, log scale)</text>"
-        )
-        cy = y0 + ph / 2
-        out.append(
-            f'<text x="18" y="{cy:.1f}" text-anchor="middle" transform="rotate(-90 18 {cy:.1f})">'
-            "test accuracy of the average model</text>"
-        )
-        ty = sy(target)
-        out.append(
-            f'<line x1="{left}" y1="{ty:.1f}" x2="{left + pw}" y2="{ty:.1f}" stroke="#777777" stroke-dasharray="6 4"/>'
-        )
-        for i, (name, s) in enumerate(series.items()):
-            colour = PALETTE[i % len(PALETTE)]
-            pts = [(sx(x), sy(y)) for x, y in zip(s["bytes_sent"], s["accuracy"], strict=True) if x > 0]
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
-            out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.8"/>')
-            ly, lx = y0 + 10 + 20 * i, left + pw + 16
-            out.append(
-                f'<line x1="{lx}" y1="{ly}" x2="{lx + 24}" y2="{ly}" stroke="{colour}" stroke-width="2"/>'
+    target, seed = doc["config"]["target"], doc["config"]["seeds"][0]
+    panels = []
+    for m in doc["models"]:
+        runs = [r for r in m["runs"] if r["seed"] == seed]
+        series = [
+            Series(
+                [x for x in r["series"]["bytes_sent"] if x > 0],
+                [y for x, y in zip(r["series"]["bytes_sent"], r["series"]["accuracy"], strict=True) if x > 0],
+                r["label"],
             )
-            out.append(f'<text x="{lx + 30}" y="{ly + 4}">{escape(name)}</text>')
-        ly = y0 + 10 + 20 * len(series)
-        out.append(
-            f'<line x1="{left + pw + 16}" y1="{ly}" x2="{left + pw + 40}" y2="{ly}" stroke="#777777" stroke-dasharray="6 4"/>'
+            for r in runs
+        ]
+        panels.append(
+            Panel(
+                series,
+                title=f"MLP hidden {m['hidden']} on digits, d = {m['d']}, {doc['ranks']} ranks, seed {seed}",
+                xlabel="cumulative bytes sent, all ranks (bytes_sent, log scale)",
+                ylabel="test accuracy of the average model",
+                xscale="log",
+                hlines=[(target, f"target {target:g}")],
+                bytes_x=True,
+            )
         )
-        out.append(f'<text x="{left + pw + 46}" y="{ly + 4}">target {target:g}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    return panels
+
+
+def draw(doc: dict[str, Any], path: Path) -> Path:
+    """The PNG of :func:`figure_panels` at ``path`` (8 inches wide, 4.5 per model)."""
+    from mpiml.report.plots import line_panels
+
+    panels = figure_panels(doc)
+    return line_panels(panels, path, size=(8.0, 4.5 * len(panels)), legend="outside")
+
+
+def redraw(path: Path) -> Path:
+    """Draw the PNG again from the JSON at ``path`` (beside it), training nothing."""
+    return draw(json.loads(path.read_text()), path.with_suffix(".png"))
 
 
 def main() -> None:
@@ -337,14 +304,22 @@ def main() -> None:
     _bench.add_output_args(
         ap, "quantized", "seed 0, hidden 64, 200 steps, target 0.9: under a minute on 4 ranks"
     )
+    ap.add_argument(
+        "--redraw",
+        action="store_true",
+        help="draw the .png again from the --out JSON; train nothing (no mpiexec)",
+    )
     _bench.abort_on_error()
     a = ap.parse_args()
+    if a.redraw:
+        print(f"wrote {redraw(_bench.output_path(a.out, 'quantized', a.quick))}")
+        return
     if a.quick:
         a.seeds, a.hidden, a.steps, a.target = "0", "64", 200, 0.9
     comm = MPI.COMM_WORLD.Dup()
     rank, n = comm.Get_rank(), comm.Get_size()
     path = _bench.output_path(a.out, "quantized", a.quick)
-    _bench.claim_or_exit(path, (".md", ".svg"), a.overwrite, comm, "benchmarks/quantized.py")
+    _bench.claim_or_exit(path, (".md", ".png"), a.overwrite, comm, "benchmarks/quantized.py")
     seeds = [int(s) for s in a.seeds.split(",")]
     labels = a.algorithms.split(",")
     if unknown := [x for x in labels if x not in ALGORITHMS]:
@@ -437,13 +412,7 @@ def write(
     meta = _meta(n, wall)
     res.doc.update(meta)
     res.finish()
-    panels = []
-    for m in models:
-        first = {r["label"]: r["series"] for r in m["runs"] if r["seed"] == seeds[0]}
-        panels.append(
-            (f"MLP hidden {m['hidden']} on digits, d = {m['d']}, {n} ranks, seed {seeds[0]}", first)
-        )
-    res.write_beside(".svg", svg_panels(panels, a.target))
+    draw(res.doc, Path(str(res.path)).with_suffix(".png"))
 
     t = f"{a.target:g}"
     lines = [
@@ -534,7 +503,7 @@ def write(
             ]
         lines.append("")
     lines += [
-        f"![test accuracy against bytes sent]({Path(str(res.path)).with_suffix('.svg').name})",
+        f"![test accuracy against bytes sent]({Path(str(res.path)).with_suffix('.png').name})",
         "",
         "## How bytes are counted, and caveats",
         "",
@@ -574,7 +543,7 @@ def write(
     text = "\n".join(lines)
     md = res.write_beside(".md", text)
     print(text)
-    print(f"wrote {res.path}, {md} and the .svg")
+    print(f"wrote {res.path}, {md} and the .png")
 
 
 if __name__ == "__main__":

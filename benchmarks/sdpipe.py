@@ -78,7 +78,8 @@ window's batches (the last batch's sync round left out).
 Writes the JSON (``--out``; default results/benchmarks/sdpipe.json, or a fresh temporary
 file with ``--quick``) after every run, ``"complete": false`` until the end, and the .md
 and the PNG (ratios and group sizes; matplotlib, Agg) beside it; an existing file is
-replaced only with ``--overwrite``. The plot needs matplotlib: ``pip install -e .[plots]``.
+replaced only with ``--overwrite``. The plot needs matplotlib (:mod:`mpiml.report.plots`):
+``pip install -e .[plots]``; ``--redraw`` draws it again from the JSON, running nothing.
 """
 
 from __future__ import annotations
@@ -389,22 +390,23 @@ def plot(doc: dict, path: Path) -> str:
     """Left: the aggregate ratio (slowed / not) per algorithm and condition; right:
     SDPIPE's group sizes per condition (share of groups in the window)."""
     try:
-        import matplotlib
+        from mpiml.report.plots import style
+        from mpiml.report.plots.style import require
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        require()
     except ImportError:
         return "not drawn: matplotlib is missing (pip install -e .[plots])"
     vs = [v for v in doc["verdicts"] if v["condition"] != "none"]
     if not vs:
         return "not drawn: no run pair succeeded"
     layouts = doc["policy"]["layouts"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = style.figure((11.0, 4.0), 1, 2)
     ax = axes[0]
     labels: list[tuple[float, str]] = []
     seen: set[str] = set()  # legend entries drawn
     x = 0.0
-    colors = {"sdpipe": "C0", "1f1b": "C1", "dsp": "C2", NO_BOUND: "C9"}
+    pal = style.PALETTE
+    colors = {"sdpipe": pal[0], "1f1b": pal[1], "dsp": pal[2], NO_BOUND: pal[5]}
     for P, K in layouts:
         for cond in CONDITIONS[1:]:
             for i, alg in enumerate(ALGORITHMS):
@@ -432,7 +434,8 @@ def plot(doc: dict, path: Path) -> str:
         ylabel="aggregate batches/s, slowed / not",
         title="throughput ratio (x: peers; dashed: (P-1/2)/P bound)",
     )
-    ax.legend(loc="lower left", fontsize=8)
+    ax.set_ylim(0.0, 1.3)  # room for the legend above the bars
+    ax.legend(loc="upper center", ncol=3, fontsize=8)
     ax = axes[1]
     x = 0.0
     ticks: list[tuple[float, str]] = []
@@ -450,7 +453,7 @@ def plot(doc: dict, path: Path) -> str:
                 continue
             g = v["groups"]
             for s in range(1, P + 1):
-                ax.bar(x + 0.8 * (s - 1) / P, g["sizes"][str(s)] / g["n"], 0.8 / P, color=f"C{s + 2}",
+                ax.bar(x + 0.8 * (s - 1) / P, g["sizes"][str(s)] / g["n"], 0.8 / P, color=style.PALETTE[(s + 2) % len(style.PALETTE)],
                        label=f"size {s}" if not ticks else None)  # fmt: skip
             ticks.append((x + 0.3, f"P={P} K={K}\n{cond}"))
             x += 1.0
@@ -459,12 +462,14 @@ def plot(doc: dict, path: Path) -> str:
     handles, names = ax.get_legend_handles_labels()
     if handles:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return str(path)
+    return str(style.save(fig, path))
+
+
+def redraw(path: Path) -> str:
+    """Draw the PNG again from the JSON at ``path`` (beside it), running nothing."""
+    import json
+
+    return plot(json.loads(path.read_text()), path.with_suffix(".png"))
 
 
 def ci(q: dict) -> str:
@@ -663,7 +668,13 @@ def main() -> None:
         help="P,K (repeatable; default 3,1 and 2,2; --quick 3,1)",
     )
     _bench.add_output_args(ap, "sdpipe", "P = 3, K = 1 only, one round, short runs (~1-2 min)")
+    ap.add_argument(
+        "--redraw", action="store_true", help="draw the PNG again from the --out JSON; run nothing"
+    )
     a = ap.parse_args()
+    if a.redraw:
+        print(redraw(_bench.output_path(a.out, "sdpipe", a.quick)))
+        return
     full = {"compute_ms": 80.0, "steps": 80, "rounds": 2, "layouts": [[3, 1], [2, 2]]}
     quick = {"compute_ms": 45.0, "steps": 48, "rounds": 1, "layouts": [[3, 1]]}
     for k, val in (quick if a.quick else full).items():

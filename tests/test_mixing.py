@@ -1,27 +1,22 @@
 """mpiml.mixing, the serial parts: t_mix from a curve (MixML Assumption 2 with the worst
-start), the spectral bound against a serial simulation, the SVG writer, the HDF5 file
+start), the spectral bound against a serial simulation, Figure 3 (PNG), the HDF5 file
 and the Figure 3 writer. The multi-rank measurement is tests/test_mpi_mixing.py."""
 
 from __future__ import annotations
 
 import doctest
 import math
-import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 
 import mpiml.mixing.spectral as spectral_mod
-import mpiml.mixing.svg as svg_mod
 import mpiml.mixing.tmix as tmix_mod
 from mpiml.mixing import (
     MixingResult,
-    Series,
     format_table,
     gossip_estimate,
     halving_times,
-    line_plot,
-    nice_ticks,
     read_attrs,
     result_name,
     rounds_to_halve,
@@ -30,13 +25,11 @@ from mpiml.mixing import (
     write_result,
 )
 from mpiml.mixing.cli import _params, parser
-from mpiml.mixing.sweep import write_figure
+from mpiml.mixing.sweep import figure_panel, redraw, write_figure
 from mpiml.topology import Schedule, build_schedule, ring
 
-SVG = "{http://www.w3.org/2000/svg}"
 
-
-@pytest.mark.parametrize("mod", [tmix_mod, spectral_mod, svg_mod])
+@pytest.mark.parametrize("mod", [tmix_mod, spectral_mod])
 def test_doctests(mod) -> None:  # type: ignore[no-untyped-def]
     assert doctest.testmod(mod).failed == 0
 
@@ -173,51 +166,6 @@ def test_estimate_slack_and_time_varying() -> None:
         gossip_estimate(s, gamma=0.0)
 
 
-# ----------------------------------------------------------------- SVG
-
-
-def _plot() -> str:
-    return line_plot(
-        {
-            "AllReduce": Series([2, 3, 4], [2, 3, 4]),
-            "a <b> & 'c'": Series([2, 3, 4], [4, math.inf, 8]),
-            "bound": Series([2, 4], [2, 16], dashed=True),
-        },
-        title="t_mix & n",
-        xlabel="n",
-        ylabel="t_mix",
-    )
-
-
-def test_svg_is_well_formed_with_a_line_and_legend_per_series() -> None:
-    root = ET.fromstring(_plot())
-    assert root.tag == f"{SVG}svg"
-    texts = [t.text for t in root.iter(f"{SVG}text")]
-    assert "a <b> & 'c'" in texts and "t_mix & n" in texts  # escaped in, parsed back out
-    lines = root.findall(f"{SVG}polyline")
-    # one polyline for AllReduce, none for the broken series (single points), one dashed
-    assert len(lines) == 2
-    assert sum("stroke-dasharray" in p.attrib for p in lines) == 1
-    # markers: 3 + 2 (the inf point is left out), none for the dashed line
-    assert len(root.findall(f"{SVG}circle")) == 5
-    # every drawn coordinate is inside the canvas
-    w, h = float(root.attrib["width"]), float(root.attrib["height"])
-    for c in root.findall(f"{SVG}circle"):
-        assert 0 <= float(c.attrib["cx"]) <= w and 0 <= float(c.attrib["cy"]) <= h
-
-
-def test_nice_ticks_cover_the_range() -> None:
-    for lo, hi in [(2, 8), (0, 230), (0, 0.37), (5, 5), (0, 1e6), (-3, 17)]:
-        ticks = nice_ticks(lo, hi)
-        assert ticks[0] <= lo and ticks[-1] >= hi and 2 <= len(ticks) <= 12
-        steps = np.diff(ticks)
-        assert np.allclose(steps, steps[0])
-    with pytest.raises(ValueError):
-        line_plot({})
-    with pytest.raises(ValueError):
-        line_plot({"x": Series([1], [math.nan])})
-
-
 # ----------------------------------------------------------------- files, table, CLI options
 
 
@@ -293,13 +241,24 @@ def test_figure_writer(tmp_path) -> None:  # type: ignore[no-untyped-def]
                 wall_s=1.0,
             )
         )
-    svg, md = write_figure(rows, tmp_path)
-    root = ET.fromstring(svg.read_text())
-    legend = [t.text for t in root.iter(f"{SVG}text")]
-    assert "AllReduce" in legend and "SyncDR (ring)" in legend
-    assert "SyncDR (ring) spectral bound" in legend
+    png, md = write_figure(rows, tmp_path)
+    assert png == tmp_path / "figure3.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    legend = {s.label: s for s in figure_panel(rows).series}
+    assert set(legend) == {"AllReduce", "SyncDR (ring)", "SyncDR (ring) spectral bound"}
+    assert legend["SyncDR (ring) spectral bound"].dashed and not legend["AllReduce"].dashed
+    assert list(legend["SyncDR (ring) spectral bound"].y) == [4, 6, 8]
     text = md.read_text()
-    assert "| SyncDR (ring) | 4 | 5 | 8 | 6.0 |" in text and "figure3.svg" in text
+    assert "| SyncDR (ring) | 4 | 5 | 8 | 6.0 |" in text and "figure3.png" in text
+
+
+def test_the_sweep_redraws_figure3_from_the_stored_results(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(FileNotFoundError):
+        redraw(tmp_path)
+    r = _result("allreduce", {})
+    write_result(tmp_path / result_name("allreduce", r.n, {}), r)
+    png = redraw(tmp_path)
+    assert png == tmp_path / "figure3.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "figure3.md").exists()  # the table keeps the sweep's wall times
 
 
 def test_cli_options_belong_to_their_protocol() -> None:

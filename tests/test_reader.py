@@ -140,6 +140,25 @@ def test_messages_pair_like_a_full_join(tmp_path: Path, chunk: int) -> None:
     assert (g["src"] != g["dst"]).all()
 
 
+def test_messages_far_apart_in_time_still_pair(tmp_path: Path) -> None:
+    # steps 1 s apart (more than RECV_SLACK): rank 0's chunk reaches several seconds
+    # ahead before rank 1's first send is read; its first recv must wait for that send
+    RunFile(tmp_path, 2, {"config": "{}", "algorithm": "x"}, None).close()
+    for r in (0, 1):
+        rf = RankFile(tmp_path, r, 0.0, None)
+        rows = []
+        for s in range(10):
+            t = s * 1.0 + 0.01 * r
+            rows.append((s, b"send", t, t + 0.02, 8, 1 - r, s))
+            rows.append((s, b"recv", t + 0.001, t + 0.05, 8, 1 - r, s))
+        rf.append_events(np.array(rows, EVENT_DTYPE))
+        rf.close()
+    run = load_run(tmp_path)
+    for chunk in (1, 4, 100):
+        m = run.messages_frame(chunk=chunk)
+        assert len(m) == 20 and run.unpaired == 0, chunk
+
+
 def test_messages_in_a_window_count_what_they_cannot_pair(tmp_path: Path) -> None:
     run = load_run(write_ring_run(tmp_path, ranks=3, steps=20))
     m = run.messages_frame(ranks=[0, 1])

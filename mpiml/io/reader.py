@@ -568,6 +568,24 @@ class Run:
         been, on every rank. Each rank holds at most ``chunk`` rows (the chunk per rank
         shrinks with many ranks, to about 4M rows in all). ``on_error``: called with a
         rank's :class:`RankReadError` and that rank left out (default: raise)."""
+        for r, cols, _ in self._slabs(
+            fields, ranks=ranks, kinds=kinds, steps=steps, time=time, chunk=chunk, on_error=on_error
+        ):
+            yield r, cols
+
+    def _slabs(
+        self,
+        fields: Iterable[str],
+        *,
+        ranks: Iterable[int] | None,
+        kinds: Iterable[str] | None,
+        steps: tuple[int, int] | None,
+        time: tuple[float, float] | None,
+        chunk: int,
+        on_error: Callable[[RankReadError], None] | None,
+    ) -> Iterator[tuple[int, dict[str, np.ndarray], float]]:
+        """:meth:`scan`'s parts, each with ``done``: every row of every rank that starts
+        at or before ``done`` has been yielded (the previous slab's edge)."""
         want = list(dict.fromkeys([*fields, "t_start"]))
         chunk = max(1, min(chunk, max(1024, (1 << 22) // max(1, len(self._select(ranks))))))
         its: dict[int, Iterator[dict[str, np.ndarray]]] = {
@@ -589,6 +607,7 @@ class Run:
 
         for r in list(its):
             refill(r)
+        done = -np.inf
         while bufs:
             # the slab ends at the earliest "last t_start" of the ranks still reading: no
             # rank can later give a row that starts before it (rows come in t_start order)
@@ -602,13 +621,14 @@ class Run:
                 else:
                     n = int(np.searchsorted(b["t_start"], edge, "right"))
                 if n:
-                    yield r, {k: v[:n] for k, v in b.items()}
+                    yield r, {k: v[:n] for k, v in b.items()}, done
                 if n == size:
                     del bufs[r]
                     if r in its:
                         refill(r)
                 else:
                     bufs[r] = {k: v[n:] for k, v in b.items()}
+            done = edge
 
     def messages(
         self,
@@ -625,7 +645,7 @@ class Run:
         docs/run-file.md, "Messages"). Both ends must be among ``ranks`` and in the
         window (``steps``, ``time``: as :meth:`iter_columns`). Streams over
         :meth:`scan`: held are only the ends whose other end was not read yet (a recv
-        is given up once the scan is ``RECV_SLACK`` seconds past its end). Ends never
+        is given up once every rank has been read to ``RECV_SLACK`` seconds past its end). Ends never
         paired are counted in ``run.unpaired`` when the iterator is done. A schema-1
         file (no message ids) yields nothing.
         """
@@ -640,8 +660,7 @@ class Run:
         end_dtype = np.dtype(fields)
         pending = np.zeros(0, end_dtype)
         w = max(self.world_size, 1)
-        last_t = -np.inf
-        for r, c in self.scan(
+        for r, c, done in self._slabs(
             cols, ranks=sel, kinds=("send", "recv"), steps=steps, time=time, chunk=chunk, on_error=on_error
         ):
             send = c["kind"] == self._kind_codes.add("send")
@@ -660,13 +679,13 @@ class Run:
             ends["side"] = np.where(send, 0, 1)
             ends["step"], ends["nbytes"] = c["step"], c["nbytes"]
             ends["t0"], ends["t1"] = c["t_start"], c["t_end"]
-            last_t = max(last_t, float(c["t_start"][-1])) if len(peer) else last_t
             pending = np.concatenate([pending, ends])
             pending, out = _pair(pending)
             if len(out):
                 yield out
-            # a recv ended long before the scan's front: its send started before it ended
-            stale = (pending["side"] == 1) & (pending["t1"] + RECV_SLACK < last_t)
+            # a recv that ended long before every rank's rows up to ``done`` were read: its
+            # send started before the recv ended, so it would have been read by now
+            stale = (pending["side"] == 1) & (pending["t1"] + RECV_SLACK < done)
             if stale.any():
                 self.unpaired += int(np.count_nonzero(stale))
                 pending = pending[~stale]

@@ -11,9 +11,9 @@
   and the scheduler rank), :mod:`~mpiml.mixing.sdpipe_sweep` (beside AllReduce and
   gossip, results/mixing/sdpipe/);
 - :mod:`~mpiml.mixing.store`: the table and the HDF5 result file;
-- :mod:`~mpiml.mixing.svg`: a hand-written SVG line plot;
 - :mod:`~mpiml.mixing.cli`: ``mpiml mixing`` (also ``python -m mpiml.mixing``);
-  :mod:`~mpiml.mixing.sweep`: Figure 3 (t_mix against n, one mpiexec per n).
+  :mod:`~mpiml.mixing.sweep`: Figure 3 (t_mix against n, one mpiexec per n; drawn
+  by :mod:`mpiml.report.plots`).
 
 docs/mixing.md defines the time units per protocol.
 """
@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from .measure import PROTOCOLS, MixingResult, measure
 from .spectral import Estimate, contraction, gossip_estimate, rounds_to_halve
 from .store import format_table, read_attrs, result_name, write_result
-from .svg import Series, line_plot, nice_ticks
 from .tmix import CurveMix, halving_times, summarize, t_mix_of_curve
 
 __all__ = [
@@ -31,15 +30,12 @@ __all__ = [
     "CurveMix",
     "Estimate",
     "MixingResult",
-    "Series",
     "contraction",
     "format_table",
     "gossip_estimate",
     "halving_times",
-    "line_plot",
     "main",
     "measure",
-    "nice_ticks",
     "read_attrs",
     "result_name",
     "rounds_to_halve",

@@ -9,7 +9,7 @@ scheduler) in each of :data:`VARIANTS` (equal speeds; each batch's sleep jittere
 replica 0 twice as slow), each launched by :func:`mpiml.testing.run_ranks` (one
 ``mpiexec`` per measurement, killed on timeout). Then it reads the .h5 files back and
 writes ``sdpipe.md`` (the table), ``sdpipe.json`` (the same rows and the machine) and
-``sdpipe.png`` (matplotlib, Agg) into the output folder. Run it without mpiexec.
+``sdpipe.png`` (matplotlib, :mod:`mpiml.report.plots`) into the output folder. Run it without mpiexec.
 
 No file is replaced unless ``--overwrite`` is given: every file it would write is
 checked before the first launch, and an existing one stops the sweep with one line
@@ -182,36 +182,28 @@ def write_report(rows: Sequence[dict[str, Any]], out: str | Path, command: str =
 
 
 def _plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    """t_mix (max over trials) against n, one line per variant, SDPIPE's mean over trials
+    dashed in its colour (:func:`mpiml.report.plots.line_panels`)."""
+    from ..report.plots import Panel, Series, line_panels
+    from ..report.plots.style import PALETTE
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    labels = list(dict.fromkeys(a["label"] for a in rows))
-    for i, label in enumerate(labels):
+    series = []
+    for i, label in enumerate(dict.fromkeys(a["label"] for a in rows)):
         rs = sorted((a for a in rows if a["label"] == label), key=lambda a: a["n"])
-        ns = [a["n"] for a in rs]
-        marker, color = "osD^v"[i % 5], f"C{i}"
-        ax.plot(
-            ns,
-            [a["t_mix"] for a in rs],
-            label=label,
-            linestyle="--" if i == 0 else "-",
-            marker=marker,
-            color=color,
-        )
-        if rs[0]["protocol"] == "sdpipe":  # the mean over trials, dotted
-            ax.plot(ns, [a["t_mix_mean"] for a in rs], linestyle=":", alpha=0.7, marker=marker, color=color)
-    ax.set_xlabel("workers n (SDPIPE: replicas; + 1 scheduler rank)")
-    ax.set_ylabel("t_mix (time steps; max over trials, SDPIPE's mean dotted)")
-    ax.set_title("SDPIPE's groups vs AllReduce and gossip: mixing time")
-    ax.set_xticks(sorted({a["n"] for a in rows}))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        ns, colour = [a["n"] for a in rs], PALETTE[i % len(PALETTE)]
+        # the first (AllReduce) dashed: the ring's line lies on it at small n
+        series.append(Series(ns, [a["t_mix"] for a in rs], label, dashed=i == 0, color=colour))
+        if rs[0]["protocol"] == "sdpipe":
+            series.append(
+                Series(ns, [a["t_mix_mean"] for a in rs], f"{label}, mean", dashed=True, color=colour)
+            )
+    panel = Panel(
+        series,
+        title="SDPIPE's groups vs AllReduce and gossip: mixing time",
+        xlabel="workers n (SDPIPE: replicas; + 1 scheduler rank)",
+        ylabel="t_mix (time steps; max over trials, SDPIPE's mean dashed)",
+    )
+    line_panels([panel], path, size=(9.0, 4.5), legend="outside")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

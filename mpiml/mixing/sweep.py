@@ -6,7 +6,9 @@
 For every protocol and n, one ``mpiexec -n N python -m mpi4py -m mpiml.mixing ...``
 (:func:`mpiml.testing.run_ranks`, so an oversubscribed workstation works and a stuck
 run is killed) writes its .h5 file; then :func:`write_figure` reads the files back and
-writes ``figure3.svg`` (:func:`mpiml.mixing.svg.line_plot`) and ``figure3.md``. The
+writes ``figure3.png`` (matplotlib: :func:`mpiml.report.plots.line_panels`, the
+``plots`` extra) and ``figure3.md``. ``--redraw`` draws figure3.png again from the
+result files in ``--out`` without measuring anything. The
 sweep process itself never initialises MPI (it launches the ranks; run it without
 mpiexec); each launched measurement installs mpiml's abort handler, so an exception on
 one of its ranks ends that launch at once.
@@ -32,9 +34,20 @@ from typing import Any
 
 from ..testing import python_command, run_ranks
 from .store import read_attrs, result_name
-from .svg import Series, line_plot
 
-__all__ = ["LABELS", "TRIALS", "existing_outputs", "kept_rows", "main", "run_one", "sweep", "write_figure"]
+__all__ = [
+    "LABELS",
+    "TRIALS",
+    "draw_figure",
+    "existing_outputs",
+    "figure_panel",
+    "kept_rows",
+    "main",
+    "redraw",
+    "run_one",
+    "sweep",
+    "write_figure",
+]
 
 # MixML §6 names
 LABELS = {
@@ -97,10 +110,10 @@ def run_one(
 def existing_outputs(
     ns: Sequence[int], protocols: Sequence[str], out: str | Path, topology: str = "ring", m: int = 2
 ) -> list[Path]:
-    """The files a sweep would write (one .h5 per protocol and n, figure3.svg/.md) that exist."""
+    """The files a sweep would write (one .h5 per protocol and n, figure3.png/.md) that exist."""
     out = Path(out)
     names = [result_name(p, n, _params(p, topology, m)) for p in protocols for n in ns]
-    return [out / name for name in [*names, "figure3.svg", "figure3.md"] if (out / name).exists()]
+    return [out / name for name in [*names, "figure3.png", "figure3.md"] if (out / name).exists()]
 
 
 def kept_rows(
@@ -158,32 +171,69 @@ def _wall(a: dict[str, Any]) -> str:
     return f"{a['wall_s']:.1f}" if "wall_s" in a else "-"  # a file read back has no wall time
 
 
-def write_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixing") -> tuple[Path, Path]:
-    """figure3.svg (t_mix max over trials against n, one line per protocol, the gossip
-    spectral bound dashed) and figure3.md (the numbers, with mean and the t = 0 max)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _by_label(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     by: dict[str, list[dict[str, Any]]] = {}
     for a in rows:
         by.setdefault(_label(a), []).append(a)
-    series: dict[str, Series] = {}
-    for label, rs in by.items():
+    for rs in by.values():
         rs.sort(key=lambda a: a["n"])
-        series[label] = Series([a["n"] for a in rs], [a["t_mix"] for a in rs])
-    for label, rs in by.items():
-        if rs[0]["protocol"] == "gossip":
-            name = f"{label} spectral bound"
-            series[name] = Series([a["n"] for a in rs], [a["estimate"] for a in rs], dashed=True)
-    svg = out / "figure3.svg"
-    svg.write_text(
-        line_plot(
-            series,
-            title="Mixing time against workers (MixML Fig. 3)",
-            xlabel="workers n",
-            ylabel="t_mix (time steps, max over trials)",
-            width=800,
+    return by
+
+
+def figure_panel(rows: Sequence[dict[str, Any]]) -> Any:
+    """Figure 3 as a :class:`mpiml.report.plots.Panel`: t_mix (max over trials) against n,
+    one line per protocol, the gossip spectral bound dashed."""
+    from ..report.plots import Panel, Series
+
+    by = _by_label(rows)
+    series = [Series([a["n"] for a in rs], [a["t_mix"] for a in rs], label) for label, rs in by.items()]
+    series += [
+        Series(
+            [a["n"] for a in rs],
+            [a["estimate"] for a in rs],
+            f"{label} spectral bound",
+            dashed=True,
+            color="black",
         )
+        for label, rs in by.items()
+        if rs[0]["protocol"] == "gossip"
+    ]
+    return Panel(
+        series,
+        title="Mixing time against workers (MixML Fig. 3)",
+        xlabel="workers n",
+        ylabel="t_mix (time steps, max over trials)",
     )
+
+
+def draw_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixing") -> Path:
+    """figure3.png in ``out`` (:func:`figure_panel`, 8 x 5 inches at 100 dpi); returns
+    its Path. ImportError (naming the ``plots`` extra) without matplotlib."""
+    from ..report.plots import line_panels
+
+    return line_panels([figure_panel(rows)], Path(out) / "figure3.png", size=(8.0, 5.0), legend="outside")
+
+
+def redraw(
+    out: str | Path = "results/mixing", ns: Sequence[int] = range(2, 9), topology: str = "ring", m: int = 2
+) -> Path:
+    """Draw figure3.png again from the result files already in ``out`` (every protocol of
+    :data:`LABELS` at ``ns``), measuring nothing; figure3.md is left as it is (it holds
+    the sweep's wall times, which the files do not). Raises FileNotFoundError when
+    ``out`` has none of them."""
+    rows = kept_rows(ns, list(LABELS), out, topology, m)
+    if not rows:
+        raise FileNotFoundError(f"{out} has no result file of {', '.join(LABELS)} at n = {list(ns)}")
+    return draw_figure(rows, out)
+
+
+def write_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixing") -> tuple[Path, Path]:
+    """figure3.png (:func:`draw_figure`) and figure3.md (the numbers, with mean and the
+    t = 0 max); returns their Paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    by = _by_label(rows)
+    png = draw_figure(rows, out)
     lines = [
         "# Mixing time against the number of workers (MixML Figure 3)",
         "",
@@ -206,10 +256,10 @@ def write_figure(rows: Sequence[dict[str, Any]], out: str | Path = "results/mixi
                 f"{_cell(a['t_mix_q90'])} | {_cell(a['t_mix0_max'])} | {est} | {rho} | {_wall(a)} | "
                 + (f"{a['gap_mean']:.2f} |" if "gap_mean" in a else "- |")
             )
-    lines += ["", "![t_mix against n](figure3.svg)", ""]
+    lines += ["", "![t_mix against n](figure3.png)", ""]
     md = out / "figure3.md"
     md.write_text("\n".join(lines))
-    return svg, md
+    return png, md
 
 
 def _under_mpiexec() -> bool:
@@ -232,7 +282,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--m", type=int, default=2)
     p.add_argument("--out", default="results/mixing", help="result folder (default results/mixing)")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    p.add_argument(
+        "--redraw",
+        action="store_true",
+        help="draw figure3.png again from the result files in --out; measure nothing",
+    )
     args = p.parse_args(argv)
+    if args.redraw:
+        try:
+            print(f"wrote {redraw(args.out, args.n, args.topology, args.m)}")
+        except FileNotFoundError as exc:
+            print(f"python -m mpiml.mixing.sweep: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if min(args.n) < 1:
         p.error(f"--n: rank counts must be >= 1 (got {min(args.n)})")
     if _under_mpiexec():
@@ -247,9 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     kept = kept_rows(args.n, [q for q in LABELS if q not in args.protocols], args.out, args.topology, args.m)
     order = list(LABELS)
-    svg, md = write_figure(sorted([*rows, *kept], key=lambda a: order.index(str(a["protocol"]))), args.out)
+    png, md = write_figure(sorted([*rows, *kept], key=lambda a: order.index(str(a["protocol"]))), args.out)
     also = f"; with {len(kept)} earlier result(s) of other protocols" if kept else ""
-    print(f"wrote {svg} and {md} ({time.perf_counter() - t0:.0f} s{also})")
+    print(f"wrote {png} and {md} ({time.perf_counter() - t0:.0f} s{also})")
     return 0
 
 

@@ -19,7 +19,6 @@ role, of their median step times by more than ``straggler_threshold`` (a fractio
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .messages import comm_matrix_section, late_sender_sections
+from .protocols import protocol_sections
 from .section import Cell, Section
 from .timeline import PRIORITY, RankTimeline, rank_timeline
 
@@ -372,23 +372,22 @@ def build_report(
     rep.sections += _pop_section(run, tl)
     rep.sections += _straggler_section(run, tl, straggler_threshold)
     read = [r for r in run.ranks if r in tl]
-    try:
-        rep.sections += late_sender_sections(run, ranks=read, steps=steps, time=time)
-    except (OSError, KeyError, ValueError) as exc:
-        rep.missing.append(f"late sender: messages unreadable: {type(exc).__name__}: {exc}")
+    seen = {k for t in tl.values() for k in t.kinds}
+    if {"send", "recv"} <= seen:  # else nothing to pair: no pass over the events
+        try:
+            rep.sections += late_sender_sections(run, ranks=read, steps=steps, time=time)
+        except (OSError, KeyError, ValueError) as exc:
+            rep.missing.append(f"late sender: messages unreadable: {type(exc).__name__}: {exc}")
     rep.sections += comm_matrix_section(tl)
     rep.sections += _peerless_section(tl)
     rep.sections += _kinds_section(run, tl)
     odd = {r: t.out_of_order for r, t in tl.items() if t.out_of_order}
     if odd:
         rep.missing.append(f"events out of t_start order (their start moved up; ranks {sorted(odd)})")
-    if importlib.util.find_spec(f"{__package__}.protocols") is not None:  # written apart; may be absent
-        from .protocols import protocol_sections
-
-        try:
-            rep.sections += protocol_sections(run)
-        except (OSError, KeyError, ValueError) as exc:  # a damaged table: say so, report the rest
-            rep.missing.append(f"protocol sections: unreadable: {type(exc).__name__}: {exc}")
+    try:
+        rep.sections += protocol_sections(run)
+    except (OSError, KeyError, ValueError) as exc:  # a damaged table: say so, report the rest
+        rep.missing.append(f"protocol sections: unreadable: {type(exc).__name__}: {exc}")
     return rep
 
 

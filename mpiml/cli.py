@@ -1,5 +1,5 @@
 """The ``mpiml`` command: ``train``, ``layout``, ``info``, ``plan``, ``topology``, ``mixing``,
-``examples``, ``launch``.
+``examples``, ``launch``, ``report``, ``trace``.
 
     mpiexec -n 4 mpiml train [JOB.toml] [--set section.key=value]... [--out DIR] [--resume | --auto-resume]
     mpiml layout [JOB.toml] -n 8 [--set section.key=value]...
@@ -9,6 +9,8 @@
     mpiexec -n 8 mpiml mixing --protocol gossip --topology ring
     mpiml examples [NAME... | all] [--to DIR]      (list, or copy out, the example jobs)
     mpiml launch [--to DIR]                        (where the launch scripts are, or copy them out)
+    mpiml report results/RUN [RUN...] [--json | --markdown]   (what a run's trace says)
+    mpiml trace export RUN --format chrome|perfetto|otf2 [--ranks 0,2-3] [--steps A:B] [--time A:B]
     mpiml --version
 
 A job or argument error is one line on stderr (from rank 0), exit status 2, on
@@ -91,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     la.add_argument("--overwrite", action="store_true", help="replace files that exist in DIR/launch")
     sub.add_parser("topology", help="a topology's W: degree, diameter, spectral gap rho", add_help=False)
     sub.add_parser("mixing", help="measure a protocol's mixing time (MixML), under mpiexec", add_help=False)
+    sub.add_parser("trace", help="export a run's timeline: Chrome JSON, Perfetto, OTF2", add_help=False)
+    sub.add_parser(
+        "report", help="summarise runs from their traces (time, POP, stragglers, bytes)", add_help=False
+    )
     sub.add_parser(
         "plan",
         help="DaSGD's analytic model: t_p, t_c, the delay that hides communication, time per epoch",
@@ -334,6 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .mixing.cli import main as mixing_main
 
         return mixing_main(argv[1:])
+    if argv[:1] == ["report"]:  # reads run files: no MPI
+        from .report.cli import main as report_main
+
+        return report_main(argv[1:])
+    if argv[:1] == ["trace"]:  # post-processing a run file: no MPI
+        from .report.export import main as trace_main
+
+        return trace_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "train":
         _one_rank_hint(args, argv)

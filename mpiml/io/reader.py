@@ -350,7 +350,15 @@ class Run:
         """int64: the first step of every resumed segment (empty if never resumed)."""
         return np.atleast_1d(np.asarray(self.attrs.get("resumed_at_steps", []), np.int64))
 
-    def _role(self, rank: int) -> dict[str, Any] | None:
+    @property
+    def algorithm(self) -> str:
+        """``algorithm.name`` of the run ("" when the file does not say)."""
+        name = self.attrs.get("algorithm") or self.config.get("algorithm", {}).get("name", "")
+        return str(name)
+
+    def role_info(self, rank: int) -> dict[str, Any] | None:
+        """The rank's role as the layout records it ({kind, stage, group, shard, reads};
+        :class:`mpiml.layout.Role`), None when the file has no layout (schema 1)."""
         roles = (self.layout or {}).get("roles") if isinstance(self.layout, dict) else None
         if not roles or not 0 <= rank < len(roles):
             return None
@@ -359,13 +367,13 @@ class Run:
     def role(self, rank: int) -> str:
         """The rank's part: replica, worker, server, stage or scheduler ("rank" for a
         file that records no layout)."""
-        r = self._role(rank)
+        r = self.role_info(rank)
         return str(r["kind"]) if r else "rank"
 
     def describe(self, rank: int) -> str:
         """The rank's part in words: "stage 1 of pipeline 0", "server of shard 1",
         "replica (shard 2)", "scheduler" ("rank" without a layout)."""
-        r = self._role(rank)
+        r = self.role_info(rank)
         if r is None:
             return "rank"
         from ..layout import Role

@@ -15,9 +15,8 @@ import numpy as np
 
 from ..kinds import kinds_in
 from ..pipeline import bubble_fraction, dsp, dsp_depths, gpipe, one_f_one_b, simulate
-from .runview import algorithm, iter_events, stage_ranks, tables_named
 from .section import Cell, Section
-from .staleness import dsp_config
+from .staleness import dsp_config, stage_ranks
 
 __all__ = ["bubble_section", "group_sizes_section", "ideal_bubble", "stage_wait"]
 
@@ -31,15 +30,18 @@ def stage_wait(run: Any, r: int, wait_kinds: frozenset[str]) -> tuple[float, dic
     step >= 0): wall = last end - first start; one pass over the rank's events."""
     t0, t1 = np.inf, -np.inf
     waits = dict.fromkeys(sorted(wait_kinds), 0.0)
-    for chunk in iter_events(run, r):
-        ev = chunk[chunk["step"] >= 0]
-        if ev.size == 0:
+    names = run.kind_names
+    for ev in run.iter_columns(r, ("step", "kind", "t_start", "t_end")):
+        train = ev["step"] >= 0
+        if not train.any():
             continue
-        t0, t1 = min(t0, float(ev["t_start"].min())), max(t1, float(ev["t_end"].max()))
+        t0, t1 = min(t0, float(ev["t_start"][train].min())), max(t1, float(ev["t_end"][train].max()))
+        dur = np.bincount(
+            ev["kind"][train], weights=(ev["t_end"] - ev["t_start"])[train], minlength=len(names)
+        )
         for kind in waits:
-            sel = ev["kind"] == kind
-            if sel.any():
-                waits[kind] += float((ev["t_end"][sel] - ev["t_start"][sel]).sum())
+            if kind in names:
+                waits[kind] += float(dur[names.index(kind)])
     return (t1 - t0 if t1 > t0 else 0.0), waits
 
 
@@ -47,7 +49,7 @@ def ideal_bubble(run: Any) -> tuple[list[float] | None, str]:
     """Per stage, the idle fraction of the schedule replayed with unit forward and
     backward costs (None for sdpipe), and a note naming the schedule."""
     a = run.config["algorithm"]
-    name, K = algorithm(run), int(a.get("stages", 1))
+    name, K = run.algorithm, int(a.get("stages", 1))
     if name in ("gpipe", "1f1b"):
         m = int(a.get("micro_batches", 1))
         trace = simulate((gpipe if name == "gpipe" else one_f_one_b)(K, m))
@@ -73,7 +75,7 @@ def ideal_bubble(run: Any) -> tuple[list[float] | None, str]:
 def bubble_section(run: Any) -> Section | None:
     """Bubble per stage rank: time in wait-category kinds over the rank's wall."""
     stages = stage_ranks(run)
-    if algorithm(run) not in PIPELINES or not stages:
+    if run.algorithm not in PIPELINES or not stages:
         return None
     wait_kinds = kinds_in("wait", kinds=run.kinds)
     ideal, ideal_note = ideal_bubble(run)
@@ -95,7 +97,7 @@ def bubble_section(run: Any) -> Section | None:
     ]
     return Section(
         "bubble",
-        f"Bubble per stage ({algorithm(run)})",
+        f"Bubble per stage ({run.algorithm})",
         ["rank", "stage", "pipeline", "wall s", "wait s", "bubble", "ideal"],
         rows,
         notes,
@@ -105,10 +107,10 @@ def bubble_section(run: Any) -> Section | None:
 
 def group_sizes_section(run: Any) -> Section | None:
     """SDPIPE's groups per stage, from the scheduler's sdpipe_groups and sdpipe_members."""
-    groups = tables_named(run, "sdpipe_groups")
+    groups = run.table("sdpipe_groups")
     if not groups:
         return None
-    members = tables_named(run, "sdpipe_members")
+    members = run.table("sdpipe_members")
     rows: list[list[Cell]] = []
     data: dict[str, Any] = {}
     notes = []

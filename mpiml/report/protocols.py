@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from .pipelines import bubble_section, group_sizes_section
-from .runview import metric_rows
 from .section import Cell, Section
 from .staleness import staleness_section
 
@@ -25,7 +24,7 @@ __all__ = ["consensus_section", "protocol_sections"]
 def consensus_section(run: Any) -> Section | None:
     """Consensus distance over time: the ``consensus_distance`` metric's finite rows;
     None when it is absent or NaN everywhere (async_ps)."""
-    rows = metric_rows(run, "consensus_distance")
+    rows = run.metrics.get("consensus_distance")
     if rows is None or rows.size == 0:
         return None
     rows = rows[np.isfinite(rows["value"])]

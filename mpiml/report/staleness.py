@@ -13,12 +13,21 @@ from typing import Any
 import numpy as np
 
 from ..pipeline.dsp import Timetable
-from .runview import algorithm, role, stage_ranks, tables_named
 from .section import Cell, Section
 
 __all__ = ["dsp_staleness", "histogram", "staleness_section", "summary"]
 
 COLUMNS = ["protocol", "scope", "n", "min", "median", "p95", "max", "mean"]
+
+
+def stage_ranks(run: Any) -> dict[int, tuple[int, int]]:
+    """{rank: (stage k, pipeline p)} of every pipeline stage rank that was read."""
+    out = {}
+    for r in run.ranks:
+        ro = run.role_info(r)
+        if ro is not None and ro.get("kind") == "stage":
+            out[r] = (int(ro.get("stage", 0)), int(ro.get("group", 0)))
+    return out
 
 
 def histogram(values: np.ndarray) -> dict[str, list[int]]:
@@ -40,12 +49,12 @@ def summary(protocol: str, scope: str, values: np.ndarray) -> list[Cell]:
 
 def _ps(run: Any, rows: list[list[Cell]], data: dict[str, Any], notes: list[str]) -> None:
     """Parameter server: staleness = version - version_read of every ps_apply row."""
-    logs = tables_named(run, "ps_apply")
+    logs = run.table("ps_apply")
     if not logs:
         return
     every = []
     for r, log in logs.items():
-        ro = role(run, r)
+        ro = run.role_info(r)
         shard = f"shard {ro['group']}" if ro and ro.get("kind") == "server" else f"rank {r}"
         s = (log["version"] - log["version_read"]).astype(np.int64)
         every.append(s)
@@ -63,7 +72,7 @@ def _ps(run: Any, rows: list[list[Cell]], data: dict[str, Any], notes: list[str]
 
 def _gossip(run: Any, rows: list[list[Cell]], data: dict[str, Any], notes: list[str]) -> None:
     """Async gossip: the age of the drained pushes (exchanges rows with peer -1)."""
-    logs = tables_named(run, "exchanges")
+    logs = run.table("exchanges")
     if not logs:
         return
     every, empty = [], 0
@@ -112,7 +121,7 @@ def dsp_staleness(p: list[int], m: list[int], steps: int) -> list[np.ndarray]:
 
 
 def _dsp(run: Any, rows: list[list[Cell]], data: dict[str, Any], notes: list[str]) -> None:
-    name = algorithm(run)
+    name = run.algorithm
     K = int(run.config["algorithm"].get("stages", 1))
     if name not in ("dsp", "sdpipe") or K < 2:
         return
@@ -139,7 +148,7 @@ def _dsp(run: Any, rows: list[list[Cell]], data: dict[str, Any], notes: list[str
 
 def _sdpipe(run: Any, rows: list[list[Cell]], data: dict[str, Any], notes: list[str]) -> None:
     """SDPIPE: batch-id spread of the members of a group (the replicas' clock difference)."""
-    logs = tables_named(run, "sdpipe_average")
+    logs = run.table("sdpipe_average")
     if not logs:
         return
     stages = stage_ranks(run)

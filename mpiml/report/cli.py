@@ -1,0 +1,111 @@
+"""``mpiml report RUN [RUN ...]``: what a run's trace says (docs/report.md).
+
+    mpiml report results/dasgd                       # aligned text tables
+    mpiml report results/a results/b --markdown      # side by side: one summary table
+    mpiml report results/a --json --steps 100:200 --straggler-threshold 0.2
+    mpiml report results/a --plots figures/          # PNGs (mpiml.report.plots)
+
+No MPI. A path that is not a run file: one line on stderr, exit status 2. A damaged run
+(a rank file missing or unreadable) is reported for what is there, with a line per
+rank that could not be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def _window(text: str, kind: type) -> tuple:
+    a, sep, b = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected A:B (got {text!r})")
+    try:
+        lo, hi = kind(a), kind(b)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two {kind.__name__}s A:B (got {text!r})") from None
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"A must be < B (got {text!r})")
+    return lo, hi
+
+
+def _threshold(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number (got {text!r})") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {text!r})")
+    return v
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mpiml report", description="Summarise runs from their traces (run.h5).")
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN", help="a run folder or its run.h5 (several: side by side)"
+    )
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument(
+        "--json", action="store_true", help="one JSON document {runs: [{path, sections, missing}]}"
+    )
+    fmt.add_argument("--markdown", action="store_true", help="Markdown tables")
+    p.add_argument(
+        "--straggler-threshold",
+        type=_threshold,
+        default=0.1,
+        metavar="F",
+        help="a rank is a straggler when its median step time exceeds its role's median by more than F "
+        "(fraction; default 0.1)",
+    )
+    p.add_argument(
+        "--steps", type=lambda t: _window(t, int), metavar="A:B", help="only steps A..B-1 (0-based)"
+    )
+    p.add_argument(
+        "--time", type=lambda t: _window(t, float), metavar="A:B", help="only seconds A..B of the run clock"
+    )
+    p.add_argument("--plots", metavar="DIR", help="also write PNG plots into DIR (mpiml.report.plots)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    from .analysis import build_report, load
+    from .render import render_json, render_markdown, render_text
+
+    if args.plots and importlib.util.find_spec(f"{__package__}.plots") is None:
+        sys.stderr.write("mpiml report: error: plots: not available\n")
+        return 2
+    runs = []
+    for path in args.runs:
+        try:
+            runs.append(load(path))
+        except (OSError, ValueError, KeyError) as exc:
+            sys.stderr.write(f"mpiml report: error: {path}: not a readable mpiml run file ({exc})\n")
+            return 2
+    reports = [
+        build_report(run, steps=args.steps, time=args.time, straggler_threshold=args.straggler_threshold)
+        for run in runs
+    ]
+    render = render_json if args.json else render_markdown if args.markdown else render_text
+    sys.stdout.write(render(reports))
+    if args.plots:
+        from .plots import write_plots
+
+        write_plots(runs, [rep.sections for rep in reports], args.plots)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

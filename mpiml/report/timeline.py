@@ -1,0 +1,353 @@
+"""One rank's time, streamed: the partition of its wall time by category, time in flight
+and hidden, per-kind totals, per-step times and bytes sent.
+
+:func:`rank_timeline` reads a rank's events chunk by chunk (``run.iter_events``, events in
+``t_start`` order) and never holds the rank's whole table: memory is O(chunk) plus a
+carry of at most one interval per category (the parts of intervals that cross the
+chunk's frontier), plus O(steps) for the per-step times.
+
+**The partition.** At every instant of the rank's wall time (its first event's start to
+its last event's end) the rank is attributed to exactly one of :data:`PRIORITY`'s
+categories, the first of them that an event covers at that instant, or to ``idle``
+(untraced: no event of those categories covers it). So
+``sum(exclusive.values()) + idle == wall``. The priority is compute > codec >
+communication > wait > bookkeeping: local work wins (an evaluation that overlaps
+training steps, as asynchronous algorithms' split-phase evaluations do, counts as
+bookkeeping only where nothing else was recorded). ``in_flight`` is not part of the
+partition: it is the measure of the union of in-flight spans (split-phase operations
+and their messages), and ``hidden`` its part covered by compute or codec; overlap =
+hidden / in_flight (HTA's "communication-computation overlap": the share of
+communication time under computation). ``blocked`` is in-flight time under a ``wait``
+event: the exposed part of a split-phase operation. An in-flight span ends at its
+*observed* completion, so an operation that only moves in its wait (DaSGD with
+``progress = "none"``) still spans the compute before it: its overlap stays high and
+its blocked share shows the difference.
+
+Categories come from the run file's ``/kinds`` (:attr:`mpiml.io.Run.kinds`), never from
+lists of kind names; a kind the file does not list is counted in ``unknown_events`` and
+left out of the partition.
+
+**Per-step time.** As :func:`mpiml.plan.measure.measured_step_times`: a step's time
+runs from its first training (non-bookkeeping) event's start to the next step's, less
+the bookkeeping-exclusive time in between (evaluations, checkpoints); only consecutive
+steps count, not the last step and not a step that a resume started
+(``resumed_at_steps``).
+
+numpy only (the run object supplies the events).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "IN_FLIGHT",
+    "PEER_SENDS",
+    "PRIORITY",
+    "KindTotal",
+    "RankTimeline",
+    "Partition",
+    "rank_timeline",
+    "step_times",
+]
+
+PRIORITY = ("compute", "codec", "communication", "wait", "bookkeeping")
+"""The categories that partition a rank's wall time, highest priority first."""
+IN_FLIGHT = "in_flight"
+USEFUL = ("compute", "codec")  # local work: what hides communication, and POP's useful time
+PEER_SENDS = ("send", "push")
+"""Kinds whose ``nbytes`` went to ``peer``: a point-to-point message's ``send`` and async
+gossip's one-sided ``push`` (docs/run-file.md, Events)."""
+_LABELS = (*PRIORITY, IN_FLIGHT)
+
+
+@dataclass
+class KindTotal:
+    """One kind's events on one rank: how many, their summed duration (s, clipped to the
+    window) and summed ``nbytes``."""
+
+    count: int = 0
+    time: float = 0.0
+    nbytes: int = 0
+
+
+@dataclass
+class RankTimeline:
+    """What :func:`rank_timeline` found on one rank; times in seconds on the run clock.
+
+    ``exclusive[c]`` for c in :data:`PRIORITY` plus ``idle`` sum to ``wall``;
+    ``in_flight`` is the union of in-flight spans, ``hidden`` its part under compute or
+    codec, ``blocked`` its part under a wait (the exposed transfer). ``step_times``: seconds per step for the steps ``step_time_steps`` (see the
+    module's docstring). ``sent_to_peer``: {peer: bytes} from :data:`PEER_SENDS` events;
+    ``collective_bytes``: {kind: bytes} of peerless communication and in-flight events.
+    """
+
+    rank: int
+    n_events: int = 0
+    t_first: float = float("nan")
+    t_last: float = float("nan")
+    exclusive: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PRIORITY, 0.0))
+    idle: float = 0.0
+    in_flight: float = 0.0
+    hidden: float = 0.0
+    blocked: float = 0.0
+    kinds: dict[str, KindTotal] = field(default_factory=dict)
+    steps: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    step_times: np.ndarray = field(default_factory=lambda: np.empty(0))
+    step_time_steps: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    sent_to_peer: dict[int, int] = field(default_factory=dict)
+    collective_bytes: dict[str, int] = field(default_factory=dict)
+    unknown_events: int = 0
+    out_of_order: int = 0
+
+    @property
+    def wall(self) -> float:
+        """First event's start to last event's end (0 for a rank without events)."""
+        return float(self.t_last - self.t_first) if self.n_events else 0.0
+
+    @property
+    def useful(self) -> float:
+        """Compute + codec time (POP's useful time)."""
+        return sum(self.exclusive[c] for c in USEFUL)
+
+    @property
+    def overlap(self) -> float | None:
+        """hidden / in_flight, None without time in flight."""
+        return self.hidden / self.in_flight if self.in_flight > 0 else None
+
+    @property
+    def blocked_share(self) -> float | None:
+        """blocked / in_flight: the exposed part of communication, None without time in flight."""
+        return self.blocked / self.in_flight if self.in_flight > 0 else None
+
+    @property
+    def median_step_time(self) -> float | None:
+        return float(np.median(self.step_times)) if self.step_times.size else None
+
+
+class Partition:
+    """The streaming partition of time by labelled intervals (:data:`PRIORITY` and
+    in-flight), fed chunk by chunk with a non-decreasing frontier.
+
+    ``feed(intervals, frontier)``: ``intervals`` maps a label to (starts, ends) arrays;
+    every interval fed later starts at or after ``frontier``, so the coverage before it
+    is final and is measured now; the parts after it are carried, one interval per
+    label (all carried parts start at the frontier, so their union is one interval).
+    An interval that starts before the previous frontier (out of order) has its start
+    moved up to it and is counted in ``out_of_order``.
+    """
+
+    def __init__(self, start: float = -np.inf) -> None:
+        self.frontier = start  # time before it is accounted for; -inf: from the first interval
+        self.carry: dict[str, float] = {}  # label -> end of [frontier, end)
+        self.exclusive = dict.fromkeys(PRIORITY, 0.0)
+        self.idle = 0.0
+        self.in_flight = 0.0
+        self.hidden = 0.0
+        self.blocked = 0.0
+        self.out_of_order = 0
+        self._book: list[tuple[np.ndarray, np.ndarray]] = []  # bookkeeping-exclusive segments
+
+    def feed(self, intervals: Mapping[str, tuple[np.ndarray, np.ndarray]], frontier: float) -> None:
+        old = self.frontier
+        frontier = max(frontier, old)
+        spans: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        edges = [np.array([frontier])] if np.isfinite(frontier) else []
+        if np.isfinite(old):
+            edges.append(np.array([old]))
+        for label in _LABELS:
+            s, e = intervals.get(label, (np.empty(0), np.empty(0)))
+            if np.isfinite(old) and s.size:
+                early = s < old
+                self.out_of_order += int(np.count_nonzero(early))
+                s = np.maximum(s, old)
+            if label in self.carry:
+                s = np.append(s, old)
+                e = np.append(e, self.carry[label])
+            keep = e > s
+            s, e = s[keep], e[keep]
+            if not s.size:
+                self.carry.pop(label, None)
+                continue
+            end = float(e.max())
+            if end > frontier:
+                self.carry[label] = end
+            else:
+                self.carry.pop(label, None)
+            e = np.minimum(e, frontier)
+            keep = e > s
+            spans[label] = (s[keep], e[keep])
+            edges += [s[keep], e[keep]]
+        self.frontier = frontier
+        if not edges:
+            return
+        b = np.unique(np.concatenate(edges))
+        b = b[(b >= (old if np.isfinite(old) else -np.inf)) & (b <= frontier)]
+        if b.size < 2:
+            return
+        at, length = b[:-1], np.diff(b)
+        cover = {}
+        for label, (s, e) in spans.items():  # coverage counts: +1 at each start, -1 at each end
+            delta = np.bincount(np.searchsorted(b, s), minlength=b.size)
+            delta -= np.bincount(np.searchsorted(b, e), minlength=b.size)
+            cover[label] = np.cumsum(delta[:-1]) > 0
+        none = np.zeros(at.size, bool)
+        free = np.ones(at.size, bool)
+        for c in PRIORITY:
+            cov = cover.get(c, none)
+            mine = cov & free
+            self.exclusive[c] += float(length[mine].sum())
+            if c == "bookkeeping" and mine.any():
+                self._book.append((at[mine], at[mine] + length[mine]))
+            free &= ~cov
+        self.idle += float(length[free].sum())
+        fly = cover.get(IN_FLIGHT, none)
+        self.in_flight += float(length[fly].sum())
+        busy = cover.get("compute", none) | cover.get("codec", none)
+        self.hidden += float(length[fly & busy].sum())
+        self.blocked += float(length[fly & cover.get("wait", none)].sum())
+
+    def close(self, end: float) -> None:
+        """Measure what is carried, up to ``end`` (the rank's last event's end)."""
+        if self.carry or end > self.frontier:
+            self.feed({}, end)
+
+    def bookkeeping_segments(self) -> tuple[np.ndarray, np.ndarray]:
+        """The bookkeeping-exclusive time as sorted disjoint [start, end) segments."""
+        if not self._book:
+            return np.empty(0), np.empty(0)
+        return np.concatenate([s for s, _ in self._book]), np.concatenate([e for _, e in self._book])
+
+
+def _measure_before(starts: np.ndarray, ends: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Measure of the disjoint sorted segments [starts, ends) before each time in ``t``."""
+    if not starts.size:
+        return np.zeros(t.shape)
+    cum = np.concatenate([[0.0], np.cumsum(ends - starts)])
+    k = np.searchsorted(starts, t, "right")  # segments starting at or before t
+    last = np.maximum(k - 1, 0)
+    partial = np.clip(t - starts[last], 0.0, ends[last] - starts[last])
+    return np.where(k > 0, cum[last] + partial, 0.0)
+
+
+def step_times(
+    steps: np.ndarray,
+    first: np.ndarray,
+    excluded: tuple[np.ndarray, np.ndarray] = (np.empty(0), np.empty(0)),
+    resumed: Any = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds per step from each step's first training event's start.
+
+    ``steps`` (sorted, unique) and ``first`` (float64, same length): each step's first
+    training event's start. A step's time is ``first[i+1] - first[i]`` less the measure
+    of the ``excluded`` segments (sorted disjoint [start, end) arrays: bookkeeping)
+    inside it; only for consecutive steps whose next step was not started by a resume
+    (``resumed``: steps). Returns (steps, seconds).
+    """
+    if steps.size < 2:
+        return np.empty(0, np.int64), np.empty(0)
+    ok = (steps[1:] == steps[:-1] + 1) & ~np.isin(steps[1:], np.asarray(list(resumed), np.int64))
+    m = _measure_before(*excluded, first)
+    t = np.diff(first) - np.diff(m)
+    return steps[:-1][ok], t[ok]
+
+
+def rank_timeline(
+    run: Any,
+    rank: int,
+    *,
+    steps: tuple[int, int] | None = None,
+    time: tuple[float, float] | None = None,
+    chunk: int = 65536,
+) -> RankTimeline:
+    """Stream rank ``rank``'s events of ``run`` (a :func:`mpiml.io.load_run` result) and
+    account for its time (see the module's docstring).
+
+    ``steps``: half-open [a, b) on the 0-based step column; ``time``: (t0, t1) seconds on
+    the run clock, every interval clipped to it. Raises what the reader raises for a
+    rank file that cannot be read (OSError, KeyError).
+    """
+    kinds: Mapping[str, str] = run.kinds
+    out = RankTimeline(rank)
+    part = Partition()
+    firsts: list[tuple[np.ndarray, np.ndarray]] = []
+    seen: list[np.ndarray] = []
+    sent = np.zeros(0, np.int64)
+    per_kind = np.zeros((0, 3))  # per kind code: count, time, bytes
+    t_first, t_last = np.inf, -np.inf
+    label_of = {c: i for i, c in enumerate(_LABELS)}
+    book, fly, comm = label_of["bookkeeping"], label_of[IN_FLIGHT], label_of["communication"]
+    names = run.kind_names  # grows as the reader meets kinds; codes stay
+    fields = ("step", "kind", "t_start", "t_end", "nbytes", "peer")
+    for cols in run.iter_columns(rank, fields, steps=steps, time=time, chunk=chunk):
+        n = len(cols["step"])
+        if not n:
+            continue
+        s, e = cols["t_start"].astype(np.float64), cols["t_end"].astype(np.float64)
+        if time is not None:
+            s, e = np.clip(s, *time), np.clip(e, *time)
+        code, step, peer, nbytes = cols["kind"], cols["step"], cols["peer"], cols["nbytes"]
+        t_first, t_last = min(t_first, float(s.min())), max(t_last, float(e.max()))
+        out.n_events += n
+        # category of every kind code (-1: a kind the file's /kinds does not list)
+        cat_of = np.array([label_of.get(kinds.get(k, ""), -1) for k in names], np.int8)
+        cat = cat_of[code]
+        out.unknown_events += int(np.count_nonzero(cat < 0))
+        m = len(names)
+        if per_kind.shape[0] < m:
+            per_kind = np.vstack([per_kind, np.zeros((m - per_kind.shape[0], 3))])
+        per_kind[:m, 0] += np.bincount(code, minlength=m)
+        per_kind[:m, 1] += np.bincount(code, weights=e - s, minlength=m)
+        per_kind[:m, 2] += np.bincount(code, weights=nbytes, minlength=m)
+        if not np.isfinite(part.frontier):  # the accounting starts at the rank's first event
+            part.frontier = float(s.min())
+        mask = {c: cat == i for c, i in label_of.items()}
+        part.feed({c: (s[k], e[k]) for c, k in mask.items() if k.any()}, float(s.max()))
+        # steps seen and each step's first training event
+        seen.append(np.unique(step[step >= 0]))
+        train = (step >= 0) & (cat != book) & (cat >= 0)
+        if train.any():
+            st, ts = step[train], s[train]
+            if np.any(st[1:] < st[:-1]):
+                order = np.argsort(st, kind="stable")
+                st, ts = st[order], ts[order]
+            uniq, at = np.unique(st, return_index=True)
+            firsts.append((uniq, np.minimum.reduceat(ts, at)))
+        # bytes: to a peer, and of peerless collectives
+        sends = [i for i, k in enumerate(names) if k in PEER_SENDS]
+        to_peer = np.isin(code, sends) & (peer >= 0)
+        if to_peer.any():
+            add = np.bincount(peer[to_peer], weights=nbytes[to_peer]).astype(np.int64)
+            if add.size > sent.size:
+                sent = np.concatenate([sent, np.zeros(add.size - sent.size, np.int64)])
+            sent[: add.size] += add
+        coll = (peer < 0) & ((cat == comm) | (cat == fly)) & (nbytes > 0)
+        if coll.any():
+            cb = np.bincount(code[coll], weights=nbytes[coll], minlength=m)
+            for i in np.flatnonzero(cb):
+                out.collective_bytes[names[i]] = out.collective_bytes.get(names[i], 0) + int(cb[i])
+    if not out.n_events:
+        return out
+    out.kinds = {
+        names[i]: KindTotal(int(c), float(t), int(b)) for i, (c, t, b) in enumerate(per_kind) if c > 0
+    }
+    part.close(t_last)
+    out.t_first, out.t_last = t_first, t_last
+    out.exclusive, out.idle = part.exclusive, part.idle
+    out.in_flight, out.hidden, out.out_of_order = part.in_flight, part.hidden, part.out_of_order
+    out.blocked = part.blocked
+    out.steps = np.unique(np.concatenate(seen)) if seen else out.steps
+    out.sent_to_peer = {int(p): int(b) for p, b in enumerate(sent) if b}
+    if firsts:
+        st = np.concatenate([u for u, _ in firsts])
+        ts = np.concatenate([f for _, f in firsts])
+        uniq, inv = np.unique(st, return_inverse=True)
+        first = np.full(uniq.size, np.inf)
+        np.minimum.at(first, inv, ts)
+        resumed = np.atleast_1d(run.attrs.get("resumed_at_steps", []))
+        out.step_time_steps, out.step_times = step_times(uniq, first, part.bookkeeping_segments(), resumed)
+    return out

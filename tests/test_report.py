@@ -1,0 +1,377 @@
+"""``mpiml report``: the streaming time partition against a brute-force oracle, its parts
+summing to wall on real runs, the communication matrix against h5py, late sender on a
+hand-made run, overlap, damaged runs, the renderers and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mpiml.algorithms  # noqa: F401  (registers the kinds the hand-made runs use)
+import mpiml.protocols  # noqa: F401
+from mpiml.io.runfile import RankFile, RunFile, rank_file_name
+from mpiml.report.analysis import build_report, load
+from mpiml.report.timeline import IN_FLIGHT, PRIORITY, rank_timeline
+from mpiml.testing import launch_env, run_ranks
+from mpiml.trace import EVENT_DTYPE
+
+TIMEOUT = 120
+MPIML = [sys.executable, "-m", "mpiml.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "runs"
+STEPS = ["--set", "run.steps=36", "--set", "run.eval_every=12"]
+
+JOBS = {  # name: (ranks, job file or None, extra --set)
+    "sgd": (2, None, ["algorithm.name=sgd"]),
+    "dasgd": (2, None, ["algorithm.name=dasgd"]),
+    "dpsgd": (3, "examples/dpsgd_ring.toml", []),
+    "async_gossip": (3, "examples/async_gossip_ring.toml", []),
+    # rank 1's compute stretched 10x ([straggler]); local steps between averages let it fall behind
+    "straggler": (
+        2,
+        None,
+        ["algorithm.name=local_sgd", "algorithm.tau=8", "straggler.ranks=[1]", "straggler.factor=10.0"],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One small real run of each algorithm, made once for the module."""
+    out = tmp_path_factory.mktemp("report_runs")
+    made = {}
+    for name, (n, job, sets) in JOBS.items():
+        args = [*MPIML, "train", *([str(ROOT / job)] if job else []), *STEPS, "--set", f"run.name={name}"]
+        args += [a for s in sets for a in ("--set", s)]
+        res = run_ranks(n, [*args, "--out", str(out)], TIMEOUT, cwd=str(out))
+        assert not res.timed_out and res.returncode == 0, res.stderr[-2000:]
+        made[name] = out / name
+    return made
+
+
+def _report(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MPIML, "report", *args], capture_output=True, text=True, timeout=TIMEOUT, env=launch_env()
+    )
+
+
+# --- the partition against a brute-force oracle -------------------------------------------
+
+
+class _FakeRun:
+    """The reader's chunked interface (``iter_columns``, ``kind_names``) over events in
+    memory, so that hypothesis can try hundreds of event sets without writing files."""
+
+    def __init__(self, events: np.ndarray, kinds: dict[str, str]) -> None:
+        self._ev, self.kinds, self.attrs = events, kinds, {}
+        self.kind_names = list(kinds)
+
+    def iter_columns(self, rank, fields, *, steps=None, time=None, chunk=65536):  # noqa: ANN001, ANN202
+        ev = self._ev
+        if time is not None:
+            ev = ev[(ev["t_end"] >= time[0]) & (ev["t_start"] < time[1])]
+        for i in range(0, len(ev), chunk):
+            part = ev[i : i + chunk]
+            codes = np.array([self.kind_names.index(k) for k in part["kind"]], np.int32)
+            yield {f: codes if f == "kind" else part[f] for f in fields}
+
+
+KIND_OF = {
+    "c": "compute",
+    "k": "codec",
+    "m": "communication",
+    "w": "wait",
+    "b": "bookkeeping",
+    "f": IN_FLIGHT,
+}
+
+interval = st.tuples(
+    st.sampled_from(sorted(KIND_OF)),
+    st.integers(0, 40),
+    st.integers(0, 15),
+)
+
+
+def _events(spec: list[tuple[str, int, int]]) -> np.ndarray:
+    rows = sorted(spec, key=lambda x: x[1])
+    ev = np.zeros(len(rows), dtype=[(n, "U32" if n == "kind" else EVENT_DTYPE[n]) for n in EVENT_DTYPE.names])
+    for i, (k, s, d) in enumerate(rows):
+        ev[i] = (i, k, s * 0.25, (s + d) * 0.25, 0, -1, -1)
+    return ev
+
+
+def _oracle(ev: np.ndarray, time: tuple[float, float] | None) -> dict[str, float]:
+    """Per elementary segment, in plain Python: which categories cover its midpoint."""
+    s, e = ev["t_start"].tolist(), ev["t_end"].tolist()
+    if time is not None:
+        s = [min(max(x, time[0]), time[1]) for x in s]
+        e = [min(max(x, time[0]), time[1]) for x in e]
+    cats = [KIND_OF[k] for k in ev["kind"]]
+    edges = sorted(set(s) | set(e))
+    out = dict.fromkeys([*PRIORITY, "idle", "in_flight", "hidden"], 0.0)
+    lo, hi = min(s), max(e)
+    for a, b in zip(edges, edges[1:], strict=False):
+        if a < lo or b > hi:
+            continue
+        mid = (a + b) / 2
+        on = {c for c, x, y in zip(cats, s, e, strict=True) if x <= mid < y}
+        first = next((c for c in PRIORITY if c in on), "idle")
+        out[first] += b - a
+        if IN_FLIGHT in on:
+            out["in_flight"] += b - a
+            if on & {"compute", "codec"}:
+                out["hidden"] += b - a
+    out["wall"] = hi - lo
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(interval, min_size=1, max_size=30),
+    st.integers(1, 7),
+    st.one_of(st.none(), st.tuples(st.integers(0, 20), st.integers(1, 30))),
+)
+def test_partition_matches_brute_force(spec, chunk, window) -> None:  # noqa: ANN001
+    ev = _events(spec)
+    time = None if window is None else (window[0] * 0.25, (window[0] + window[1]) * 0.25)
+    if time is not None:
+        ev = ev[(ev["t_end"] >= time[0]) & (ev["t_start"] < time[1])]
+        if not len(ev):
+            return
+    t = rank_timeline(_FakeRun(ev, KIND_OF), 0, time=time, chunk=chunk)
+    want = _oracle(ev, time)
+    for c in PRIORITY:
+        assert t.exclusive[c] == pytest.approx(want[c], abs=1e-9), c
+    assert t.idle == pytest.approx(want["idle"], abs=1e-9)
+    assert t.in_flight == pytest.approx(want["in_flight"], abs=1e-9)
+    assert t.hidden == pytest.approx(want["hidden"], abs=1e-9)
+    assert t.wall == pytest.approx(want["wall"], abs=1e-9)
+
+
+# --- real runs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(JOBS))
+def test_parts_and_untraced_sum_to_wall(runs: dict[str, Path], name: str) -> None:
+    run = load(runs[name])
+    for r in run.ranks if not callable(getattr(run, "ranks", None)) and hasattr(run, "ranks") else run.events:
+        t = rank_timeline(run, r)
+        small = rank_timeline(run, r, chunk=5)  # streaming: the result does not depend on the chunk
+        assert t.wall > 0
+        assert sum(t.exclusive.values()) + t.idle == pytest.approx(t.wall, rel=1e-9)
+        assert t.idle >= 0 and 0 <= t.hidden <= t.in_flight + 1e-12
+        assert small.idle == pytest.approx(t.idle, rel=1e-9, abs=1e-12)
+        assert small.in_flight == pytest.approx(t.in_flight, rel=1e-9, abs=1e-12)
+        assert len(t.step_times) == 35  # 36 steps: 35 intervals between first events
+    res = _report(str(runs[name]))
+    assert res.returncode == 0, res.stderr
+    assert "idle" in res.stdout and "Time per rank and role" in res.stdout
+
+
+@pytest.mark.parametrize("name", ["dpsgd", "async_gossip"])
+def test_comm_matrix_equals_traced_bytes(runs: dict[str, Path], name: str) -> None:
+    want: dict[str, dict[str, int]] = {}
+    with h5py.File(runs[name] / "run.h5", "r") as f:
+        for r in f["ranks"]:
+            ev = f[f"ranks/{r}/events"][()]
+            sends = np.isin(ev["kind"], [b"send", b"push"])
+            for p, b in zip(ev["peer"][sends], ev["nbytes"][sends], strict=True):
+                want.setdefault(r, {}).setdefault(str(p), 0)
+                want[r][str(p)] += int(b)
+    assert want, "the run traced no bytes to peers"
+    doc = json.loads(_report(str(runs[name]), "--json").stdout)
+    (sec,) = [s for s in doc["runs"][0]["sections"] if s["key"] == "comm_matrix"]
+    assert sec["data"]["matrix"] == want
+    row = {str(r[0]): r[-1] for r in sec["rows"]}
+    assert row == {r: sum(v.values()) for r, v in want.items()}
+
+
+def test_sections_apply_only_where_they_do(runs: dict[str, Path]) -> None:
+    keys = {name: {s.key for s in build_report(load(path)).sections} for name, path in runs.items()}
+    assert {"summary", "time", "pop", "stragglers", "kinds"} <= keys["sgd"]
+    assert "late_sender" not in keys["sgd"] and "comm_matrix" not in keys["sgd"]
+    assert {"late_sender", "late_sender_pairs", "comm_matrix"} <= keys["dpsgd"]
+    assert "comm_matrix" in keys["async_gossip"] and "late_sender" not in keys["async_gossip"]
+
+
+def test_json_and_markdown(runs: dict[str, Path]) -> None:
+    res = _report(str(runs["sgd"]), str(runs["dpsgd"]), "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert [Path(r["path"]).parent.name for r in doc["runs"]] == ["sgd", "dpsgd"]
+    assert all(r["missing"] == [] for r in doc["runs"])
+    md = _report(str(runs["sgd"]), str(runs["dpsgd"]), "--markdown")
+    assert md.returncode == 0, md.stderr
+    lines = md.stdout.splitlines()
+    assert "|   | run 1 | run 2 |" in lines  # the summary: one column per run
+    assert any(line.startswith("|---") for line in lines)
+    assert "### Time per rank and role (seconds)" in lines
+
+
+def test_plots_are_written(runs: dict[str, Path], tmp_path: Path) -> None:
+    res = _report(str(runs["dpsgd"]), "--plots", str(tmp_path / "fig"))
+    assert res.returncode == 0, res.stderr
+    assert {"metrics.png", "timeline.png", "comm_matrix.png"} <= {
+        p.name for p in (tmp_path / "fig").iterdir()
+    }
+
+
+def test_windows_cut_and_clip(runs: dict[str, Path]) -> None:
+    doc = json.loads(_report(str(runs["dpsgd"]), "--json", "--steps", "10:20").stdout)
+    (summary,) = [s for s in doc["runs"][0]["sections"] if s["key"] == "summary"]
+    assert ["steps", "10 (steps 10..19, 0-based)"] in summary["rows"]
+    run = load(runs["dpsgd"])
+    whole = rank_timeline(run, 0)
+    a = whole.t_first + 0.25 * whole.wall
+    b = a + 0.5 * whole.wall
+    for r in (0, 1, 2):
+        t = rank_timeline(run, r, time=(a, b))
+        assert a <= t.t_first and t.t_last <= b
+        assert sum(t.exclusive.values()) + t.idle == pytest.approx(t.wall, rel=1e-9)
+
+
+def test_the_slowed_rank_is_the_straggler(runs: dict[str, Path]) -> None:
+    (sec,) = [s for s in build_report(load(runs["straggler"])).sections if s.key == "stragglers"]
+    assert [row[0] for row in sec.rows] == [1]
+    assert any("rank 1: 36 slowed steps, mean x10.00" in n for n in sec.notes)
+
+
+def test_straggler_threshold_flags_the_slow_rank(runs: dict[str, Path]) -> None:
+    rep = build_report(load(runs["dpsgd"]), straggler_threshold=-1.0)  # every rank above "-100 %"
+    (sec,) = [s for s in rep.sections if s.key == "stragglers"]
+    assert [row[0] for row in sec.rows] == [0, 1, 2]
+    rep = build_report(load(runs["dpsgd"]), straggler_threshold=100.0)
+    (sec,) = [s for s in rep.sections if s.key == "stragglers"]
+    assert sec.rows == [] and "No straggler" in sec.notes[0]
+
+
+# --- hand-made runs ------------------------------------------------------------------------
+
+
+def _write_run(folder: Path, events: dict[int, list[tuple]]) -> Path:
+    """A schema-2 run file written with mpiml's own writers, events as given."""
+    folder.mkdir(parents=True)
+    rf = RunFile(folder, len(events), {"config": "{}", "algorithm": "handmade"}, None)
+    for r, rows in events.items():
+        f = RankFile(folder, r, 0.0, None)
+        f.append_events(
+            np.array([(s, k.encode(), a, b, n, p, m) for s, k, a, b, n, p, m in rows], EVENT_DTYPE)
+        )
+        f.close()
+    rf.close()
+    return folder
+
+
+def test_late_sender_on_a_hand_made_run(tmp_path: Path) -> None:
+    # rank 0 sends to rank 1: message 0 posted 0.8 s after its receive (late 0.8 s),
+    # message 1 before it (not late), message 2 posted 0.5 s late but the receive took
+    # only 0.2 s (late 0.2 s: bounded by the receive's duration)
+    run = _write_run(
+        tmp_path / "ls",
+        {
+            0: [
+                (0, "send", 1.0, 1.5, 8, 1, 0),
+                (1, "send", 2.0, 2.1, 8, 1, 1),
+                (2, "send", 3.0, 3.1, 8, 1, 2),
+            ],
+            1: [
+                (0, "recv", 0.2, 1.6, 8, 0, 0),
+                (1, "recv", 2.05, 2.2, 8, 0, 1),
+                (2, "recv", 2.5, 2.7, 8, 0, 2),
+            ],
+        },
+    )
+    rep = build_report(load(run))
+    (per_rank,) = [s for s in rep.sections if s.key == "late_sender"]
+    assert per_rank.rows == [[1, 3, 2, pytest.approx(1.0), pytest.approx(0.8)]]
+    (pairs,) = [s for s in rep.sections if s.key == "late_sender_pairs"]
+    assert pairs.rows == [[0, 1, 3, 2, pytest.approx(1.0), pytest.approx(0.8)]]
+
+
+def _dasgd_like(folder: Path, hidden: bool) -> Path:
+    """Two ranks; an iallreduce in flight for each of 10 steps, under compute (hidden)
+    or waited for after the compute (not hidden: progress = none over a slow link)."""
+    rows: list[tuple] = []
+    for k in range(10):
+        t = k * 1.0
+        rows.append((k, "compute", t, t + 0.5, 0, -1, -1))
+        if hidden:
+            rows.append((k, "iallreduce", t + 0.05, t + 0.45, 64, -1, -1))
+        else:
+            rows.append((k, "iallreduce", t + 0.45, t + 0.95, 64, -1, -1))
+            rows.append((k, "wait", t + 0.5, t + 0.95, 0, -1, -1))
+    rows.sort(key=lambda x: x[2])
+    return _write_run(folder, {0: rows, 1: rows})
+
+
+def _shares(path: Path) -> tuple[float, float]:
+    """(overlap, blocked share) over both ranks: hidden / in flight, under-a-wait / in flight."""
+    run = load(path)
+    tl = [rank_timeline(run, r) for r in (0, 1)]
+    fly = sum(t.in_flight for t in tl)
+    return sum(t.hidden for t in tl) / fly, sum(t.blocked for t in tl) / fly
+
+
+def test_overlap_and_blocked_share_of_dasgd(tmp_path: Path) -> None:
+    high, low = FIXTURES / "dasgd_overlap_high", FIXTURES / "dasgd_progress_none"
+    if (high / "run.h5").exists() and (low / "run.h5").exists():
+        # recorded over a 1 Gbit/s shaped link (tests/fixtures/runs/README.md): a span ends at
+        # its observed completion, so both overlap ~0.6; without progress ~a fifth is blocked
+        (o_high, b_high), (o_low, b_low) = _shares(high), _shares(low)
+        assert o_high == pytest.approx(0.64, abs=0.01) and o_low == pytest.approx(0.61, abs=0.01)
+        assert b_high < 0.01 and b_low > 0.15
+    else:  # the recorded fixtures are not in this tree: hand-made runs of the same two shapes
+        high, low = _dasgd_like(tmp_path / "high", True), _dasgd_like(tmp_path / "low", False)
+        assert _shares(high) == (pytest.approx(1.0), pytest.approx(0.0))
+        assert _shares(low) == (pytest.approx(0.1), pytest.approx(0.9))
+
+
+# --- damaged runs and bad paths --------------------------------------------------------------
+
+
+def test_damaged_run_reports_what_is_there(runs: dict[str, Path], tmp_path: Path) -> None:
+    run = tmp_path / "damaged"
+    shutil.copytree(runs["dpsgd"], run)
+    (run / rank_file_name(2)).unlink()
+    victim = run / rank_file_name(1)
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])  # truncated: a kill during a write
+    res = _report(str(run))
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    assert "missing: rank 2: file missing" in res.stdout
+    assert "missing: rank 1: unreadable:" in res.stdout
+    assert "Time per rank and role" in res.stdout  # rank 0 is reported
+    doc = json.loads(_report(str(run), "--json").stdout)
+    assert doc["runs"][0]["missing"][0] == "rank 2: file missing"
+
+
+def test_not_a_run_file_is_one_line_and_status_2(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    for path in (junk, tmp_path / "nowhere"):
+        res = _report(str(path))
+        assert res.returncode == 2
+        assert len(res.stderr.strip().splitlines()) == 1 and "not a readable mpiml run file" in res.stderr
+
+
+def test_a_message_is_paired_whatever_comes_after_it(tmp_path: Path) -> None:
+    # rank 1 sends rank 0 a message every 0.5 s for 5 s; each is received right away
+    run = _write_run(
+        tmp_path / "pair",
+        {
+            0: [(k, "recv", 0.5 * k + 0.05, 0.5 * k + 0.1, 8, 1, k) for k in range(10)],
+            1: [(k, "send", 0.5 * k, 0.5 * k + 0.1, 8, 0, k) for k in range(10)],
+        },
+    )
+    (sec,) = [s for s in build_report(load(run)).sections if s.key == "late_sender"]
+    assert sec.rows == [[0, 10, 0, 0.0, 0.0]]

@@ -304,3 +304,22 @@ def test_resumed_run_pairs_messages_within_segments(
     assert len(ends) == n_sends == 40
     for send, recv in ends.values():
         assert send["args"]["step"] == recv["args"]["step"]  # the same round, not the same id a segment later
+
+
+def test_lanes_assigned_by_chunk_equal_first_fit_one_event_at_a_time() -> None:
+    from mpiml.report.export.tracks import GROUPS, Lanes
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 60))
+        g = rng.integers(0, 3, n)
+        s = np.sort(rng.uniform(0, 10, n))
+        e = s + rng.exponential(rng.choice([0.01, 0.3, 2.0]), n)
+        one, chunked = Lanes(), Lanes()
+        want = [one.place(GROUPS[int(gi)], float(si), float(ei)) for gi, si, ei in zip(g, s, e, strict=True)]
+        got: list[tuple[int, bool]] = []
+        cuts = sorted({0, n, *rng.integers(0, n, 3).tolist()})
+        for a, b in zip(cuts, cuts[1:], strict=False):
+            lanes, opens = chunked.assign(g[a:b], s[a:b], e[a:b])
+            got += list(zip(lanes, opens, strict=True))
+        assert got == want

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .tracks import GROUPS, Lanes, group_of, track_name
+from .tracks import GROUPS, Lanes, groups_of, track_name
 from .window import WRITE_CHUNK, Scan, Window, rank_events
 
 __all__ = ["write_chrome"]
@@ -75,12 +75,13 @@ def write_chrome(run: Any, ranks: Sequence[int], window: Window, found: Scan, fh
         for chunk in rank_events(run, r, window, WRITE_CHUNK):
             sends, flows = found.flows(chunk, r)
             text: list[str] = []
-            for (step, kind, t0, t1, nbytes, peer, msg), is_send, fid in zip(
-                chunk.tolist(), sends, flows, strict=True
+            codes = groups_of(chunk, run.kinds)
+            lane_of, opens = lanes.assign(codes, chunk["t_start"], chunk["t_end"])
+            for (step, kind, t0, t1, nbytes, peer, msg), is_send, fid, g, lane, new in zip(
+                chunk.tolist(), sends, flows, codes.tolist(), lane_of, opens, strict=True
             ):
-                group = group_of(kind, msg, run.kinds)
-                lane, new = lanes.place(group, t0, t1)
-                tid = 100 * GROUPS.index(group) + lane
+                group = GROUPS[g]
+                tid = 100 * g + lane
                 if new:
                     name = {"name": track_name(group, lane)}
                     meta = {"ph": "M", "pid": r, "tid": tid}

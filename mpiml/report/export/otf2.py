@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .tracks import Lanes, group_of, track_name
+from .tracks import GROUPS, Lanes, groups_of, track_name
 from .window import WRITE_CHUNK, Scan, Window, rank_events
 
 __all__ = ["write_otf2"]
@@ -71,11 +71,12 @@ def write_otf2(run: Any, ranks: Sequence[int], window: Window, found: Scan, out:
             order = 0
             for chunk in rank_events(run, r, window, WRITE_CHUNK):
                 sends, flows = found.flows(chunk, r)
-                for (_step, kind, t0, t1, nbytes, peer, msg), is_send, fid in zip(
-                    chunk.tolist(), sends, flows, strict=True
+                codes = groups_of(chunk, run.kinds)
+                lane_of, opens = lanes.assign(codes, chunk["t_start"], chunk["t_end"])
+                for (_step, kind, t0, t1, nbytes, peer, _msg), is_send, fid, g, lane, new in zip(
+                    chunk.tolist(), sends, flows, codes.tolist(), lane_of, opens, strict=True
                 ):
-                    group = group_of(kind, msg, run.kinds)
-                    lane, new = lanes.place(group, t0, t1)
+                    group = GROUPS[g]
                     if new:
                         writers[group, lane] = archive.event_writer(track_name(group, lane), group=groups[r])
                     w = writers[group, lane]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import IO, Any
 
-from .tracks import GROUPS, Lanes, group_of, track_name
+from .tracks import GROUPS, Lanes, groups_of, track_name
 from .window import WRITE_CHUNK, Scan, Window, rank_events
 
 __all__ = ["BATCH", "write_perfetto"]
@@ -62,19 +62,20 @@ def write_perfetto(run: Any, ranks: Sequence[int], window: Window, found: Scan, 
         lanes = Lanes()
         for chunk in rank_events(run, r, window, WRITE_CHUNK):
             sends, flows = found.flows(chunk, r)
-            for (step, kind, t0, t1, nbytes, peer, msg), is_send, fid in zip(
-                chunk.tolist(), sends, flows, strict=True
+            codes = groups_of(chunk, run.kinds)
+            lane_of, opens = lanes.assign(codes, chunk["t_start"], chunk["t_end"])
+            for (step, kind, t0, t1, nbytes, peer, msg), is_send, fid, g, lane, new in zip(
+                chunk.tolist(), sends, flows, codes.tolist(), lane_of, opens, strict=True
             ):
-                group = group_of(kind, msg, run.kinds)
-                lane, new = lanes.place(group, t0, t1)
-                uuid = proc_uuid + 64 * GROUPS.index(group) + lane + 1
+                group = GROUPS[g]
+                uuid = proc_uuid + 64 * g + lane + 1
                 if new:
                     d = trace.packet.add()
                     d.trusted_packet_sequence_id = seq
                     d.track_descriptor.uuid = uuid
                     d.track_descriptor.parent_uuid = proc_uuid
                     d.track_descriptor.name = track_name(group, lane)
-                    d.track_descriptor.sibling_order_rank = 64 * GROUPS.index(group) + lane
+                    d.track_descriptor.sibling_order_rank = 64 * g + lane
                 b = trace.packet.add()
                 b.timestamp = _ns(t0, t_zero)
                 b.trusted_packet_sequence_id = seq

@@ -11,7 +11,9 @@ partly overlapping slices; OTF2 needs Enter/Leave nested and monotone per locati
 
 from __future__ import annotations
 
-__all__ = ["GROUPS", "Lanes", "group_of"]
+import numpy as np
+
+__all__ = ["GROUPS", "Lanes", "group_of", "groups_of"]
 
 # display order of the groups of one rank
 GROUPS: tuple[str, ...] = (
@@ -37,22 +39,73 @@ def group_of(kind: str, msg: int, kinds: dict[str, str]) -> str:
     return category if category in GROUPS else "other"
 
 
+def groups_of(chunk: np.ndarray, kinds: dict[str, str]) -> np.ndarray:
+    """:func:`group_of` of every row of ``chunk`` (READ_DTYPE rows) as an index into
+    :data:`GROUPS` (int64), computed once per kind, not per row."""
+    names, inverse = np.unique(chunk["kind"], return_inverse=True)
+    by_kind = np.array([GROUPS.index(group_of(str(k), -1, kinds)) for k in names], np.int64)
+    out = by_kind[inverse] if len(names) else np.zeros(len(chunk), np.int64)
+    kind = chunk["kind"]
+    message = (chunk["msg"] >= 0) & np.isin(kind, MESSAGES)
+    out[message & (kind == "send")] = GROUPS.index("send")
+    out[message & (kind == "recv")] = GROUPS.index("recv")
+    return out
+
+
 class Lanes:
-    """Lane allocation for one rank: ``place(group, t_start, t_end)`` -> (lane, new), the
-    lane index within the group and whether that lane was just opened. Memory: one
-    float per lane."""
+    """Lane allocation for one rank, first fit: an event takes the first lane of its
+    group whose last event has ended. :meth:`place` one event, :meth:`assign` a chunk;
+    each says whether the lane is new (its track must be announced). Memory: one float
+    per lane."""
 
     def __init__(self) -> None:
         self._ends: dict[str, list[float]] = {}
+        self._opened: dict[str, int] = {}  # lanes announced per group
+
+    def _open(self, group: str, lane: int) -> bool:
+        if lane < self._opened.get(group, 0):
+            return False
+        self._opened[group] = lane + 1
+        return True
 
     def place(self, group: str, t_start: float, t_end: float) -> tuple[int, bool]:
+        """(lane, new) of one event."""
         ends = self._ends.setdefault(group, [])
         for i, end in enumerate(ends):
             if t_start >= end:
                 ends[i] = max(end, t_end)
-                return i, False
+                return i, self._open(group, i)
         ends.append(t_end)
-        return len(ends) - 1, True
+        return len(ends) - 1, self._open(group, len(ends) - 1)
+
+    def assign(self, groups: np.ndarray, t0: np.ndarray, t1: np.ndarray) -> tuple[list[int], list[bool]]:
+        """:meth:`place` of every row (``groups``: indices into :data:`GROUPS`; rows in
+        start order), vectorised: a row that starts once every earlier row of its group
+        has ended takes lane 0 and leaves every other lane free (what first fit does
+        then), so only rows that overlap an earlier one are placed one by one."""
+        lane = np.zeros(len(groups), np.int64)
+        new = np.zeros(len(groups), bool)
+        for g in np.unique(groups).tolist():
+            name = GROUPS[g]
+            idx = np.flatnonzero(groups == g)
+            s, e = t0[idx], t1[idx]
+            ends = self._ends.setdefault(name, [])
+            reach = np.maximum.accumulate(np.concatenate([[max(ends, default=-np.inf)], e]))[:-1]
+            free = s >= reach
+            last_free = np.maximum.accumulate(np.where(free, np.arange(len(idx)), -1))
+            if free[0]:
+                new[idx[0]] = self._open(name, 0)
+            seen = -1
+            for j in np.flatnonzero(~free).tolist():
+                k = int(last_free[j])
+                if k >= 0 and k != seen:  # a free row came since: lanes are [its end]
+                    ends[:] = [float(e[k])]
+                    seen = k
+                lane[idx[j]], new[idx[j]] = self.place(name, float(s[j]), float(e[j]))
+            k = int(last_free[-1])
+            if k >= 0 and k != seen and not (~free[k:]).any():
+                ends[:] = [float(e[k])]
+        return lane.tolist(), new.tolist()
 
 
 def track_name(group: str, lane: int) -> str:

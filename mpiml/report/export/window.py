@@ -155,7 +155,11 @@ class Scan:
         """Per row of ``chunk`` (rank ``rank``'s events): whether it is a send, and its
         flow id when it is a message with both ends in the window, else 0."""
         send, ids = message_ids(chunk, rank, self.resumed, self.world)
-        ids[~np.isin(ids, self.paired)] = 0
+        if len(self.paired):  # sorted: a binary search per row, not a hash of all of them per chunk
+            at = np.minimum(np.searchsorted(self.paired, ids), len(self.paired) - 1)
+            ids[self.paired[at] != ids] = 0
+        else:
+            ids[:] = 0
         return send.tolist(), ids.tolist()
 
 

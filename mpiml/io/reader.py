@@ -723,7 +723,11 @@ def _pair(ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     same (key, msg) make one message."""
     if len(ends) < 2:
         return ends, np.zeros(0, MESSAGE_DTYPE)
-    order = np.lexsort((ends["side"], ends["msg"], ends["key"]))
+    span = int(ends["msg"].max()) + 1
+    if int(ends["key"].max()) < (1 << 61) // span:  # one int64 sort key: (key, msg, side)
+        order = np.argsort((ends["key"] * span + ends["msg"]) * 2 + ends["side"], kind="stable")
+    else:
+        order = np.lexsort((ends["side"], ends["msg"], ends["key"]))
     e = ends[order]
     same = (e["key"][1:] == e["key"][:-1]) & (e["msg"][1:] == e["msg"][:-1])
     match = same & (e["side"][:-1] == 0) & (e["side"][1:] == 1)

@@ -190,20 +190,24 @@ def test_line_panels_break_at_non_finite_points_and_dash_bounds(tmp_path: Path) 
 # ---------------------------------------------------------------- write_plots, no matplotlib
 
 
+METRICS = ["metrics.png", "metrics-time.png", "metrics-bytes.png"]  # against step, time, bytes
+
+
 def test_write_plots_writes_the_files_that_apply(run: Any, tmp_path: Path) -> None:
     sections = [
         Section("comm_matrix", "Bytes", data={"matrix": [[0, 10], [20, 0]], "ranks": [0, 1]}),
         Section("staleness", "Staleness", data={"histogram": {"values": [0, 1], "counts": [3, 4]}}),
     ]
     out = plots.write_plots([run], [sections], tmp_path / "all")
-    assert [p.name for p in out] == ["metrics.png", "timeline.png", "comm_matrix.png", "staleness.png"]
+    assert [p.name for p in out] == [*METRICS, "timeline.png", "comm_matrix.png", "staleness.png"]
     assert all(png_size(p) for p in out)
     # the report's own form of the matrix: {"src": {"dst": bytes}}
     nested = Section("comm_matrix", "Bytes", data={"matrix": {"0": {"1": 10, "2": 5}, "1": {"0": 20}}})
     figs = plots.write_plots([run], [[nested]], tmp_path / "nested")
-    assert [p.name for p in figs] == ["metrics.png", "timeline.png", "comm_matrix.png"]
+    assert [p.name for p in figs] == [*METRICS, "timeline.png", "comm_matrix.png"]
     out = plots.write_plots([run], [[]], tmp_path / "some")
-    assert sorted(p.name for p in (tmp_path / "some").iterdir()) == ["metrics.png", "timeline.png"]
+    some = sorted(p.name for p in (tmp_path / "some").iterdir())
+    assert some == ["metrics-bytes.png", "metrics-time.png", "metrics.png", "timeline.png"]
     (tmp_path / "bare").mkdir()
     bare = RunFile(tmp_path / "bare", 2, {"config": "{}"}, None)  # no metrics, no rank file
     bare.close()
@@ -211,7 +215,7 @@ def test_write_plots_writes_the_files_that_apply(run: Any, tmp_path: Path) -> No
         bare_run = load_run(tmp_path / "bare")
     assert plots.write_plots([bare_run], [[]], tmp_path / "none") == []
     two = plots.write_plots([run, synthetic(tmp_path / "b", messages=True)], [[], []], tmp_path / "two")
-    assert [p.name for p in two] == ["metrics.png", "timeline-1-default.png", "timeline-2-b.png"]
+    assert [p.name for p in two] == [*METRICS, "timeline-1-default.png", "timeline-2-b.png"]
 
 
 def test_without_matplotlib_a_plot_says_which_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

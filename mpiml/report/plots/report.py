@@ -1,7 +1,9 @@
 """``mpiml report --plots DIR``: the PNGs of a report, those that apply to its runs.
 
-- ``metrics.png``: loss and accuracy against step, every run's lines together
-  (:func:`~mpiml.report.plots.runs.metric_curves`), when some run has either metric;
+- ``metrics.png``, ``metrics-time.png``, ``metrics-bytes.png``: loss and accuracy against
+  step, wall time (s) and bytes sent (when every run has ``bytes_sent``), every run's
+  lines together (:func:`~mpiml.report.plots.runs.metric_curves`), when some run has
+  either metric;
 - ``timeline.png``: the per-rank Gantt chart of the default window
   (:func:`~mpiml.report.plots.timeline.timeline`), when the run has events;
 - ``comm_matrix.png``: from the report's ``comm_matrix`` section: its ``data["matrix"]``,
@@ -82,6 +84,9 @@ def write_plots(runs: Sequence[Run], reports: Sequence[Sequence[Any]], out_dir: 
     written: list[Path] = []
     if any(m in r.metrics and len(r.metrics[m]) for r in runs for m in ("loss", "accuracy")):
         written.append(metric_curves(list(runs), out / "metrics.png"))
+        written.append(metric_curves(list(runs), out / "metrics-time.png", x="time"))
+        if all("bytes_sent" in r.metrics and len(r.metrics["bytes_sent"]) for r in runs):
+            written.append(metric_curves(list(runs), out / "metrics-bytes.png", x="bytes"))
     for i, (run, sections) in enumerate(zip(runs, reports, strict=True), start=1):
         tag = "" if len(runs) == 1 else f"-{i}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', run_name(run))}"
         if ranks_of(run) and _has_events(run):

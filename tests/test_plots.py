@@ -142,8 +142,8 @@ def test_a_run_without_messages_draws_no_arrows(tmp_path: Path) -> None:
     fig = plots.timeline_figure(synthetic(tmp_path / "e", messages=True), time=(0.0, 0.1))
     assert len(arrows(fig)) == 2  # step 0's pair only
     assert png_size(plots.timeline(quiet, tmp_path / "c.png")) == (800, 300)
-    with pytest.raises(ValueError, match="not both"):
-        plots.timeline_figure(quiet, steps=(0, 1), time=(0.0, 1.0))
+    both = plots.timeline_figure(synthetic(tmp_path / "f", messages=True), steps=(1, 3), time=(0.0, 0.2))
+    assert len(arrows(both)) == 2  # the events in both windows: step 1's pair only
 
 
 # ---------------------------------------------------------------- matrix and histogram
@@ -225,3 +225,45 @@ def test_without_matplotlib_a_plot_says_which_extra(monkeypatch: pytest.MonkeyPa
     ):
         plots.histogram([1, 2], tmp_path / "h.png")
     assert not (tmp_path / "h.png").exists()
+
+
+# ---------------------------------------------------------------- review fixes (issue 15)
+
+
+def test_each_arrow_runs_from_its_send_start_on_src_to_its_recv_end_on_dst(tmp_path: Path) -> None:
+    # three ranks, messages 0 -> 1 and 1 -> 2 only; a receive starts after its send starts
+    # and ends well after it, so every arrow end differs from the other candidates
+    folder = tmp_path / "arrows"
+    folder.mkdir()
+    rf = RunFile(folder, 3, {"config": json.dumps({"run": {"name": "arrows", "steps": 2}})}, None)
+    want = set()
+    rows: dict[int, list[tuple]] = {0: [], 1: [], 2: []}
+    for s in range(2):
+        t = float(s)
+        for k, (src, dst) in enumerate(((0, 1), (1, 2))):
+            msg = 2 * s + k
+            send = (t + 0.10 + 0.01 * k, t + 0.15 + 0.01 * k)
+            recv = (t + 0.20 + 0.01 * k, t + 0.40 + 0.01 * k)
+            rows[src].append((s, b"send", *send, 8, dst, msg))
+            rows[dst].append((s, b"recv", *recv, 8, src, msg))
+            want.add(((round(send[0], 9), src), (round(recv[1], 9), dst)))
+    for r, ev in rows.items():
+        f = RankFile(folder, r, 0.0, None)
+        f.append_events(np.array(sorted(ev, key=lambda e: e[2]), dtype=EVENT_DTYPE))
+        f.close()
+    rf.close()
+    fig = plots.timeline_figure(load_run(folder), steps=(0, 2))
+    got = {((round(a.xyann[0], 9), a.xyann[1]), (round(a.xy[0], 9), a.xy[1])) for a in arrows(fig)}
+    assert len(arrows(fig)) == 4 and got == want  # row i is rank i
+
+
+def test_write_plots_draws_the_timeline_of_the_reports_window(tmp_path: Path) -> None:
+    run = synthetic(tmp_path / "w", messages=True)
+    (window,) = [p for p in plots.write_plots([run], [[]], tmp_path / "a", steps=(2, 3)) if "timeline" in p.name]
+    default = plots.timeline(run, tmp_path / "default.png")
+    asked = plots.timeline(run, tmp_path / "asked.png", steps=(2, 3))
+    assert window.read_bytes() == asked.read_bytes() != default.read_bytes()
+    (window,) = [
+        p for p in plots.write_plots([run], [[]], tmp_path / "b", time=(0.1, 0.2)) if "timeline" in p.name
+    ]
+    assert window.read_bytes() == plots.timeline(run, tmp_path / "t.png", time=(0.1, 0.2)).read_bytes()

@@ -4,8 +4,9 @@
   step, wall time (s) and bytes sent (when every run has ``bytes_sent``), every run's
   lines together (:func:`~mpiml.report.plots.runs.metric_curves`), when some run has
   either metric;
-- ``timeline.png``: the per-rank Gantt chart of the default window
-  (:func:`~mpiml.report.plots.timeline.timeline`), when the run has events;
+- ``timeline.png``: the per-rank Gantt chart of the report's window (its ``steps`` and
+  ``time``; default :func:`~mpiml.report.plots.timeline.default_window`), when the run has
+  events (:func:`~mpiml.report.plots.timeline.timeline`);
 - ``comm_matrix.png``: from the report's ``comm_matrix`` section: its ``data["matrix"]``,
   bytes source -> destination as ``{"src": {"dst": bytes}}`` (what ``mpiml report``
   writes; the ranks are the union of sources and destinations) or as an n x n list of
@@ -69,12 +70,22 @@ def _staleness(data: dict[str, Any]) -> Any | None:
     return None
 
 
-def write_plots(runs: Sequence[Run], reports: Sequence[Sequence[Any]], out_dir: str | Path) -> list[Path]:
+def write_plots(
+    runs: Sequence[Run],
+    reports: Sequence[Sequence[Any]],
+    out_dir: str | Path,
+    *,
+    steps: tuple[int, int] | None = None,
+    time: tuple[float, float] | None = None,
+) -> list[Path]:
     """Write the PNGs that apply to ``runs`` (loaded with :func:`mpiml.io.load_run`) into
     ``out_dir`` (created), using ``reports[i]``, the list of
     :class:`mpiml.report.Section` of ``runs[i]``; returns the paths written, in the order
-    metrics, then per run timeline, comm_matrix, staleness. Raises ValueError when
-    ``reports`` is not one list per run; ImportError without matplotlib."""
+    metrics, then per run timeline, comm_matrix, staleness. ``steps=(a, b)`` (steps a to
+    b - 1, 0-based) and ``time=(t0, t1)`` (seconds on the run clock): the report's window,
+    which the timelines draw (both given: the events in both); neither: the timeline's
+    default window. Raises ValueError when ``reports`` is not one list per run;
+    ImportError without matplotlib."""
     if len(reports) != len(runs):
         raise ValueError(
             f"write_plots: {len(reports)} reports for {len(runs)} runs (one list of sections per run)"
@@ -90,7 +101,7 @@ def write_plots(runs: Sequence[Run], reports: Sequence[Sequence[Any]], out_dir: 
     for i, (run, sections) in enumerate(zip(runs, reports, strict=True), start=1):
         tag = "" if len(runs) == 1 else f"-{i}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', run_name(run))}"
         if ranks_of(run) and _has_events(run):
-            written.append(timeline(run, out / f"timeline{tag}.png"))
+            written.append(timeline(run, out / f"timeline{tag}.png", steps=steps, time=time))
         s = _section(sections, "comm_matrix")
         m = None if s is None else _matrix(s.data)
         if m is not None:

@@ -63,11 +63,11 @@ def timeline_figure(
     """The Figure of :func:`timeline`; its Axes holds one ``Annotation`` per message
     arrow drawn (``Axes.texts``) and one ``BrokenBarHCollection``/``PolyCollection`` per
     rank and category."""
-    if time is not None and steps is not None:
-        raise ValueError("timeline: give time=(t0, t1) or steps=(a, b), not both")
     if time is None and steps is None:
         steps = default_window(run)
-    window = f"steps {steps[0]}-{steps[1] - 1}" if steps is not None else f"t = {time[0]:g}-{time[1]:g} s"  # type: ignore[index]
+    parts = [] if steps is None else [f"steps {steps[0]}-{steps[1] - 1}"]
+    parts += [] if time is None else [f"t = {time[0]:g}-{time[1]:g} s"]
+    window = ", ".join(parts)
     shown = ranks_of(run) if ranks is None else sorted(ranks)
     missing = sorted(set(shown) - set(ranks_of(run)))
     if missing:
@@ -169,14 +169,15 @@ def timeline(
     PNG at ``path``; returns the Path.
 
     ``ranks``: the ranks to show (default: every rank whose file opened); the window is
-    ``time=(t0, t1)`` (seconds since the run started; events overlapping it) or
-    ``steps=(a, b)`` (steps a to b - 1, 0-based), default :func:`default_window`.
+    ``time=(t0, t1)`` (seconds since the run started; events overlapping it) and/or
+    ``steps=(a, b)`` (steps a to b - 1, 0-based; both given: the events in both),
+    default :func:`default_window`.
     Arrows: the paired messages (``run.messages``) with both ends among ``ranks`` in the
     window; a run without message ids (schema 1, collectives only) has none.
     ``size``: inches (default 8 wide, 1.5 + 0.7 per rank high, at least 3), drawn at
     :data:`style.DPI`.
 
-    Raises ValueError when both windows are given or a rank has no events file;
+    Raises ValueError when a rank has no events file;
     ImportError without matplotlib.
     """
     return style.save(timeline_figure(run, ranks=ranks, time=time, steps=steps, size=size), path)

@@ -259,7 +259,9 @@ def test_each_arrow_runs_from_its_send_start_on_src_to_its_recv_end_on_dst(tmp_p
 
 def test_write_plots_draws_the_timeline_of_the_reports_window(tmp_path: Path) -> None:
     run = synthetic(tmp_path / "w", messages=True)
-    (window,) = [p for p in plots.write_plots([run], [[]], tmp_path / "a", steps=(2, 3)) if "timeline" in p.name]
+    (window,) = [
+        p for p in plots.write_plots([run], [[]], tmp_path / "a", steps=(2, 3)) if "timeline" in p.name
+    ]
     default = plots.timeline(run, tmp_path / "default.png")
     asked = plots.timeline(run, tmp_path / "asked.png", steps=(2, 3))
     assert window.read_bytes() == asked.read_bytes() != default.read_bytes()

@@ -5,7 +5,9 @@
     mpiml report results/a --json --steps 100:200 --straggler-threshold 0.2
     mpiml report results/a --plots figures/          # PNGs (mpiml.report.plots)
 
-No MPI. A path that is not a run file: one line on stderr, exit status 2. A damaged run
+No MPI. A path that is not a run file, or a ``--plots`` DIR that is a file or cannot be
+created: one line on stderr, exit status 2, before anything is printed. A window value
+may start with a minus (``--steps -1:5``, ``--time -1:2``). A damaged run
 (a rank file missing or unreadable) is reported for what is there, with a line per
 rank that could not be read.
 """
@@ -14,11 +16,33 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["main"]
+__all__ = ["join_window_values", "main"]
+
+WINDOW_OPTIONS = ("--steps", "--time", "--ranks")
+_NEGATIVE = re.compile(r"-[0-9.]")
+
+
+def join_window_values(argv: Sequence[str], options: Iterable[str] = WINDOW_OPTIONS) -> list[str]:
+    """``argv`` with ``OPT VALUE`` written ``OPT=VALUE`` for each of ``options`` whose
+    value starts with a minus and a digit (``--steps -1:5``): argparse would take such a
+    value for an option and fail with "expected one argument". Arguments after ``--``
+    are left as they are."""
+    opts, out = set(options), list(argv)
+    i = 0
+    while i < len(out) - 1:
+        if out[i] == "--":
+            break
+        if out[i] in opts and _NEGATIVE.match(out[i + 1]):
+            out[i : i + 2] = [f"{out[i]}={out[i + 1]}"]
+        i += 1
+    return out
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,16 +103,36 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _plots_folder(path: str) -> str | None:
+    """Create the --plots folder; None when done, else the one-line error."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        return f"--plots {path}: exists and is not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"--plots {path}: cannot create the folder ({exc.strerror or exc})"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser().parse_args(join_window_values(sys.argv[1:] if argv is None else argv))
     from .analysis import build_report, load
     from .render import render_json, render_markdown, render_text
 
-    if args.plots and importlib.util.find_spec(f"{__package__}.plots") is None:
-        sys.stderr.write("mpiml report: error: plots: not available\n")
-        return 2
+    if args.plots:
+        if importlib.util.find_spec(f"{__package__}.plots") is None:
+            sys.stderr.write("mpiml report: error: plots: not available\n")
+            return 2
+        why = _plots_folder(args.plots)
+        if why is not None:
+            sys.stderr.write(f"mpiml report: error: {why}\n")
+            return 2
     runs = []
     for path in args.runs:
+        if not os.path.exists(path):
+            sys.stderr.write(f"mpiml report: error: {path}: no such run folder or file\n")
+            return 2
         try:
             runs.append(load(path))
         except (OSError, ValueError, KeyError) as exc:
@@ -103,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plots:
         from .plots import write_plots
 
-        write_plots(runs, [rep.sections for rep in reports], args.plots)
+        write_plots(runs, [rep.sections for rep in reports], args.plots, steps=args.steps, time=args.time)
     return 0
 
 

@@ -93,8 +93,11 @@ def bubble_section(run: Any) -> Section | None:
         "bubble = time in wait-category kinds / the stage's wall (first start to last end of its events at "
         f"steps >= 0); wait kinds from the run's kinds table: {kinds} (docs/run-file.md, 'Events').",
         ideal_note,
-        "measured and ideal differ by unequal stage costs, the loop's own time, evaluations and messages.",
     ]
+    if ideal is not None:
+        notes.append(
+            "measured and ideal differ by unequal stage costs, the loop's own time, evaluations and messages."
+        )
     return Section(
         "bubble",
         f"Bubble per stage ({run.algorithm})",

@@ -323,3 +323,101 @@ def test_lanes_assigned_by_chunk_equal_first_fit_one_event_at_a_time() -> None:
             lanes, opens = chunked.assign(g[a:b], s[a:b], e[a:b])
             got += list(zip(lanes, opens, strict=True))
         assert got == want
+
+
+# --- review fixes (issue 15): the output folder, partial outputs, negative windows ----------
+
+
+def _small_run(folder: Path) -> Path:
+    """Two ranks, steps -1 (set-up) to 1 from t = 0: compute, then a message each way."""
+    import mpiml.algorithms  # noqa: F401  (registers the kinds written)
+    from mpiml.io.runfile import RankFile, RunFile
+    from mpiml.trace import EVENT_DTYPE
+
+    folder.mkdir(parents=True)
+    rf = RunFile(folder, 2, {"config": json.dumps({"run": {"name": "small", "steps": 2}})}, None)
+    for r in (0, 1):
+        rows = []
+        for s in (-1, 0, 1):
+            t = float(s + 1)
+            rows.append((s, b"compute", t, t + 0.5, 0, -1, -1))
+            rows.append((s, b"send", t + 0.5, t + 0.6, 8, 1 - r, 2 * (s + 1) + r))
+            rows.append((s, b"recv", t + 0.55, t + 0.8, 8, 1 - r, 2 * (s + 1) + 1 - r))
+        f = RankFile(folder, r, 0.0, None)
+        f.append_events(np.array(rows, dtype=EVENT_DTYPE))
+        f.close()
+    rf.close()
+    return folder
+
+
+def test_otf2_export_replaces_its_own_archive_and_nothing_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    otf2 = pytest.importorskip("otf2", reason="the 'otf2' extra is not installed")
+    run = _small_run(tmp_path / "run")
+    out = tmp_path / "arch2"
+    assert _export(capsys, str(run), "--format", "otf2", "-o", str(out))[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["traces", "traces.def", "traces.otf2"]
+    (out / "keep.txt").write_text("precious\n")
+    code, stdout, err = _export(capsys, str(run), "--format", "otf2", "-o", str(out))
+    assert code == 2 and stdout == "" and err.count("\n") == 1, err
+    assert "not an OTF2 archive's (keep.txt)" in err
+    assert (out / "keep.txt").read_text() == "precious\n" and (out / "traces.otf2").is_file()
+    (out / "keep.txt").unlink()
+    code, _, err = _export(capsys, str(run), "--format", "otf2", "-o", str(out), "--steps", "0:1")
+    assert code == 0, err  # our own archive: replaced
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = _export(capsys, str(run), "--format", "otf2", "-o", str(empty))
+    assert code == 0, err  # an empty folder is taken
+    for folder, n in ((out, 2 * 3), (empty, 2 * 9)):  # events per rank: 3 in step 0, 9 in all
+        with otf2.reader.open(str(folder / "traces.otf2")) as trace:
+            assert sum(isinstance(ev, otf2.events.Enter) for _, ev in trace.events) == n
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arch2", "empty", "run"]  # no temporaries left
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    code, _, err = _export(capsys, str(run), "--format", "otf2", "-o", str(a_file))
+    assert code == 2 and "exists and is not a folder" in err and a_file.read_text() == "x"
+
+
+@pytest.mark.parametrize("fmt", ["chrome", "perfetto", "otf2"])
+def test_an_export_failing_part_way_leaves_no_partial_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    if fmt != "chrome":
+        pytest.importorskip(fmt, reason=f"the {fmt!r} extra is not installed")
+    import importlib
+
+    run = _small_run(tmp_path / "run")
+    module = importlib.import_module(f"mpiml.report.export.{fmt}")
+
+    def fail_part_way(run: Any, ranks: Any, window: Any, found: Any, out: Any) -> int:
+        if fmt == "otf2":  # the archive's folder, half written
+            Path(out).mkdir()
+            (Path(out) / "traces.otf2").write_text("half")
+        else:
+            out.write(b"half" if fmt == "perfetto" else "half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, f"write_{fmt}", fail_part_way)
+    out = tmp_path / "out" / "trace"
+    out.parent.mkdir()
+    code, _, err = _export(capsys, str(run), "--format", fmt, "-o", str(out))
+    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err, err
+    assert list(out.parent.iterdir()) == []  # nothing written, nothing left behind
+    if fmt == "chrome":  # an existing output stays as it was
+        out.write_text("old")
+        assert _export(capsys, str(run), "--format", fmt, "-o", str(out))[0] == 2
+        assert out.read_text() == "old" and list(out.parent.iterdir()) == [out]
+
+
+def test_window_values_may_start_with_a_minus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _small_run(tmp_path / "run")
+    for args, n in (
+        (["--steps", "-1:0"], 3),
+        (["--time", "-1:0.9"], 3),
+        (["--steps=-1:1", "--ranks", "0"], 6),
+    ):
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.json"
+        events = _chrome(capsys, run, out, *args)
+        assert sum(e["ph"] == "X" for e in events) == n * (1 if "--ranks" in args else 2), args

@@ -13,40 +13,91 @@ or unreadable is left out with one line on stderr, and the rest is exported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ..cli import join_window_values
 from .window import ExportError, Window, parse_range, parse_ranks, scan
 
-__all__ = ["FORMATS", "export", "main"]
+__all__ = ["FORMATS", "OTF2_PARTS", "check_otf2_folder", "export", "main"]
+
+
+def _replace_file(out: Path, write: Callable[[Any], int], mode: str) -> int:
+    """``write(fh)`` into a temporary file beside ``out``, renamed to ``out`` when it
+    returns: a failure part way leaves ``out`` as it was and no partial file."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.part")  # created with the umask's mode
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as fh:
+            n = write(fh)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return n
 
 
 def _chrome(run: Any, ranks: list[int], window: Window, found: Any, out: Path) -> int:
     from .chrome import write_chrome
 
-    with open(out, "w", encoding="utf-8") as fh:
-        return write_chrome(run, ranks, window, found, fh)
+    return _replace_file(out, lambda fh: write_chrome(run, ranks, window, found, fh), "w")
 
 
 def _perfetto(run: Any, ranks: list[int], window: Window, found: Any, out: Path) -> int:
     from .perfetto import write_perfetto
 
-    with open(out, "wb") as fh:
-        return write_perfetto(run, ranks, window, found, fh)
+    return _replace_file(out, lambda fh: write_perfetto(run, ranks, window, found, fh), "wb")
+
+
+OTF2_PARTS = ("traces.otf2", "traces.def", "traces")
+"""What ``otf2.writer`` creates in an archive's folder (the anchor file, the global
+definitions, the per-location files), and all that an export replaces there."""
+
+
+def check_otf2_folder(out: Path) -> None:
+    """ExportError (one line) unless ``out`` is absent, an empty folder or a folder
+    holding only an OTF2 archive's parts (:data:`OTF2_PARTS`): the export replaces those
+    and nothing else."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ExportError(f"-o {out}: exists and is not a folder; name a folder for the OTF2 archive")
+    other = sorted(p.name for p in out.iterdir() if p.name not in OTF2_PARTS)
+    if other:
+        shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+        raise ExportError(
+            f"-o {out}: holds files that are not an OTF2 archive's ({shown}); name another folder"
+        )
 
 
 def _otf2(run: Any, ranks: list[int], window: Window, found: Any, out: Path) -> int:
     from .otf2 import write_otf2
 
-    if out.exists():  # the otf2 library refuses to write into an existing archive
-        if not (out / "traces.otf2").is_file():
-            raise ExportError(f"-o {out}: exists and is not an OTF2 archive; name another folder")
-        shutil.rmtree(out)
-    return write_otf2(run, ranks, window, found, out)
+    check_otf2_folder(out)
+    # the otf2 library writes only into a folder it creates: write the archive into a
+    # temporary folder beside ``out``, then swap its parts in (an old archive's go)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    try:
+        n = write_otf2(run, ranks, window, found, tmp / "archive")
+        out.mkdir(exist_ok=True)
+        for name in OTF2_PARTS:
+            old = out / name
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            elif old.exists() or old.is_symlink():
+                old.unlink()
+        for name in OTF2_PARTS:
+            if (tmp / "archive" / name).exists():
+                os.replace(tmp / "archive" / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return n
 
 
 Writer = Callable[[Any, list[int], Window, Any, Path], int]
@@ -131,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
-        args = _parser().parse_args(argv[1:])
+        args = _parser().parse_args(join_window_values(argv[1:]))
         window = Window(
             ranks=None if args.ranks is None else tuple(parse_ranks(args.ranks)),
             steps=None if args.steps is None else parse_range("--steps", args.steps, int),

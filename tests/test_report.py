@@ -479,3 +479,15 @@ def test_bubble_compares_with_an_ideal_only_when_there_is_one() -> None:
     assert any("no ideal for sdpipe" in n for n in sd.notes)
     gp = bubble_section(_StageRun("gpipe"))
     assert gp is not None and any("measured and ideal differ" in n for n in gp.notes)
+
+
+def test_plots_draw_the_reports_window(tmp_path: Path) -> None:
+    from mpiml.io import load_run
+    from mpiml.report.plots import timeline
+
+    run = _pop_run(tmp_path / "run")
+    res = _report(str(run), "--steps", "1:2", "--plots", str(tmp_path / "fig"))
+    assert res.returncode == 0, res.stderr
+    drawn = (tmp_path / "fig" / "timeline.png").read_bytes()
+    assert drawn == timeline(load_run(run), tmp_path / "want.png", steps=(1, 2)).read_bytes()
+    assert drawn != timeline(load_run(run), tmp_path / "default.png").read_bytes()

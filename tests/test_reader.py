@@ -220,22 +220,27 @@ def test_load_run_reads_no_event_until_asked(tmp_path: Path) -> None:
     assert err.value.rank == 1
 
 
-def test_damaged_bytes_in_the_middle_read_as_unknown_kinds_not_a_crash(tmp_path: Path) -> None:
+def test_damaged_bytes_in_the_middle_are_a_read_error_naming_the_rows(tmp_path: Path) -> None:
     write_ring_run(tmp_path, ranks=2, steps=1000)
     path = tmp_path / "ranks" / "rank-00001.h5"
     with h5py.File(path, "r") as f:
         ds = f["events"]
         chunks = [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
     assert len(chunks) >= 3
-    mid = chunks[len(chunks) // 2]  # HDF5 keeps no checksum of unfiltered chunks
+    mid = chunks[len(chunks) // 2]  # HDF5 keeps no checksum of unfiltered chunks: reads succeed
     with open(path, "r+b") as fh:
-        fh.seek(mid.byte_offset)
-        fh.write(b"\xff" * mid.size)
-    run = load_run(tmp_path)
-    ev = run.events[1]
-    assert len(ev) == run.n_events(1)
-    unknown = set(ev["kind"]) - set(run.kinds)
-    assert unknown and np.count_nonzero(np.isin(ev["kind"], list(unknown))) == 1024
+        fh.seek(mid.byte_offset + 3000)
+        fh.write(np.random.default_rng(0).bytes(2000))
+    run = load_run(tmp_path)  # the header, first and last rows are intact
+    assert run.ranks == [0, 1]
+    parts = []
+    with pytest.raises(RankReadError, match=r"rank 1: .*rows \d+-\d+: \d+ damaged rows") as err:
+        for rows in run.iter_events(1, chunk=1024):
+            parts.append(rows)
+    first = int(mid.chunk_offset[0])
+    assert sum(len(p) for p in parts) == first  # the chunks before the damage were given
+    assert f"rows {first + 3000 // EVENT_DTYPE.itemsize}" in str(err.value)
+    assert len(run.events[0]) == run.n_events(0)  # the other rank reads
 
 
 def test_missing_and_cut_rank_files_are_listed(tmp_path: Path) -> None:

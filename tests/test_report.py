@@ -74,6 +74,7 @@ class _FakeRun:
     def __init__(self, events: np.ndarray, kinds: dict[str, str]) -> None:
         self._ev, self.kinds, self.attrs = events, kinds, {}
         self.kind_names = list(kinds)
+        self.resumed_at_steps = np.zeros(0, np.int64)
 
     def iter_columns(self, rank, fields, *, steps=None, time=None, chunk=65536):  # noqa: ANN001, ANN202
         ev = self._ev

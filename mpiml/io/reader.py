@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import time as _time
 import warnings
@@ -70,7 +71,7 @@ clock; ``step`` and ``nbytes`` are the send's."""
 
 CHUNK = 65536  # rows per read: ~5 MB of events
 READ_TRIES = 5  # a read that overlaps a writer's flush can fail; it succeeds when tried again
-RECV_SLACK = 1.0  # s: a recv ends after its send starts; past this margin its send will not come
+RECV_SLACK = 10.0  # s: a recv ends after its send starts; past this margin (clock error) its send will not come
 
 
 class RankReadError(OSError):
@@ -144,6 +145,9 @@ def _decode(rows: np.ndarray) -> np.ndarray:
     return out
 
 
+_KIND_NAME = re.compile(r"[a-z][a-z0-9_.\-]*")  # mpiml.kinds.register_kind's rule
+
+
 class _Kinds:
     """Kind names -> small integer codes, fast: an S32 name is hashed from its four
     8-byte words and looked up among the known names' hashes (verified by equality)."""
@@ -154,6 +158,7 @@ class _Kinds:
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names: list[str] = []
+        self.valid = np.zeros(0, bool)  # per code: a name a writer can make (register_kind's rule)
         self._hash: dict[int, int] = {}
         self._sorted = np.zeros(0, np.uint64)
         self._codes = np.zeros(0, np.int32)
@@ -179,6 +184,8 @@ class _Kinds:
         if h in self._hash:  # a collision (never seen): fall back to exact compares for both
             raise AssertionError(f"kind hash collision: {name!r} and {self.names[self._hash[h]]!r}")
         self.names.append(name)
+        ok = raw is None or raw.rstrip(b"\0").isascii()
+        self.valid = np.append(self.valid, ok and _KIND_NAME.fullmatch(name) is not None)
         self._hash[h] = len(self.names) - 1
         keys = np.array(sorted(self._hash), np.uint64)
         self._sorted = keys
@@ -493,7 +500,6 @@ class Run:
         with f:
             ds = self._group(f, rank)["events"]
             stored = ds.dtype.names or ()
-            read = [n for n in need if n in stored]
             # whole rows into one buffer reused for every chunk (faster than a field
             # selection, which HDF5 converts row by row); the columns asked for are copied
             buf = np.empty(min(chunk, s.n_events), ds.dtype)
@@ -501,14 +507,15 @@ class Run:
                 b = min(a + chunk, s.n_events)
                 raw = buf[: b - a]
                 try:
-                    if read:
-                        ds.read_direct(raw, np.s_[a:b], np.s_[0 : b - a])
+                    ds.read_direct(raw, np.s_[a:b], np.s_[0 : b - a])
                 except (OSError, KeyError, ValueError) as exc:
                     raise RankReadError(rank, f"{s.file}: rows {a}-{b - 1}: {_why(exc)}") from None
+                kind = self._kind_codes.codes(raw["kind"])
+                self._check(rank, s.file, a, raw, kind)
                 cols: dict[str, np.ndarray] = {}
                 for n in need:
                     if n == "kind":
-                        cols[n] = self._kind_codes.codes(raw[n])
+                        cols[n] = kind
                     elif n in stored:
                         cols[n] = raw[n].copy()
                     else:
@@ -531,6 +538,21 @@ class Run:
                     yield out
                 if stop:
                     return
+
+    def _check(self, rank: int, file: Path, first: int, raw: np.ndarray, kind: np.ndarray) -> None:
+        """RankReadError when rows of a chunk cannot be what a writer wrote: a kind name
+        no writer makes, a time that is not finite or an end before its start (HDF5
+        keeps no checksum of a table's data, so overwritten bytes read without error)."""
+        with np.errstate(invalid="ignore"):
+            bad = ~self._kind_codes.valid[kind] | ~(raw["t_end"] >= raw["t_start"]) | ~np.isfinite(raw["t_end"])
+            bad |= ~np.isfinite(raw["t_start"])
+        if bad.any():
+            at = np.flatnonzero(bad)
+            raise RankReadError(
+                rank,
+                f"{file}: rows {first + int(at[0])}-{first + int(at[-1])}: {len(at)} damaged rows (kind names "
+                "no writer makes, times not finite or ending before they start): the file was overwritten",
+            )
 
     @property
     def kind_names(self) -> list[str]:

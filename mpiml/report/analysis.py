@@ -89,7 +89,7 @@ def _final_metrics(run: Any) -> list[tuple[str, Cell]]:
     return out
 
 
-def _summary(run: Any, tl: dict[int, RankTimeline]) -> Section:
+def _summary(run: Any, tl: dict[int, RankTimeline], windowed: bool = False) -> Section:
     ranks_line = f"{run.world_size}"
     if len(tl) != run.world_size:
         ranks_line += f" ({len(tl)} read)"
@@ -100,24 +100,44 @@ def _summary(run: Any, tl: dict[int, RankTimeline]) -> Section:
     if seen:
         lo, hi = min(int(x[0]) for x in seen), max(int(x[-1]) for x in seen)
         steps = hi + 1 if lo == 0 else f"{hi - lo + 1} (steps {lo}..{hi}, 0-based)"
+    planned = run.config.get("run", {}).get("steps")
+    if seen and isinstance(steps, int) and isinstance(planned, int) and steps < planned and not windowed:
+        steps = f"{steps} of {planned} (incomplete: the run stopped early, or is still running)"
     sent = sum(sum(t.sent_to_peer.values()) for t in tl.values())
+    gaps = max((t.between_launches for t in tl.values()), default=0.0)
+    launches = max((t.launches for t in tl.values()), default=1)
+    resumed: list[list[Cell]] = []
+    if launches > 1:
+        resumed = [
+            ["launches", f"{launches} (resumed at steps {_steps_text(run)})"],
+            ["between launches (s)", gaps],
+        ]
     rows: list[list[Cell]] = [
         ["algorithm", str(run.attrs.get("algorithm", run.config.get("algorithm", {}).get("name", "-")))],
         ["layout", _layout_line(run)],
         ["ranks", ranks_line],
         ["steps", steps],
-        ["wall (s)", (max(lasts) - min(firsts)) if firsts else None],
+        ["wall (s)", (max(lasts) - min(firsts) - gaps) if firsts else None],
+        *resumed,
         ["events", sum(t.n_events for t in tl.values())],
         *[[k, v] for k, v in _final_metrics(run)],
         ["bytes to peers (traced)", sent],
     ]
     notes = [
-        "wall: first event's start to last event's end over the ranks read (seconds, run clock). "
+        "wall: first event's start to last event's end over the ranks read (seconds, run clock), less "
+        "the time between the launches of a resumed run (no rank ran: a requeued job waited). "
         "bytes_sent: the run's metric (every byte handed to MPI); bytes to peers: send/push events.",
     ]
     if tl and not any(t.n_events for t in tl.values()):
-        notes.append("No events were recorded (trace.events = false?): only this summary can be given.")
+        if windowed:
+            notes.append("The window (--steps / --time) selected no events: only this summary can be given.")
+        else:
+            notes.append("No events were recorded (trace.events = false?): only this summary can be given.")
     return Section("summary", "Run", ["", "value"], rows, notes)
+
+
+def _steps_text(run: Any) -> str:
+    return ", ".join(str(int(s)) for s in run.resumed_at_steps)
 
 
 def _pct(x: float | None) -> float | None:
@@ -160,7 +180,7 @@ def _time_section(run: Any, tl: dict[int, RankTimeline]) -> Section:
             "compute..bookkeeping partition each rank's wall time (first event's start to last event's "
             "end): an instant covered by several is counted once, in the first of compute > codec > "
             "communication > wait > bookkeeping; idle is the untraced remainder, so the parts and idle "
-            "sum to wall.",
+            "sum to wall. A resumed run's time between launches is in no part, nor in wall.",
             "in flight: union of the split-phase operations' and messages' spans (start to observed "
             "completion); hidden: its part under compute or codec; overlap % = hidden / in flight; "
             "blocked % = its part under a wait / in flight (the exposed transfer). A span ends at its "
@@ -199,8 +219,8 @@ def _pop_section(run: Any, tl: dict[int, RankTimeline]) -> list[Section]:
         groups += sorted(by_role.items())
     rows: list[list[Cell]] = []
     for name, ranks in groups:
-        u = np.array([tl[r].useful for r in ranks])
-        T = max(tl[r].t_last for r in ranks) - min(tl[r].t_first for r in ranks)
+        u = np.array([tl[r].useful_train for r in ranks])
+        T = max(tl[r].wall_train for r in ranks)
         if T <= 0 or u.max() <= 0:
             continue
         lb, comm = float(u.mean() / u.max()), float(u.max() / T)
@@ -223,8 +243,10 @@ def _pop_section(run: Any, tl: dict[int, RankTimeline]) -> list[Section]:
             ],
             rows,
             [
-                "useful = compute + codec (the time partition's parts); runtime = first event's start to "
-                "last event's end over the ranks counted. Load balance = mean(useful) / max(useful); "
+                "Over the training steps (events of step >= 0: set-up such as compiling a codec's kernels "
+                "is left out, and so is the time between the launches of a resumed run). useful = the "
+                "compute and codec events' time; runtime = the longest rank's time from its first training "
+                "event's start to its last event's end. Load balance = mean(useful) / max(useful); "
                 "communication efficiency = max(useful) / runtime; parallel efficiency = LB x CommE = "
                 "mean(useful) / runtime.",
                 f"Training ranks: roles {', '.join(TRAINING_ROLES)} (servers and the scheduler serve).",
@@ -366,7 +388,8 @@ def build_report(
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
             rep.missing.append(f"rank {r}: unreadable: {type(exc).__name__}: {exc}")
     tl = rep.timelines
-    rep.sections.append(_summary(run, tl))
+    windowed = steps is not None or time is not None
+    rep.sections.append(_summary(run, tl, windowed))
     if any(t.n_events for t in tl.values()):
         rep.sections.append(_time_section(run, tl))
     rep.sections += _pop_section(run, tl)
@@ -385,7 +408,11 @@ def build_report(
     if odd:
         rep.missing.append(f"events out of t_start order (their start moved up; ranks {sorted(odd)})")
     try:
-        rep.sections += protocol_sections(run)
+        extra = protocol_sections(run)
+        if windowed:
+            for s in extra:
+                s.notes.append("This section covers the whole run: --steps and --time do not cut it.")
+        rep.sections += extra
     except (OSError, KeyError, ValueError) as exc:  # a damaged table: say so, report the rest
         rep.missing.append(f"protocol sections: unreadable: {type(exc).__name__}: {exc}")
     return rep

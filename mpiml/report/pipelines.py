@@ -48,7 +48,7 @@ def stage_wait(run: Any, r: int, wait_kinds: frozenset[str]) -> tuple[float, dic
 def ideal_bubble(run: Any) -> tuple[list[float] | None, str]:
     """Per stage, the idle fraction of the schedule replayed with unit forward and
     backward costs (None for sdpipe), and a note naming the schedule."""
-    a = run.config["algorithm"]
+    a = run.config.get("algorithm", {})
     name, K = run.algorithm, int(a.get("stages", 1))
     if name in ("gpipe", "1f1b"):
         m = int(a.get("micro_batches", 1))

@@ -122,7 +122,7 @@ def dsp_staleness(p: list[int], m: list[int], steps: int) -> list[np.ndarray]:
 
 def _dsp(run: Any, rows: list[list[Cell]], data: dict[str, Any], notes: list[str]) -> None:
     name = run.algorithm
-    K = int(run.config["algorithm"].get("stages", 1))
+    K = int(run.config.get("algorithm", {}).get("stages", 1))
     if name not in ("dsp", "sdpipe") or K < 2:
         return
     p, m = dsp_config(run.config)
@@ -171,7 +171,7 @@ def _sdpipe(run: Any, rows: list[list[Cell]], data: dict[str, Any], notes: list[
         rows.append(summary("sdpipe", f"stage {k}", np.asarray(v)))
     data.setdefault("histograms", {})["sdpipe"] = histogram(allv)
     data["histogram"] = histogram(allv)
-    bound = run.config["algorithm"].get("ssp_bound")
+    bound = run.config.get("algorithm", {}).get("ssp_bound")
     notes.append(
         "sdpipe: staleness of a group = max - min of its members' batch ids (how many updates apart the "
         "averaged replicas' parameters are; SSP's clock difference), from every stage's sdpipe_average "

@@ -103,11 +103,23 @@ class RankTimeline:
     collective_bytes: dict[str, int] = field(default_factory=dict)
     unknown_events: int = 0
     out_of_order: int = 0
+    between_launches: float = 0.0
+    launches: int = 0
+    t_first_train: float = float("nan")
+    useful_train: float = 0.0
 
     @property
     def wall(self) -> float:
-        """First event's start to last event's end (0 for a rank without events)."""
-        return float(self.t_last - self.t_first) if self.n_events else 0.0
+        """First event's start to last event's end, less the time between the launches
+        of a resumed run (0 for a rank without events)."""
+        return float(self.t_last - self.t_first - self.between_launches) if self.n_events else 0.0
+
+    @property
+    def wall_train(self) -> float:
+        """Like :attr:`wall`, from the first training event (step >= 0): set-up left out."""
+        if not self.n_events or not np.isfinite(self.t_first_train):
+            return 0.0
+        return float(self.t_last - self.t_first_train - self.between_launches)
 
     @property
     def useful(self) -> float:
@@ -256,6 +268,43 @@ def step_times(
     return steps[:-1][ok], t[ok]
 
 
+class Launches:
+    """The launches of a resumed run, found in one rank's event stream: a launch starts
+    at its set-up rows (step -1) after training rows, or, without set-up rows, at the
+    first row of a step the run was resumed at (``resumed``: ``resumed_at_steps``).
+    ``gap``: the seconds between one launch's last event's end and the next one's first
+    start, summed (a requeued job's time in the queue: no rank ran)."""
+
+    def __init__(self, resumed: np.ndarray) -> None:
+        self.resumed = np.sort(np.asarray(resumed, np.int64))
+        self.k = 0  # launches found after the first
+        self.trained = False  # a training row seen in the current launch
+        self.last_end = -np.inf
+        self.gap = 0.0
+
+    def feed(self, step: np.ndarray, s: np.ndarray, e: np.ndarray) -> None:
+        """One chunk of the rank's rows (steps, starts, ends), in file order."""
+        i, n = 0, len(step)
+        while i < n:
+            nxt = self.resumed[self.k] if self.k < len(self.resumed) else np.iinfo(np.int64).max
+            rest = step[i:]
+            trained = np.concatenate([[self.trained], np.logical_or.accumulate(rest >= 0)[:-1]])
+            hit = np.flatnonzero((trained & (rest == -1)) | (rest >= nxt))
+            if not hit.size:
+                self.trained = self.trained or bool((rest >= 0).any())
+                self.last_end = max(self.last_end, float(e[i:].max()))
+                return
+            j = i + int(hit[0])
+            if j > i:
+                self.last_end = max(self.last_end, float(e[i:j].max()))
+            if np.isfinite(self.last_end):
+                self.gap += max(0.0, float(s[j]) - self.last_end)
+            self.k += 1
+            self.trained = bool(step[j] >= 0)
+            self.last_end = float(e[j])
+            i = j + 1
+
+
 def rank_timeline(
     run: Any,
     rank: int,
@@ -280,6 +329,8 @@ def rank_timeline(
     per_kind = np.zeros((0, 3))  # per kind code: count, time, bytes
     t_first, t_last = np.inf, -np.inf
     label_of = {c: i for i, c in enumerate(_LABELS)}
+    useful = [label_of[c] for c in USEFUL]
+    launch = Launches(run.resumed_at_steps)
     book, fly, comm = label_of["bookkeeping"], label_of[IN_FLIGHT], label_of["communication"]
     names = run.kind_names  # grows as the reader meets kinds; codes stay
     fields = ("step", "kind", "t_start", "t_end", "nbytes", "peer")
@@ -305,6 +356,12 @@ def rank_timeline(
         per_kind[:m, 2] += np.bincount(code, weights=nbytes, minlength=m)
         if not np.isfinite(part.frontier):  # the accounting starts at the rank's first event
             part.frontier = float(s.min())
+        launch.feed(step, s, e)
+        work = (step >= 0) & np.isin(cat, useful)
+        if work.any():
+            out.useful_train += float((e[work] - s[work]).sum())
+        if (step >= 0).any():
+            out.t_first_train = float(np.fmin(out.t_first_train, s[step >= 0].min()))
         mask = {c: cat == i for c, i in label_of.items()}
         part.feed({c: (s[k], e[k]) for c, k in mask.items() if k.any()}, float(s.max()))
         # steps seen and each step's first training event
@@ -337,7 +394,8 @@ def rank_timeline(
     }
     part.close(t_last)
     out.t_first, out.t_last = t_first, t_last
-    out.exclusive, out.idle = part.exclusive, part.idle
+    out.between_launches, out.launches = launch.gap, launch.k + 1
+    out.exclusive, out.idle = part.exclusive, part.idle - launch.gap  # no rank ran between launches
     out.in_flight, out.hidden, out.out_of_order = part.in_flight, part.hidden, part.out_of_order
     out.blocked = part.blocked
     out.steps = np.unique(np.concatenate(seen)) if seen else out.steps

@@ -71,7 +71,9 @@ clock; ``step`` and ``nbytes`` are the send's."""
 
 CHUNK = 65536  # rows per read: ~5 MB of events
 READ_TRIES = 5  # a read that overlaps a writer's flush can fail; it succeeds when tried again
-RECV_SLACK = 10.0  # s: a recv ends after its send starts; past this margin (clock error) its send will not come
+RECV_SLACK = (
+    10.0  # s: a recv ends after its send starts; past this margin (clock error) its send will not come
+)
 
 
 class RankReadError(OSError):
@@ -544,7 +546,9 @@ class Run:
         no writer makes, a time that is not finite or an end before its start (HDF5
         keeps no checksum of a table's data, so overwritten bytes read without error)."""
         with np.errstate(invalid="ignore"):
-            bad = ~self._kind_codes.valid[kind] | ~(raw["t_end"] >= raw["t_start"]) | ~np.isfinite(raw["t_end"])
+            bad = (
+                ~self._kind_codes.valid[kind] | ~(raw["t_end"] >= raw["t_start"]) | ~np.isfinite(raw["t_end"])
+            )
             bad |= ~np.isfinite(raw["t_start"])
         if bad.any():
             at = np.flatnonzero(bad)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DivergenceError"]
+__all__ = ["CheckpointError", "ConfigError", "DivergenceError", "RankReadError"]
 
 
 class ConfigError(ValueError):
@@ -36,3 +36,11 @@ class NonFiniteError(ValueError):
     """A codec asked to encode NaN or Inf: on a training rank, the run has diverged
     before the loss or model checks saw it. The abort handler reports it in one line
     (status 3) instead of a traceback; nothing is checkpointed."""
+
+
+class RankReadError(OSError):
+    """A rank's file could not be read (damaged, cut short, locked, gone)."""
+
+    def __init__(self, rank: int, message: str) -> None:
+        super().__init__(f"rank {rank}: {message}")
+        self.rank = rank

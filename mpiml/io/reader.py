@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import time as _time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,49 +38,20 @@ from typing import Any, TypeVar
 import h5py
 import numpy as np
 
-from ..kinds import KIND_WIDTH, KINDS
+from ..errors import RankReadError
+from ..kinds import KINDS
 from ..trace import EVENT_DTYPE
+from .kindcodes import KindCodes
 from .runfile import EVENT_DEFAULTS, SCHEMAS, V1_KINDS
+from .slabs import CHUNK, MESSAGE_DTYPE, messages, slabs
+from .views import READ_DTYPE, EventsView, MetricsView, TablesView, pandas_or_raise
 
 __all__ = ["MESSAGE_DTYPE", "READ_DTYPE", "Run", "RankReadError", "load_run"]
 
 T = TypeVar("T")
 
-READ_DTYPE = np.dtype(
-    [(n, f"U{KIND_WIDTH}" if n == "kind" else EVENT_DTYPE[n]) for n in EVENT_DTYPE.names or ()]
-)
-"""Events as read: ``EVENT_DTYPE`` with ``kind`` decoded to ``str`` (``msg`` -1 in schema 1)."""
 
-MESSAGE_DTYPE = np.dtype(
-    [
-        ("src", "<i4"),
-        ("dst", "<i4"),
-        ("msg", "<i8"),
-        ("step", "<i8"),
-        ("nbytes", "<i8"),
-        ("t_send_start", "<f8"),
-        ("t_send_end", "<f8"),
-        ("t_recv_start", "<f8"),
-        ("t_recv_end", "<f8"),
-    ]
-)
-"""A paired message: the ``send`` on ``src`` (its post and observed completion) and the
-``recv`` on ``dst`` (the post of its receive and its completion), seconds on the run
-clock; ``step`` and ``nbytes`` are the send's."""
-
-CHUNK = 65536  # rows per read: ~5 MB of events
 READ_TRIES = 5  # a read that overlaps a writer's flush can fail; it succeeds when tried again
-RECV_SLACK = (
-    10.0  # s: a recv ends after its send starts; past this margin (clock error) its send will not come
-)
-
-
-class RankReadError(OSError):
-    """A rank's file could not be read (damaged, cut short, locked, gone)."""
-
-    def __init__(self, rank: int, message: str) -> None:
-        super().__init__(f"rank {rank}: {message}")
-        self.rank = rank
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -135,85 +105,6 @@ class _Source:
     n_events: int
 
 
-def _decode(rows: np.ndarray) -> np.ndarray:
-    """Stored events (any schema) as ``READ_DTYPE`` rows."""
-    out = np.empty(rows.shape, dtype=READ_DTYPE)
-    names = rows.dtype.names or ()
-    for n in READ_DTYPE.names or ():
-        if n == "kind":
-            out[n] = np.char.decode(rows[n])
-        else:
-            out[n] = rows[n] if n in names else EVENT_DEFAULTS[n]
-    return out
-
-
-_KIND_NAME = re.compile(r"[a-z][a-z0-9_.\-]*")  # mpiml.kinds.register_kind's rule
-
-
-class _Kinds:
-    """Kind names -> small integer codes, fast: an S32 name is hashed from its four
-    8-byte words and looked up among the known names' hashes (verified by equality)."""
-
-    _MUL = np.array(
-        [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5], np.uint64
-    )
-
-    def __init__(self, names: Iterable[str]) -> None:
-        self.names: list[str] = []
-        self.valid = np.zeros(0, bool)  # per code: a name a writer can make (register_kind's rule)
-        self._hash: dict[int, int] = {}
-        self._sorted = np.zeros(0, np.uint64)
-        self._codes = np.zeros(0, np.int32)
-        for n in names:
-            self.add(n)
-
-    def _hashes(self, raw: np.ndarray) -> np.ndarray:
-        b = np.ascontiguousarray(raw, dtype=f"S{KIND_WIDTH}")
-        words = b.view(np.uint64).reshape(-1, KIND_WIDTH // 8)
-        with np.errstate(over="ignore"):
-            h = words * self._MUL
-            return (
-                h[:, 0] ^ (h[:, 1] >> np.uint64(7)) ^ (h[:, 2] << np.uint64(3)) ^ (h[:, 3] >> np.uint64(11))
-            )
-
-    def add(self, name: str, raw: bytes | None = None) -> int:
-        """The code of ``name`` (``raw``: its stored bytes, when they do not decode)."""
-        if raw is None and name in self.names:
-            return self.names.index(name)
-        h = int(self._hashes(np.array([name.encode() if raw is None else raw], f"S{KIND_WIDTH}"))[0])
-        if raw is not None and h in self._hash:
-            return self._hash[h]
-        if h in self._hash:  # a collision (never seen): fall back to exact compares for both
-            raise AssertionError(f"kind hash collision: {name!r} and {self.names[self._hash[h]]!r}")
-        self.names.append(name)
-        ok = raw is None or raw.rstrip(b"\0").isascii()
-        self.valid = np.append(self.valid, ok and _KIND_NAME.fullmatch(name) is not None)
-        self._hash[h] = len(self.names) - 1
-        keys = np.array(sorted(self._hash), np.uint64)
-        self._sorted = keys
-        self._codes = np.array([self._hash[int(k)] for k in keys], np.int32)
-        return len(self.names) - 1
-
-    def codes(self, raw: np.ndarray) -> np.ndarray:
-        """int32 code of each S32 name in ``raw`` (names not seen before are added)."""
-        if len(raw) == 0:
-            return np.zeros(0, np.int32)
-        h = self._hashes(raw)
-        i = np.minimum(np.searchsorted(self._sorted, h), max(len(self._sorted) - 1, 0))
-        hit = (self._sorted[i] == h) if len(self._sorted) else np.zeros(len(h), bool)
-        if not hit.all():
-            for name in np.unique(np.asarray(raw)[~hit]):  # a kind /kinds lacks, or damaged bytes
-                self.add(bytes(name).decode(errors="replace"), bytes(name))
-            return self.codes(raw)
-        return self._codes[i]
-
-    def select(self, kinds: Iterable[str] | None) -> np.ndarray | None:
-        """The codes of ``kinds`` (None: no selection)."""
-        if kinds is None:
-            return None
-        return np.array([self.add(k) for k in ([kinds] if isinstance(kinds, str) else kinds)], np.int32)
-
-
 def _window(
     steps: tuple[int, int] | None, time: tuple[float, float] | None
 ) -> tuple[tuple[int, int] | None, tuple[float, float] | None]:
@@ -221,94 +112,6 @@ def _window(
         if w is not None and (len(w) != 2 or not w[0] <= w[1]):
             raise ValueError(f"{name} must be a pair (start, end) with start <= end (got {w!r})")
     return steps, time
-
-
-class _Events(Mapping[int, np.ndarray]):
-    """``run.events``: {rank: whole events table} (read on access), and, called, a
-    DataFrame of the events of some ranks, kinds, steps or time window."""
-
-    def __init__(self, run: Run) -> None:
-        self._run = run
-
-    def __getitem__(self, rank: int) -> np.ndarray:
-        if rank not in self._run._sources:
-            raise KeyError(rank)
-        parts = list(self._run.iter_events(rank))
-        return np.concatenate(parts) if parts else np.zeros(0, READ_DTYPE)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._run.ranks)
-
-    def __len__(self) -> int:
-        return len(self._run.ranks)
-
-    def __call__(
-        self,
-        ranks: Iterable[int] | None = None,
-        kinds: Iterable[str] | None = None,
-        steps: tuple[int, int] | None = None,
-        time: tuple[float, float] | None = None,
-    ) -> Any:
-        """Events as one DataFrame: rank, role, step, kind, category, t_start, t_end,
-        duration (s), nbytes, peer, msg. Reads only the ranks asked for."""
-        pd = _pandas("run.events()")
-        frames = []
-        for r in self._run._select(ranks):
-            for rows in self._run.iter_events(r, kinds=kinds, steps=steps, time=time):
-                df = pd.DataFrame(rows)
-                df.insert(0, "role", self._run.role(r))
-                df.insert(0, "rank", r)
-                frames.append(df)
-        if not frames:
-            return pd.DataFrame(columns=["rank", "role", *(READ_DTYPE.names or ()), "category", "duration"])
-        df = pd.concat(frames, ignore_index=True)
-        df.insert(df.columns.get_loc("kind") + 1, "category", df["kind"].map(self._run.kinds).fillna(""))
-        df.insert(df.columns.get_loc("t_end") + 1, "duration", df["t_end"] - df["t_start"])
-        return df
-
-
-class _Metrics(dict[str, np.ndarray]):
-    """``run.metrics``: {name: rows (step, time, value)}; called, one DataFrame with a
-    row per evaluated step and a column per metric."""
-
-    def __call__(self) -> Any:
-        pd = _pandas("run.metrics()")
-        out = None
-        for name, rows in sorted(self.items()):
-            df = pd.DataFrame({"step": rows["step"], "time": rows["time"], name: rows["value"]})
-            if out is None:
-                out = df
-            else:
-                out = out.merge(df.drop(columns="time"), on="step", how="outer")
-        if out is None:
-            return pd.DataFrame(columns=["step", "time"])
-        return out.sort_values("step", ignore_index=True)
-
-
-class _Tables(Mapping[int, dict[str, np.ndarray]]):
-    """``run.tables``: {rank: {name: rows}}, a rank's tables read on access."""
-
-    def __init__(self, run: Run) -> None:
-        self._run = run
-
-    def __getitem__(self, rank: int) -> dict[str, np.ndarray]:
-        if rank not in self._run._sources:
-            raise KeyError(rank)
-        return self._run._read_tables(rank)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._run.ranks)
-
-    def __len__(self) -> int:
-        return len(self._run.ranks)
-
-
-def _pandas(what: str) -> Any:
-    try:
-        import pandas as pd
-    except ImportError:
-        raise ImportError(f"{what} needs pandas: pip install 'mpiml[pandas]'") from None
-    return pd
 
 
 @dataclass
@@ -326,7 +129,7 @@ class Run:
     path: Path
     attrs: dict[str, Any]
     config: dict[str, Any]
-    metrics: _Metrics
+    metrics: MetricsView
     layout: Any = None
     kinds: dict[str, str] = field(default_factory=dict)
     missing_ranks: list[int] = field(default_factory=list)
@@ -335,9 +138,9 @@ class Run:
     unpaired: int = 0
 
     def __post_init__(self) -> None:
-        self._kind_codes = _Kinds(self.kinds)
-        self.events = _Events(self)
-        self.tables = _Tables(self)
+        self._kind_codes = KindCodes(self.kinds)
+        self.events = EventsView(self)
+        self.tables = TablesView(self)
 
     # -- what the run is -------------------------------------------------------------
 
@@ -602,67 +405,10 @@ class Run:
         been, on every rank. Each rank holds at most ``chunk`` rows (the chunk per rank
         shrinks with many ranks, to about 4M rows in all). ``on_error``: called with a
         rank's :class:`RankReadError` and that rank left out (default: raise)."""
-        for r, cols, _ in self._slabs(
-            fields, ranks=ranks, kinds=kinds, steps=steps, time=time, chunk=chunk, on_error=on_error
+        for r, cols, _ in slabs(
+            self, fields, ranks=ranks, kinds=kinds, steps=steps, time=time, chunk=chunk, on_error=on_error
         ):
             yield r, cols
-
-    def _slabs(
-        self,
-        fields: Iterable[str],
-        *,
-        ranks: Iterable[int] | None,
-        kinds: Iterable[str] | None,
-        steps: tuple[int, int] | None,
-        time: tuple[float, float] | None,
-        chunk: int,
-        on_error: Callable[[RankReadError], None] | None,
-    ) -> Iterator[tuple[int, dict[str, np.ndarray], float]]:
-        """:meth:`scan`'s parts, each with ``done``: every row of every rank that starts
-        at or before ``done`` has been yielded (the previous slab's edge)."""
-        want = list(dict.fromkeys([*fields, "t_start"]))
-        chunk = max(1, min(chunk, max(1024, (1 << 22) // max(1, len(self._select(ranks))))))
-        its: dict[int, Iterator[dict[str, np.ndarray]]] = {
-            r: self.iter_columns(r, want, kinds=kinds, steps=steps, time=time, chunk=chunk)
-            for r in self._select(ranks)
-        }
-        bufs: dict[int, dict[str, np.ndarray]] = {}
-
-        def refill(r: int) -> None:
-            try:
-                bufs[r] = next(its[r])
-            except StopIteration:
-                del its[r]
-            except RankReadError as exc:
-                del its[r]
-                if on_error is None:
-                    raise
-                on_error(exc)
-
-        for r in list(its):
-            refill(r)
-        done = -np.inf
-        while bufs:
-            # the slab ends at the earliest "last t_start" of the ranks still reading: no
-            # rank can later give a row that starts before it (rows come in t_start order)
-            live = [bufs[r]["t_start"][-1] for r in bufs if r in its]
-            edge = min(live) if live else np.inf
-            for r in sorted(bufs):
-                b = bufs[r]
-                size = len(b["t_start"])
-                if not np.isfinite(edge) or (r in its and b["t_start"][-1] == edge):
-                    n = size  # the rank that sets the edge gives all it holds: progress
-                else:
-                    n = int(np.searchsorted(b["t_start"], edge, "right"))
-                if n:
-                    yield r, {k: v[:n] for k, v in b.items()}, done
-                if n == size:
-                    del bufs[r]
-                    if r in its:
-                        refill(r)
-                else:
-                    bufs[r] = {k: v[n:] for k, v in b.items()}
-            done = edge
 
     def messages(
         self,
@@ -672,69 +418,21 @@ class Run:
         chunk: int = CHUNK,
         on_error: Callable[[RankReadError], None] | None = None,
     ) -> Iterator[np.ndarray]:
-        """Paired point-to-point messages as :data:`MESSAGE_DTYPE` rows, in chunks.
-
-        A ``send`` on rank i with peer j and id k pairs with the ``recv`` on rank j with
-        peer i and id k, within one run segment (ids restart after a resume;
-        docs/run-file.md, "Messages"). Both ends must be among ``ranks`` and in the
-        window (``steps``, ``time``: as :meth:`iter_columns`). Streams over
-        :meth:`scan`: held are only the ends whose other end was not read yet (a recv
-        is given up once every rank has been read to ``RECV_SLACK`` seconds past its end). Ends never
-        paired are counted in ``run.unpaired`` when the iterator is done. A schema-1
-        file (no message ids) yields nothing.
-        """
-        self.unpaired = 0
-        if self.schema_version < 2:
-            return
-        sel = set(self._select(ranks))
-        resumed = self.resumed_at_steps
-        cols = ("step", "kind", "t_start", "t_end", "nbytes", "peer", "msg")
-        fields = [("key", "<i8"), ("msg", "<i8"), ("side", "i1"), ("src", "<i4"), ("dst", "<i4")]
-        fields += [("step", "<i8"), ("nbytes", "<i8"), ("t0", "<f8"), ("t1", "<f8")]
-        end_dtype = np.dtype(fields)
-        pending = np.zeros(0, end_dtype)
-        w = max(self.world_size, 1)
-        for r, c, done in self._slabs(
-            cols, ranks=sel, kinds=("send", "recv"), steps=steps, time=time, chunk=chunk, on_error=on_error
-        ):
-            send = c["kind"] == self._kind_codes.add("send")
-            peer = c["peer"]
-            ok = np.isin(peer, list(sel)) & (c["msg"] >= 0)
-            if not ok.all():
-                self.unpaired += int(np.count_nonzero(~ok))
-                c = {k: v[ok] for k, v in c.items()}
-                send, peer = send[ok], peer[ok]
-            ends = np.empty(len(peer), end_dtype)
-            ends["src"] = np.where(send, r, peer)
-            ends["dst"] = np.where(send, peer, r)
-            seg = np.searchsorted(resumed, c["step"], side="right")
-            ends["key"] = (seg * w + ends["src"]) * w + ends["dst"]
-            ends["msg"] = c["msg"]
-            ends["side"] = np.where(send, 0, 1)
-            ends["step"], ends["nbytes"] = c["step"], c["nbytes"]
-            ends["t0"], ends["t1"] = c["t_start"], c["t_end"]
-            pending = np.concatenate([pending, ends])
-            pending, out = _pair(pending)
-            if len(out):
-                yield out
-            # a recv that ended long before every rank's rows up to ``done`` were read: its
-            # send started before the recv ended, so it would have been read by now
-            stale = (pending["side"] == 1) & (pending["t1"] + RECV_SLACK < done)
-            if stale.any():
-                self.unpaired += int(np.count_nonzero(stale))
-                pending = pending[~stale]
-        self.unpaired += len(pending)
+        """Paired point-to-point messages as :data:`MESSAGE_DTYPE` rows, in chunks
+        (:func:`mpiml.io.slabs.messages`); ``run.unpaired`` counts the ends never paired
+        once the iterator is done."""
+        yield from messages(self, ranks=ranks, steps=steps, time=time, chunk=chunk, on_error=on_error)
 
     def messages_frame(self, **kw: Any) -> Any:
         """:meth:`messages` as one DataFrame (pandas), one row per message."""
-        pd = _pandas("run.messages_frame()")
+        pd = pandas_or_raise("run.messages_frame()")
         parts = list(self.messages(**kw))
         return pd.DataFrame(np.concatenate(parts) if parts else np.zeros(0, MESSAGE_DTYPE))
 
     def to_pandas(self) -> tuple[dict[str, Any], Any]:
         """(metrics as {name: DataFrame}, all events as one DataFrame with a rank column).
         ImportError (one line, naming the extra to install) without pandas."""
-        pd = _pandas("Run.to_pandas()")
+        pd = pandas_or_raise("Run.to_pandas()")
         metrics = {k: pd.DataFrame(v) for k, v in self.metrics.items()}
         frames = []
         for r in self.ranks:
@@ -742,31 +440,6 @@ class Run:
             df["rank"] = r
             frames.append(df)
         return metrics, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def _pair(ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``ends`` into (still unpaired, paired messages): a send and a recv with the
-    same (key, msg) make one message."""
-    if len(ends) < 2:
-        return ends, np.zeros(0, MESSAGE_DTYPE)
-    span = int(ends["msg"].max()) + 1
-    if int(ends["key"].max()) < (1 << 61) // span:  # one int64 sort key: (key, msg, side)
-        order = np.argsort((ends["key"] * span + ends["msg"]) * 2 + ends["side"], kind="stable")
-    else:
-        order = np.lexsort((ends["side"], ends["msg"], ends["key"]))
-    e = ends[order]
-    same = (e["key"][1:] == e["key"][:-1]) & (e["msg"][1:] == e["msg"][:-1])
-    match = same & (e["side"][:-1] == 0) & (e["side"][1:] == 1)
-    i = np.flatnonzero(match)
-    s, v = e[i], e[i + 1]
-    out = np.empty(len(i), MESSAGE_DTYPE)
-    out["src"], out["dst"], out["msg"] = s["src"], s["dst"], s["msg"]
-    out["step"], out["nbytes"] = s["step"], s["nbytes"]
-    out["t_send_start"], out["t_send_end"] = s["t0"], s["t1"]
-    out["t_recv_start"], out["t_recv_end"] = v["t0"], v["t1"]
-    used = np.zeros(len(e), bool)
-    used[i] = used[i + 1] = True
-    return e[~used], out
 
 
 def _kinds_of(f: h5py.File) -> dict[str, str]:
@@ -826,7 +499,7 @@ def _read(p: Path) -> Run:
         text = attrs.get("layout", "")
         layout = json.loads(text) if text else None
         kinds = _kinds_of(f)
-        metrics = _Metrics({name: ds[()] for name, ds in f["metrics"].items()})
+        metrics = MetricsView({name: ds[()] for name, ds in f["metrics"].items()})
         links = {}
         ranks = f["ranks"]
         for name in sorted(ranks, key=int):

@@ -68,7 +68,10 @@ def _datasets(path: str) -> Iterator[tuple[Any, Any]]:
     with f:
         out = []
         for name in ("x", "y"):
-            link = f.get(name, getlink=True)
+            try:
+                link = f.get(name, getlink=True)
+            except (KeyError, OSError, ValueError, RuntimeError) as exc:  # a damaged object header or B-tree
+                raise ConfigError(f"{where} is not a readable HDF5 file ({_line(exc)})") from None
             if link is None:
                 raise ConfigError(f"{where} has no dataset /{name} (it needs /x and /y)")
             if isinstance(link, h5py.ExternalLink):
@@ -78,7 +81,7 @@ def _datasets(path: str) -> Iterator[tuple[Any, Any]]:
                 )
             try:
                 ds = f[name]
-            except (KeyError, OSError, ValueError) as exc:
+            except (KeyError, OSError, ValueError, RuntimeError) as exc:
                 target = f" to {link.path}" if isinstance(link, h5py.SoftLink) else ""
                 raise ConfigError(
                     f"data.path: /{name} in {path!r} is a link{target} that leads nowhere ({_line(exc)})"

@@ -27,7 +27,19 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-__all__ = ["main"]
+__all__ = ["RaisingParser", "UsageError", "main"]
+
+
+class UsageError(Exception):
+    """A sub-command's argument error, raised by :class:`RaisingParser` for the
+    sub-command to print as its own one-line error (exit status 2)."""
+
+
+class RaisingParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise :class:`UsageError` instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -16,10 +16,11 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
+from ..cli import RaisingParser, UsageError
 from .base import Schedule, TopologyError
 from .checks import check_schedule, doubly_stochastic
 from .files import TOPOLOGY_DIR, named_files, resolve
@@ -28,17 +29,8 @@ from .graphs import REGISTRY
 __all__ = ["main", "parse_param", "report", "rounds_to"]
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-    ap = _Parser(
+    ap = RaisingParser(
         prog="mpiml topology",
         description="Degree, diameter, spectral gap rho and consensus rounds of a gossip topology.",
     )
@@ -186,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``mpiml topology ...``: ``argv`` is the argument list after ``topology``."""
     try:
         args = _parser().parse_args(argv)
-    except _UsageError as exc:
+    except UsageError as exc:
         return _fail(str(exc))
     except SystemExit as exc:  # --help
         return int(exc.code or 0)

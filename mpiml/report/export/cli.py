@@ -20,8 +20,9 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from ...cli import RaisingParser, UsageError
 from ..cli import join_window_values
 from .window import ExportError, Window, parse_range, parse_ranks, scan
 
@@ -145,17 +146,8 @@ def export(
     return writer(run, [r for r in ranks if r not in found.failed], window, found, out)
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-    ap = _Parser(
+    ap = RaisingParser(
         prog="mpiml trace export", description="Export a run's timeline (Chrome JSON, Perfetto, OTF2)."
     )
     ap.add_argument("run", help="run folder or its run.h5")
@@ -195,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = Path(run.path).parent
         out = Path(args.out) if args.out else folder / FORMATS[args.format][1]
         n = export(run, args.format, out, window, warn=lambda line: print(f"mpiml: {line}", file=sys.stderr))
-    except (_UsageError, ExportError) as exc:
+    except (UsageError, ExportError) as exc:
         print(f"mpiml trace export: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the output cannot be written (no such folder, disk full...)

@@ -22,8 +22,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from .tracks import GROUPS, Lanes, groups_of, track_name
-from .window import WRITE_CHUNK, Scan, Window, rank_events
+from .tracks import GROUPS, placed, track_name
+from .window import Scan, Window
 
 __all__ = ["write_chrome"]
 
@@ -71,15 +71,9 @@ def write_chrome(run: Any, ranks: Sequence[int], window: Window, found: Scan, fh
     for r in ranks:
         out.event({"ph": "M", "pid": r, "tid": 0, "name": "process_name", "args": {"name": found.names[r]}})
         out.event({"ph": "M", "pid": r, "tid": 0, "name": "process_sort_index", "args": {"sort_index": r}})
-        lanes = Lanes()
-        for chunk in rank_events(run, r, window, WRITE_CHUNK):
-            sends, flows = found.flows(chunk, r)
+        for rows in placed(run, r, window, found):
             text: list[str] = []
-            codes = groups_of(chunk, run.kinds)
-            lane_of, opens = lanes.assign(codes, chunk["t_start"], chunk["t_end"])
-            for (step, kind, t0, t1, nbytes, peer, msg), is_send, fid, g, lane, new in zip(
-                chunk.tolist(), sends, flows, codes.tolist(), lane_of, opens, strict=True
-            ):
+            for (step, kind, t0, t1, nbytes, peer, msg), is_send, fid, g, lane, new in rows:
                 group = GROUPS[g]
                 tid = 100 * g + lane
                 if new:

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .tracks import GROUPS, Lanes, groups_of, track_name
-from .window import WRITE_CHUNK, Scan, Window, rank_events
+from .tracks import GROUPS, placed, track_name
+from .window import Scan, Window
 
 __all__ = ["write_otf2"]
 
@@ -65,17 +65,11 @@ def write_otf2(run: Any, ranks: Sequence[int], window: Window, found: Scan, out:
         comm = defs.comm("exported ranks", group=members)
         regions: dict[str, Any] = {}
         for r in ranks:
-            lanes = Lanes()
             writers: dict[tuple[str, int], Any] = {}
             pending: list[tuple[int, int, int, int]] = []  # (tick, order, sender, bytes) of MpiRecv
             order = 0
-            for chunk in rank_events(run, r, window, WRITE_CHUNK):
-                sends, flows = found.flows(chunk, r)
-                codes = groups_of(chunk, run.kinds)
-                lane_of, opens = lanes.assign(codes, chunk["t_start"], chunk["t_end"])
-                for (_step, kind, t0, t1, nbytes, peer, _msg), is_send, fid, g, lane, new in zip(
-                    chunk.tolist(), sends, flows, codes.tolist(), lane_of, opens, strict=True
-                ):
+            for rows in placed(run, r, window, found):
+                for (_step, kind, t0, t1, nbytes, peer, _msg), is_send, fid, g, lane, new in rows:
                     group = GROUPS[g]
                     if new:
                         writers[group, lane] = archive.event_writer(track_name(group, lane), group=groups[r])

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import IO, Any
 
-from .tracks import GROUPS, Lanes, groups_of, track_name
-from .window import WRITE_CHUNK, Scan, Window, rank_events
+from .tracks import GROUPS, placed, track_name
+from .window import Scan, Window
 
 __all__ = ["BATCH", "write_perfetto"]
 
@@ -59,14 +59,8 @@ def write_perfetto(run: Any, ranks: Sequence[int], window: Window, found: Scan, 
         p.track_descriptor.process.pid = r
         p.track_descriptor.process.process_name = found.names[r]
         p.track_descriptor.child_ordering = EXPLICIT  # activities in GROUPS order
-        lanes = Lanes()
-        for chunk in rank_events(run, r, window, WRITE_CHUNK):
-            sends, flows = found.flows(chunk, r)
-            codes = groups_of(chunk, run.kinds)
-            lane_of, opens = lanes.assign(codes, chunk["t_start"], chunk["t_end"])
-            for (step, kind, t0, t1, nbytes, peer, msg), is_send, fid, g, lane, new in zip(
-                chunk.tolist(), sends, flows, codes.tolist(), lane_of, opens, strict=True
-            ):
+        for rows in placed(run, r, window, found):
+            for (step, kind, t0, t1, nbytes, peer, msg), is_send, fid, g, lane, new in rows:
                 group = GROUPS[g]
                 uuid = proc_uuid + 64 * g + lane + 1
                 if new:

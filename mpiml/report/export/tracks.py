@@ -11,9 +11,14 @@ partly overlapping slices; OTF2 needs Enter/Leave nested and monotone per locati
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 
-__all__ = ["GROUPS", "Lanes", "group_of", "groups_of"]
+from .window import WRITE_CHUNK, Scan, Window, rank_events
+
+__all__ = ["GROUPS", "Lanes", "group_of", "groups_of", "placed"]
 
 # display order of the groups of one rank
 GROUPS: tuple[str, ...] = (
@@ -111,3 +116,16 @@ class Lanes:
 def track_name(group: str, lane: int) -> str:
     """``in_flight``, ``in_flight 2``, ... (lanes counted from 1 in names after the first)."""
     return group if lane == 0 else f"{group} {lane + 1}"
+
+
+def placed(run: Any, rank: int, window: Window, found: Scan) -> Iterator[Iterator[tuple[Any, ...]]]:
+    """Rank ``rank``'s events in ``window``, a chunk (WRITE_CHUNK rows) at a time, each
+    row as ((step, kind, t0, t1, nbytes, peer, msg), is_send, flow id, group index, lane,
+    new lane): what every writer needs, its track (group and lane, :class:`Lanes`) and
+    its flow (:meth:`Scan.flows`: 0 unless a message with both ends in the window)."""
+    lanes = Lanes()
+    for chunk in rank_events(run, rank, window, WRITE_CHUNK):
+        sends, flows = found.flows(chunk, rank)
+        codes = groups_of(chunk, run.kinds)
+        lane_of, opens = lanes.assign(codes, chunk["t_start"], chunk["t_end"])
+        yield zip(chunk.tolist(), sends, flows, codes.tolist(), lane_of, opens, strict=True)

@@ -43,7 +43,8 @@ from ..kinds import KINDS
 from ..trace import EVENT_DTYPE
 from .kindcodes import KindCodes
 from .runfile import EVENT_DEFAULTS, SCHEMAS, V1_KINDS
-from .slabs import CHUNK, MESSAGE_DTYPE, messages, slabs
+from .slabs import CHUNK, MESSAGE_DTYPE, slabs
+from .slabs import messages as _messages
 from .views import READ_DTYPE, EventsView, MetricsView, TablesView, pandas_or_raise
 
 __all__ = ["MESSAGE_DTYPE", "READ_DTYPE", "Run", "RankReadError", "load_run"]
@@ -410,18 +411,8 @@ class Run:
         ):
             yield r, cols
 
-    def messages(
-        self,
-        ranks: Iterable[int] | None = None,
-        steps: tuple[int, int] | None = None,
-        time: tuple[float, float] | None = None,
-        chunk: int = CHUNK,
-        on_error: Callable[[RankReadError], None] | None = None,
-    ) -> Iterator[np.ndarray]:
-        """Paired point-to-point messages as :data:`MESSAGE_DTYPE` rows, in chunks
-        (:func:`mpiml.io.slabs.messages`); ``run.unpaired`` counts the ends never paired
-        once the iterator is done."""
-        yield from messages(self, ranks=ranks, steps=steps, time=time, chunk=chunk, on_error=on_error)
+    # paired messages (mpiml.io.slabs.messages, a method here: run.messages(...))
+    messages = _messages
 
     def messages_frame(self, **kw: Any) -> Any:
         """:meth:`messages` as one DataFrame (pandas), one row per message."""

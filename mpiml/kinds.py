@@ -69,6 +69,7 @@ __all__ = [
     "register_kind",
     "table",
     "table_dtype",
+    "valid_name",
 ]
 
 KIND_WIDTH = 32  # bytes of a kind name; the event table's kind column is S32
@@ -87,6 +88,12 @@ class Kind(NamedTuple):
 _KINDS: dict[str, Kind] = {}
 KINDS: Mapping[str, Kind] = MappingProxyType(_KINDS)
 """Every registered kind: name -> :class:`Kind` (read-only; grows as modules register)."""
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` follows the rule for a kind name (lowercase ASCII letters, digits,
+    '_', '.', '-', starting with a letter; at most :data:`KIND_WIDTH` bytes)."""
+    return isinstance(name, str) and len(name) <= KIND_WIDTH and _NAME.fullmatch(name) is not None
 
 
 def register_kind(name: str, category: str, doc: str) -> str:

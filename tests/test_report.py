@@ -167,7 +167,7 @@ def test_partition_matches_brute_force(spec, chunk, window) -> None:  # noqa: AN
 @pytest.mark.parametrize("name", sorted(JOBS))
 def test_parts_and_untraced_sum_to_wall(runs: dict[str, Path], name: str) -> None:
     run = load(runs[name])
-    for r in run.ranks if not callable(getattr(run, "ranks", None)) and hasattr(run, "ranks") else run.events:
+    for r in run.ranks:
         t = rank_timeline(run, r)
         small = rank_timeline(run, r, chunk=5)  # streaming: the result does not depend on the chunk
         assert t.wall > 0
@@ -473,3 +473,17 @@ def test_plots_draw_the_reports_window(tmp_path: Path) -> None:
     drawn = (tmp_path / "fig" / "timeline.png").read_bytes()
     assert drawn == timeline(load_run(run), tmp_path / "want.png", steps=(1, 2)).read_bytes()
     assert drawn != timeline(load_run(run), tmp_path / "default.png").read_bytes()
+
+
+def test_plots_without_matplotlib_is_one_line_before_the_report(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from mpiml.report.cli import main; "
+        f"sys.exit(main([{str(runs['sgd'])!r}, '--plots', {str(tmp_path / 'figs')!r}]))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, env=launch_env()
+    )
+    assert res.returncode == 2 and res.stdout == "", res.stdout
+    assert "pip install 'mpiml[plots]'" in res.stderr and "Traceback" not in res.stderr

@@ -11,16 +11,13 @@ not. Pure numpy; no h5py.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import numpy as np
 
-from ..kinds import KIND_WIDTH
+from ..kinds import KIND_WIDTH, valid_name
 
 __all__ = ["KindCodes"]
-
-_KIND_NAME = re.compile(r"[a-z][a-z0-9_.\-]*")  # mpiml.kinds.register_kind's rule
 
 
 class KindCodes:
@@ -56,11 +53,11 @@ class KindCodes:
         h = int(self._hashes(np.array([name.encode() if raw is None else raw], f"S{KIND_WIDTH}"))[0])
         if raw is not None and h in self._hash:
             return self._hash[h]
-        if h in self._hash:  # a collision (never seen): fall back to exact compares for both
-            raise AssertionError(f"kind hash collision: {name!r} and {self.names[self._hash[h]]!r}")
+        if h in self._hash:  # two names, one hash: never seen; refuse rather than mix them up
+            raise ValueError(f"kind hash collision: {name!r} and {self.names[self._hash[h]]!r}")
         self.names.append(name)
         ok = raw is None or raw.rstrip(b"\0").isascii()
-        self.valid = np.append(self.valid, ok and _KIND_NAME.fullmatch(name) is not None)
+        self.valid = np.append(self.valid, ok and valid_name(name))
         self._hash[h] = len(self.names) - 1
         keys = np.array(sorted(self._hash), np.uint64)
         self._sorted = keys

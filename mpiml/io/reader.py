@@ -160,8 +160,8 @@ class Run:
 
     @property
     def resumed_at_steps(self) -> np.ndarray:
-        """int64: the first step of every resumed segment (empty if never resumed)."""
-        return np.atleast_1d(np.asarray(self.attrs.get("resumed_at_steps", []), np.int64))
+        """int64, sorted: the first step of every resumed segment (empty if never resumed)."""
+        return np.sort(np.atleast_1d(np.asarray(self.attrs.get("resumed_at_steps", []), np.int64)))
 
     @property
     def algorithm(self) -> str:

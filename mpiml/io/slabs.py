@@ -134,10 +134,11 @@ def messages(
     end_dtype = np.dtype(fields)
     pending = np.zeros(0, end_dtype)
     w = max(run.world_size, 1)
+    send_code = run._kind_codes.add("send")
     for r, c, done in slabs(
         run, cols, ranks=sel, kinds=("send", "recv"), steps=steps, time=time, chunk=chunk, on_error=on_error
     ):
-        send = c["kind"] == run._kind_codes.add("send")
+        send = c["kind"] == send_code
         peer = c["peer"]
         ok = np.isin(peer, list(sel)) & (c["msg"] >= 0)
         if not ok.all():

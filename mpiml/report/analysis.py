@@ -19,7 +19,6 @@ role, of their median step times by more than ``straggler_threshold`` (a fractio
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,32 +56,21 @@ class Report:
 
 
 def _layout_line(run: Any) -> str:
-    text = run.attrs.get("layout", "")
-    if not text:
+    if not run.layout:
         return "-"
     try:
         from ..layout import Layout
 
-        lay = Layout.from_json(text if isinstance(text, str) else json.dumps(text))
+        lay = Layout.from_json(run.attrs["layout"])
         return f"{lay.name}: {lay.roles_line()}"
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):  # a layout this version cannot rebuild: its name
         return str(run.layout.get("name", "-")) if isinstance(run.layout, dict) else "-"
 
 
 def _final_metrics(run: Any) -> list[tuple[str, Cell]]:
     out: list[tuple[str, Cell]] = []
-    try:
-        names = list(run.metrics)  # names, whether a dict or the lazy reader's mapping
-    except TypeError:  # not iterable: the names from the file
-        import h5py
-
-        with h5py.File(run.path, "r", locking=False) as f:
-            names = list(f.get("metrics", {}))
-    for name in sorted(names):
-        try:
-            steps, values = run.metric(name)
-        except (KeyError, OSError):
-            continue
+    for name in sorted(run.metrics):
+        steps, values = run.metric(name)
         if len(values):
             v = float(values[-1])
             out.append((f"{name} (step {int(steps[-1])})", int(v) if name == "bytes_sent" else v))
@@ -113,7 +101,7 @@ def _summary(run: Any, tl: dict[int, RankTimeline], windowed: bool = False) -> S
             ["between launches (s)", gaps],
         ]
     rows: list[list[Cell]] = [
-        ["algorithm", str(run.attrs.get("algorithm", run.config.get("algorithm", {}).get("name", "-")))],
+        ["algorithm", run.algorithm or "-"],
         ["layout", _layout_line(run)],
         ["ranks", ranks_line],
         ["steps", steps],
@@ -310,7 +298,7 @@ def _straggler_section(run: Any, tl: dict[int, RankTimeline], threshold: float) 
 def _injected(run: Any) -> dict[int, tuple[int, float]]:
     try:
         tables = run.table("straggler")
-    except (KeyError, OSError, AttributeError):
+    except OSError:  # a rank's file became unreadable: its delays are not shown
         return {}
     return {
         int(r): (len(rows), float(np.mean(rows["multiplier"])))

@@ -15,7 +15,6 @@ rank that could not be read.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import sys
@@ -121,8 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .render import render_json, render_markdown, render_text
 
     if args.plots:
-        if importlib.util.find_spec(f"{__package__}.plots") is None:
-            sys.stderr.write("mpiml report: error: plots: not available\n")
+        try:
+            import matplotlib  # noqa: F401  (checked before anything is read or printed)
+        except ImportError:
+            sys.stderr.write("mpiml report: error: --plots needs matplotlib: pip install 'mpiml[plots]'\n")
             return 2
         why = _plots_folder(args.plots)
         if why is not None:

@@ -21,20 +21,6 @@ from .timeline import PEER_SENDS, RankTimeline
 
 __all__ = ["comm_matrix_section", "late_sender_sections"]
 
-MESSAGE_DTYPE = np.dtype(
-    [
-        ("src", "i4"),
-        ("dst", "i4"),
-        ("msg", "i8"),
-        ("step", "i8"),
-        ("nbytes", "i8"),
-        ("t_send_start", "f8"),
-        ("t_send_end", "f8"),
-        ("t_recv_start", "f8"),
-        ("t_recv_end", "f8"),
-    ]
-)
-
 _SCALASCA = (
     "Late sender: Scalasca's wait-state pattern (Geimer et al., 'The Scalasca performance toolset "
     "architecture', Concurrency Computat.: Pract. Exper. 22(6), 2010): a receive posted before its "

@@ -155,7 +155,7 @@ class Launches:
     start, summed (a requeued job's time in the queue: no rank ran)."""
 
     def __init__(self, resumed: np.ndarray) -> None:
-        self.resumed = np.sort(np.asarray(resumed, np.int64))
+        self.resumed = resumed  # sorted (Run.resumed_at_steps)
         self.k = 0  # launches found after the first
         self.trained = False  # a training row seen in the current launch
         self.last_end = -np.inf
@@ -285,6 +285,6 @@ def rank_timeline(
         uniq, inv = np.unique(st, return_inverse=True)
         first = np.full(uniq.size, np.inf)
         np.minimum.at(first, inv, ts)
-        resumed = np.atleast_1d(run.attrs.get("resumed_at_steps", []))
+        resumed = run.resumed_at_steps
         out.step_time_steps, out.step_times = step_times(uniq, first, part.bookkeeping_segments(), resumed)
     return out
